@@ -1,0 +1,212 @@
+//! The commit thread: the only writer of the log. It takes every mutation queued while the
+//! previous flush ran, plans them against the table, appends their records, makes them
+//! durable with one `fdatasync` (group commit), applies them to the table and only then
+//! answers. It also writes index snapshots and deletes dead segments.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use sessiond_proto::{Reply, WireError};
+use tokio::sync::oneshot;
+
+use crate::store::log::{LogWriter, Pending};
+use crate::store::record::{self, RecordHeader};
+use crate::store::snapshot::{self, Snapshot};
+use crate::store::{collect_garbage, SegmentFiles};
+use crate::table::{now_micros, Mutation, Overlay, SessionTable};
+
+/// State shared by the commit thread and the request handlers.
+#[derive(Debug)]
+pub struct Shared {
+    pub dir: PathBuf,
+    pub table: Mutex<SessionTable>,
+    pub files: SegmentFiles,
+    pub checkpoints_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+impl Shared {
+    pub fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters more than refusing service would.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One mutation waiting for the commit thread.
+pub struct Job {
+    pub uid: u32,
+    pub mutation: Mutation,
+    pub reply: oneshot::Sender<Result<Reply, WireError>>,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match &self.mutation {
+            Mutation::Checkpoint { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CommitConfig {
+    pub snapshot_every_bytes: u64,
+}
+
+const MAX_BATCH_JOBS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 256 << 20;
+
+pub fn run(shared: Arc<Shared>, mut log: LogWriter, jobs: Receiver<Job>, cfg: CommitConfig) {
+    let mut since_snapshot = 0u64;
+    while let Ok(first) = jobs.recv() {
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_JOBS && bytes < MAX_BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        since_snapshot += commit_batch(&shared, &mut log, batch);
+        if log.is_full() {
+            if let Err(e) = log.rotate() {
+                tracing::error!(error = %e, "cannot start a new log segment; continuing in the current one");
+            }
+        }
+        if since_snapshot >= cfg.snapshot_every_bytes {
+            since_snapshot = 0;
+            write_snapshot(&shared, &log);
+        }
+    }
+    write_snapshot(&shared, &log);
+    tracing::debug!("commit thread finished");
+}
+
+/// Commits one batch; returns the bytes appended.
+fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
+    let now = now_micros();
+    let mut planned = Vec::with_capacity(batch.len());
+    {
+        let table = shared.table();
+        let mut overlay = Overlay::default();
+        for job in batch {
+            match table.plan(&mut overlay, job.uid, now, job.mutation) {
+                Ok(p) => planned.push((p, job.reply)),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+    }
+    let mut pending = Vec::new();
+    for (p, _) in &planned {
+        for (header, payload) in &p.records {
+            match record::encode(header, payload) {
+                Ok(head) => pending.push(Pending { head, payload }),
+                Err(e) => {
+                    fail_all(
+                        planned,
+                        WireError::internal(format!("cannot encode a log record: {e}")),
+                    );
+                    return 0;
+                }
+            }
+        }
+    }
+    if pending.is_empty() {
+        for (p, reply) in planned {
+            let _ = reply.send(Ok(p.reply));
+        }
+        return 0;
+    }
+    let appended: u64 = pending
+        .iter()
+        .map(|p| (p.head.len() + p.payload.len()) as u64)
+        .sum();
+    let locs = match log.append(&pending) {
+        Ok(locs) => locs,
+        Err(e) => {
+            tracing::error!(error = %e, "log write failed; refusing the batch");
+            fail_all(
+                planned,
+                WireError::unavailable(format!("cannot write the checkpoint log: {e}")),
+            );
+            return 0;
+        }
+    };
+    drop(pending);
+    if let Err(e) = log.sync() {
+        // After a failed fsync the page cache cannot be trusted: never retry it, never write
+        // to that segment again.
+        tracing::error!(error = %e, "log fsync failed; refusing the batch and abandoning the segment");
+        fail_all(
+            planned,
+            WireError::unavailable(format!(
+                "cannot make the checkpoint log durable (fsync): {e}"
+            )),
+        );
+        if let Err(e) = log.rotate() {
+            tracing::error!(error = %e, "cannot start a new log segment");
+        }
+        return 0;
+    }
+    shared.flushes.fetch_add(1, Ordering::Relaxed);
+    shared.bytes_written.fetch_add(appended, Ordering::Relaxed);
+    let mut replies = Vec::with_capacity(planned.len());
+    {
+        let mut table = shared.table();
+        let mut locs = locs.into_iter();
+        for (p, reply) in planned {
+            for (header, _) in p.records {
+                if matches!(header, RecordHeader::Checkpoint(_)) {
+                    shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(loc) = locs.next() {
+                    table.apply(header, loc);
+                }
+            }
+            replies.push((p.reply, reply));
+        }
+    }
+    for (r, tx) in replies {
+        let _ = tx.send(Ok(r));
+    }
+    appended
+}
+
+fn fail_all(
+    planned: Vec<(
+        crate::table::Planned,
+        oneshot::Sender<Result<Reply, WireError>>,
+    )>,
+    err: WireError,
+) {
+    for (_, reply) in planned {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+/// Writes an index snapshot as of the current log position, then deletes what it made dead.
+pub fn write_snapshot(shared: &Shared, log: &LogWriter) {
+    let (segment, offset) = log.position();
+    let sessions = shared.table().export();
+    let snap = Snapshot {
+        segment,
+        offset,
+        sessions,
+    };
+    if let Err(e) = snapshot::write(&shared.dir, &snap) {
+        tracing::error!(error = %e, "cannot write the index snapshot; start-up will replay more of the log");
+        return;
+    }
+    if let Err(e) = collect_garbage(&shared.dir, segment, &shared.table, &shared.files) {
+        tracing::warn!(error = %e, "cannot delete old log segments");
+    }
+}

@@ -1,0 +1,271 @@
+//! One client connection. The first byte picks the encoding (`{`: JSON lines, else the binary
+//! handshake and frames). Requests are handled concurrently, so one connection's pipelined
+//! checkpoints share a flush, but replies go out in request order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use interprocess::os::unix::uds_local_socket::tokio::Stream;
+use serde_json::Value;
+use sessiond_proto::frame::{self, Frame, FrameDecoder, Line, LineDecoder};
+use sessiond_proto::{
+    codec, hello, json, ErrorKind, Reply, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
+    VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{Peer, Service};
+
+/// Requests of one connection being handled at once; more wait in the socket (backpressure).
+const MAX_IN_FLIGHT: usize = 64;
+const READ_CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_frame_bytes: usize,
+    pub max_line_bytes: usize,
+}
+
+enum Id {
+    Bin(u64),
+    Json(Value),
+}
+
+enum Outcome {
+    Ready(Result<Reply, WireError>),
+    Pending(oneshot::Receiver<Result<Reply, WireError>>),
+}
+
+enum Decoder {
+    Binary(FrameDecoder),
+    Json(LineDecoder),
+}
+
+type Queue = mpsc::Sender<(Id, Outcome)>;
+
+pub async fn serve(
+    stream: Stream,
+    service: Arc<Service>,
+    cancel: CancellationToken,
+    limits: ConnLimits,
+) {
+    let peer = match stream.inner().peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            pid: c
+                .pid()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p > 0),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials; closing");
+            return;
+        }
+    };
+    let span = tracing::debug_span!("conn", peer_uid = peer.uid, peer_pid = ?peer.pid);
+    let _enter = span.enter();
+    service.connections.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = serve_peer(&stream, &service, &cancel, limits, peer).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    service.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn read_some(
+    stream: &Stream,
+    buf: &mut [u8],
+    cancel: &CancellationToken,
+) -> std::io::Result<Option<usize>> {
+    let mut s = stream;
+    tokio::select! {
+        r = s.read(buf) => r.map(Some),
+        _ = cancel.cancelled() => Ok(None),
+    }
+}
+
+async fn serve_peer(
+    stream: &Stream,
+    service: &Arc<Service>,
+    cancel: &CancellationToken,
+    limits: ConnLimits,
+    peer: Peer,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut start = Vec::new();
+    // Enough bytes to choose the encoding (and, for binary, the whole hello).
+    loop {
+        let Some(n) = read_some(stream, &mut buf, cancel).await? else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        start.extend_from_slice(&buf[..n]);
+        if start[0] == b'{' || start.len() >= hello::CLIENT_HELLO_LEN {
+            break;
+        }
+    }
+    let mut w = stream;
+    let decoder = if start[0] == b'{' {
+        let mut d = LineDecoder::new(limits.max_line_bytes);
+        d.push(&start);
+        Decoder::Json(d)
+    } else {
+        let mut hello_bytes = [0u8; hello::CLIENT_HELLO_LEN];
+        hello_bytes.copy_from_slice(&start[..hello::CLIENT_HELLO_LEN]);
+        let refusal = match hello::parse_client_hello(&hello_bytes) {
+            Ok(PROTOCOL_VERSION) => None,
+            Ok(v) => Some(format!(
+                "unsupported_version: this daemon (sessiond {VERSION}) speaks protocol {PROTOCOL_VERSION}, the client speaks {v}"
+            )),
+            Err(e) => Some(format!("unsupported_version: {e}; send a JSON object or the sessiond hello")),
+        };
+        if let Some(msg) = refusal {
+            tracing::info!(%msg, "refusing a client");
+            w.write_all(&hello::server_hello(false, &msg)).await?;
+            return Ok(());
+        }
+        w.write_all(&hello::server_hello(true, &format!("sessiond {VERSION}")))
+            .await?;
+        let mut d = FrameDecoder::new(limits.max_frame_bytes);
+        d.push(&start[hello::CLIENT_HELLO_LEN..]);
+        Decoder::Binary(d)
+    };
+    let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
+    let reader = read_requests(stream, service, cancel, peer, decoder, queue, buf);
+    let writer = write_replies(stream, replies);
+    let (r, w) = tokio::join!(reader, writer);
+    r.and(w)
+}
+
+async fn read_requests(
+    stream: &Stream,
+    service: &Arc<Service>,
+    cancel: &CancellationToken,
+    peer: Peer,
+    mut decoder: Decoder,
+    queue: Queue,
+    mut buf: Vec<u8>,
+) -> std::io::Result<()> {
+    loop {
+        if !drain(&mut decoder, service, peer, &queue).await {
+            return Ok(());
+        }
+        let Some(n) = read_some(stream, &mut buf, cancel).await? else {
+            return Ok(());
+        };
+        if n == 0 {
+            match &mut decoder {
+                Decoder::Binary(d) => {
+                    if let Err(e) = d.finish() {
+                        tracing::debug!(error = %e, "client closed mid-frame");
+                    }
+                }
+                Decoder::Json(d) => {
+                    if let Some(line) = d.finish() {
+                        let item = json_item(line, service, peer);
+                        let _ = queue.send(item).await;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match &mut decoder {
+            Decoder::Binary(d) => d.push(&buf[..n]),
+            Decoder::Json(d) => d.push(&buf[..n]),
+        }
+    }
+}
+
+/// Dispatches every complete request buffered. `false` once the reply side is gone.
+async fn drain(decoder: &mut Decoder, service: &Arc<Service>, peer: Peer, queue: &Queue) -> bool {
+    loop {
+        let max_frame = match decoder {
+            Decoder::Binary(d) => d.max(),
+            Decoder::Json(d) => d.max(),
+        };
+        let item = match decoder {
+            Decoder::Binary(d) => match d.next_frame() {
+                None => return true,
+                Some(Frame::TooLarge { len, id }) => (
+                    Id::Bin(id.unwrap_or(0)),
+                    Outcome::Ready(Err(WireError::new(
+                        ErrorKind::TooLarge,
+                        format!("request frame of {len} bytes exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes plus 1 MiB)"),
+                    ))),
+                ),
+                Some(Frame::Body(body)) => match codec::decode::<RequestFrame>(body) {
+                    Ok(req) => (Id::Bin(req.id), dispatch(service, peer, req)),
+                    Err(e) => (Id::Bin(0), Outcome::Ready(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
+                },
+            },
+            Decoder::Json(d) => match d.next_line() {
+                None => return true,
+                Some(Line::TooLong) => (
+                    Id::Json(Value::Null),
+                    Outcome::Ready(Err(WireError::new(
+                        ErrorKind::TooLarge,
+                        format!("request line exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
+                    ))),
+                ),
+                Some(Line::Text(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Some(Line::Text(line)) => json_item(line, service, peer),
+            },
+        };
+        if queue.send(item).await.is_err() {
+            return false;
+        }
+    }
+}
+
+fn json_item(line: &[u8], service: &Arc<Service>, peer: Peer) -> (Id, Outcome) {
+    let (id, parsed) = json::decode_request(line);
+    match parsed {
+        Ok(req) => (Id::Json(id), dispatch(service, peer, req)),
+        Err(e) => (Id::Json(id), Outcome::Ready(Err(e))),
+    }
+}
+
+fn dispatch(service: &Arc<Service>, peer: Peer, req: RequestFrame) -> Outcome {
+    let (tx, rx) = oneshot::channel();
+    let service = service.clone();
+    tokio::spawn(async move {
+        let op = req.request.op();
+        let result = service.handle(&peer, req).await;
+        if let Err(e) = &result {
+            tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");
+        }
+        let _ = tx.send(result);
+    });
+    Outcome::Pending(rx)
+}
+
+async fn write_replies(
+    stream: &Stream,
+    mut replies: mpsc::Receiver<(Id, Outcome)>,
+) -> std::io::Result<()> {
+    let mut w = stream;
+    while let Some((id, outcome)) = replies.recv().await {
+        let result = match outcome {
+            Outcome::Ready(r) => r,
+            Outcome::Pending(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(WireError::internal("request handler stopped"))),
+        };
+        let bytes = match id {
+            Id::Json(id) => json::encode_response(&id, &result),
+            Id::Bin(id) => match frame::encode_frame(&ResponseFrame { id, result }) {
+                Ok(b) => b,
+                Err(e) => frame::encode_frame(&ResponseFrame {
+                    id,
+                    result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
+                })
+                .map_err(std::io::Error::other)?,
+            },
+        };
+        w.write_all(&bytes).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! sessiond: a daemon that owns session state and durable numbered checkpoints for
+//! long-running programs, served on a local socket.
+//!
+//! The binary is thin: it parses flags and calls [`run`]. The core ([`table`]) is plain logic
+//! driven by the commit thread ([`commit`]) over the on-disk [`store`]; [`server`] and
+//! [`conn`] are the socket layer around it.
+
+pub mod check;
+pub mod commit;
+pub mod config;
+pub mod conn;
+pub mod lock;
+pub mod process;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod table;
+
+pub use config::Config;
+pub use server::{run, StartError};

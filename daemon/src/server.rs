@@ -1,0 +1,209 @@
+//! Start-up, the accept loop and shutdown.
+//!
+//! Order at start: lock the state directory, recover the store, start the commit thread, then
+//! bind the socket (replacing a stale socket file only while holding the lock and after
+//! checking no daemon answers on it). Shutdown: stop accepting, let connections finish their
+//! in-flight requests (bounded), stop the commit thread (it writes a final snapshot), remove
+//! the socket file if it is still ours.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::uds_local_socket::tokio::Listener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::commit::{self, CommitConfig, Shared};
+use crate::config::Config;
+use crate::conn::{self, ConnLimits};
+use crate::lock::{LockError, StateLock};
+use crate::service::{Limits, Service};
+use crate::store::log::LogWriter;
+use crate::store::{self, SegmentFiles, StoreError};
+
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a sessiond is already listening on {0}; stop it or choose another --socket")]
+    SocketInUse(PathBuf),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let context = context.into();
+    move |source| StartError::Io { context, source }
+}
+
+/// Creates `dir` (and parents) if missing, private to the daemon's user.
+fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(io_err(format!("cannot create directory {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(
+            format!("cannot set permissions of {}", dir.display()),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Opens the state directory: recovery, a fresh segment, a snapshot if anything was replayed.
+fn open_store(cfg: &Config) -> Result<(Arc<Shared>, LogWriter), StartError> {
+    let dir = &cfg.state_dir;
+    let log_dir = dir.join(store::segment::LOG_DIR);
+    ensure_private_dir(&log_dir)?;
+    let (table, report) = store::load(dir, cfg.default_keep)?;
+    let next = report.segments.last().map_or(1, |s| s + 1);
+    let log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(
+        "cannot create a log segment in {}",
+        log_dir.display()
+    )))?;
+    tracing::info!(
+        sessions = table.session_count(),
+        checkpoints = table.checkpoint_count(),
+        replayed = report.replayed_records,
+        index = ?report.index,
+        damaged = report.damaged.len(),
+        corrupt_payloads = report.corrupt_payloads.len(),
+        "state recovered"
+    );
+    let shared = Arc::new(Shared {
+        dir: dir.clone(),
+        table: std::sync::Mutex::new(table),
+        files: SegmentFiles::new(dir),
+        checkpoints_written: Default::default(),
+        bytes_written: Default::default(),
+        flushes: Default::default(),
+    });
+    if report.replayed_records > 0 || report.index != store::IndexState::Loaded {
+        commit::write_snapshot(&shared, &log);
+    }
+    Ok((shared, log))
+}
+
+/// Binds the socket, replacing a leftover file only if no daemon answers on it.
+fn bind(cfg: &Config) -> Result<Listener, StartError> {
+    let path = &cfg.socket;
+    if let Some(parent) = path.parent() {
+        ensure_private_dir(parent)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::SocketInUse(path.clone()));
+        }
+        tracing::info!(socket = %path.display(), "replacing a stale socket file");
+    }
+    let name = path
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .map_err(io_err(format!("invalid socket path {}", path.display())))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .try_overwrite(true)
+        .reclaim_name(false)
+        .create_tokio_as::<Listener>()
+        .map_err(io_err(format!("cannot listen on {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
+        .map_err(io_err(format!("cannot set the mode of {}", path.display())))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until `shutdown` resolves. Returns once everything acknowledged is on disk.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    ensure_private_dir(&cfg.state_dir)?;
+    let _lock = StateLock::acquire(&cfg.state_dir)?;
+    let open_cfg = cfg.clone();
+    let (shared, log) = tokio::task::spawn_blocking(move || open_store(&open_cfg))
+        .await
+        .map_err(|e| io_err("recovery task failed")(io::Error::other(e)))??;
+    let (jobs_tx, jobs_rx) = mpsc::channel();
+    let commit_shared = shared.clone();
+    let commit_cfg = CommitConfig {
+        snapshot_every_bytes: cfg.snapshot_every_bytes,
+    };
+    let committer = std::thread::Builder::new()
+        .name("sessiond-commit".into())
+        .spawn(move || commit::run(commit_shared, log, jobs_rx, commit_cfg))
+        .map_err(io_err("cannot start the commit thread"))?;
+    let service = Arc::new(Service::new(
+        shared.clone(),
+        jobs_tx,
+        Limits {
+            max_checkpoint_bytes: cfg.max_checkpoint_bytes,
+            meta: cfg.meta_limits,
+        },
+    ));
+
+    let listener = match bind(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            service.close();
+            let _ = committer.join();
+            return Err(e);
+        }
+    };
+    let socket_id = std::fs::metadata(&cfg.socket)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "sessiond ready");
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let limits = ConnLimits {
+        max_frame_bytes: cfg.max_frame_bytes(),
+        max_line_bytes: cfg.max_line_bytes(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => {
+                    tracker.spawn(conn::serve(stream, service.clone(), cancel.child_token(), limits));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    drop(listener);
+    if socket_id.is_some()
+        && std::fs::metadata(&cfg.socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            == socket_id
+    {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    service.close();
+    let joined = tokio::task::spawn_blocking(move || committer.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the commit thread panicked");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

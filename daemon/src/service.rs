@@ -1,0 +1,367 @@
+//! Request handling: authorisation by peer UID, validation, and dispatch either to the commit
+//! thread (mutations) or to reads of the table and the log (which never block async workers).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sessiond_proto::validate::{self, MetaLimits};
+use sessiond_proto::{
+    CheckpointInfo, ErrorKind, Reply, Request, RequestFrame, Stats, Status, WireError,
+    PROTOCOL_VERSION, VERSION,
+};
+use tokio::sync::oneshot;
+
+use crate::commit::{Job, Shared};
+use crate::process;
+use crate::store::record::{Owner, RecordHeader};
+use crate::store::CkptEntry;
+use crate::table::{micros_to_time, ListFilter, Mutation};
+
+/// Who is on the other end of a connection, from the socket's credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_checkpoint_bytes: u64,
+    pub meta: MetaLimits,
+}
+
+pub struct Service {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    limits: Limits,
+    started: Instant,
+    pub connections: AtomicU64,
+}
+
+fn closing() -> WireError {
+    WireError::unavailable("the daemon is shutting down")
+}
+
+impl Service {
+    pub fn new(shared: Arc<Shared>, jobs: Sender<Job>, limits: Limits) -> Self {
+        Service {
+            shared,
+            jobs: Mutex::new(Some(jobs)),
+            limits,
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Stops accepting mutations; the commit thread ends once those queued are done.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    async fn submit(&self, uid: u32, mutation: Mutation) -> Result<Reply, WireError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = jobs.as_ref().ok_or_else(closing)?;
+            sender
+                .send(Job {
+                    uid,
+                    mutation,
+                    reply: tx,
+                })
+                .map_err(|_| closing())?;
+        }
+        rx.await.map_err(|_| closing())?
+    }
+
+    /// The UID a request acts for: the peer's, or (root only) the one it names.
+    fn acting_uid(peer: &Peer, requested: Option<u32>) -> Result<u32, WireError> {
+        match requested {
+            Some(uid) if uid != peer.uid && peer.uid != 0 => Err(WireError::new(
+                ErrorKind::PermissionDenied,
+                "only root may act on another user's sessions (uid)",
+            )),
+            Some(uid) => Ok(uid),
+            None => Ok(peer.uid),
+        }
+    }
+
+    /// The owner of a session created or resumed by `peer`, possibly naming another process.
+    fn owner(peer: &Peer, named: Option<u32>) -> Result<Option<Owner>, WireError> {
+        let pid = match named {
+            None => match peer.pid {
+                Some(pid) => pid,
+                None => return Ok(None),
+            },
+            Some(pid) => {
+                let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
+                let uid = process::uid_of(pid)
+                    .ok_or_else(|| denied(format!("owner_pid {pid} is not a running process")))?;
+                if peer.uid != 0 && uid != peer.uid {
+                    return Err(denied(format!("owner_pid {pid} belongs to another user")));
+                }
+                pid
+            }
+        };
+        Ok(Some(Owner {
+            pid,
+            start_time: process::start_time(pid).unwrap_or(0),
+        }))
+    }
+
+    pub async fn handle(&self, peer: &Peer, frame: RequestFrame) -> Result<Reply, WireError> {
+        let uid = Self::acting_uid(peer, frame.uid)?;
+        if let Some(name) = frame.request.session_name() {
+            validate::session_name(name)?;
+        }
+        match frame.request {
+            Request::Ping => Ok(Reply::Pong {
+                version: VERSION.to_string(),
+                protocol: PROTOCOL_VERSION,
+            }),
+            Request::Create(r) => {
+                validate::meta(&r.meta, &self.limits.meta)?;
+                let owner = Self::owner(peer, r.owner_pid)?;
+                self.submit(
+                    uid,
+                    Mutation::Create {
+                        name: r.name,
+                        keep: r.keep,
+                        meta: r.meta,
+                        owner,
+                    },
+                )
+                .await
+            }
+            Request::Checkpoint(r) => {
+                validate::meta(&r.meta, &self.limits.meta)?;
+                let size = r.payload.0.len() as u64;
+                if size > self.limits.max_checkpoint_bytes {
+                    return Err(WireError::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "checkpoint of {size} bytes for session {:?} exceeds the limit of {} bytes (--max-checkpoint-bytes)",
+                            r.name, self.limits.max_checkpoint_bytes
+                        ),
+                    ));
+                }
+                let m = Mutation::Checkpoint {
+                    name: r.name,
+                    payload: r.payload.0,
+                    meta: r.meta,
+                    expect: r.expect,
+                    epoch: r.epoch,
+                };
+                self.submit(uid, m).await
+            }
+            Request::Pause(r) => self.set_status(uid, r.name, Status::Paused, None).await,
+            Request::Complete(r) => self.set_status(uid, r.name, Status::Completed, None).await,
+            Request::Cancel(r) => self.set_status(uid, r.name, Status::Cancelled, None).await,
+            Request::Fail(r) => {
+                if let Some(e) = &r.error {
+                    if e.len() > self.limits.meta.max_value_len {
+                        return Err(WireError::invalid(format!(
+                            "error text is {} bytes; at most {} are allowed",
+                            e.len(),
+                            self.limits.meta.max_value_len
+                        )));
+                    }
+                }
+                self.set_status(uid, r.name, Status::Failed, r.error).await
+            }
+            Request::Delete(r) => self.submit(uid, Mutation::Delete { name: r.name }).await,
+            Request::Show(r) => self
+                .shared
+                .table()
+                .session(uid, &r.name)
+                .map(Reply::Session)
+                .ok_or_else(|| WireError::not_found(&r.name)),
+            Request::List(r) => {
+                if r.all_users && peer.uid != 0 {
+                    return Err(WireError::new(
+                        ErrorKind::PermissionDenied,
+                        "only root may list all users' sessions",
+                    ));
+                }
+                validate::meta(&r.meta, &self.limits.meta)?;
+                let filter = ListFilter {
+                    uid: (!r.all_users).then_some(uid),
+                    status: r.status,
+                    meta: r.meta,
+                };
+                Ok(Reply::Sessions(self.shared.table().list(&filter)))
+            }
+            Request::History(r) => {
+                let entries = self.shared.table().checkpoints(uid, &r.name)?;
+                let shared = self.shared.clone();
+                blocking(move || history(&shared, &entries)).await
+            }
+            Request::Get(r) => {
+                let entries = self.shared.table().checkpoints(uid, &r.name)?;
+                let shared = self.shared.clone();
+                blocking(move || {
+                    read_checkpoint(&shared, &r.name, &entries, r.number).map(Reply::Checkpoint)
+                })
+                .await
+            }
+            Request::Resume(_) | Request::Watch(_) => Err(WireError::unavailable(format!(
+                "op {:?} is not supported by this daemon version yet",
+                frame.request.op()
+            ))),
+            Request::Stats => Ok(Reply::Stats(self.stats())),
+        }
+    }
+
+    async fn set_status(
+        &self,
+        uid: u32,
+        name: String,
+        status: Status,
+        error: Option<String>,
+    ) -> Result<Reply, WireError> {
+        self.submit(
+            uid,
+            Mutation::SetStatus {
+                name,
+                status,
+                error,
+            },
+        )
+        .await
+    }
+
+    fn stats(&self) -> Stats {
+        let (sessions, checkpoints, by_status) = {
+            let t = self.shared.table();
+            (t.session_count(), t.checkpoint_count(), t.count_by_status())
+        };
+        let segments = crate::store::segment::list_segments(&self.shared.dir).unwrap_or_default();
+        let log_bytes = segments
+            .iter()
+            .filter_map(|&s| {
+                std::fs::metadata(crate::store::segment::segment_path(&self.shared.dir, s)).ok()
+            })
+            .map(|m| m.len())
+            .sum();
+        Stats {
+            version: VERSION.to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            sessions,
+            sessions_by_status: Status::ALL
+                .iter()
+                .map(|s| {
+                    (
+                        s.as_str().to_string(),
+                        by_status.get(s).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            checkpoints,
+            connections: self.connections.load(Ordering::Relaxed),
+            checkpoints_written: self.shared.checkpoints_written.load(Ordering::Relaxed),
+            bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
+            flushes: self.shared.flushes.load(Ordering::Relaxed),
+            log_segments: segments.len() as u64,
+            log_bytes,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WireError::internal(format!("read task failed: {e}")))?
+}
+
+fn checkpoint_info(
+    entry: &CkptEntry,
+    meta: sessiond_proto::Meta,
+    payload: Option<Vec<u8>>,
+) -> CheckpointInfo {
+    CheckpointInfo {
+        number: entry.number,
+        size: u64::from(entry.loc.payload_len),
+        created_at: micros_to_time(entry.created_at),
+        meta,
+        payload: payload.map(sessiond_proto::Payload),
+        skipped_corrupt: Vec::new(),
+    }
+}
+
+/// Reads one checkpoint (verified), with its meta from the record header.
+fn read_one(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String> {
+    let (header, payload) = shared
+        .files
+        .read_record(&entry.loc)
+        .map_err(|e| e.to_string())?;
+    let meta = match header {
+        RecordHeader::Checkpoint(h) if h.number == entry.number => h.meta,
+        _ => return Err("the record at the indexed place is another record".into()),
+    };
+    Ok(checkpoint_info(entry, meta, Some(payload)))
+}
+
+/// The latest intact checkpoint (reporting the damaged ones passed over), or a given number.
+pub fn read_checkpoint(
+    shared: &Shared,
+    name: &str,
+    entries: &[CkptEntry],
+    number: Option<u64>,
+) -> Result<Option<CheckpointInfo>, WireError> {
+    if let Some(n) = number {
+        let entry = entries.iter().find(|e| e.number == n).ok_or_else(|| {
+            let retained = match (entries.first(), entries.last()) {
+                (Some(a), Some(b)) => format!("retained: {} to {}", a.number, b.number),
+                _ => "it has none".to_string(),
+            };
+            WireError::new(
+                ErrorKind::NotFound,
+                format!("session {name:?} has no checkpoint {n} ({retained})"),
+            )
+        })?;
+        return read_one(shared, entry).map(Some).map_err(|e| {
+            tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
+            WireError::internal(format!(
+                "checkpoint {n} of session {name:?} is damaged on disk: {e}"
+            ))
+        });
+    }
+    let mut skipped = Vec::new();
+    for entry in entries.iter().rev() {
+        match read_one(shared, entry) {
+            Ok(mut info) => {
+                info.skipped_corrupt = skipped;
+                return Ok(Some(info));
+            }
+            Err(e) => {
+                tracing::error!(session = %name, number = entry.number, error = %e, "damaged checkpoint; falling back to the previous one");
+                skipped.push(entry.number);
+            }
+        }
+    }
+    if skipped.is_empty() {
+        Ok(None)
+    } else {
+        Err(WireError::internal(format!(
+            "every retained checkpoint of session {name:?} is damaged on disk: {skipped:?}"
+        )))
+    }
+}
+
+fn history(shared: &Shared, entries: &[CkptEntry]) -> Result<Reply, WireError> {
+    let list = entries
+        .iter()
+        .map(|e| {
+            let meta = match shared.files.read_header(&e.loc) {
+                Ok(RecordHeader::Checkpoint(h)) => h.meta,
+                _ => sessiond_proto::Meta::new(),
+            };
+            checkpoint_info(e, meta, None)
+        })
+        .collect();
+    Ok(Reply::Checkpoints(list))
+}

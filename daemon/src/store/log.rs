@@ -1,0 +1,128 @@
+//! The append side of the log: one active segment, written in batches and made durable with
+//! one `fdatasync` per batch (group commit). A new segment's directory entry is made durable
+//! before anything written to it is acknowledged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::record::Loc;
+use super::segment::{segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN};
+
+/// Makes a directory's entries durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// One record to append: its encoded prefix and header, then its payload.
+pub struct Pending<'a> {
+    pub head: Vec<u8>,
+    pub payload: &'a [u8],
+}
+
+pub struct LogWriter {
+    dir: PathBuf,
+    seq: u32,
+    file: File,
+    len: u64,
+    segment_bytes: u64,
+}
+
+impl LogWriter {
+    /// Creates segment `seq` (which must not exist) and makes it durable.
+    pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
+        let path = segment_path(dir, seq);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)?;
+        file.write_all(&segment_header(seq))?;
+        file.sync_all()?;
+        fsync_dir(&dir.join(LOG_DIR))?;
+        Ok(LogWriter {
+            dir: dir.to_path_buf(),
+            seq,
+            file,
+            len: SEGMENT_HEADER_LEN,
+            segment_bytes,
+        })
+    }
+
+    /// The active segment and the offset the next record gets.
+    pub fn position(&self) -> (u32, u64) {
+        (self.seq, self.len)
+    }
+
+    /// Writes `records` at the end of the active segment (not yet durable). On error the
+    /// segment is cut back to where it was.
+    pub fn append(&mut self, records: &[Pending<'_>]) -> io::Result<Vec<Loc>> {
+        let start = self.len;
+        let mut locs = Vec::with_capacity(records.len());
+        let mut slices = Vec::with_capacity(records.len() * 2);
+        let mut off = start;
+        for r in records {
+            let header_len = (r.head.len() - super::record::PREFIX_LEN) as u32;
+            let loc = Loc {
+                segment: self.seq,
+                offset: off,
+                header_len,
+                payload_len: r.payload.len() as u32,
+            };
+            off += loc.record_len();
+            locs.push(loc);
+            slices.push(IoSlice::new(&r.head));
+            if !r.payload.is_empty() {
+                slices.push(IoSlice::new(r.payload));
+            }
+        }
+        match write_all_at_end(&mut self.file, start, &mut slices) {
+            Ok(()) => {
+                self.len = off;
+                Ok(locs)
+            }
+            Err(e) => {
+                // Leave no partial record behind for the next batch to follow.
+                let _ = self.file.set_len(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Whether the active segment has reached its target size.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.segment_bytes
+    }
+
+    /// Starts the next segment. Used when the active one is full, and after an fsync failure,
+    /// after which nothing more is written to the old one.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        let next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
+        *self = next;
+        Ok(())
+    }
+}
+
+fn write_all_at_end(file: &mut File, start: u64, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    file.seek(SeekFrom::Start(start))?;
+    let mut slices = slices;
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "log write returned 0",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The checkpoint store: an append-only log of records in numbered segment files, plus an
+//! index snapshot so that start-up reads only the log written after it.
+//!
+//! Layout of the state directory:
+//! - `LOCK`: held (flock) by the running daemon;
+//! - `log/<seq>.seg`: segments of records (checkpoints with their payload, session states,
+//!   deletions), see [`record`] and [`segment`];
+//! - `index`: the snapshot, see [`snapshot`].
+//!
+//! Invariants: a record is acknowledged only after it and its segment's directory entry are
+//! durable; every daemon start appends to a fresh segment, so an interrupted write of a
+//! previous run is never followed by new data in the same file; segments are deleted only
+//! oldest-first, once the snapshot covers them and none of their records is live.
+
+pub mod log;
+pub mod record;
+pub mod segment;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::SessionTable;
+use record::{Loc, RecordHeader};
+use segment::{list_segments, segment_path, ReadError, ScanItem, SegmentScanner};
+
+/// A retained checkpoint in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CkptEntry {
+    pub number: u64,
+    /// Microseconds since the Unix epoch.
+    pub created_at: i64,
+    pub loc: Loc,
+}
+
+/// How the index snapshot looked at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexState {
+    Loaded,
+    Missing,
+    Damaged(String),
+}
+
+/// What loading the state directory found.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub index: IndexState,
+    pub segments: Vec<u32>,
+    pub replayed_records: u64,
+    /// Unreadable stretches in segments: (segment, offset, length, reason).
+    pub damaged: Vec<(u32, u64, u64, String)>,
+    /// Interrupted writes at a segment's end: (segment, offset).
+    pub torn: Vec<(u32, u64)>,
+    /// Checkpoint records whose payload checksum failed during replay: (uid, name, number).
+    pub corrupt_payloads: Vec<(u32, String, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+pub fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Rebuilds the table from the snapshot and the log after it. Reads only; changes nothing.
+pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport), StoreError> {
+    let segments = list_segments(dir).map_err(io_context(format!(
+        "cannot list {}",
+        dir.join(segment::LOG_DIR).display()
+    )))?;
+    let (mut table, index, start) = match snapshot::read(dir) {
+        Ok(Some(s)) => (
+            SessionTable::from_snapshot(default_keep, s.sessions),
+            IndexState::Loaded,
+            (s.segment, s.offset),
+        ),
+        Ok(None) => (SessionTable::new(default_keep), IndexState::Missing, (0, 0)),
+        Err(e) => {
+            tracing::warn!(error = %e, "index snapshot unusable; rebuilding it from the log");
+            (
+                SessionTable::new(default_keep),
+                IndexState::Damaged(e.to_string()),
+                (0, 0),
+            )
+        }
+    };
+    let mut report = LoadReport {
+        index,
+        segments: segments.clone(),
+        replayed_records: 0,
+        damaged: Vec::new(),
+        torn: Vec::new(),
+        corrupt_payloads: Vec::new(),
+    };
+    for &seq in segments.iter().filter(|&&s| s >= start.0) {
+        let from = if seq == start.0 { start.1 } else { 0 };
+        let mut scanner = SegmentScanner::open(dir, seq, from, true).map_err(io_context(
+            format!("cannot read segment {}", segment_path(dir, seq).display()),
+        ))?;
+        while let Some(item) = scanner.next_item().map_err(io_context(format!(
+            "cannot read segment {}",
+            segment_path(dir, seq).display()
+        )))? {
+            match item {
+                ScanItem::Record {
+                    header,
+                    loc,
+                    payload_ok,
+                } => {
+                    if let (RecordHeader::Checkpoint(h), Some(false)) = (&header, payload_ok) {
+                        tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
+                        report
+                            .corrupt_payloads
+                            .push((h.uid, h.name.clone(), h.number));
+                    }
+                    report.replayed_records += 1;
+                    table.apply(header, loc);
+                }
+                ScanItem::Damaged {
+                    offset,
+                    len,
+                    reason,
+                } => {
+                    tracing::warn!(segment = seq, offset, len, %reason, "skipping a damaged stretch of the log");
+                    report.damaged.push((seq, offset, len, reason));
+                }
+                ScanItem::Torn { offset } => {
+                    tracing::info!(
+                        segment = seq,
+                        offset,
+                        "log ends with an interrupted write; ignoring it"
+                    );
+                    report.torn.push((seq, offset));
+                }
+            }
+        }
+    }
+    Ok((table, report))
+}
+
+/// Open segment files for reads, shared by all readers.
+#[derive(Debug)]
+pub struct SegmentFiles {
+    dir: PathBuf,
+    open: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl SegmentFiles {
+    pub fn new(dir: &Path) -> Self {
+        SegmentFiles {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, seq: u32) -> io::Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&seq) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, seq))?);
+        open.insert(seq, f.clone());
+        Ok(f)
+    }
+
+    pub fn forget(&self, seq: u32) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+    }
+
+    /// A whole record, verified.
+    pub fn read_record(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+        segment::read_record(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+    }
+
+    /// A record's header, verified.
+    pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
+        segment::read_header(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+    }
+}
+
+/// Deletes the oldest segments that are below `covered` (the snapshot's segment) and hold no
+/// live record. Returns the deleted sequence numbers.
+pub fn collect_garbage(
+    dir: &Path,
+    covered: u32,
+    table: &Mutex<SessionTable>,
+    files: &SegmentFiles,
+) -> io::Result<Vec<u32>> {
+    let mut deleted = Vec::new();
+    for seq in list_segments(dir)? {
+        if seq >= covered {
+            break;
+        }
+        {
+            let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+            if t.live_in(seq) > 0 {
+                break;
+            }
+            t.forget_segment(seq);
+        }
+        files.forget(seq);
+        std::fs::remove_file(segment_path(dir, seq))?;
+        deleted.push(seq);
+    }
+    if !deleted.is_empty() {
+        log::fsync_dir(&dir.join(segment::LOG_DIR))?;
+        tracing::debug!(?deleted, "deleted log segments holding no live record");
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,161 @@
+//! One log record on disk: a fixed 20-byte prefix, a bincode header, then the payload.
+//!
+//! ```text
+//! 0..4    magic  "SRC1"
+//! 4..8    header length      u32 LE
+//! 8..12   payload length     u32 LE
+//! 12..16  crc32c(payload)    u32 LE
+//! 16..20  crc32c(bytes 4..16 ++ header)
+//! 20..    header, payload
+//! ```
+//!
+//! The header checksum covers the lengths, so a flipped length is caught before it is trusted;
+//! the payload has its own checksum so that start-up can index a record from its header alone
+//! and reads verify the payload when they serve it.
+
+use serde::{Deserialize, Serialize};
+use sessiond_proto::{codec, Meta, Status};
+
+pub const MAGIC: [u8; 4] = *b"SRC1";
+pub const PREFIX_LEN: usize = 20;
+/// Sanity bound on a header; anything larger is damage.
+pub const MAX_HEADER_LEN: u32 = 1 << 20;
+
+/// The process owning an active session: its PID and start time (defeats PID reuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22); 0 when unknown.
+    pub start_time: u64,
+}
+
+/// Everything about a session except its checkpoints. Written whole on every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub uid: u32,
+    pub name: String,
+    pub status: Status,
+    pub owner: Option<Owner>,
+    pub epoch: u64,
+    /// Microseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub keep: u32,
+    pub meta: Meta,
+    pub error: Option<String>,
+    /// Highest checkpoint number ever assigned; numbers are never reused.
+    pub last_number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointHeader {
+    pub uid: u32,
+    pub name: String,
+    pub number: u64,
+    pub created_at: i64,
+    pub meta: Meta,
+}
+
+/// What a record says. Append-only enum: new kinds go at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordHeader {
+    Checkpoint(CheckpointHeader),
+    Session(SessionState),
+    Delete { uid: u32, name: String },
+}
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loc {
+    pub segment: u32,
+    pub offset: u64,
+    pub header_len: u32,
+    pub payload_len: u32,
+}
+
+impl Loc {
+    pub fn record_len(&self) -> u64 {
+        PREFIX_LEN as u64 + u64::from(self.header_len) + u64::from(self.payload_len)
+    }
+    pub fn payload_offset(&self) -> u64 {
+        self.offset + PREFIX_LEN as u64 + u64::from(self.header_len)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("bad record magic")]
+    Magic,
+    #[error("record header of {0} bytes is implausible")]
+    HeaderLen(u32),
+    #[error("record header checksum mismatch")]
+    HeaderCrc,
+    #[error("payload checksum mismatch")]
+    PayloadCrc,
+    #[error("record header does not decode: {0}")]
+    Decode(#[from] codec::CodecError),
+    #[error("payload of {0} bytes does not fit a record")]
+    PayloadTooLarge(usize),
+}
+
+/// The prefix and header of a record; the payload is written after it as is.
+pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let body = codec::encode(header)?;
+    let payload_len =
+        u32::try_from(payload.len()).map_err(|_| RecordError::PayloadTooLarge(payload.len()))?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..16]), &body);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The decoded fixed prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefix {
+    pub header_len: u32,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+    header_crc: u32,
+}
+
+pub fn parse_prefix(b: &[u8; PREFIX_LEN]) -> Result<Prefix, RecordError> {
+    if b[..4] != MAGIC {
+        return Err(RecordError::Magic);
+    }
+    let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let p = Prefix {
+        header_len: word(4),
+        payload_len: word(8),
+        payload_crc: word(12),
+        header_crc: word(16),
+    };
+    if p.header_len == 0 || p.header_len > MAX_HEADER_LEN {
+        return Err(RecordError::HeaderLen(p.header_len));
+    }
+    Ok(p)
+}
+
+/// Verifies and decodes the header that follows `prefix_bytes`.
+pub fn parse_header(
+    prefix_bytes: &[u8; PREFIX_LEN],
+    prefix: &Prefix,
+    header: &[u8],
+) -> Result<RecordHeader, RecordError> {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&prefix_bytes[4..16]), header);
+    if crc != prefix.header_crc {
+        return Err(RecordError::HeaderCrc);
+    }
+    Ok(codec::decode(header)?)
+}
+
+pub fn verify_payload(prefix: &Prefix, payload: &[u8]) -> Result<(), RecordError> {
+    if crc32c::crc32c(payload) != prefix.payload_crc {
+        return Err(RecordError::PayloadCrc);
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Log segment files: `log/<seq as 16 hex digits>.seg`, each starting with a 16-byte header
+//! (`SSNDLOG1`, the sequence number, the format version) followed by records.
+//!
+//! [`SegmentScanner`] walks a segment's records in order, telling intact records from damaged
+//! stretches (skipped by searching for the next valid record) and from a torn end.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Loc, Prefix, RecordError, RecordHeader, PREFIX_LEN};
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SSNDLOG1";
+pub const SEGMENT_HEADER_LEN: u64 = 16;
+pub const FORMAT_VERSION: u32 = 1;
+pub const LOG_DIR: &str = "log";
+
+pub fn segment_file_name(seq: u32) -> String {
+    format!("{seq:016x}.seg")
+}
+
+pub fn segment_path(dir: &Path, seq: u32) -> PathBuf {
+    dir.join(LOG_DIR).join(segment_file_name(seq))
+}
+
+pub fn segment_header(seq: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&seq.to_le_bytes());
+    h[12..16].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Sequence numbers of the segments in `dir/log`, ascending. Other files are ignored.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let log = dir.join(LOG_DIR);
+    let entries = match std::fs::read_dir(&log) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(hex) = name.strip_suffix(".seg") {
+            if hex.len() == 16 {
+                if let Ok(seq) = u64::from_str_radix(hex, 16) {
+                    if let Ok(seq) = u32::try_from(seq) {
+                        out.push(seq);
+                    }
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// What a scan found at one place of a segment.
+#[derive(Debug)]
+pub enum ScanItem {
+    /// A record whose header is intact. `payload_ok` is `None` when the payload was not read.
+    Record {
+        header: RecordHeader,
+        loc: Loc,
+        payload_ok: Option<bool>,
+    },
+    /// Bytes `[offset, offset+len)` hold no valid record.
+    Damaged {
+        offset: u64,
+        len: u64,
+        reason: String,
+    },
+    /// The segment ends inside a record starting at `offset` (an interrupted write).
+    Torn { offset: u64 },
+}
+
+/// Sequential reader of one segment with a large read window.
+pub struct SegmentScanner {
+    file: File,
+    seq: u32,
+    len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    pos: u64,
+    verify_payloads: bool,
+}
+
+const WINDOW: usize = 4 << 20;
+
+impl SegmentScanner {
+    /// Opens segment `seq` and checks its header. Scanning starts at `from` (or right after
+    /// the header when `from` is 0).
+    pub fn open(dir: &Path, seq: u32, from: u64, verify_payloads: bool) -> Result<Self, io::Error> {
+        let file = File::open(segment_path(dir, seq))?;
+        let len = file.metadata()?.len();
+        let mut s = SegmentScanner {
+            file,
+            seq,
+            len,
+            buf: Vec::new(),
+            buf_start: 0,
+            pos: from.max(SEGMENT_HEADER_LEN),
+            verify_payloads,
+        };
+        let header = s.bytes(0, SEGMENT_HEADER_LEN as usize)?.map(<[u8]>::to_vec);
+        match header {
+            Some(h) if h[..8] == SEGMENT_MAGIC && h[8..12] == seq.to_le_bytes() => Ok(s),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {} has a bad header", segment_file_name(seq)),
+            )),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// `len` bytes at `off`, or `None` if the file ends first.
+    fn bytes(&mut self, off: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        if off + len as u64 > self.len {
+            return Ok(None);
+        }
+        let in_buf =
+            off >= self.buf_start && off + len as u64 <= self.buf_start + self.buf.len() as u64;
+        if !in_buf {
+            let want = len.max(WINDOW).min((self.len - off) as usize);
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.buf_start = off;
+        }
+        let start = (off - self.buf_start) as usize;
+        Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// Tries to read a record at `off`. `Ok(None)`: the file ends inside it.
+    fn record_at(
+        &mut self,
+        off: u64,
+    ) -> io::Result<Option<Result<(RecordHeader, Loc, Option<bool>), RecordError>>> {
+        let Some(p) = self.bytes(off, PREFIX_LEN)? else {
+            return Ok(None);
+        };
+        let prefix_bytes: [u8; PREFIX_LEN] = p.try_into().unwrap_or([0; PREFIX_LEN]);
+        let prefix: Prefix = match record::parse_prefix(&prefix_bytes) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        let header_off = off + PREFIX_LEN as u64;
+        let Some(hb) = self.bytes(header_off, prefix.header_len as usize)? else {
+            return Ok(None);
+        };
+        let header = match record::parse_header(&prefix_bytes, &prefix, hb) {
+            Ok(h) => h,
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        let loc = Loc {
+            segment: self.seq,
+            offset: off,
+            header_len: prefix.header_len,
+            payload_len: prefix.payload_len,
+        };
+        if loc.offset + loc.record_len() > self.len {
+            return Ok(None);
+        }
+        let payload_ok = if self.verify_payloads {
+            let Some(pb) = self.bytes(loc.payload_offset(), prefix.payload_len as usize)? else {
+                return Ok(None);
+            };
+            Some(record::verify_payload(&prefix, pb).is_ok())
+        } else {
+            None
+        };
+        Ok(Some(Ok((header, loc, payload_ok))))
+    }
+
+    /// Offset of the next intact record after `from`, if any.
+    fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut off = from;
+        while off + PREFIX_LEN as u64 <= self.len {
+            let chunk = (self.len - off).min(WINDOW as u64) as usize;
+            let Some(window) = self.bytes(off, chunk)? else {
+                return Ok(None);
+            };
+            let candidates: Vec<u64> = window
+                .windows(4)
+                .enumerate()
+                .filter(|(_, w)| *w == record::MAGIC)
+                .map(|(i, _)| off + i as u64)
+                .collect();
+            for c in candidates {
+                if let Some(Ok(_)) = self.record_at(c)? {
+                    return Ok(Some(c));
+                }
+            }
+            if chunk < WINDOW {
+                return Ok(None);
+            }
+            off += (chunk - 3) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Where the next record would start (the end of the last intact record).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn next_item(&mut self) -> io::Result<Option<ScanItem>> {
+        let off = self.pos;
+        if off >= self.len {
+            return Ok(None);
+        }
+        match self.record_at(off)? {
+            Some(Ok((header, loc, payload_ok))) => {
+                self.pos = off + loc.record_len();
+                Ok(Some(ScanItem::Record {
+                    header,
+                    loc,
+                    payload_ok,
+                }))
+            }
+            failed => {
+                let reason = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "record runs past the end of the segment".to_string(),
+                };
+                match self.resync(off + 1)? {
+                    Some(next) => {
+                        self.pos = next;
+                        Ok(Some(ScanItem::Damaged {
+                            offset: off,
+                            len: next - off,
+                            reason,
+                        }))
+                    }
+                    None => {
+                        self.pos = self.len;
+                        Ok(Some(ScanItem::Torn { offset: off }))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a whole record and checks both checksums.
+pub fn read_record(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+    let mut buf = vec![0u8; loc.record_len() as usize];
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(ReadError::Io)?;
+    let (prefix, header) = check_header(&buf)?;
+    if prefix.header_len != loc.header_len || prefix.payload_len != loc.payload_len {
+        return Err(ReadError::Record(RecordError::HeaderLen(prefix.header_len)));
+    }
+    let payload = buf.split_off(PREFIX_LEN + loc.header_len as usize);
+    record::verify_payload(&prefix, &payload)?;
+    Ok((header, payload))
+}
+
+/// Reads and verifies a record's header only.
+pub fn read_header(file: &File, loc: &Loc) -> Result<RecordHeader, ReadError> {
+    let mut buf = vec![0u8; PREFIX_LEN + loc.header_len as usize];
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(ReadError::Io)?;
+    Ok(check_header(&buf)?.1)
+}
+
+fn check_header(buf: &[u8]) -> Result<(Prefix, RecordHeader), ReadError> {
+    let prefix_bytes: [u8; PREFIX_LEN] = buf
+        .get(..PREFIX_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ReadError::Record(RecordError::Magic))?;
+    let prefix = record::parse_prefix(&prefix_bytes)?;
+    let header_bytes = buf
+        .get(PREFIX_LEN..PREFIX_LEN + prefix.header_len as usize)
+        .ok_or(ReadError::Record(RecordError::HeaderLen(prefix.header_len)))?;
+    let header = record::parse_header(&prefix_bytes, &prefix, header_bytes)?;
+    Ok((prefix, header))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(io::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}

@@ -1,0 +1,91 @@
+//! The index snapshot: every session and the location of every retained checkpoint, as of a
+//! log position. Start-up loads it and replays only the log written after that position, so
+//! it never reads the payloads the snapshot already covers.
+//!
+//! File `index`: magic `SSNDIDX1`, body length (`u64` LE), crc32c of the body (`u32` LE), body
+//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sessiond_proto::codec;
+
+use super::log::fsync_dir;
+use super::record::SessionState;
+use super::CkptEntry;
+
+pub const INDEX_FILE: &str = "index";
+const INDEX_TMP: &str = "index.tmp";
+const MAGIC: [u8; 8] = *b"SSNDIDX1";
+const HEADER_LEN: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapSession {
+    pub state: SessionState,
+    /// Segment holding the session's latest state record.
+    pub state_segment: u32,
+    pub checkpoints: Vec<CkptEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The log position this snapshot covers up to (exclusive).
+    pub segment: u32,
+    pub offset: u64,
+    pub sessions: Vec<SnapSession>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read the index: {0}")]
+    Io(#[from] io::Error),
+    #[error("the index is damaged: {0}")]
+    Damaged(String),
+}
+
+pub fn write(dir: &Path, snap: &Snapshot) -> io::Result<()> {
+    let body = codec::encode(snap).map_err(io::Error::other)?;
+    let tmp = dir.join(INDEX_TMP);
+    let mut f = File::create(&tmp)?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    f.write_all(&header)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(INDEX_FILE))?;
+    fsync_dir(dir)
+}
+
+/// The snapshot, `None` if there is none.
+pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
+    let bytes = match fs::read(dir.join(INDEX_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if bytes.len() < HEADER_LEN || bytes[..8] != MAGIC {
+        return Err(SnapshotError::Damaged("bad magic or short file".into()));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(len);
+    let crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let body = &bytes[HEADER_LEN..];
+    if body.len() as u64 != len {
+        return Err(SnapshotError::Damaged(format!(
+            "body is {} bytes, header says {len}",
+            body.len()
+        )));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err(SnapshotError::Damaged("checksum mismatch".into()));
+    }
+    codec::decode(body)
+        .map(Some)
+        .map_err(|e| SnapshotError::Damaged(e.to_string()))
+}

@@ -1,0 +1,690 @@
+//! The session table: every session and the location of its retained checkpoints.
+//!
+//! Plain synchronous logic, no I/O. A mutation is first *planned* against the table plus the
+//! batch's earlier, not yet durable changes (an [`Overlay`]): planning validates it and
+//! produces the log records that express it. Once those records are durable they are
+//! *applied*. Start-up replays the log through the very same [`SessionTable::apply`], so what
+//! is served after a restart is what was acknowledged before it.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use sessiond_proto::{CheckpointInfo, ErrorKind, Meta, Reply, SessionInfo, Status, WireError};
+
+use crate::store::record::{CheckpointHeader, Loc, Owner, RecordHeader, SessionState};
+use crate::store::snapshot::SnapSession;
+use crate::store::CkptEntry;
+
+/// Sessions are scoped to a Unix user.
+pub type Key = (u32, String);
+
+#[derive(Debug, Clone)]
+struct Session {
+    state: SessionState,
+    state_segment: u32,
+    checkpoints: VecDeque<CkptEntry>,
+}
+
+/// A change to make, decided by a request handler.
+#[derive(Debug)]
+pub enum Mutation {
+    Create {
+        name: String,
+        keep: Option<u32>,
+        meta: Meta,
+        owner: Option<Owner>,
+    },
+    Checkpoint {
+        name: String,
+        payload: Vec<u8>,
+        meta: Meta,
+        expect: Option<u64>,
+        epoch: Option<u64>,
+    },
+    SetStatus {
+        name: String,
+        status: Status,
+        error: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// A planned mutation: the records to make durable, then the reply to send.
+#[derive(Debug)]
+pub struct Planned {
+    pub records: Vec<(RecordHeader, Vec<u8>)>,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone)]
+struct Staged {
+    state: SessionState,
+    count: u64,
+    latest: Option<u64>,
+}
+
+/// The batch's planned-but-not-durable view of the sessions it touches (`None`: deleted).
+#[derive(Debug, Default)]
+pub struct Overlay(HashMap<Key, Option<Staged>>);
+
+pub fn micros_to_time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+pub fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn info(state: &SessionState, count: u64, latest: Option<u64>) -> SessionInfo {
+    SessionInfo {
+        name: state.name.clone(),
+        status: state.status,
+        owner_pid: state.owner.map(|o| o.pid),
+        epoch: state.epoch,
+        created_at: micros_to_time(state.created_at),
+        updated_at: micros_to_time(state.updated_at),
+        latest_checkpoint: latest,
+        checkpoint_count: count,
+        keep: state.keep,
+        meta: state.meta.clone(),
+        error: state.error.clone(),
+        uid: state.uid,
+    }
+}
+
+/// Filters of `list`.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// `None`: every user (root's `--all-users`).
+    pub uid: Option<u32>,
+    pub status: Option<Status>,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    sessions: HashMap<Key, Session>,
+    /// Live records per segment: retained checkpoints and each session's latest state.
+    live: HashMap<u32, u64>,
+    checkpoints: u64,
+    default_keep: u32,
+}
+
+impl SessionTable {
+    pub fn new(default_keep: u32) -> Self {
+        SessionTable {
+            default_keep,
+            ..Default::default()
+        }
+    }
+
+    pub fn from_snapshot(default_keep: u32, sessions: Vec<SnapSession>) -> Self {
+        let mut t = SessionTable::new(default_keep);
+        for s in sessions {
+            *t.live.entry(s.state_segment).or_default() += 1;
+            for c in &s.checkpoints {
+                *t.live.entry(c.loc.segment).or_default() += 1;
+            }
+            t.checkpoints += s.checkpoints.len() as u64;
+            let key = (s.state.uid, s.state.name.clone());
+            t.sessions.insert(
+                key,
+                Session {
+                    state: s.state,
+                    state_segment: s.state_segment,
+                    checkpoints: s.checkpoints.into(),
+                },
+            );
+        }
+        t
+    }
+
+    pub fn export(&self) -> Vec<SnapSession> {
+        self.sessions
+            .values()
+            .map(|s| SnapSession {
+                state: s.state.clone(),
+                state_segment: s.state_segment,
+                checkpoints: s.checkpoints.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    fn view(&self, overlay: &Overlay, key: &Key) -> Option<Staged> {
+        match overlay.0.get(key) {
+            Some(staged) => staged.clone(),
+            None => self.sessions.get(key).map(|s| Staged {
+                state: s.state.clone(),
+                count: s.checkpoints.len() as u64,
+                latest: s.checkpoints.back().map(|c| c.number),
+            }),
+        }
+    }
+
+    /// Validates `m` for user `uid` and returns the records expressing it.
+    pub fn plan(
+        &self,
+        overlay: &mut Overlay,
+        uid: u32,
+        now: i64,
+        m: Mutation,
+    ) -> Result<Planned, WireError> {
+        match m {
+            Mutation::Create {
+                name,
+                keep,
+                meta,
+                owner,
+            } => {
+                let key = (uid, name);
+                if self.view(overlay, &key).is_some() {
+                    return Err(WireError::new(
+                        ErrorKind::AlreadyExists,
+                        format!("session {:?} already exists", key.1),
+                    ));
+                }
+                let state = SessionState {
+                    uid,
+                    name: key.1.clone(),
+                    status: Status::Active,
+                    owner,
+                    epoch: 1,
+                    created_at: now,
+                    updated_at: now,
+                    keep: keep.unwrap_or(self.default_keep),
+                    meta,
+                    error: None,
+                    last_number: 0,
+                };
+                let reply = Reply::Session(info(&state, 0, None));
+                overlay.0.insert(
+                    key,
+                    Some(Staged {
+                        state: state.clone(),
+                        count: 0,
+                        latest: None,
+                    }),
+                );
+                Ok(Planned {
+                    records: vec![(RecordHeader::Session(state), Vec::new())],
+                    reply,
+                })
+            }
+            Mutation::Checkpoint {
+                name,
+                payload,
+                meta,
+                expect,
+                epoch,
+            } => {
+                let key = (uid, name);
+                let mut s = self
+                    .view(overlay, &key)
+                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                if s.state.status.is_finished() {
+                    return Err(WireError::new(
+                        ErrorKind::SessionClosed,
+                        format!(
+                            "session {:?} is {} and accepts no checkpoint",
+                            key.1, s.state.status
+                        ),
+                    ));
+                }
+                if let Some(e) = epoch {
+                    if e != s.state.epoch {
+                        return Err(WireError::new(
+                            ErrorKind::Fenced,
+                            format!(
+                                "session {:?} is at epoch {}, the write carries epoch {e}: another process resumed it",
+                                key.1, s.state.epoch
+                            ),
+                        ));
+                    }
+                }
+                let latest = s.latest.unwrap_or(0);
+                if let Some(x) = expect {
+                    if x != latest {
+                        return Err(WireError::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "session {:?}: expected latest checkpoint {x}, it is {latest}",
+                                key.1
+                            ),
+                        ));
+                    }
+                }
+                let number = s.state.last_number + 1;
+                s.state.last_number = number;
+                s.state.updated_at = now;
+                s.latest = Some(number);
+                s.count = if s.state.keep == 0 {
+                    s.count + 1
+                } else {
+                    (s.count + 1).min(u64::from(s.state.keep))
+                };
+                let reply = Reply::Checkpoint(Some(CheckpointInfo {
+                    number,
+                    size: payload.len() as u64,
+                    created_at: micros_to_time(now),
+                    meta: meta.clone(),
+                    payload: None,
+                    skipped_corrupt: Vec::new(),
+                }));
+                let header = RecordHeader::Checkpoint(CheckpointHeader {
+                    uid,
+                    name: key.1.clone(),
+                    number,
+                    created_at: now,
+                    meta,
+                });
+                overlay.0.insert(key, Some(s));
+                Ok(Planned {
+                    records: vec![(header, payload)],
+                    reply,
+                })
+            }
+            Mutation::SetStatus {
+                name,
+                status,
+                error,
+            } => {
+                let key = (uid, name);
+                let mut s = self
+                    .view(overlay, &key)
+                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                if s.state.status.is_finished() && !status.is_finished() {
+                    return Err(WireError::new(
+                        ErrorKind::SessionClosed,
+                        format!(
+                            "session {:?} is {}; resume it to reopen it",
+                            key.1, s.state.status
+                        ),
+                    ));
+                }
+                s.state.status = status;
+                s.state.owner = None;
+                s.state.error = if status == Status::Failed {
+                    error
+                } else {
+                    None
+                };
+                s.state.updated_at = now;
+                let reply = Reply::Session(info(&s.state, s.count, s.latest));
+                let record = RecordHeader::Session(s.state.clone());
+                overlay.0.insert(key, Some(s));
+                Ok(Planned {
+                    records: vec![(record, Vec::new())],
+                    reply,
+                })
+            }
+            Mutation::Delete { name } => {
+                let key = (uid, name);
+                if self.view(overlay, &key).is_none() {
+                    return Ok(Planned {
+                        records: Vec::new(),
+                        reply: Reply::Deleted(false),
+                    });
+                }
+                let record = RecordHeader::Delete {
+                    uid,
+                    name: key.1.clone(),
+                };
+                overlay.0.insert(key, None);
+                Ok(Planned {
+                    records: vec![(record, Vec::new())],
+                    reply: Reply::Deleted(true),
+                })
+            }
+        }
+    }
+
+    fn unlive(live: &mut HashMap<u32, u64>, segment: u32) {
+        if let Some(n) = live.get_mut(&segment) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Applies a durable record. Used for live commits and for replay alike.
+    pub fn apply(&mut self, header: RecordHeader, loc: Loc) {
+        match header {
+            RecordHeader::Session(state) => {
+                let key = (state.uid, state.name.clone());
+                *self.live.entry(loc.segment).or_default() += 1;
+                match self.sessions.get_mut(&key) {
+                    Some(s) => {
+                        Self::unlive(&mut self.live, s.state_segment);
+                        s.state_segment = loc.segment;
+                        s.state.last_number = s.state.last_number.max(state.last_number);
+                        let last = s.state.last_number;
+                        s.state = state;
+                        s.state.last_number = last;
+                    }
+                    None => {
+                        self.sessions.insert(
+                            key,
+                            Session {
+                                state,
+                                state_segment: loc.segment,
+                                checkpoints: VecDeque::new(),
+                            },
+                        );
+                    }
+                }
+            }
+            RecordHeader::Checkpoint(h) => {
+                let key = (h.uid, h.name.clone());
+                let default_keep = self.default_keep;
+                let s = self.sessions.entry(key).or_insert_with(|| {
+                    // Its state record is lost (damage); keep the checkpoints, not the work.
+                    tracing::warn!(session = %h.name, uid = h.uid, "checkpoint of an unknown session; recreating it as paused");
+                    Session {
+                        state: SessionState {
+                            uid: h.uid,
+                            name: h.name.clone(),
+                            status: Status::Paused,
+                            owner: None,
+                            epoch: 1,
+                            created_at: h.created_at,
+                            updated_at: h.created_at,
+                            keep: default_keep,
+                            meta: Meta::new(),
+                            error: None,
+                            last_number: 0,
+                        },
+                        state_segment: loc.segment,
+                        checkpoints: VecDeque::new(),
+                    }
+                });
+                // A record numbered N replaces any N' >= N (only after an unacknowledged write).
+                while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
+                    if let Some(old) = s.checkpoints.pop_back() {
+                        Self::unlive(&mut self.live, old.loc.segment);
+                        self.checkpoints -= 1;
+                    }
+                }
+                s.checkpoints.push_back(CkptEntry {
+                    number: h.number,
+                    created_at: h.created_at,
+                    loc,
+                });
+                *self.live.entry(loc.segment).or_default() += 1;
+                self.checkpoints += 1;
+                s.state.last_number = s.state.last_number.max(h.number);
+                s.state.updated_at = s.state.updated_at.max(h.created_at);
+                let keep = s.state.keep as usize;
+                while keep > 0 && s.checkpoints.len() > keep {
+                    if let Some(old) = s.checkpoints.pop_front() {
+                        Self::unlive(&mut self.live, old.loc.segment);
+                        self.checkpoints -= 1;
+                    }
+                }
+            }
+            RecordHeader::Delete { uid, name } => {
+                if let Some(s) = self.sessions.remove(&(uid, name)) {
+                    Self::unlive(&mut self.live, s.state_segment);
+                    for c in &s.checkpoints {
+                        Self::unlive(&mut self.live, c.loc.segment);
+                    }
+                    self.checkpoints -= s.checkpoints.len() as u64;
+                }
+            }
+        }
+    }
+
+    pub fn session(&self, uid: u32, name: &str) -> Option<SessionInfo> {
+        // Borrowing lookup without allocating a key would need a custom Borrow; sessions are
+        // looked up far less often than written.
+        let s = self.sessions.get(&(uid, name.to_string()))?;
+        Some(info(
+            &s.state,
+            s.checkpoints.len() as u64,
+            s.checkpoints.back().map(|c| c.number),
+        ))
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .sessions
+            .values()
+            .filter(|s| filter.uid.is_none_or(|u| u == s.state.uid))
+            .filter(|s| filter.status.is_none_or(|st| st == s.state.status))
+            .filter(|s| {
+                filter
+                    .meta
+                    .iter()
+                    .all(|(k, v)| s.state.meta.get(k) == Some(v))
+            })
+            .map(|s| {
+                info(
+                    &s.state,
+                    s.checkpoints.len() as u64,
+                    s.checkpoints.back().map(|c| c.number),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| (a.uid, &a.name).cmp(&(b.uid, &b.name)));
+        out
+    }
+
+    /// The retained checkpoints of a session, oldest first.
+    pub fn checkpoints(&self, uid: u32, name: &str) -> Result<Vec<CkptEntry>, WireError> {
+        let s = self
+            .sessions
+            .get(&(uid, name.to_string()))
+            .ok_or_else(|| WireError::not_found(name))?;
+        Ok(s.checkpoints.iter().copied().collect())
+    }
+
+    pub fn session_count(&self) -> u64 {
+        self.sessions.len() as u64
+    }
+
+    pub fn checkpoint_count(&self) -> u64 {
+        self.checkpoints
+    }
+
+    pub fn count_by_status(&self) -> HashMap<Status, u64> {
+        let mut m = HashMap::new();
+        for s in self.sessions.values() {
+            *m.entry(s.state.status).or_default() += 1;
+        }
+        m
+    }
+
+    /// Live record count of `segment`.
+    pub fn live_in(&self, segment: u32) -> u64 {
+        self.live.get(&segment).copied().unwrap_or(0)
+    }
+
+    /// Forgets the (zero) live count of a deleted segment.
+    pub fn forget_segment(&mut self, segment: u32) {
+        self.live.remove(&segment);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(segment: u32, offset: u64) -> Loc {
+        Loc {
+            segment,
+            offset,
+            header_len: 10,
+            payload_len: 3,
+        }
+    }
+
+    /// Plans and applies one mutation as the writer would.
+    fn run(t: &mut SessionTable, m: Mutation, seg: u32) -> Result<Reply, WireError> {
+        let mut o = Overlay::default();
+        let p = t.plan(&mut o, 1000, 1, m)?;
+        for (i, (h, _)) in p.records.into_iter().enumerate() {
+            t.apply(h, loc(seg, i as u64 * 100));
+        }
+        Ok(p.reply)
+    }
+
+    fn ck(name: &str, expect: Option<u64>, epoch: Option<u64>) -> Mutation {
+        Mutation::Checkpoint {
+            name: name.into(),
+            payload: b"abc".to_vec(),
+            meta: Meta::new(),
+            expect,
+            epoch,
+        }
+    }
+
+    fn create(name: &str, keep: Option<u32>) -> Mutation {
+        Mutation::Create {
+            name: name.into(),
+            keep,
+            meta: Meta::new(),
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn numbers_retention_and_live_counts() {
+        let mut t = SessionTable::new(16);
+        run(&mut t, create("a", Some(3)), 1).unwrap();
+        for i in 1..=5u64 {
+            let Reply::Checkpoint(Some(c)) =
+                run(&mut t, ck("a", Some(i - 1), Some(1)), 1 + i as u32).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(c.number, i);
+        }
+        let nums: Vec<u64> = t
+            .checkpoints(1000, "a")
+            .unwrap()
+            .iter()
+            .map(|c| c.number)
+            .collect();
+        assert_eq!(nums, vec![3, 4, 5]);
+        assert_eq!(t.live_in(2), 0, "retention released checkpoint 1's segment");
+        assert_eq!(t.live_in(6), 1);
+        assert_eq!(t.live_in(1), 1, "the state record stays live");
+        assert_eq!(t.checkpoint_count(), 3);
+        let e = run(&mut t, ck("a", Some(4), None), 9).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        let e = run(&mut t, ck("a", None, Some(2)), 9).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Fenced);
+        let e = run(&mut t, ck("b", None, None), 9).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn overlay_sees_earlier_changes_of_the_batch() {
+        let t = SessionTable::new(16);
+        let mut o = Overlay::default();
+        t.plan(&mut o, 1, 1, create("a", None)).unwrap();
+        let e = t.plan(&mut o, 1, 1, create("a", None)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        let p1 = t.plan(&mut o, 1, 1, ck("a", Some(0), None)).unwrap();
+        let p2 = t.plan(&mut o, 1, 1, ck("a", Some(1), None)).unwrap();
+        assert!(matches!(p1.reply, Reply::Checkpoint(Some(ref c)) if c.number == 1));
+        assert!(matches!(p2.reply, Reply::Checkpoint(Some(ref c)) if c.number == 2));
+        assert!(
+            t.session(1, "a").is_none(),
+            "nothing is visible before it is applied"
+        );
+        // The same name for another user is another session.
+        t.plan(&mut o, 2, 1, create("a", None)).unwrap();
+    }
+
+    #[test]
+    fn finished_sessions_refuse_checkpoints_and_delete_is_idempotent() {
+        let mut t = SessionTable::new(16);
+        run(&mut t, create("a", None), 1).unwrap();
+        run(&mut t, ck("a", None, None), 1).unwrap();
+        let r = run(
+            &mut t,
+            Mutation::SetStatus {
+                name: "a".into(),
+                status: Status::Failed,
+                error: Some("boom".into()),
+            },
+            1,
+        )
+        .unwrap();
+        let Reply::Session(s) = r else { panic!() };
+        assert_eq!(
+            (s.status, s.error.as_deref(), s.owner_pid),
+            (Status::Failed, Some("boom"), None)
+        );
+        let e = run(&mut t, ck("a", None, None), 1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SessionClosed);
+        let e = run(
+            &mut t,
+            Mutation::SetStatus {
+                name: "a".into(),
+                status: Status::Paused,
+                error: None,
+            },
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SessionClosed);
+        assert_eq!(
+            run(&mut t, Mutation::Delete { name: "a".into() }, 2).unwrap(),
+            Reply::Deleted(true)
+        );
+        assert_eq!(
+            run(&mut t, Mutation::Delete { name: "a".into() }, 2).unwrap(),
+            Reply::Deleted(false)
+        );
+        assert_eq!(t.live_in(1), 0);
+        assert_eq!(t.checkpoint_count(), 0);
+        // Recreated: numbering starts again for the new session.
+        run(&mut t, create("a", None), 3).unwrap();
+        let Reply::Checkpoint(Some(c)) = run(&mut t, ck("a", None, None), 3).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.number, 1);
+    }
+
+    #[test]
+    fn a_rewritten_number_replaces_the_unacknowledged_one() {
+        let mut t = SessionTable::new(0);
+        run(&mut t, create("a", None), 1).unwrap();
+        let h = |n| {
+            RecordHeader::Checkpoint(CheckpointHeader {
+                uid: 1000,
+                name: "a".into(),
+                number: n,
+                created_at: 1,
+                meta: Meta::new(),
+            })
+        };
+        t.apply(h(1), loc(1, 0));
+        t.apply(h(2), loc(1, 100));
+        t.apply(h(3), loc(1, 200));
+        t.apply(h(2), loc(2, 0));
+        let nums: Vec<(u64, u32)> = t
+            .checkpoints(1000, "a")
+            .unwrap()
+            .iter()
+            .map(|c| (c.number, c.loc.segment))
+            .collect();
+        assert_eq!(nums, vec![(1, 1), (2, 2)]);
+        assert_eq!(t.checkpoint_count(), 2);
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_live_counts() {
+        let mut t = SessionTable::new(2);
+        run(&mut t, create("a", None), 1).unwrap();
+        for s in 2..6 {
+            run(&mut t, ck("a", None, None), s).unwrap();
+        }
+        let t2 = SessionTable::from_snapshot(2, t.export());
+        for seg in 1..6 {
+            assert_eq!(t.live_in(seg), t2.live_in(seg), "segment {seg}");
+        }
+        assert_eq!(t.session(1000, "a"), t2.session(1000, "a"));
+    }
+}
