@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
+use crate::store::segment::{list_segments, segment_path};
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::{collect_garbage, SegmentFiles};
 use crate::table::{now_micros, Mutation, Overlay, SessionTable};
@@ -55,6 +56,7 @@ impl Job {
 #[derive(Debug, Clone, Copy)]
 pub struct CommitConfig {
     pub snapshot_every_bytes: u64,
+    pub segment_bytes: u64,
 }
 
 const MAX_BATCH_JOBS: usize = 4096;
@@ -83,6 +85,9 @@ pub fn run(shared: Arc<Shared>, mut log: LogWriter, jobs: Receiver<Job>, cfg: Co
         if since_snapshot >= cfg.snapshot_every_bytes {
             since_snapshot = 0;
             write_snapshot(&shared, &log);
+            if compact(&shared, &mut log, &cfg) {
+                write_snapshot(&shared, &log);
+            }
         }
     }
     write_snapshot(&shared, &log);
@@ -209,4 +214,86 @@ pub fn write_snapshot(shared: &Shared, log: &LogWriter) {
     if let Err(e) = collect_garbage(&shared.dir, segment, &shared.table, &shared.files) {
         tracing::warn!(error = %e, "cannot delete old log segments");
     }
+}
+
+/// Copies the live records of the oldest segments to the head of the log while the log is
+/// more than twice its live data (plus two segments of slack), so that garbage collection,
+/// which deletes segments oldest first, is never pinned by a few long-lived records (an idle
+/// session's checkpoints, a session's first state record). Copies at most one segment's worth
+/// per call. Returns whether anything moved.
+fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
+    let (active, _) = log.position();
+    let Ok(segments) = list_segments(&shared.dir) else {
+        return false;
+    };
+    let log_bytes: u64 = segments
+        .iter()
+        .filter_map(|&s| std::fs::metadata(segment_path(&shared.dir, s)).ok())
+        .map(|m| m.len())
+        .sum();
+    let live_bytes = shared.table().live_bytes();
+    if log_bytes <= 2 * live_bytes + 2 * cfg.segment_bytes {
+        return false;
+    }
+    let mut moved = 0u64;
+    let mut any = false;
+    for &seq in segments.iter().filter(|&&s| s < active) {
+        if moved >= cfg.segment_bytes {
+            break;
+        }
+        let live = shared.table().live_records(seq);
+        let mut copies: Vec<(RecordHeader, Vec<u8>, u32)> = live
+            .states
+            .into_iter()
+            .map(|st| (RecordHeader::Session(st), Vec::new(), crc32c::crc32c(&[])))
+            .collect();
+        for (_, name, entry) in live.checkpoints {
+            match shared.files.read_record_raw(&entry.loc) {
+                Ok((RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), payload, crc))
+                    if h.number == entry.number =>
+                {
+                    copies.push((RecordHeader::Relocated(h), payload, crc));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(session = %name, number = entry.number, segment = seq, "cannot copy a damaged checkpoint forward; its segment stays");
+                }
+            }
+        }
+        if copies.is_empty() {
+            continue;
+        }
+        let mut pending = Vec::with_capacity(copies.len());
+        for (h, payload, crc) in &copies {
+            match record::encode_with_crc(h, payload, *crc) {
+                Ok(head) => pending.push(Pending { head, payload }),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a copied record");
+                    return any;
+                }
+            }
+        }
+        let locs = match log
+            .append(&pending)
+            .and_then(|locs| log.sync().map(|()| locs))
+        {
+            Ok(locs) => locs,
+            Err(e) => {
+                tracing::error!(error = %e, "compaction write failed");
+                let _ = log.rotate();
+                return any;
+            }
+        };
+        moved += pending
+            .iter()
+            .map(|p| (p.head.len() + p.payload.len()) as u64)
+            .sum::<u64>();
+        drop(pending);
+        let mut table = shared.table();
+        for ((h, _, _), loc) in copies.into_iter().zip(locs) {
+            table.apply(h, loc);
+        }
+        any = true;
+        tracing::debug!(segment = seq, "copied live records forward");
+    }
+    any
 }

@@ -132,6 +132,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let commit_shared = shared.clone();
     let commit_cfg = CommitConfig {
         snapshot_every_bytes: cfg.snapshot_every_bytes,
+        segment_bytes: cfg.segment_bytes,
     };
     let committer = std::thread::Builder::new()
         .name("sessiond-commit".into())

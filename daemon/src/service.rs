@@ -299,7 +299,9 @@ fn read_one(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String
         .read_record(&entry.loc)
         .map_err(|e| e.to_string())?;
     let meta = match header {
-        RecordHeader::Checkpoint(h) if h.number == entry.number => h.meta,
+        RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) if h.number == entry.number => {
+            h.meta
+        }
         _ => return Err("the record at the indexed place is another record".into()),
     };
     Ok(checkpoint_info(entry, meta, Some(payload)))
@@ -357,7 +359,7 @@ fn history(shared: &Shared, entries: &[CkptEntry]) -> Result<Reply, WireError> {
         .iter()
         .map(|e| {
             let meta = match shared.files.read_header(&e.loc) {
-                Ok(RecordHeader::Checkpoint(h)) => h.meta,
+                Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => h.meta,
                 _ => sessiond_proto::Meta::new(),
             };
             checkpoint_info(e, meta, None)

@@ -21,8 +21,23 @@ pub type Key = (u32, String);
 #[derive(Debug, Clone)]
 struct Session {
     state: SessionState,
-    state_segment: u32,
+    /// Where the latest state record is.
+    state_loc: Loc,
     checkpoints: VecDeque<CkptEntry>,
+}
+
+/// Live records of one segment and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The live records of a segment, to copy forward before the segment can be deleted.
+#[derive(Debug, Default)]
+pub struct LiveRecords {
+    pub states: Vec<SessionState>,
+    pub checkpoints: Vec<(u32, String, CkptEntry)>,
 }
 
 /// A change to make, decided by a request handler.
@@ -107,7 +122,7 @@ pub struct ListFilter {
 pub struct SessionTable {
     sessions: HashMap<Key, Session>,
     /// Live records per segment: retained checkpoints and each session's latest state.
-    live: HashMap<u32, u64>,
+    live: HashMap<u32, Live>,
     checkpoints: u64,
     default_keep: u32,
 }
@@ -123,9 +138,9 @@ impl SessionTable {
     pub fn from_snapshot(default_keep: u32, sessions: Vec<SnapSession>) -> Self {
         let mut t = SessionTable::new(default_keep);
         for s in sessions {
-            *t.live.entry(s.state_segment).or_default() += 1;
+            t.add_live(&s.state_loc);
             for c in &s.checkpoints {
-                *t.live.entry(c.loc.segment).or_default() += 1;
+                t.add_live(&c.loc);
             }
             t.checkpoints += s.checkpoints.len() as u64;
             let key = (s.state.uid, s.state.name.clone());
@@ -133,7 +148,7 @@ impl SessionTable {
                 key,
                 Session {
                     state: s.state,
-                    state_segment: s.state_segment,
+                    state_loc: s.state_loc,
                     checkpoints: s.checkpoints.into(),
                 },
             );
@@ -146,7 +161,7 @@ impl SessionTable {
             .values()
             .map(|s| SnapSession {
                 state: s.state.clone(),
-                state_segment: s.state_segment,
+                state_loc: s.state_loc,
                 checkpoints: s.checkpoints.iter().copied().collect(),
             })
             .collect()
@@ -340,10 +355,43 @@ impl SessionTable {
         }
     }
 
-    fn unlive(live: &mut HashMap<u32, u64>, segment: u32) {
-        if let Some(n) = live.get_mut(&segment) {
-            *n = n.saturating_sub(1);
+    fn add_live(&mut self, loc: &Loc) {
+        let l = self.live.entry(loc.segment).or_default();
+        l.records += 1;
+        l.bytes += loc.record_len();
+    }
+
+    fn remove_live(live: &mut HashMap<u32, Live>, loc: &Loc) {
+        if let Some(l) = live.get_mut(&loc.segment) {
+            l.records = l.records.saturating_sub(1);
+            l.bytes = l.bytes.saturating_sub(loc.record_len());
         }
+    }
+
+    /// The session of a checkpoint record, recreated as paused if its state record is lost
+    /// (damage): the checkpoints are kept.
+    fn session_for_checkpoint(&mut self, h: &CheckpointHeader, loc: Loc) -> &mut Session {
+        let default_keep = self.default_keep;
+        self.sessions.entry((h.uid, h.name.clone())).or_insert_with(|| {
+            tracing::warn!(session = %h.name, uid = h.uid, "checkpoint of an unknown session; recreating it as paused");
+            Session {
+                state: SessionState {
+                    uid: h.uid,
+                    name: h.name.clone(),
+                    status: Status::Paused,
+                    owner: None,
+                    epoch: 1,
+                    created_at: h.created_at,
+                    updated_at: h.created_at,
+                    keep: default_keep,
+                    meta: Meta::new(),
+                    error: None,
+                    last_number: 0,
+                },
+                state_loc: Loc { segment: loc.segment, offset: 0, header_len: 0, payload_len: 0 },
+                checkpoints: VecDeque::new(),
+            }
+        })
     }
 
     /// Applies a durable record. Used for live commits and for replay alike.
@@ -351,13 +399,12 @@ impl SessionTable {
         match header {
             RecordHeader::Session(state) => {
                 let key = (state.uid, state.name.clone());
-                *self.live.entry(loc.segment).or_default() += 1;
+                self.add_live(&loc);
                 match self.sessions.get_mut(&key) {
                     Some(s) => {
-                        Self::unlive(&mut self.live, s.state_segment);
-                        s.state_segment = loc.segment;
-                        s.state.last_number = s.state.last_number.max(state.last_number);
-                        let last = s.state.last_number;
+                        Self::remove_live(&mut self.live, &s.state_loc);
+                        s.state_loc = loc;
+                        let last = s.state.last_number.max(state.last_number);
                         s.state = state;
                         s.state.last_number = last;
                     }
@@ -366,7 +413,7 @@ impl SessionTable {
                             key,
                             Session {
                                 state,
-                                state_segment: loc.segment,
+                                state_loc: loc,
                                 checkpoints: VecDeque::new(),
                             },
                         );
@@ -374,63 +421,88 @@ impl SessionTable {
                 }
             }
             RecordHeader::Checkpoint(h) => {
-                let key = (h.uid, h.name.clone());
-                let default_keep = self.default_keep;
-                let s = self.sessions.entry(key).or_insert_with(|| {
-                    // Its state record is lost (damage); keep the checkpoints, not the work.
-                    tracing::warn!(session = %h.name, uid = h.uid, "checkpoint of an unknown session; recreating it as paused");
-                    Session {
-                        state: SessionState {
-                            uid: h.uid,
-                            name: h.name.clone(),
-                            status: Status::Paused,
-                            owner: None,
-                            epoch: 1,
-                            created_at: h.created_at,
-                            updated_at: h.created_at,
-                            keep: default_keep,
-                            meta: Meta::new(),
-                            error: None,
-                            last_number: 0,
-                        },
-                        state_segment: loc.segment,
-                        checkpoints: VecDeque::new(),
-                    }
-                });
+                self.add_live(&loc);
+                self.checkpoints += 1;
+                let s = self.session_for_checkpoint(&h, loc);
+                let mut dropped = Vec::new();
                 // A record numbered N replaces any N' >= N (only after an unacknowledged write).
                 while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
-                    if let Some(old) = s.checkpoints.pop_back() {
-                        Self::unlive(&mut self.live, old.loc.segment);
-                        self.checkpoints -= 1;
-                    }
+                    dropped.extend(s.checkpoints.pop_back());
                 }
                 s.checkpoints.push_back(CkptEntry {
                     number: h.number,
                     created_at: h.created_at,
                     loc,
                 });
-                *self.live.entry(loc.segment).or_default() += 1;
-                self.checkpoints += 1;
                 s.state.last_number = s.state.last_number.max(h.number);
                 s.state.updated_at = s.state.updated_at.max(h.created_at);
-                let keep = s.state.keep as usize;
-                while keep > 0 && s.checkpoints.len() > keep {
-                    if let Some(old) = s.checkpoints.pop_front() {
-                        Self::unlive(&mut self.live, old.loc.segment);
-                        self.checkpoints -= 1;
-                    }
+                dropped.extend(Self::retain(s));
+                self.drop_entries(&dropped);
+            }
+            RecordHeader::Relocated(h) => {
+                // A copy of a retained checkpoint, written so that its old segment can go.
+                self.add_live(&loc);
+                self.checkpoints += 1;
+                let s = self.session_for_checkpoint(&h, loc);
+                let entry = CkptEntry {
+                    number: h.number,
+                    created_at: h.created_at,
+                    loc,
+                };
+                let mut dropped = Vec::new();
+                match s.checkpoints.binary_search_by_key(&h.number, |c| c.number) {
+                    Ok(i) => dropped.push(std::mem::replace(&mut s.checkpoints[i], entry)),
+                    Err(i) => s.checkpoints.insert(i, entry),
                 }
+                s.state.last_number = s.state.last_number.max(h.number);
+                dropped.extend(Self::retain(s));
+                self.drop_entries(&dropped);
             }
             RecordHeader::Delete { uid, name } => {
                 if let Some(s) = self.sessions.remove(&(uid, name)) {
-                    Self::unlive(&mut self.live, s.state_segment);
-                    for c in &s.checkpoints {
-                        Self::unlive(&mut self.live, c.loc.segment);
-                    }
-                    self.checkpoints -= s.checkpoints.len() as u64;
+                    Self::remove_live(&mut self.live, &s.state_loc);
+                    let entries: Vec<CkptEntry> = s.checkpoints.into_iter().collect();
+                    self.drop_entries(&entries);
                 }
             }
         }
+    }
+
+    /// Removes checkpoints beyond the session's `keep`, oldest first.
+    fn retain(s: &mut Session) -> Vec<CkptEntry> {
+        let keep = s.state.keep as usize;
+        let mut out = Vec::new();
+        while keep > 0 && s.checkpoints.len() > keep {
+            out.extend(s.checkpoints.pop_front());
+        }
+        out
+    }
+
+    fn drop_entries(&mut self, entries: &[CkptEntry]) {
+        for e in entries {
+            Self::remove_live(&mut self.live, &e.loc);
+        }
+        self.checkpoints -= entries.len() as u64;
+    }
+
+    /// The live records of `segment`.
+    pub fn live_records(&self, segment: u32) -> LiveRecords {
+        let mut out = LiveRecords::default();
+        for s in self.sessions.values() {
+            if s.state_loc.segment == segment {
+                out.states.push(s.state.clone());
+            }
+            for c in s.checkpoints.iter().filter(|c| c.loc.segment == segment) {
+                out.checkpoints
+                    .push((s.state.uid, s.state.name.clone(), *c));
+            }
+        }
+        out
+    }
+
+    /// Live bytes over all segments.
+    pub fn live_bytes(&self) -> u64 {
+        self.live.values().map(|l| l.bytes).sum()
     }
 
     pub fn session(&self, uid: u32, name: &str) -> Option<SessionInfo> {
@@ -493,9 +565,9 @@ impl SessionTable {
         m
     }
 
-    /// Live record count of `segment`.
-    pub fn live_in(&self, segment: u32) -> u64 {
-        self.live.get(&segment).copied().unwrap_or(0)
+    /// Live records of `segment`.
+    pub fn live_in(&self, segment: u32) -> Live {
+        self.live.get(&segment).copied().unwrap_or_default()
     }
 
     /// Forgets the (zero) live count of a deleted segment.
@@ -565,9 +637,13 @@ mod tests {
             .map(|c| c.number)
             .collect();
         assert_eq!(nums, vec![3, 4, 5]);
-        assert_eq!(t.live_in(2), 0, "retention released checkpoint 1's segment");
-        assert_eq!(t.live_in(6), 1);
-        assert_eq!(t.live_in(1), 1, "the state record stays live");
+        assert_eq!(
+            t.live_in(2).records,
+            0,
+            "retention released checkpoint 1's segment"
+        );
+        assert_eq!(t.live_in(6).records, 1);
+        assert_eq!(t.live_in(1).records, 1, "the state record stays live");
         assert_eq!(t.checkpoint_count(), 3);
         let e = run(&mut t, ck("a", Some(4), None), 9).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Conflict);
@@ -637,7 +713,7 @@ mod tests {
             run(&mut t, Mutation::Delete { name: "a".into() }, 2).unwrap(),
             Reply::Deleted(false)
         );
-        assert_eq!(t.live_in(1), 0);
+        assert_eq!(t.live_in(1).records, 0);
         assert_eq!(t.checkpoint_count(), 0);
         // Recreated: numbering starts again for the new session.
         run(&mut t, create("a", None), 3).unwrap();

@@ -1,1 +1,274 @@
-//! placeholder
+//! Harness for end-to-end tests: starts the real `sessiond` binary on a temporary socket and
+//! state directory, talks to it through the client and raw JSON lines, and kills it on drop
+//! (even when a test fails).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use sessiond_client::Client;
+
+/// A built binary of this workspace (`sessiond`, `sessionctl`).
+///
+/// Tests of a separate package cannot see `CARGO_BIN_EXE_*`; the binaries sit beside the test
+/// executable's `deps/` directory, built by the same `cargo test`/`nextest` run.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bins", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success() && path.exists(),
+            "cannot build {}",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `sessiond` with its own socket and state directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra flags, kept for restarts.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("sessiond-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("run/sessiond.sock");
+        let state = dir.path().join("state");
+        let mut d = Daemon {
+            dir,
+            socket,
+            state,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        d.launch();
+        d
+    }
+
+    /// The command line of this daemon, to run by hand (e.g. a second instance).
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin("sessiond"));
+        c.arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.args);
+        c.env_remove("SESSIOND_SOCKET")
+            .env_remove("SESSIOND_STATE_DIR")
+            .env("RUST_LOG", "sessiond=debug");
+        c
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("daemon-{}.log", self.starts))
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = File::create(self.log_path()).expect("log file");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sessiond");
+        self.child = Some(child);
+        let ready = wait_until(START_TIMEOUT, || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "sessiond exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            Client::connect(&self.socket)
+                .and_then(|mut c| c.ping())
+                .is_ok()
+        });
+        assert!(
+            ready,
+            "sessiond did not answer within {START_TIMEOUT:?}:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL, as a crash or power cut would stop it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("sessiond did not stop after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts it again on the same socket and state directory (after `kill9` or `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the daemon first");
+        self.launch();
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect")
+    }
+
+    pub fn json(&self) -> JsonConn {
+        JsonConn::connect(&self.socket)
+    }
+
+    /// `sessiond check` on this state directory: (success, output).
+    pub fn check(&self) -> (bool, String) {
+        let out = Command::new(bin("sessiond"))
+            .arg("check")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("run check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    /// The log segment files, oldest first.
+    pub fn segments(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.state.join("log"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A JSON-lines connection, as a script would hold it.
+pub struct JsonConn {
+    pub stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl JsonConn {
+    pub fn connect(socket: &Path) -> JsonConn {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        JsonConn { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, req: &Value) {
+        let mut line = req.to_string().into_bytes();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    pub fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "daemon closed the connection");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}"))
+    }
+
+    pub fn call(&mut self, req: Value) -> Value {
+        self.send(&req);
+        self.read()
+    }
+}
+
+/// Base64 of `bytes`, as JSON payloads carry it.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}

@@ -116,7 +116,9 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
                     loc,
                     payload_ok,
                 } => {
-                    if let (RecordHeader::Checkpoint(h), Some(false)) = (&header, payload_ok) {
+                    if let (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), Some(false)) =
+                        (&header, payload_ok)
+                    {
                         tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
                         report
                             .corrupt_payloads
@@ -184,6 +186,12 @@ impl SegmentFiles {
         segment::read_record(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
     }
 
+    /// A record's header and payload with the payload's stored checksum, not verified (for
+    /// copying a record as it is).
+    pub fn read_record_raw(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>, u32), ReadError> {
+        segment::read_record_raw(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+    }
+
     /// A record's header, verified.
     pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
         segment::read_header(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
@@ -205,7 +213,7 @@ pub fn collect_garbage(
         }
         {
             let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-            if t.live_in(seq) > 0 {
+            if t.live_in(seq).records > 0 {
                 break;
             }
             t.forget_segment(seq);

@@ -61,7 +61,12 @@ pub struct CheckpointHeader {
 pub enum RecordHeader {
     Checkpoint(CheckpointHeader),
     Session(SessionState),
-    Delete { uid: u32, name: String },
+    Delete {
+        uid: u32,
+        name: String,
+    },
+    /// A retained checkpoint copied forward (same number and payload) by compaction.
+    Relocated(CheckpointHeader),
 }
 
 /// Where a record lives.
@@ -100,6 +105,16 @@ pub enum RecordError {
 
 /// The prefix and header of a record; the payload is written after it as is.
 pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
+    encode_with_crc(header, payload, crc32c::crc32c(payload))
+}
+
+/// As [`encode`], with the payload checksum given: a copied record keeps its original checksum,
+/// so a payload damaged before the copy stays detectably damaged after it.
+pub fn encode_with_crc(
+    header: &RecordHeader,
+    payload: &[u8],
+    payload_crc: u32,
+) -> Result<Vec<u8>, RecordError> {
     let body = codec::encode(header)?;
     let payload_len =
         u32::try_from(payload.len()).map_err(|_| RecordError::PayloadTooLarge(payload.len()))?;
@@ -107,7 +122,7 @@ pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordEr
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&payload_len.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&payload_crc.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..16]), &body);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&body);

@@ -249,6 +249,15 @@ impl SegmentScanner {
 
 /// Reads a whole record and checks both checksums.
 pub fn read_record(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+    let (header, payload, crc) = read_record_raw(file, loc)?;
+    if crc32c::crc32c(&payload) != crc {
+        return Err(RecordError::PayloadCrc.into());
+    }
+    Ok((header, payload))
+}
+
+/// Reads a whole record, checking the header only; returns the stored payload checksum.
+pub fn read_record_raw(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>, u32), ReadError> {
     let mut buf = vec![0u8; loc.record_len() as usize];
     file.read_exact_at(&mut buf, loc.offset)
         .map_err(ReadError::Io)?;
@@ -257,8 +266,7 @@ pub fn read_record(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), Re
         return Err(ReadError::Record(RecordError::HeaderLen(prefix.header_len)));
     }
     let payload = buf.split_off(PREFIX_LEN + loc.header_len as usize);
-    record::verify_payload(&prefix, &payload)?;
-    Ok((header, payload))
+    Ok((header, payload, prefix.payload_crc))
 }
 
 /// Reads and verifies a record's header only.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sessiond_proto::codec;
 
 use super::log::fsync_dir;
-use super::record::SessionState;
+use super::record::{Loc, SessionState};
 use super::CkptEntry;
 
 pub const INDEX_FILE: &str = "index";
@@ -24,8 +24,8 @@ const HEADER_LEN: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapSession {
     pub state: SessionState,
-    /// Segment holding the session's latest state record.
-    pub state_segment: u32,
+    /// Where the session's latest state record is.
+    pub state_loc: Loc,
     pub checkpoints: Vec<CkptEntry>,
 }
 
