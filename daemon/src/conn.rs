@@ -9,14 +9,14 @@ use interprocess::os::unix::uds_local_socket::tokio::Stream;
 use serde_json::Value;
 use sessiond_proto::frame::{self, Frame, FrameDecoder, Line, LineDecoder};
 use sessiond_proto::{
-    codec, hello, json, ErrorKind, Reply, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
+    codec, hello, json, ErrorKind, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
     VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Peer, Service};
+use crate::service::{Peer, Service, Started};
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
@@ -33,10 +33,7 @@ enum Id {
     Json(Value),
 }
 
-enum Outcome {
-    Ready(Result<Reply, WireError>),
-    Pending(oneshot::Receiver<Result<Reply, WireError>>),
-}
+type Outcome = Started;
 
 enum Decoder {
     Binary(FrameDecoder),
@@ -135,7 +132,7 @@ async fn serve_peer(
     };
     let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
     let reader = read_requests(stream, service, cancel, peer, decoder, queue, buf);
-    let writer = write_replies(stream, replies);
+    let writer = write_replies(stream, service, replies);
     let (r, w) = tokio::join!(reader, writer);
     r.and(w)
 }
@@ -191,21 +188,21 @@ async fn drain(decoder: &mut Decoder, service: &Arc<Service>, peer: Peer, queue:
                 None => return true,
                 Some(Frame::TooLarge { len, id }) => (
                     Id::Bin(id.unwrap_or(0)),
-                    Outcome::Ready(Err(WireError::new(
+                    Started::Done(Err(WireError::new(
                         ErrorKind::TooLarge,
                         format!("request frame of {len} bytes exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes plus 1 MiB)"),
                     ))),
                 ),
                 Some(Frame::Body(body)) => match codec::decode::<RequestFrame>(body) {
                     Ok(req) => (Id::Bin(req.id), dispatch(service, peer, req)),
-                    Err(e) => (Id::Bin(0), Outcome::Ready(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
+                    Err(e) => (Id::Bin(0), Started::Done(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
                 },
             },
             Decoder::Json(d) => match d.next_line() {
                 None => return true,
                 Some(Line::TooLong) => (
                     Id::Json(Value::Null),
-                    Outcome::Ready(Err(WireError::new(
+                    Started::Done(Err(WireError::new(
                         ErrorKind::TooLarge,
                         format!("request line exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
                     ))),
@@ -224,35 +221,32 @@ fn json_item(line: &[u8], service: &Arc<Service>, peer: Peer) -> (Id, Outcome) {
     let (id, parsed) = json::decode_request(line);
     match parsed {
         Ok(req) => (Id::Json(id), dispatch(service, peer, req)),
-        Err(e) => (Id::Json(id), Outcome::Ready(Err(e))),
+        Err(e) => (Id::Json(id), Started::Done(Err(e))),
     }
 }
 
 fn dispatch(service: &Arc<Service>, peer: Peer, req: RequestFrame) -> Outcome {
-    let (tx, rx) = oneshot::channel();
-    let service = service.clone();
-    tokio::spawn(async move {
-        let op = req.request.op();
-        let result = service.handle(&peer, req).await;
-        if let Err(e) = &result {
-            tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");
-        }
-        let _ = tx.send(result);
-    });
-    Outcome::Pending(rx)
+    let op = req.request.op();
+    let started = service.start(&peer, req);
+    if let Started::Done(Err(e)) = &started {
+        tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");
+    }
+    started
 }
 
 async fn write_replies(
     stream: &Stream,
+    service: &Service,
     mut replies: mpsc::Receiver<(Id, Outcome)>,
 ) -> std::io::Result<()> {
     let mut w = stream;
     while let Some((id, outcome)) = replies.recv().await {
         let result = match outcome {
-            Outcome::Ready(r) => r,
-            Outcome::Pending(rx) => rx
+            Started::Done(r) => r,
+            Started::Committing(rx) => rx
                 .await
-                .unwrap_or_else(|_| Err(WireError::internal("request handler stopped"))),
+                .unwrap_or_else(|_| Err(WireError::internal("the commit thread stopped"))),
+            Started::Read { uid, request } => service.read(uid, request).await,
         };
         let bytes = match id {
             Id::Json(id) => json::encode_response(&id, &result),

@@ -64,6 +64,11 @@ fn open_store(cfg: &Config) -> Result<(Arc<Shared>, LogWriter), StartError> {
     let dir = &cfg.state_dir;
     let log_dir = dir.join(store::segment::LOG_DIR);
     ensure_private_dir(&log_dir)?;
+    // An interrupted snapshot write leaves its temp file; the snapshot itself is intact.
+    let tmp = dir.join(store::snapshot::INDEX_TMP);
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).map_err(io_err(format!("cannot remove {}", tmp.display())))?;
+    }
     let (table, report) = store::load(dir, cfg.default_keep)?;
     let next = report.segments.last().map_or(1, |s| s + 1);
     let log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(

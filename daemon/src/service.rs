@@ -40,6 +40,25 @@ pub struct Service {
     pub connections: AtomicU64,
 }
 
+/// How a request proceeds after [`Service::start`].
+pub enum Started {
+    Done(Result<Reply, WireError>),
+    /// Queued for the commit thread; the reply comes once it is durable.
+    Committing(oneshot::Receiver<Result<Reply, WireError>>),
+    Read {
+        uid: u32,
+        request: Request,
+    },
+}
+
+fn set_status(name: String, status: Status, error: Option<String>) -> Mutation {
+    Mutation::SetStatus {
+        name,
+        status,
+        error,
+    }
+}
+
 fn closing() -> WireError {
     WireError::unavailable("the daemon is shutting down")
 }
@@ -60,20 +79,24 @@ impl Service {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
-    async fn submit(&self, uid: u32, mutation: Mutation) -> Result<Reply, WireError> {
+    /// Queues a mutation for the commit thread now, so that a connection's mutations are
+    /// committed in request order.
+    fn enqueue(&self, uid: u32, mutation: Mutation) -> Started {
         let (tx, rx) = oneshot::channel();
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = jobs.as_ref().ok_or_else(closing)?;
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = jobs.as_ref().map(|sender| {
             sender
                 .send(Job {
                     uid,
                     mutation,
                     reply: tx,
                 })
-                .map_err(|_| closing())?;
+                .is_ok()
+        });
+        match sent {
+            Some(true) => Started::Committing(rx),
+            _ => Started::Done(Err(closing())),
         }
-        rx.await.map_err(|_| closing())?
     }
 
     /// The UID a request acts for: the peer's, or (root only) the one it names.
@@ -111,29 +134,36 @@ impl Service {
         }))
     }
 
-    pub async fn handle(&self, peer: &Peer, frame: RequestFrame) -> Result<Reply, WireError> {
+    /// Validates a request and starts it: answered at once, queued for commit, or a read to
+    /// run when the connection's earlier requests are done (so it sees their effects).
+    pub fn start(&self, peer: &Peer, frame: RequestFrame) -> Started {
+        match self.start_inner(peer, frame) {
+            Ok(started) => started,
+            Err(e) => Started::Done(Err(e)),
+        }
+    }
+
+    fn start_inner(&self, peer: &Peer, frame: RequestFrame) -> Result<Started, WireError> {
         let uid = Self::acting_uid(peer, frame.uid)?;
         if let Some(name) = frame.request.session_name() {
             validate::session_name(name)?;
         }
-        match frame.request {
-            Request::Ping => Ok(Reply::Pong {
-                version: VERSION.to_string(),
-                protocol: PROTOCOL_VERSION,
-            }),
+        let mutation = match frame.request {
+            Request::Ping => {
+                return Ok(Started::Done(Ok(Reply::Pong {
+                    version: VERSION.to_string(),
+                    protocol: PROTOCOL_VERSION,
+                })))
+            }
             Request::Create(r) => {
                 validate::meta(&r.meta, &self.limits.meta)?;
                 let owner = Self::owner(peer, r.owner_pid)?;
-                self.submit(
-                    uid,
-                    Mutation::Create {
-                        name: r.name,
-                        keep: r.keep,
-                        meta: r.meta,
-                        owner,
-                    },
-                )
-                .await
+                Mutation::Create {
+                    name: r.name,
+                    keep: r.keep,
+                    meta: r.meta,
+                    owner,
+                }
             }
             Request::Checkpoint(r) => {
                 validate::meta(&r.meta, &self.limits.meta)?;
@@ -147,18 +177,17 @@ impl Service {
                         ),
                     ));
                 }
-                let m = Mutation::Checkpoint {
+                Mutation::Checkpoint {
                     name: r.name,
                     payload: r.payload.0,
                     meta: r.meta,
                     expect: r.expect,
                     epoch: r.epoch,
-                };
-                self.submit(uid, m).await
+                }
             }
-            Request::Pause(r) => self.set_status(uid, r.name, Status::Paused, None).await,
-            Request::Complete(r) => self.set_status(uid, r.name, Status::Completed, None).await,
-            Request::Cancel(r) => self.set_status(uid, r.name, Status::Cancelled, None).await,
+            Request::Pause(r) => set_status(r.name, Status::Paused, None),
+            Request::Complete(r) => set_status(r.name, Status::Completed, None),
+            Request::Cancel(r) => set_status(r.name, Status::Cancelled, None),
             Request::Fail(r) => {
                 if let Some(e) = &r.error {
                     if e.len() > self.limits.meta.max_value_len {
@@ -169,16 +198,10 @@ impl Service {
                         )));
                     }
                 }
-                self.set_status(uid, r.name, Status::Failed, r.error).await
+                set_status(r.name, Status::Failed, r.error)
             }
-            Request::Delete(r) => self.submit(uid, Mutation::Delete { name: r.name }).await,
-            Request::Show(r) => self
-                .shared
-                .table()
-                .session(uid, &r.name)
-                .map(Reply::Session)
-                .ok_or_else(|| WireError::not_found(&r.name)),
-            Request::List(r) => {
+            Request::Delete(r) => Mutation::Delete { name: r.name },
+            Request::List(ref r) => {
                 if r.all_users && peer.uid != 0 {
                     return Err(WireError::new(
                         ErrorKind::PermissionDenied,
@@ -186,6 +209,37 @@ impl Service {
                     ));
                 }
                 validate::meta(&r.meta, &self.limits.meta)?;
+                return Ok(Started::Read {
+                    uid,
+                    request: frame.request,
+                });
+            }
+            Request::Show(_) | Request::History(_) | Request::Get(_) | Request::Stats => {
+                return Ok(Started::Read {
+                    uid,
+                    request: frame.request,
+                })
+            }
+            Request::Resume(_) | Request::Watch(_) => {
+                return Err(WireError::unavailable(format!(
+                    "op {:?} is not supported by this daemon version yet",
+                    frame.request.op()
+                )))
+            }
+        };
+        Ok(self.enqueue(uid, mutation))
+    }
+
+    /// Runs a read started by [`Service::start`].
+    pub async fn read(&self, uid: u32, request: Request) -> Result<Reply, WireError> {
+        match request {
+            Request::Show(r) => self
+                .shared
+                .table()
+                .session(uid, &r.name)
+                .map(Reply::Session)
+                .ok_or_else(|| WireError::not_found(&r.name)),
+            Request::List(r) => {
                 let filter = ListFilter {
                     uid: (!r.all_users).then_some(uid),
                     status: r.status,
@@ -206,30 +260,9 @@ impl Service {
                 })
                 .await
             }
-            Request::Resume(_) | Request::Watch(_) => Err(WireError::unavailable(format!(
-                "op {:?} is not supported by this daemon version yet",
-                frame.request.op()
-            ))),
             Request::Stats => Ok(Reply::Stats(self.stats())),
+            other => Err(WireError::internal(format!("{} is not a read", other.op()))),
         }
-    }
-
-    async fn set_status(
-        &self,
-        uid: u32,
-        name: String,
-        status: Status,
-        error: Option<String>,
-    ) -> Result<Reply, WireError> {
-        self.submit(
-            uid,
-            Mutation::SetStatus {
-                name,
-                status,
-                error,
-            },
-        )
-        .await
     }
 
     fn stats(&self) -> Stats {

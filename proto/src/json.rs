@@ -375,7 +375,7 @@ pub fn decode_response(line: &[u8]) -> Result<(Value, Result<Reply, WireError>),
     } else if let Some(Value::Array(c)) = m.remove("checkpoints") {
         Reply::Checkpoints(
             c.into_iter()
-                .map(|c| serde_json::from_value(c))
+                .map(serde_json::from_value)
                 .collect::<Result<_, _>>()?,
         )
     } else if let Some(d) = m.remove("deleted") {

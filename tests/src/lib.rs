@@ -93,11 +93,16 @@ impl Daemon {
 
     /// The command line of this daemon, to run by hand (e.g. a second instance).
     pub fn command(&self) -> Command {
+        self.command_for(&self.socket, &self.state)
+    }
+
+    /// This daemon's command line with another socket or state directory.
+    pub fn command_for(&self, socket: &Path, state: &Path) -> Command {
         let mut c = Command::new(bin("sessiond"));
         c.arg("--socket")
-            .arg(&self.socket)
+            .arg(socket)
             .arg("--state-dir")
-            .arg(&self.state)
+            .arg(state)
             .args(&self.args);
         c.env_remove("SESSIOND_SOCKET")
             .env_remove("SESSIOND_STATE_DIR")

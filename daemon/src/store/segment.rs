@@ -90,6 +90,9 @@ pub struct SegmentScanner {
 
 const WINDOW: usize = 4 << 20;
 
+/// A record read at some offset: its header, place and payload verdict, or why it is invalid.
+type Found = Result<(RecordHeader, Loc, Option<bool>), RecordError>;
+
 impl SegmentScanner {
     /// Opens segment `seq` and checks its header. Scanning starts at `from` (or right after
     /// the header when `from` is 0).
@@ -115,10 +118,6 @@ impl SegmentScanner {
         }
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     /// `len` bytes at `off`, or `None` if the file ends first.
     fn bytes(&mut self, off: u64, len: usize) -> io::Result<Option<&[u8]>> {
         if off + len as u64 > self.len {
@@ -137,10 +136,7 @@ impl SegmentScanner {
     }
 
     /// Tries to read a record at `off`. `Ok(None)`: the file ends inside it.
-    fn record_at(
-        &mut self,
-        off: u64,
-    ) -> io::Result<Option<Result<(RecordHeader, Loc, Option<bool>), RecordError>>> {
+    fn record_at(&mut self, off: u64) -> io::Result<Option<Found>> {
         let Some(p) = self.bytes(off, PREFIX_LEN)? else {
             return Ok(None);
         };

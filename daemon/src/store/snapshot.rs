@@ -17,7 +17,7 @@ use super::record::{Loc, SessionState};
 use super::CkptEntry;
 
 pub const INDEX_FILE: &str = "index";
-const INDEX_TMP: &str = "index.tmp";
+pub const INDEX_TMP: &str = "index.tmp";
 const MAGIC: [u8; 8] = *b"SSNDIDX1";
 const HEADER_LEN: usize = 20;
 

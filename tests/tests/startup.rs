@@ -1,0 +1,110 @@
+//! One daemon per state directory and per socket; stale sockets do not block a restart.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use sessiond_tests::Daemon;
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let d = Daemon::start();
+    // Same state directory, another socket: the lock decides.
+    let mut second = d.command_for(&d.dir.path().join("other.sock"), &d.state);
+    let out = second.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds the lock on state directory")
+            && err.contains(&format!("pid {}", d.pid())),
+        "{err}"
+    );
+    // The first one is unharmed.
+    d.client().ping().unwrap();
+    assert!(d.socket.exists());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_it_alone() {
+    let d = Daemon::start();
+    let mut second = d.command_for(&d.socket, &d.dir.path().join("other-state"));
+    let out = second.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening on"), "{err}");
+    d.client().ping().unwrap();
+}
+
+#[test]
+fn a_leftover_socket_from_a_killed_daemon_does_not_stop_a_restart() {
+    let mut d = Daemon::start();
+    d.client().create("x", None).unwrap();
+    d.kill9();
+    assert!(d.socket.exists(), "kill -9 leaves the socket file behind");
+    d.restart();
+    assert_eq!(d.client().show("x").unwrap().name, "x");
+}
+
+#[test]
+fn clean_stop_removes_the_socket_and_exits_zero() {
+    let mut d = Daemon::start();
+    assert!(d.stop().success());
+    assert!(!d.socket.exists());
+}
+
+#[test]
+fn socket_and_state_directory_are_private() {
+    let d = Daemon::start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.socket), 0o600);
+    assert_eq!(mode(&d.state), 0o700);
+    let d2 = Daemon::start_with(&["--socket-mode", "660"]);
+    assert_eq!(mode(&d2.socket), 0o660);
+}
+
+#[test]
+fn bad_flags_and_unusable_paths_are_clear_errors() {
+    let d = Daemon::start();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(sessiond_tests::bin("sessiond"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--socket-mode", "999"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("octal"), "{err}");
+    // A state directory path that is a file.
+    let file = d.dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let sock = d.dir.path().join("s2.sock");
+    let (code, err) = run(&[
+        "--state-dir",
+        file.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+    let help = std::process::Command::new(sessiond_tests::bin("sessiond"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--socket",
+        "--state-dir",
+        "--socket-mode",
+        "--max-checkpoint-bytes",
+        "--default-keep",
+        "--segment-bytes",
+        "--snapshot-every-bytes",
+        "check",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
