@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
-use crate::store::segment::{list_segments, segment_path};
+use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::{collect_garbage, SegmentFiles};
 use crate::table::{now_micros, Mutation, Overlay, SessionTable};
@@ -226,11 +226,7 @@ fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
     let Ok(segments) = list_segments(&shared.dir) else {
         return false;
     };
-    let log_bytes: u64 = segments
-        .iter()
-        .filter_map(|&s| std::fs::metadata(segment_path(&shared.dir, s)).ok())
-        .map(|m| m.len())
-        .sum();
+    let (_, log_bytes) = crate::store::log_size(&shared.dir);
     let live_bytes = shared.table().live_bytes();
     if log_bytes <= 2 * live_bytes + 2 * cfg.segment_bytes {
         return false;

@@ -15,6 +15,7 @@ use sessiond_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::service::{Peer, Service, Started};
 
@@ -62,10 +63,12 @@ pub async fn serve(
         }
     };
     let span = tracing::debug_span!("conn", peer_uid = peer.uid, peer_pid = ?peer.pid);
-    let _enter = span.enter();
     service.connections.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = serve_peer(&stream, &service, &cancel, limits, peer).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let served = serve_peer(&stream, &service, &cancel, limits, peer)
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(parent: &span, error = %e, "connection ended with an error");
     }
     service.connections.fetch_sub(1, Ordering::Relaxed);
 }

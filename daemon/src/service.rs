@@ -260,44 +260,37 @@ impl Service {
                 })
                 .await
             }
-            Request::Stats => Ok(Reply::Stats(self.stats())),
+            Request::Stats => {
+                let (sessions, checkpoints, by_status) = {
+                    let t = self.shared.table();
+                    (t.session_count(), t.checkpoint_count(), t.count_by_status())
+                };
+                let mut stats = Stats {
+                    version: VERSION.to_string(),
+                    uptime_secs: self.started.elapsed().as_secs(),
+                    sessions,
+                    sessions_by_status: Status::ALL
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.as_str().to_string(),
+                                by_status.get(s).copied().unwrap_or(0),
+                            )
+                        })
+                        .collect(),
+                    checkpoints,
+                    connections: self.connections.load(Ordering::Relaxed),
+                    checkpoints_written: self.shared.checkpoints_written.load(Ordering::Relaxed),
+                    bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
+                    flushes: self.shared.flushes.load(Ordering::Relaxed),
+                    ..Stats::default()
+                };
+                let dir = self.shared.dir.clone();
+                let (segments, bytes) = blocking(move || Ok(crate::store::log_size(&dir))).await?;
+                (stats.log_segments, stats.log_bytes) = (segments, bytes);
+                Ok(Reply::Stats(stats))
+            }
             other => Err(WireError::internal(format!("{} is not a read", other.op()))),
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        let (sessions, checkpoints, by_status) = {
-            let t = self.shared.table();
-            (t.session_count(), t.checkpoint_count(), t.count_by_status())
-        };
-        let segments = crate::store::segment::list_segments(&self.shared.dir).unwrap_or_default();
-        let log_bytes = segments
-            .iter()
-            .filter_map(|&s| {
-                std::fs::metadata(crate::store::segment::segment_path(&self.shared.dir, s)).ok()
-            })
-            .map(|m| m.len())
-            .sum();
-        Stats {
-            version: VERSION.to_string(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            sessions,
-            sessions_by_status: Status::ALL
-                .iter()
-                .map(|s| {
-                    (
-                        s.as_str().to_string(),
-                        by_status.get(s).copied().unwrap_or(0),
-                    )
-                })
-                .collect(),
-            checkpoints,
-            connections: self.connections.load(Ordering::Relaxed),
-            checkpoints_written: self.shared.checkpoints_written.load(Ordering::Relaxed),
-            bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
-            flushes: self.shared.flushes.load(Ordering::Relaxed),
-            log_segments: segments.len() as u64,
-            log_bytes,
         }
     }
 }

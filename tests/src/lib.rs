@@ -71,6 +71,25 @@ impl Daemon {
         Self::start_with(&[])
     }
 
+    /// Starts on an existing state directory (with a fresh socket).
+    pub fn start_on_state(state: &Path) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("sessiond-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("run/sessiond.sock");
+        let mut d = Daemon {
+            dir,
+            socket,
+            state: state.to_path_buf(),
+            args: Vec::new(),
+            child: None,
+            starts: 0,
+        };
+        d.launch();
+        d
+    }
+
     /// Starts with extra flags, kept for restarts.
     pub fn start_with(args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()

@@ -149,6 +149,17 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
     Ok((table, report))
 }
 
+/// Segments in the log and their total size in bytes.
+pub fn log_size(dir: &Path) -> (u64, u64) {
+    let segments = list_segments(dir).unwrap_or_default();
+    let bytes = segments
+        .iter()
+        .filter_map(|&s| std::fs::metadata(segment_path(dir, s)).ok())
+        .map(|m| m.len())
+        .sum();
+    (segments.len() as u64, bytes)
+}
+
 /// Open segment files for reads, shared by all readers.
 #[derive(Debug)]
 pub struct SegmentFiles {

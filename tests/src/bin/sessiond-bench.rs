@@ -22,10 +22,20 @@ struct Args {
 const USAGE: &str = "usage: sessiond-bench [--clients N] [--size BYTES] [--seconds S] [--socket PATH | --spawn] [--json]";
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { clients: 1, size: 1024, seconds: 5.0, socket: None, spawn: false, json: false };
+    let mut a = Args {
+        clients: 1,
+        size: 1024,
+        seconds: 5.0,
+        socket: None,
+        spawn: false,
+        json: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--clients" => a.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
@@ -60,7 +70,9 @@ fn main() {
     let mut daemon = None;
     let socket = if args.spawn {
         let socket = tmp.path().join("bench.sock");
-        let exe = std::env::current_exe().expect("exe").with_file_name("sessiond");
+        let exe = std::env::current_exe()
+            .expect("exe")
+            .with_file_name("sessiond");
         let child = Command::new(&exe)
             .arg("--socket")
             .arg(&socket)
@@ -70,11 +82,15 @@ fn main() {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
         daemon = Some(child);
-        let ok = sessiond_tests::wait_until(Duration::from_secs(20), || Client::connect(&socket).is_ok());
+        let ok = sessiond_tests::wait_until(Duration::from_secs(20), || {
+            Client::connect(&socket).is_ok()
+        });
         assert!(ok, "daemon did not start");
         socket
     } else {
-        args.socket.clone().unwrap_or_else(|| sessiond_proto::paths::socket_path(None))
+        args.socket
+            .clone()
+            .unwrap_or_else(|| sessiond_proto::paths::socket_path(None))
     };
 
     let barrier = Arc::new(Barrier::new(args.clients));
@@ -101,10 +117,17 @@ fn main() {
             })
         })
         .collect();
-    let mut all: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
+    let mut all: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
     all.sort_unstable();
     let rate = all.len() as f64 / args.seconds;
-    let (p50, p99, p999) = (percentile(&all, 0.5), percentile(&all, 0.99), percentile(&all, 0.999));
+    let (p50, p99, p999) = (
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        percentile(&all, 0.999),
+    );
     if args.json {
         println!(
             "{}",
@@ -118,7 +141,10 @@ fn main() {
         );
     }
     if let Some(mut d) = daemon {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = d.wait();
     }
 }

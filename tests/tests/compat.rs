@@ -1,0 +1,136 @@
+//! A state directory written by format v1 is checked in and must load forever. Changing the
+//! on-disk format is a versioned decision: regenerate with
+//! `cargo test -p sessiond-tests --test compat -- --ignored` only alongside a format bump.
+
+use std::path::{Path, PathBuf};
+
+use sessiond_client::{CheckpointRequest, ListRequest, Meta, Payload, Status};
+use sessiond_tests::Daemon;
+
+fn v1_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/state-v1")
+}
+
+fn payload(name: &str, n: u64) -> Vec<u8> {
+    let mut v = format!("{name}#{n}:").into_bytes();
+    v.extend((0..(n * 97 % 700) as u32).map(|i| (i * 13 + n as u32) as u8));
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn verify(d: &Daemon) {
+    let mut c = d.client();
+    let names: Vec<(String, Status)> = c
+        .list(ListRequest::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.status))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("alpha".into(), Status::Active),
+            ("beta".into(), Status::Paused),
+            ("gamma".into(), Status::Failed)
+        ]
+    );
+    let alpha = c.show("alpha").unwrap();
+    assert_eq!(
+        (alpha.keep, alpha.latest_checkpoint, alpha.checkpoint_count),
+        (3, Some(7), 3)
+    );
+    assert_eq!(alpha.meta.get("team").map(String::as_str), Some("blue"));
+    let numbers: Vec<u64> = c
+        .history("alpha")
+        .unwrap()
+        .iter()
+        .map(|h| h.number)
+        .collect();
+    assert_eq!(numbers, vec![5, 6, 7]);
+    for n in 5..=7 {
+        let got = c.get("alpha", Some(n)).unwrap().unwrap();
+        assert_eq!(got.payload.unwrap().0, payload("alpha", n));
+        assert_eq!(got.meta.get("n"), Some(&n.to_string()));
+    }
+    assert_eq!(
+        c.get("beta", None).unwrap().unwrap().payload.unwrap().0,
+        payload("beta", 2)
+    );
+    assert_eq!(
+        c.show("gamma").unwrap().error.as_deref(),
+        Some("out of memory")
+    );
+    assert_eq!(c.get("gamma", None).unwrap(), None);
+    // It goes on from where it was.
+    assert_eq!(c.checkpoint("alpha", b"next".to_vec()).unwrap().number, 8);
+}
+
+#[test]
+fn a_v1_state_directory_still_loads() {
+    for without_index in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        copy_dir(&v1_dir(), &state);
+        if without_index {
+            std::fs::remove_file(state.join("index")).unwrap();
+        }
+        let d = Daemon::start_on_state(&state);
+        verify(&d);
+    }
+}
+
+#[test]
+#[ignore = "regenerates the checked-in v1 state directory"]
+fn regenerate_v1_state_dir() {
+    let mut d = Daemon::start();
+    let mut c = d.client();
+    c.call(sessiond_client::Request::Create(
+        sessiond_client::CreateRequest {
+            name: "alpha".into(),
+            owner_pid: None,
+            keep: Some(3),
+            meta: [("team".to_string(), "blue".to_string())].into(),
+        },
+    ))
+    .unwrap();
+    // A deleted session leaves records in the log that must stay dead.
+    c.create("deleted", None).unwrap();
+    c.checkpoint("deleted", b"gone".to_vec()).unwrap();
+    c.delete("deleted").unwrap();
+    for n in 1..=7 {
+        let meta: Meta = [("n".to_string(), n.to_string())].into();
+        c.checkpoint_with(CheckpointRequest {
+            name: "alpha".into(),
+            payload: Payload(payload("alpha", n)),
+            meta,
+            expect: None,
+            epoch: None,
+        })
+        .unwrap();
+    }
+    c.create("beta", None).unwrap();
+    for n in 1..=2 {
+        c.checkpoint("beta", payload("beta", n)).unwrap();
+    }
+    c.pause("beta").unwrap();
+    c.create("gamma", None).unwrap();
+    c.fail("gamma", Some("out of memory")).unwrap();
+    drop(c);
+    assert!(d.stop().success());
+    let out = v1_dir();
+    let _ = std::fs::remove_dir_all(&out);
+    copy_dir(&d.state, &out);
+    std::fs::remove_file(out.join("LOCK")).unwrap();
+}
