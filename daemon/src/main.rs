@@ -77,6 +77,9 @@ enum Command {
     Check,
 }
 
+/// Bound on a whole meta map (records carry it in a header of at most 1 MiB).
+const MAX_META_BYTES: usize = 512 * 1024;
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -161,6 +164,16 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
         max_key_len: cli.max_meta_key_bytes,
         max_value_len: cli.max_meta_value_bytes,
     };
+    // A checkpoint's meta lives in its record header, which has a fixed bound.
+    let worst_meta = cli.max_meta_entries.saturating_mul(
+        cli.max_meta_key_bytes
+            .saturating_add(cli.max_meta_value_bytes),
+    );
+    if worst_meta > MAX_META_BYTES {
+        anyhow::bail!(
+            "--max-meta-entries x (--max-meta-key-bytes + --max-meta-value-bytes) is {worst_meta} bytes; at most {MAX_META_BYTES} are supported"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -55,6 +55,13 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(
             format!("cannot set permissions of {}", dir.display()),
         ))?;
+        // The new directory's entry must survive a power cut like what goes into it.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            store::log::fsync_dir(parent).map_err(io_err(format!(
+                "cannot sync directory {}",
+                parent.display()
+            )))?;
+        }
     }
     Ok(())
 }

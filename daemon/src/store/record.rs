@@ -116,6 +116,9 @@ pub fn encode_with_crc(
     payload_crc: u32,
 ) -> Result<Vec<u8>, RecordError> {
     let body = codec::encode(header)?;
+    if body.len() > MAX_HEADER_LEN as usize {
+        return Err(RecordError::HeaderLen(body.len() as u32));
+    }
     let payload_len =
         u32::try_from(payload.len()).map_err(|_| RecordError::PayloadTooLarge(payload.len()))?;
     let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
