@@ -8,25 +8,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
-use sessiond_proto::{Reply, WireError};
-use tokio::sync::oneshot;
+use sessiond_proto::{Event, Reply, WireError};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::process::ProcessProbe;
+use crate::store::record::Owner;
 
 use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
 use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::{collect_garbage, SegmentFiles};
-use crate::table::{now_micros, Mutation, Overlay, SessionTable};
+use crate::table::{now_micros, Key, Mutation, Overlay, Planned, SessionTable};
 
 /// State shared by the commit thread and the request handlers.
-#[derive(Debug)]
 pub struct Shared {
     pub dir: PathBuf,
     pub table: Mutex<SessionTable>,
     pub files: SegmentFiles,
+    pub probe: Arc<dyn ProcessProbe>,
+    pub notify: Notifier,
     pub checkpoints_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub flushes: AtomicU64,
+}
+
+/// A session's new owner (`None`: it has none any more), for the owner watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerChange {
+    pub key: Key,
+    pub owner: Option<Owner>,
+}
+
+/// Where committed changes are announced: events for `watch` streams (bounded; a slow
+/// watcher lags, never a writer), ownership changes for the owner watcher (never dropped).
+pub struct Notifier {
+    pub events: broadcast::Sender<Arc<(u32, Event)>>,
+    pub owners: mpsc::UnboundedSender<OwnerChange>,
 }
 
 impl Shared {
@@ -102,8 +120,8 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         let table = shared.table();
         let mut overlay = Overlay::default();
         for job in batch {
-            match table.plan(&mut overlay, job.uid, now, job.mutation) {
-                Ok(p) => planned.push((p, job.reply)),
+            match table.plan(&mut overlay, job.uid, now, job.mutation, &*shared.probe) {
+                Ok(p) => planned.push((p, job.reply, job.uid)),
                 Err(e) => {
                     let _ = job.reply.send(Err(e));
                 }
@@ -111,7 +129,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         }
     }
     let mut pending = Vec::new();
-    for (p, _) in &planned {
+    for (p, _, _) in &planned {
         for (header, payload) in &p.records {
             match record::encode(header, payload) {
                 Ok(head) => pending.push(Pending { head, payload }),
@@ -126,7 +144,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         }
     }
     if pending.is_empty() {
-        for (p, reply) in planned {
+        for (p, reply, _) in planned {
             let _ = reply.send(Ok(p.reply));
         }
         return 0;
@@ -168,7 +186,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
     {
         let mut table = shared.table();
         let mut locs = locs.into_iter();
-        for (p, reply) in planned {
+        for (p, reply, uid) in planned {
             for (header, _) in p.records {
                 if matches!(header, RecordHeader::Checkpoint(_)) {
                     shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
@@ -176,6 +194,13 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
                 if let Some(loc) = locs.next() {
                     table.apply(header, loc);
                 }
+            }
+            for event in p.events {
+                // No receiver is fine: nobody is watching.
+                let _ = shared.notify.events.send(Arc::new((uid, event)));
+            }
+            if let Some((key, owner)) = p.ownership {
+                let _ = shared.notify.owners.send(OwnerChange { key, owner });
             }
             replies.push((p.reply, reply));
         }
@@ -186,14 +211,10 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
     appended
 }
 
-fn fail_all(
-    planned: Vec<(
-        crate::table::Planned,
-        oneshot::Sender<Result<Reply, WireError>>,
-    )>,
-    err: WireError,
-) {
-    for (_, reply) in planned {
+type PlannedJob = (Planned, oneshot::Sender<Result<Reply, WireError>>, u32);
+
+fn fail_all(planned: Vec<PlannedJob>, err: WireError) {
+    for (_, reply, _) in planned {
         let _ = reply.send(Err(err.clone()));
     }
 }

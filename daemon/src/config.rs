@@ -1,6 +1,7 @@
 //! The daemon's settings, as `run` receives them (parsed by the binary from flags and env).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use sessiond_proto::validate::MetaLimits;
 
@@ -20,6 +21,8 @@ pub struct Config {
     /// Log bytes written between two index snapshots.
     pub snapshot_every_bytes: u64,
     pub meta_limits: MetaLimits,
+    /// Period of the owner sweep (the fallback and safety net of exit notification).
+    pub stale_check_interval: Duration,
 }
 
 impl Config {
@@ -34,6 +37,7 @@ impl Config {
             segment_bytes: 64 * MIB,
             snapshot_every_bytes: 256 * MIB,
             meta_limits: MetaLimits::default(),
+            stale_check_interval: Duration::from_secs(1),
         }
     }
 

@@ -9,11 +9,11 @@ use interprocess::os::unix::uds_local_socket::tokio::Stream;
 use serde_json::Value;
 use sessiond_proto::frame::{self, Frame, FrameDecoder, Line, LineDecoder};
 use sessiond_proto::{
-    codec, hello, json, ErrorKind, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION,
-    VERSION,
+    codec, hello, json, ErrorKind, Event, EventKind, Reply, RequestFrame, ResponseFrame, WireError,
+    PROTOCOL_VERSION, VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -134,8 +134,14 @@ async fn serve_peer(
         Decoder::Binary(d)
     };
     let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
-    let reader = read_requests(stream, service, cancel, peer, decoder, queue, buf);
-    let writer = write_replies(stream, service, replies);
+    // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
+    let closed = cancel.child_token();
+    let reader = async {
+        let r = read_requests(stream, service, cancel, peer, decoder, queue, buf).await;
+        closed.cancel();
+        r
+    };
+    let writer = write_replies(stream, service, replies, &closed);
     let (r, w) = tokio::join!(reader, writer);
     r.and(w)
 }
@@ -241,28 +247,76 @@ async fn write_replies(
     stream: &Stream,
     service: &Service,
     mut replies: mpsc::Receiver<(Id, Outcome)>,
+    closed: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut w = stream;
     while let Some((id, outcome)) = replies.recv().await {
         let result = match outcome {
             Started::Done(r) => r,
-            Started::Committing(rx) => rx
-                .await
-                .unwrap_or_else(|_| Err(WireError::internal("the commit thread stopped"))),
+            Started::Committing(rx) => committed(rx).await,
             Started::Read { uid, request } => service.read(uid, request).await,
+            Started::Resuming { uid, committed: rx } => {
+                service.finish_resume(uid, committed(rx).await).await
+            }
+            Started::Watch { uid, name, events } => {
+                w.write_all(&encode(&id, Ok(Reply::Watching))?).await?;
+                // The connection now carries this watch's events until the client leaves.
+                return stream_events(stream, &id, uid, name, events, closed).await;
+            }
         };
-        let bytes = match id {
-            Id::Json(id) => json::encode_response(&id, &result),
-            Id::Bin(id) => match frame::encode_frame(&ResponseFrame { id, result }) {
-                Ok(b) => b,
-                Err(e) => frame::encode_frame(&ResponseFrame {
-                    id,
-                    result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
-                })
-                .map_err(std::io::Error::other)?,
-            },
-        };
-        w.write_all(&bytes).await?;
+        w.write_all(&encode(&id, result)?).await?;
     }
     Ok(())
+}
+
+async fn committed(rx: oneshot::Receiver<Result<Reply, WireError>>) -> Result<Reply, WireError> {
+    rx.await
+        .unwrap_or_else(|_| Err(WireError::internal("the commit thread stopped")))
+}
+
+fn encode(id: &Id, result: Result<Reply, WireError>) -> std::io::Result<Vec<u8>> {
+    Ok(match id {
+        Id::Json(id) => json::encode_response(id, &result),
+        Id::Bin(id) => match frame::encode_frame(&ResponseFrame { id: *id, result }) {
+            Ok(b) => b,
+            Err(e) => frame::encode_frame(&ResponseFrame {
+                id: *id,
+                result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
+            })
+            .map_err(std::io::Error::other)?,
+        },
+    })
+}
+
+async fn stream_events(
+    stream: &Stream,
+    id: &Id,
+    uid: u32,
+    name: Option<String>,
+    mut events: broadcast::Receiver<Arc<(u32, Event)>>,
+    closed: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut w = stream;
+    loop {
+        let event = tokio::select! {
+            _ = closed.cancelled() => return Ok(()),
+            e = events.recv() => e,
+        };
+        let event = match event {
+            Ok(e) if e.0 == uid && name.as_ref().is_none_or(|n| *n == e.1.name) => e.1.clone(),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event {
+                kind: EventKind::Lagged,
+                name: name.clone().unwrap_or_default(),
+                number: None,
+                status: None,
+                epoch: None,
+                owner_pid: None,
+                missed: Some(missed),
+                at: chrono::Utc::now(),
+            },
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        w.write_all(&encode(id, Ok(Reply::Event(event)))?).await?;
+    }
 }

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod config;
 pub mod conn;
 pub mod lock;
+pub mod owner;
 pub mod process;
 pub mod server;
 pub mod service;

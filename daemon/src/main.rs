@@ -50,6 +50,11 @@ struct Cli {
     #[arg(long, default_value_t = 256 * MIB, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every_bytes: u64,
 
+    /// How often the owner sweep runs (e.g. 1s, 250ms). On Linux owner exits are seen at once
+    /// through pidfds; the sweep is the fallback and safety net.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    stale_check_interval: std::time::Duration,
+
     /// Most entries in a meta map.
     #[arg(long, default_value_t = 64)]
     max_meta_entries: usize,
@@ -80,6 +85,19 @@ enum Command {
 /// Bound on a whole meta map (records carry it in a header of at most 1 MiB).
 const MAX_META_BYTES: usize = 512 * 1024;
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(|v| std::time::Duration::from_secs_f64(v * unit))
+        .ok_or_else(|| format!("{s:?} is not a duration like 1s or 250ms"))
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -106,6 +124,18 @@ fn init_tracing(verbose: u8) {
 fn state_dir(cli: &Cli) -> Result<PathBuf> {
     paths::state_dir(cli.state_dir.clone())
         .context("no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)")
+}
+
+/// One pidfd per watched owner and one descriptor per client: use the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open file limit");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -159,6 +189,7 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
     cfg.default_keep = cli.default_keep;
     cfg.segment_bytes = cli.segment_bytes;
     cfg.snapshot_every_bytes = cli.snapshot_every_bytes;
+    cfg.stale_check_interval = cli.stale_check_interval;
     cfg.meta_limits = MetaLimits {
         max_entries: cli.max_meta_entries,
         max_key_len: cli.max_meta_key_bytes,
@@ -174,6 +205,7 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
             "--max-meta-entries x (--max-meta-key-bytes + --max-meta-value-bytes) is {worst_meta} bytes; at most {MAX_META_BYTES} are supported"
         );
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

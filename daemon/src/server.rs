@@ -16,16 +16,22 @@ use std::time::Duration;
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::uds_local_socket::tokio::Listener;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::commit::{self, CommitConfig, Shared};
+use crate::commit::{self, CommitConfig, Notifier, OwnerChange, Shared};
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
 use crate::lock::{LockError, StateLock};
+use crate::owner::OwnerWatcher;
+use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
 use crate::store::log::LogWriter;
 use crate::store::{self, SegmentFiles, StoreError};
+
+/// Events buffered per watcher before it lags.
+const EVENT_BUFFER: usize = 4096;
 
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +73,11 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
 }
 
 /// Opens the state directory: recovery, a fresh segment, a snapshot if anything was replayed.
-fn open_store(cfg: &Config) -> Result<(Arc<Shared>, LogWriter), StartError> {
+fn open_store(
+    cfg: &Config,
+    probe: Arc<dyn ProcessProbe>,
+    notify: Notifier,
+) -> Result<(Arc<Shared>, LogWriter), StartError> {
     let dir = &cfg.state_dir;
     let log_dir = dir.join(store::segment::LOG_DIR);
     ensure_private_dir(&log_dir)?;
@@ -95,6 +105,8 @@ fn open_store(cfg: &Config) -> Result<(Arc<Shared>, LogWriter), StartError> {
         dir: dir.clone(),
         table: std::sync::Mutex::new(table),
         files: SegmentFiles::new(dir),
+        probe,
+        notify,
         checkpoints_written: Default::default(),
         bytes_written: Default::default(),
         flushes: Default::default(),
@@ -103,6 +115,28 @@ fn open_store(cfg: &Config) -> Result<(Arc<Shared>, LogWriter), StartError> {
         commit::write_snapshot(&shared, &log);
     }
     Ok((shared, log))
+}
+
+/// Marks stale the active sessions whose owner is gone and hands the others to the watcher.
+async fn check_owners_at_start(shared: &Shared, service: &Service) {
+    let active = shared.table().active_owners();
+    let mut stale = Vec::new();
+    for (key, owner) in active {
+        if shared.probe.is_alive(&owner) {
+            let _ = shared.notify.owners.send(OwnerChange {
+                key,
+                owner: Some(owner),
+            });
+        } else {
+            tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner died while the daemon was down");
+            stale.push(service.mark_stale(key, owner));
+        }
+    }
+    for started in stale {
+        if let crate::service::Started::Committing(rx) = started {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// Binds the socket, replacing a leftover file only if no daemon answers on it.
@@ -137,9 +171,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     ensure_private_dir(&cfg.state_dir)?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
     let open_cfg = cfg.clone();
-    let (shared, log) = tokio::task::spawn_blocking(move || open_store(&open_cfg))
-        .await
-        .map_err(|e| io_err("recovery task failed")(io::Error::other(e)))??;
+    let probe: Arc<dyn ProcessProbe> = Arc::new(SystemProbe);
+    let (owners_tx, owners_rx) = tokio::sync::mpsc::unbounded_channel();
+    let notify = Notifier {
+        events: broadcast::channel(EVENT_BUFFER).0,
+        owners: owners_tx,
+    };
+    let open_probe = probe.clone();
+    let (shared, log) =
+        tokio::task::spawn_blocking(move || open_store(&open_cfg, open_probe, notify))
+            .await
+            .map_err(|e| io_err("recovery task failed")(io::Error::other(e)))??;
     let (jobs_tx, jobs_rx) = mpsc::channel();
     let commit_shared = shared.clone();
     let commit_cfg = CommitConfig {
@@ -159,9 +201,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         },
     ));
 
+    // Owners that died while the daemon was down are found before it reports ready.
+    let watcher_cancel = CancellationToken::new();
+    let watcher = OwnerWatcher::new(service.clone(), probe.clone());
+    let watcher =
+        tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
+    check_owners_at_start(&shared, &service).await;
+
     let listener = match bind(&cfg) {
         Ok(l) => l,
         Err(e) => {
+            watcher_cancel.cancel();
+            let _ = watcher.await;
             service.close();
             let _ = committer.join();
             return Err(e);
@@ -212,6 +263,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     {
         tracing::warn!("connections did not finish within {DRAIN_TIMEOUT:?}");
     }
+    watcher_cancel.cancel();
+    let _ = watcher.await;
     service.close();
     let joined = tokio::task::spawn_blocking(move || committer.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

@@ -8,16 +8,15 @@ use std::time::Instant;
 
 use sessiond_proto::validate::{self, MetaLimits};
 use sessiond_proto::{
-    CheckpointInfo, ErrorKind, Reply, Request, RequestFrame, Stats, Status, WireError,
+    CheckpointInfo, ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError,
     PROTOCOL_VERSION, VERSION,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::commit::{Job, Shared};
-use crate::process;
 use crate::store::record::{Owner, RecordHeader};
 use crate::store::CkptEntry;
-use crate::table::{micros_to_time, ListFilter, Mutation};
+use crate::table::{micros_to_time, Key, ListFilter, Mutation};
 
 /// Who is on the other end of a connection, from the socket's credentials.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +47,17 @@ pub enum Started {
     Read {
         uid: u32,
         request: Request,
+    },
+    /// A resume being committed; then [`Service::finish_resume`].
+    Resuming {
+        uid: u32,
+        committed: oneshot::Receiver<Result<Reply, WireError>>,
+    },
+    /// A watch: the `Watching` reply, then the events for this user (and session).
+    Watch {
+        uid: u32,
+        name: Option<String>,
+        events: broadcast::Receiver<Arc<(u32, Event)>>,
     },
 }
 
@@ -111,27 +121,58 @@ impl Service {
         }
     }
 
-    /// The owner of a session created or resumed by `peer`, possibly naming another process.
-    fn owner(peer: &Peer, named: Option<u32>) -> Result<Option<Owner>, WireError> {
+    /// The owner of a session created or resumed by `peer`: the peer process itself (from
+    /// the socket's credentials), or a named live process of the same user (root: any).
+    fn owner(&self, peer: &Peer, named: Option<u32>) -> Result<Option<Owner>, WireError> {
+        let probe = &*self.shared.probe;
+        let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
         let pid = match named {
             None => match peer.pid {
                 Some(pid) => pid,
                 None => return Ok(None),
             },
             Some(pid) => {
-                let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
-                let uid = process::uid_of(pid)
-                    .ok_or_else(|| denied(format!("owner_pid {pid} is not a running process")))?;
-                if peer.uid != 0 && uid != peer.uid {
+                let uid = probe.uid_of(pid);
+                if peer.uid != 0 && uid.is_some_and(|u| u != peer.uid) {
                     return Err(denied(format!("owner_pid {pid} belongs to another user")));
                 }
                 pid
             }
         };
-        Ok(Some(Owner {
-            pid,
-            start_time: process::start_time(pid).unwrap_or(0),
-        }))
+        // A peer that exited already gets start time 0: never alive, so soon stale.
+        let start_time = match (probe.start_time(pid), named) {
+            (Some(t), _) => t,
+            (None, None) => 0,
+            (None, Some(_)) => {
+                return Err(denied(format!("owner_pid {pid} is not a running process")))
+            }
+        };
+        Ok(Some(Owner { pid, start_time }))
+    }
+
+    /// Marks `key` stale if `owner` still owns it (from the owner watcher).
+    pub fn mark_stale(&self, key: Key, owner: Owner) -> Started {
+        self.enqueue(key.0, Mutation::MarkStale { name: key.1, owner })
+    }
+
+    /// Completes a resume: the reply carries the latest intact checkpoint, read once the
+    /// resume is durable.
+    pub async fn finish_resume(
+        &self,
+        uid: u32,
+        committed: Result<Reply, WireError>,
+    ) -> Result<Reply, WireError> {
+        let Reply::Resumed { session, .. } = committed? else {
+            return Err(WireError::internal("resume committed without a session"));
+        };
+        let entries = self.shared.table().checkpoints(uid, &session.name)?;
+        let shared = self.shared.clone();
+        let name = session.name.clone();
+        let checkpoint = blocking(move || read_checkpoint(&shared, &name, &entries, None)).await?;
+        Ok(Reply::Resumed {
+            session,
+            checkpoint,
+        })
     }
 
     /// Validates a request and starts it: answered at once, queued for commit, or a read to
@@ -157,7 +198,7 @@ impl Service {
             }
             Request::Create(r) => {
                 validate::meta(&r.meta, &self.limits.meta)?;
-                let owner = Self::owner(peer, r.owner_pid)?;
+                let owner = self.owner(peer, r.owner_pid)?;
                 Mutation::Create {
                     name: r.name,
                     keep: r.keep,
@@ -220,11 +261,25 @@ impl Service {
                     request: frame.request,
                 })
             }
-            Request::Resume(_) | Request::Watch(_) => {
-                return Err(WireError::unavailable(format!(
-                    "op {:?} is not supported by this daemon version yet",
-                    frame.request.op()
-                )))
+            Request::Resume(r) => {
+                let owner = self.owner(peer, r.owner_pid)?;
+                let resume = Mutation::Resume {
+                    name: r.name,
+                    owner,
+                    force: r.force,
+                };
+                return Ok(match self.enqueue(uid, resume) {
+                    Started::Committing(committed) => Started::Resuming { uid, committed },
+                    other => other,
+                });
+            }
+            Request::Watch(r) => {
+                let events = self.shared.notify.events.subscribe();
+                return Ok(Started::Watch {
+                    uid,
+                    name: r.name,
+                    events,
+                });
             }
         };
         Ok(self.enqueue(uid, mutation))

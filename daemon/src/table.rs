@@ -9,7 +9,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use sessiond_proto::{CheckpointInfo, ErrorKind, Meta, Reply, SessionInfo, Status, WireError};
+use sessiond_proto::{
+    CheckpointInfo, ErrorKind, Event, EventKind, Meta, Reply, SessionInfo, Status, WireError,
+};
+
+use crate::process::ProcessProbe;
 
 use crate::store::record::{CheckpointHeader, Loc, Owner, RecordHeader, SessionState};
 use crate::store::snapshot::SnapSession;
@@ -64,13 +68,37 @@ pub enum Mutation {
     Delete {
         name: String,
     },
+    /// The owner made the session active has exited: mark it stale if it still owns it.
+    MarkStale {
+        name: String,
+        owner: Owner,
+    },
+    Resume {
+        name: String,
+        owner: Option<Owner>,
+        force: bool,
+    },
 }
 
-/// A planned mutation: the records to make durable, then the reply to send.
+/// A planned mutation: the records to make durable, then the reply to send, the events to
+/// announce and the session's new owner (`Some((key, None))`: it has none any more).
 #[derive(Debug)]
 pub struct Planned {
     pub records: Vec<(RecordHeader, Vec<u8>)>,
     pub reply: Reply,
+    pub events: Vec<Event>,
+    pub ownership: Option<(Key, Option<Owner>)>,
+}
+
+impl Planned {
+    fn nothing(reply: Reply) -> Self {
+        Planned {
+            records: Vec::new(),
+            reply,
+            events: Vec::new(),
+            ownership: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,14 +206,27 @@ impl SessionTable {
         }
     }
 
-    /// Validates `m` for user `uid` and returns the records expressing it.
+    /// Validates `m` for user `uid` and returns the records expressing it. `probe` answers
+    /// whether an owner still runs (resume looks at the owner itself, never waits for a sweep).
     pub fn plan(
         &self,
         overlay: &mut Overlay,
         uid: u32,
         now: i64,
         m: Mutation,
+        probe: &dyn ProcessProbe,
     ) -> Result<Planned, WireError> {
+        let at = micros_to_time(now);
+        let event = |kind, name: &str| Event {
+            kind,
+            name: name.to_string(),
+            number: None,
+            status: None,
+            epoch: None,
+            owner_pid: None,
+            missed: None,
+            at,
+        };
         match m {
             Mutation::Create {
                 name,
@@ -214,8 +255,11 @@ impl SessionTable {
                     last_number: 0,
                 };
                 let reply = Reply::Session(info(&state, 0, None));
+                let mut ev = event(EventKind::Created, &key.1);
+                (ev.status, ev.epoch, ev.owner_pid) =
+                    (Some(Status::Active), Some(1), owner.map(|o| o.pid));
                 overlay.0.insert(
-                    key,
+                    key.clone(),
                     Some(Staged {
                         state: state.clone(),
                         count: 0,
@@ -225,6 +269,8 @@ impl SessionTable {
                 Ok(Planned {
                     records: vec![(RecordHeader::Session(state), Vec::new())],
                     reply,
+                    events: vec![ev],
+                    ownership: Some((key, owner)),
                 })
             }
             Mutation::Checkpoint {
@@ -274,19 +320,20 @@ impl SessionTable {
                 s.state.last_number = number;
                 s.state.updated_at = now;
                 s.latest = Some(number);
-                s.count = if s.state.keep == 0 {
-                    s.count + 1
-                } else {
-                    (s.count + 1).min(u64::from(s.state.keep))
+                s.count = match s.state.keep {
+                    0 => s.count + 1,
+                    keep => (s.count + 1).min(u64::from(keep)),
                 };
                 let reply = Reply::Checkpoint(Some(CheckpointInfo {
                     number,
                     size: payload.len() as u64,
-                    created_at: micros_to_time(now),
+                    created_at: at,
                     meta: meta.clone(),
                     payload: None,
                     skipped_corrupt: Vec::new(),
                 }));
+                let mut ev = event(EventKind::Checkpointed, &key.1);
+                (ev.number, ev.epoch) = (Some(number), Some(s.state.epoch));
                 let header = RecordHeader::Checkpoint(CheckpointHeader {
                     uid,
                     name: key.1.clone(),
@@ -298,6 +345,8 @@ impl SessionTable {
                 Ok(Planned {
                     records: vec![(header, payload)],
                     reply,
+                    events: vec![ev],
+                    ownership: None,
                 })
             }
             Mutation::SetStatus {
@@ -326,33 +375,114 @@ impl SessionTable {
                     None
                 };
                 s.state.updated_at = now;
-                let reply = Reply::Session(info(&s.state, s.count, s.latest));
-                let record = RecordHeader::Session(s.state.clone());
-                overlay.0.insert(key, Some(s));
-                Ok(Planned {
-                    records: vec![(record, Vec::new())],
-                    reply,
-                })
+                Ok(self.put_state(overlay, key, s, event(EventKind::Status, "")))
+            }
+            Mutation::MarkStale { name, owner } => {
+                let key = (uid, name);
+                let Some(mut s) = self.view(overlay, &key) else {
+                    return Ok(Planned::nothing(Reply::Deleted(false)));
+                };
+                // Only if it is still that owner's active session: a resume or status change
+                // since the owner died wins.
+                if s.state.status != Status::Active || s.state.owner != Some(owner) {
+                    return Ok(Planned::nothing(Reply::Session(info(
+                        &s.state, s.count, s.latest,
+                    ))));
+                }
+                s.state.status = Status::Stale;
+                s.state.owner = None;
+                s.state.updated_at = now;
+                let mut ev = event(EventKind::Stale, "");
+                ev.owner_pid = Some(owner.pid);
+                Ok(self.put_state(overlay, key, s, ev))
+            }
+            Mutation::Resume { name, owner, force } => {
+                let key = (uid, name);
+                let mut s = self
+                    .view(overlay, &key)
+                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                if let (Status::Active, Some(current)) = (s.state.status, s.state.owner) {
+                    if !force
+                        && current.pid != owner.map_or(0, |o| o.pid)
+                        && probe.is_alive(&current)
+                    {
+                        return Err(WireError {
+                            kind: ErrorKind::OwnerAlive,
+                            message: format!(
+                                "session {:?} is active and its owner (pid {}) is alive; use force to take it over",
+                                key.1, current.pid
+                            ),
+                            owner_pid: Some(current.pid),
+                        });
+                    }
+                }
+                s.state.status = Status::Active;
+                s.state.owner = owner;
+                s.state.epoch += 1;
+                s.state.error = None;
+                s.state.updated_at = now;
+                let mut ev = event(EventKind::Resumed, "");
+                ev.owner_pid = owner.map(|o| o.pid);
+                let mut planned = self.put_state(overlay, key, s, ev);
+                if let Reply::Session(session) = planned.reply {
+                    // The checkpoint is read once the resume is durable.
+                    planned.reply = Reply::Resumed {
+                        session,
+                        checkpoint: None,
+                    };
+                }
+                Ok(planned)
             }
             Mutation::Delete { name } => {
                 let key = (uid, name);
                 if self.view(overlay, &key).is_none() {
-                    return Ok(Planned {
-                        records: Vec::new(),
-                        reply: Reply::Deleted(false),
-                    });
+                    return Ok(Planned::nothing(Reply::Deleted(false)));
                 }
                 let record = RecordHeader::Delete {
                     uid,
                     name: key.1.clone(),
                 };
-                overlay.0.insert(key, None);
+                let ev = event(EventKind::Deleted, &key.1);
+                overlay.0.insert(key.clone(), None);
                 Ok(Planned {
                     records: vec![(record, Vec::new())],
                     reply: Reply::Deleted(true),
+                    events: vec![ev],
+                    ownership: Some((key, None)),
                 })
             }
         }
+    }
+
+    /// Plans writing a session's new state, with the event announcing it.
+    fn put_state(&self, overlay: &mut Overlay, key: Key, s: Staged, mut ev: Event) -> Planned {
+        ev.name = key.1.clone();
+        ev.status = Some(s.state.status);
+        ev.epoch = Some(s.state.epoch);
+        if ev.owner_pid.is_none() {
+            ev.owner_pid = s.state.owner.map(|o| o.pid);
+        }
+        let reply = Reply::Session(info(&s.state, s.count, s.latest));
+        let record = RecordHeader::Session(s.state.clone());
+        let owner = (s.state.status == Status::Active)
+            .then_some(s.state.owner)
+            .flatten();
+        overlay.0.insert(key.clone(), Some(s));
+        Planned {
+            records: vec![(record, Vec::new())],
+            reply,
+            events: vec![ev],
+            ownership: Some((key, owner)),
+        }
+    }
+
+    /// Active sessions and their owners.
+    pub fn active_owners(&self) -> Vec<(Key, Owner)> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.state.status == Status::Active)
+            .filter_map(|(k, s)| s.state.owner.map(|o| (k.clone(), o)))
+            .collect()
     }
 
     fn add_live(&mut self, loc: &Loc) {
@@ -579,6 +709,158 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::fake::FakeProbe;
+    use crate::process::SystemProbe;
+
+    /// Plans and applies one mutation with a given view of the processes.
+    fn run_with(t: &mut SessionTable, m: Mutation, probe: &FakeProbe) -> Result<Reply, WireError> {
+        let mut o = Overlay::default();
+        let p = t.plan(&mut o, 1000, 1, m, probe)?;
+        for (i, (h, _)) in p.records.into_iter().enumerate() {
+            t.apply(h, loc(1, i as u64 * 100));
+        }
+        Ok(p.reply)
+    }
+
+    fn owner(pid: u32, start_time: u64) -> Option<Owner> {
+        Some(Owner { pid, start_time })
+    }
+
+    fn resume(name: &str, by: Option<Owner>, force: bool) -> Mutation {
+        Mutation::Resume {
+            name: name.into(),
+            owner: by,
+            force,
+        }
+    }
+
+    #[test]
+    fn resume_is_refused_while_the_owner_lives_unless_forced_and_fences_the_old_epoch() {
+        let probe = FakeProbe::default();
+        probe.set(10, 100, 1000);
+        probe.set(20, 200, 1000);
+        let mut t = SessionTable::new(16);
+        let create = Mutation::Create {
+            name: "a".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: owner(10, 100),
+        };
+        run_with(&mut t, create, &probe).unwrap();
+        let e = run_with(&mut t, resume("a", owner(20, 200), false), &probe).unwrap_err();
+        assert_eq!((e.kind, e.owner_pid), (ErrorKind::OwnerAlive, Some(10)));
+        assert!(e.message.contains("pid 10"), "{}", e.message);
+        // The owner resuming its own session is fine.
+        let Reply::Resumed {
+            session,
+            checkpoint,
+        } = run_with(&mut t, resume("a", owner(10, 100), false), &probe).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (session.epoch, session.owner_pid, checkpoint),
+            (2, Some(10), None)
+        );
+        let Reply::Resumed { session, .. } =
+            run_with(&mut t, resume("a", owner(20, 200), true), &probe).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (session.epoch, session.owner_pid, session.status),
+            (3, Some(20), Status::Active)
+        );
+        let e = run_with(&mut t, ck("a", None, Some(2)), &probe).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Fenced);
+        run_with(&mut t, ck("a", None, Some(3)), &probe).unwrap();
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_owner() {
+        let probe = FakeProbe::default();
+        let mut t = SessionTable::new(16);
+        let create = Mutation::Create {
+            name: "a".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: owner(10, 100),
+        };
+        run_with(&mut t, create, &probe).unwrap();
+        // PID 10 now belongs to a process started later.
+        probe.set(10, 999, 1000);
+        assert!(!probe.is_alive(&Owner {
+            pid: 10,
+            start_time: 100
+        }));
+        let Reply::Resumed { session, .. } =
+            run_with(&mut t, resume("a", owner(30, 300), false), &probe).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(session.owner_pid, Some(30));
+    }
+
+    #[test]
+    fn mark_stale_applies_only_to_the_dead_owners_active_session() {
+        let probe = FakeProbe::default();
+        let mut t = SessionTable::new(16);
+        for name in ["a", "b", "c"] {
+            let create = Mutation::Create {
+                name: name.into(),
+                keep: None,
+                meta: Meta::new(),
+                owner: owner(10, 100),
+            };
+            run_with(&mut t, create, &probe).unwrap();
+        }
+        run_with(
+            &mut t,
+            Mutation::SetStatus {
+                name: "b".into(),
+                status: Status::Paused,
+                error: None,
+            },
+            &probe,
+        )
+        .unwrap();
+        run_with(&mut t, resume("c", owner(20, 200), true), &probe).unwrap();
+        assert_eq!(t.active_owners().len(), 2);
+        for name in ["a", "b", "c"] {
+            run_with(
+                &mut t,
+                Mutation::MarkStale {
+                    name: name.into(),
+                    owner: Owner {
+                        pid: 10,
+                        start_time: 100,
+                    },
+                },
+                &probe,
+            )
+            .unwrap();
+        }
+        let status = |t: &SessionTable, n: &str| t.session(1000, n).unwrap().status;
+        assert_eq!(status(&t, "a"), Status::Stale);
+        assert_eq!(t.session(1000, "a").unwrap().owner_pid, None);
+        assert_eq!(
+            status(&t, "b"),
+            Status::Paused,
+            "a paused session never goes stale"
+        );
+        assert_eq!(
+            status(&t, "c"),
+            Status::Active,
+            "resumed by another owner since"
+        );
+        // A stale session can be resumed and takes checkpoints again.
+        let Reply::Resumed { session, .. } =
+            run_with(&mut t, resume("a", owner(30, 300), false), &probe).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((session.status, session.epoch), (Status::Active, 2));
+    }
 
     fn loc(segment: u32, offset: u64) -> Loc {
         Loc {
@@ -592,7 +874,7 @@ mod tests {
     /// Plans and applies one mutation as the writer would.
     fn run(t: &mut SessionTable, m: Mutation, seg: u32) -> Result<Reply, WireError> {
         let mut o = Overlay::default();
-        let p = t.plan(&mut o, 1000, 1, m)?;
+        let p = t.plan(&mut o, 1000, 1, m, &FakeProbe::default())?;
         for (i, (h, _)) in p.records.into_iter().enumerate() {
             t.apply(h, loc(seg, i as u64 * 100));
         }
@@ -657,11 +939,18 @@ mod tests {
     fn overlay_sees_earlier_changes_of_the_batch() {
         let t = SessionTable::new(16);
         let mut o = Overlay::default();
-        t.plan(&mut o, 1, 1, create("a", None)).unwrap();
-        let e = t.plan(&mut o, 1, 1, create("a", None)).unwrap_err();
+        t.plan(&mut o, 1, 1, create("a", None), &SystemProbe)
+            .unwrap();
+        let e = t
+            .plan(&mut o, 1, 1, create("a", None), &SystemProbe)
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::AlreadyExists);
-        let p1 = t.plan(&mut o, 1, 1, ck("a", Some(0), None)).unwrap();
-        let p2 = t.plan(&mut o, 1, 1, ck("a", Some(1), None)).unwrap();
+        let p1 = t
+            .plan(&mut o, 1, 1, ck("a", Some(0), None), &SystemProbe)
+            .unwrap();
+        let p2 = t
+            .plan(&mut o, 1, 1, ck("a", Some(1), None), &SystemProbe)
+            .unwrap();
         assert!(matches!(p1.reply, Reply::Checkpoint(Some(ref c)) if c.number == 1));
         assert!(matches!(p2.reply, Reply::Checkpoint(Some(ref c)) if c.number == 2));
         assert!(
@@ -669,7 +958,8 @@ mod tests {
             "nothing is visible before it is applied"
         );
         // The same name for another user is another session.
-        t.plan(&mut o, 2, 1, create("a", None)).unwrap();
+        t.plan(&mut o, 2, 1, create("a", None), &SystemProbe)
+            .unwrap();
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub const PREFIX_LEN: usize = 20;
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 
 /// The process owning an active session: its PID and start time (defeats PID reuse).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22); 0 when unknown.
