@@ -83,7 +83,7 @@ impl OwnerWatcher {
                 },
                 _ = tick.tick() => {
                     ticks += 1;
-                    self.sweep(ticks % FULL_SWEEP_EVERY == 0).await;
+                    self.sweep(ticks.is_multiple_of(FULL_SWEEP_EVERY)).await;
                 }
             }
         }
