@@ -1,270 +1,175 @@
-//! Client for sessiond over its local socket (binary protocol).
+//! Client for sessiond: an async API on tokio ([`AsyncClient`]) and a blocking one that needs
+//! no runtime ([`Client`]), with one typed method per op, typed errors mirroring the wire
+//! error kinds, and session handles that remember their epoch and send it with every
+//! checkpoint so that a process that lost its session to a forced resume is fenced.
 //!
-//! A thin, blocking client: it performs the handshake, sends requests and reads replies, and
-//! leaves all policy to the daemon. Requests may be pipelined with [`Client::send`] and
-//! [`Client::recv`]; replies arrive in request order.
+//! Both speak the binary protocol (handshake, then length-prefixed bincode frames) and find
+//! the socket as the daemon does (`$SESSIOND_SOCKET`, else the per-user default), unless given
+//! a path. Replies come in request order; [`Client::send`] and [`Client::recv`] pipeline.
 //!
 //! ```no_run
-//! use sessiond_client::Client;
-//! let mut c = Client::connect_default()?;
-//! c.create("job-1", None)?;
-//! let n = c.checkpoint("job-1", b"state".to_vec())?.number;
-//! let latest = c.get("job-1", None)?.expect("one checkpoint");
-//! assert_eq!(latest.number, n);
+//! use sessiond_client::{Client, CreateOptions, Error};
+//!
+//! let mut client = Client::connect_default()?;
+//! // Resume the job if an earlier run left it, else start it.
+//! let (mut session, mut step) = match client.resume_session("nightly-import", false) {
+//!     Ok((s, Some(cp))) => {
+//!         let step = u64::from_le_bytes(cp.payload.unwrap().0.try_into().unwrap());
+//!         (s, step)
+//!     }
+//!     Ok((s, None)) => (s, 0),
+//!     Err(Error::NotFound(_)) => (client.open_session("nightly-import", CreateOptions::default())?, 0),
+//!     Err(e) => return Err(e),
+//! };
+//! while step < 10 {
+//!     step += 1; // ... the work of one step ...
+//!     session.checkpoint(step.to_le_bytes().to_vec())?;
+//! }
+//! session.complete()?;
 //! # Ok::<(), sessiond_client::Error>(())
 //! ```
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+mod blocking;
+mod error;
+mod nonblocking;
+mod ops;
 
-use sessiond_proto::frame::{encode_frame, Frame, FrameDecoder};
-use sessiond_proto::{codec, hello, paths};
+pub use blocking::{Client, Session, Watch};
+pub use error::{Error, Result};
+pub use nonblocking::{AsyncClient, AsyncSession, AsyncWatch};
+pub use ops::{CheckpointOptions, CreateOptions, Resumed};
 pub use sessiond_proto::{
-    CheckpointInfo, CheckpointRequest, CreateRequest, ErrorKind, FailRequest, GetRequest,
-    ListRequest, Meta, NameRequest, Payload, Reply, Request, RequestFrame, ResponseFrame,
-    SessionInfo, Stats, Status, WireError,
+    CheckpointInfo, CheckpointRequest, CreateRequest, ErrorKind, Event, EventKind, FailRequest,
+    GetRequest, ListRequest, Meta, NameRequest, Payload, Reply, Request, RequestFrame,
+    ResponseFrame, SessionInfo, Stats, Status, WireError,
 };
+
+use std::time::Duration;
+
+/// How long a request may take by default before [`Error::Timeout`]. Generous: a large
+/// checkpoint on a slow disk takes a while.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest reply accepted: a maximal checkpoint (1 GiB) and its description.
 const MAX_REPLY_BYTES: usize = (1 << 30) + (1 << 20);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot connect to sessiond at {path}: {source} (is the daemon running? start it with `sessiond`)")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("connection to sessiond failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Server(#[from] WireError),
+/// The typed methods, written once for both clients: `{async} {.await}` or `{} {}`.
+macro_rules! typed_ops {
+    ({$($async:tt)*} {$($await:tt)*}) => {
+        /// Checks the daemon answers: its version and protocol.
+        pub $($async)* fn ping(&mut self) -> Result<(String, u32)> {
+            ops::pong(self.call(Request::Ping)$($await)*?)
+        }
+
+        /// Creates a session owned by the calling process.
+        pub $($async)* fn create(&mut self, name: &str, options: CreateOptions) -> Result<SessionInfo> {
+            ops::session(self.call(ops::create(name, options))$($await)*?)
+        }
+
+        /// Writes a checkpoint (without epoch fencing; see the session handle).
+        pub $($async)* fn checkpoint(&mut self, name: &str, payload: Vec<u8>, options: CheckpointOptions) -> Result<CheckpointInfo> {
+            ops::checkpoint_written(self.call(ops::checkpoint(name, payload, options))$($await)*?)
+        }
+
+        /// Takes a session over (stale, paused, finished; or active with `force`).
+        pub $($async)* fn resume(&mut self, name: &str, owner_pid: Option<u32>, force: bool) -> Result<Resumed> {
+            ops::resumed(self.call(ops::resume(name, owner_pid, force))$($await)*?)
+        }
+
+        /// The latest intact checkpoint (or `number`) with its payload, without taking the session.
+        pub $($async)* fn get(&mut self, name: &str, number: Option<u64>) -> Result<Option<CheckpointInfo>> {
+            let req = Request::Get(GetRequest { name: name.into(), number });
+            ops::maybe_checkpoint(self.call(req)$($await)*?)
+        }
+
+        pub $($async)* fn show(&mut self, name: &str) -> Result<SessionInfo> {
+            ops::session(self.call(ops::named(Request::Show, name))$($await)*?)
+        }
+
+        pub $($async)* fn list(&mut self, filter: ListRequest) -> Result<Vec<SessionInfo>> {
+            ops::sessions(self.call(Request::List(filter))$($await)*?)
+        }
+
+        /// The retained checkpoints' numbers, sizes, times and meta (no payloads).
+        pub $($async)* fn history(&mut self, name: &str) -> Result<Vec<CheckpointInfo>> {
+            ops::checkpoints(self.call(ops::named(Request::History, name))$($await)*?)
+        }
+
+        pub $($async)* fn pause(&mut self, name: &str) -> Result<SessionInfo> {
+            ops::session(self.call(ops::named(Request::Pause, name))$($await)*?)
+        }
+
+        pub $($async)* fn complete(&mut self, name: &str) -> Result<SessionInfo> {
+            ops::session(self.call(ops::named(Request::Complete, name))$($await)*?)
+        }
+
+        pub $($async)* fn cancel(&mut self, name: &str) -> Result<SessionInfo> {
+            ops::session(self.call(ops::named(Request::Cancel, name))$($await)*?)
+        }
+
+        pub $($async)* fn fail(&mut self, name: &str, error: Option<&str>) -> Result<SessionInfo> {
+            let req = Request::Fail(FailRequest { name: name.into(), error: error.map(Into::into) });
+            ops::session(self.call(req)$($await)*?)
+        }
+
+        /// Deletes a session; `false` if there was none.
+        pub $($async)* fn delete(&mut self, name: &str) -> Result<bool> {
+            ops::deleted(self.call(ops::named(Request::Delete, name))$($await)*?)
+        }
+
+        pub $($async)* fn stats(&mut self) -> Result<Stats> {
+            ops::stats(self.call(Request::Stats)$($await)*?)
+        }
+    };
 }
 
-impl Error {
-    /// The daemon's error kind, if the daemon refused the request.
-    pub fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Error::Server(e) => Some(e.kind),
-            _ => None,
+/// The session handle's methods, for both clients.
+macro_rules! handle_ops {
+    ({$($async:tt)*} {$($await:tt)*}) => {
+        pub fn name(&self) -> &str {
+            &self.info.name
         }
-    }
+
+        /// The epoch this handle writes at; a resume by anyone else makes its writes `Fenced`.
+        pub fn epoch(&self) -> u64 {
+            self.info.epoch
+        }
+
+        /// The session as last seen by this handle.
+        pub fn info(&self) -> &SessionInfo {
+            &self.info
+        }
+
+        /// Writes a checkpoint at this handle's epoch.
+        pub $($async)* fn checkpoint(&mut self, payload: Vec<u8>) -> Result<CheckpointInfo> {
+            self.checkpoint_with(payload, CheckpointOptions::default())$($await)*
+        }
+
+        /// Writes a checkpoint at this handle's epoch with meta and an optional `expect`.
+        pub $($async)* fn checkpoint_with(&mut self, payload: Vec<u8>, mut options: CheckpointOptions) -> Result<CheckpointInfo> {
+            options.epoch = Some(self.info.epoch);
+            let name = self.info.name.clone();
+            self.client.checkpoint(&name, payload, options)$($await)*
+        }
+
+        pub $($async)* fn pause(&mut self) -> Result<SessionInfo> {
+            let name = self.info.name.clone();
+            self.info = self.client.pause(&name)$($await)*?;
+            Ok(self.info.clone())
+        }
+
+        pub $($async)* fn complete(&mut self) -> Result<SessionInfo> {
+            let name = self.info.name.clone();
+            self.info = self.client.complete(&name)$($await)*?;
+            Ok(self.info.clone())
+        }
+
+        pub $($async)* fn fail(&mut self, error: Option<&str>) -> Result<SessionInfo> {
+            let name = self.info.name.clone();
+            self.info = self.client.fail(&name, error)$($await)*?;
+            Ok(self.info.clone())
+        }
+    };
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub struct Client {
-    stream: UnixStream,
-    decoder: FrameDecoder,
-    next_id: u64,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    /// Connects to the socket resolved as the daemon does (`$SESSIOND_SOCKET`, ...).
-    pub fn connect_default() -> Result<Self> {
-        Self::connect(paths::socket_path(None))
-    }
-
-    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::handshake(stream, sessiond_proto::PROTOCOL_VERSION)
-    }
-
-    /// Connects claiming protocol `version` (for testing version negotiation).
-    pub fn connect_with_version(path: impl AsRef<Path>, version: u32) -> Result<Self> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::handshake(stream, version)
-    }
-
-    fn handshake(mut stream: UnixStream, version: u32) -> Result<Self> {
-        stream.write_all(&hello::client_hello_for(version))?;
-        let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
-        stream.read_exact(&mut fixed)?;
-        let h = hello::parse_server_hello(&fixed).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut msg = vec![0u8; h.message_len];
-        stream.read_exact(&mut msg)?;
-        if !h.accepted {
-            return Err(Error::Server(WireError::new(
-                ErrorKind::UnsupportedVersion,
-                String::from_utf8_lossy(&msg),
-            )));
-        }
-        Ok(Client {
-            stream,
-            decoder: FrameDecoder::new(MAX_REPLY_BYTES),
-            next_id: 1,
-            buf: vec![0; 256 << 10],
-        })
-    }
-
-    /// Sends a request without waiting; returns its id.
-    pub fn send(&mut self, request: Request) -> Result<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = encode_frame(&RequestFrame {
-            id,
-            uid: None,
-            request,
-        })
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-        self.stream.write_all(&bytes)?;
-        Ok(id)
-    }
-
-    /// Reads the next reply.
-    pub fn recv(&mut self) -> Result<ResponseFrame> {
-        loop {
-            match self.decoder.next_frame() {
-                Some(Frame::Body(body)) => {
-                    return codec::decode(body).map_err(|e| Error::Protocol(e.to_string()))
-                }
-                Some(Frame::TooLarge { len, .. }) => {
-                    return Err(Error::Protocol(format!(
-                        "reply of {len} bytes exceeds {MAX_REPLY_BYTES}"
-                    )))
-                }
-                None => {}
-            }
-            let n = self.stream.read(&mut self.buf)?;
-            if n == 0 {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the daemon closed the connection",
-                )));
-            }
-            self.decoder.push(&self.buf[..n]);
-        }
-    }
-
-    /// Sends a request and waits for its reply.
-    pub fn call(&mut self, request: Request) -> Result<Reply> {
-        let id = self.send(request)?;
-        let resp = self.recv()?;
-        if resp.id != id {
-            return Err(Error::Protocol(format!(
-                "reply for request {} while waiting for {id}",
-                resp.id
-            )));
-        }
-        Ok(resp.result?)
-    }
-
-    pub fn ping(&mut self) -> Result<(String, u32)> {
-        match self.call(Request::Ping)? {
-            Reply::Pong { version, protocol } => Ok((version, protocol)),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn create(&mut self, name: &str, keep: Option<u32>) -> Result<SessionInfo> {
-        self.session_op(Request::Create(CreateRequest {
-            name: name.into(),
-            owner_pid: None,
-            keep,
-            meta: Meta::new(),
-        }))
-    }
-
-    pub fn checkpoint(&mut self, name: &str, payload: Vec<u8>) -> Result<CheckpointInfo> {
-        self.checkpoint_with(CheckpointRequest {
-            name: name.into(),
-            payload: Payload(payload),
-            meta: Meta::new(),
-            expect: None,
-            epoch: None,
-        })
-    }
-
-    pub fn checkpoint_with(&mut self, req: CheckpointRequest) -> Result<CheckpointInfo> {
-        match self.call(Request::Checkpoint(req))? {
-            Reply::Checkpoint(Some(c)) => Ok(c),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// The latest intact checkpoint (or `number`), with its payload.
-    pub fn get(&mut self, name: &str, number: Option<u64>) -> Result<Option<CheckpointInfo>> {
-        match self.call(Request::Get(GetRequest {
-            name: name.into(),
-            number,
-        }))? {
-            Reply::Checkpoint(c) => Ok(c),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn show(&mut self, name: &str) -> Result<SessionInfo> {
-        self.session_op(Request::Show(NameRequest { name: name.into() }))
-    }
-
-    pub fn list(&mut self, filter: ListRequest) -> Result<Vec<SessionInfo>> {
-        match self.call(Request::List(filter))? {
-            Reply::Sessions(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn history(&mut self, name: &str) -> Result<Vec<CheckpointInfo>> {
-        match self.call(Request::History(NameRequest { name: name.into() }))? {
-            Reply::Checkpoints(c) => Ok(c),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn pause(&mut self, name: &str) -> Result<SessionInfo> {
-        self.session_op(Request::Pause(NameRequest { name: name.into() }))
-    }
-
-    pub fn complete(&mut self, name: &str) -> Result<SessionInfo> {
-        self.session_op(Request::Complete(NameRequest { name: name.into() }))
-    }
-
-    pub fn cancel(&mut self, name: &str) -> Result<SessionInfo> {
-        self.session_op(Request::Cancel(NameRequest { name: name.into() }))
-    }
-
-    pub fn fail(&mut self, name: &str, error: Option<&str>) -> Result<SessionInfo> {
-        self.session_op(Request::Fail(FailRequest {
-            name: name.into(),
-            error: error.map(Into::into),
-        }))
-    }
-
-    /// Deletes a session; `false` if there was none.
-    pub fn delete(&mut self, name: &str) -> Result<bool> {
-        match self.call(Request::Delete(NameRequest { name: name.into() }))? {
-            Reply::Deleted(d) => Ok(d),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn stats(&mut self) -> Result<Stats> {
-        match self.call(Request::Stats)? {
-            Reply::Stats(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn session_op(&mut self, req: Request) -> Result<SessionInfo> {
-        match self.call(req)? {
-            Reply::Session(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
-fn unexpected(reply: Reply) -> Error {
-    Error::Protocol(format!("unexpected reply {reply:?}"))
-}
+pub(crate) use {handle_ops, typed_ops};

@@ -296,3 +296,41 @@ pub fn unb64(s: &str) -> Vec<u8> {
         .decode(s)
         .expect("base64")
 }
+
+/// Short forms of client calls the tests make all the time.
+pub trait ClientExt {
+    fn create_keep(
+        &mut self,
+        name: &str,
+        keep: Option<u32>,
+    ) -> sessiond_client::Result<sessiond_client::SessionInfo>;
+    fn put(
+        &mut self,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> sessiond_client::Result<sessiond_client::CheckpointInfo>;
+}
+
+impl ClientExt for Client {
+    fn create_keep(
+        &mut self,
+        name: &str,
+        keep: Option<u32>,
+    ) -> sessiond_client::Result<sessiond_client::SessionInfo> {
+        self.create(
+            name,
+            sessiond_client::CreateOptions {
+                keep,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn put(
+        &mut self,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> sessiond_client::Result<sessiond_client::CheckpointInfo> {
+        self.checkpoint(name, payload, Default::default())
+    }
+}

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sessiond_client::{CheckpointRequest, ListRequest, Meta, Payload, Status};
+use sessiond_client::{CheckpointOptions, ListRequest, Meta, Status};
+use sessiond_tests::ClientExt;
 use sessiond_tests::Daemon;
 
 fn v1_dir() -> PathBuf {
@@ -75,7 +76,7 @@ fn verify(d: &Daemon) {
     );
     assert_eq!(c.get("gamma", None).unwrap(), None);
     // It goes on from where it was.
-    assert_eq!(c.checkpoint("alpha", b"next".to_vec()).unwrap().number, 8);
+    assert_eq!(c.put("alpha", b"next".to_vec()).unwrap().number, 8);
 }
 
 #[test]
@@ -107,26 +108,23 @@ fn regenerate_v1_state_dir() {
     ))
     .unwrap();
     // A deleted session leaves records in the log that must stay dead.
-    c.create("deleted", None).unwrap();
-    c.checkpoint("deleted", b"gone".to_vec()).unwrap();
+    c.create_keep("deleted", None).unwrap();
+    c.put("deleted", b"gone".to_vec()).unwrap();
     c.delete("deleted").unwrap();
     for n in 1..=7 {
         let meta: Meta = [("n".to_string(), n.to_string())].into();
-        c.checkpoint_with(CheckpointRequest {
-            name: "alpha".into(),
-            payload: Payload(payload("alpha", n)),
+        let options = CheckpointOptions {
             meta,
-            expect: None,
-            epoch: None,
-        })
-        .unwrap();
+            ..Default::default()
+        };
+        c.checkpoint("alpha", payload("alpha", n), options).unwrap();
     }
-    c.create("beta", None).unwrap();
+    c.create_keep("beta", None).unwrap();
     for n in 1..=2 {
-        c.checkpoint("beta", payload("beta", n)).unwrap();
+        c.put("beta", payload("beta", n)).unwrap();
     }
     c.pause("beta").unwrap();
-    c.create("gamma", None).unwrap();
+    c.create_keep("gamma", None).unwrap();
     c.fail("gamma", Some("out of memory")).unwrap();
     drop(c);
     assert!(d.stop().success());

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use sessiond_client::ErrorKind;
+use sessiond_tests::ClientExt;
 use sessiond_tests::{unb64, Daemon};
 
 fn marker(n: u64) -> Vec<u8> {
@@ -36,9 +37,9 @@ fn flip_byte(path: &PathBuf, offset: u64) {
 fn daemon_with_checkpoints(n: u64) -> Daemon {
     let d = Daemon::start();
     let mut c = d.client();
-    c.create("job", Some(0)).unwrap();
+    c.create_keep("job", Some(0)).unwrap();
     for i in 1..=n {
-        c.checkpoint("job", marker(i)).unwrap();
+        c.put("job", marker(i)).unwrap();
     }
     d
 }
@@ -78,7 +79,7 @@ fn a_flipped_byte_in_the_newest_checkpoint_is_skipped_and_reported() {
     // The history still lists it; numbering goes on after it, never reusing 5.
     let mut c = d.client();
     assert_eq!(c.history("job").unwrap().len(), 5);
-    assert_eq!(c.checkpoint("job", marker(6)).unwrap().number, 6);
+    assert_eq!(c.put("job", marker(6)).unwrap().number, 6);
     assert_eq!(
         c.get("job", None).unwrap().unwrap().skipped_corrupt,
         Vec::<u64>::new()
@@ -147,18 +148,18 @@ fn a_torn_last_write_is_ignored_and_the_rest_served() {
     let mut c = d.client();
     let got = c.get("job", None).unwrap().unwrap();
     assert_eq!((got.number, got.skipped_corrupt.len()), (3, 0));
-    assert_eq!(c.checkpoint("job", marker(4)).unwrap().number, 4);
+    assert_eq!(c.put("job", marker(4)).unwrap().number, 4);
 }
 
 #[test]
 fn a_garbled_record_in_mid_log_is_passed_over_and_later_ones_kept() {
     let mut d = Daemon::start();
     let mut c = d.client();
-    c.create("a", Some(0)).unwrap();
-    c.create("b", Some(0)).unwrap();
+    c.create_keep("a", Some(0)).unwrap();
+    c.create_keep("b", Some(0)).unwrap();
     for i in 1..=4 {
-        c.checkpoint("a", marker(i)).unwrap();
-        c.checkpoint("b", marker(100 + i)).unwrap();
+        c.put("a", marker(i)).unwrap();
+        c.put("b", marker(100 + i)).unwrap();
     }
     d.kill9();
     // Destroy the header of a's checkpoint 2: its record cannot even be recognised.
@@ -196,7 +197,7 @@ fn a_garbled_record_in_mid_log_is_passed_over_and_later_ones_kept() {
 fn a_damaged_index_is_rebuilt_from_the_log() {
     let mut d = daemon_with_checkpoints(5);
     let mut c = d.client();
-    c.create("other", Some(2)).unwrap();
+    c.create_keep("other", Some(2)).unwrap();
     c.pause("other").unwrap();
     let before = c.list(Default::default()).unwrap();
     drop(c);

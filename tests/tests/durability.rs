@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sessiond_client::{CheckpointRequest, ErrorKind, ListRequest, Meta, Payload, Status};
+use sessiond_client::{CheckpointOptions, ErrorKind, ListRequest, Status};
+use sessiond_tests::ClientExt;
 use sessiond_tests::{wait_until, Daemon};
 
 fn payload(session: usize, n: u64) -> Vec<u8> {
@@ -19,15 +20,15 @@ fn payload(session: usize, n: u64) -> Vec<u8> {
 fn everything_survives_a_restart_and_retention_keeps_exactly_keep() {
     let mut d = Daemon::start();
     let mut c = d.client();
-    c.create("kept", Some(3)).unwrap();
-    c.create("all", Some(0)).unwrap();
-    c.create("default", None).unwrap();
+    c.create_keep("kept", Some(3)).unwrap();
+    c.create_keep("all", Some(0)).unwrap();
+    c.create_keep("default", None).unwrap();
     for n in 1..=10u64 {
-        assert_eq!(c.checkpoint("kept", payload(0, n)).unwrap().number, n);
-        assert_eq!(c.checkpoint("all", payload(1, n)).unwrap().number, n);
+        assert_eq!(c.put("kept", payload(0, n)).unwrap().number, n);
+        assert_eq!(c.put("all", payload(1, n)).unwrap().number, n);
     }
     for n in 1..=20u64 {
-        c.checkpoint("default", payload(2, n)).unwrap();
+        c.put("default", payload(2, n)).unwrap();
     }
     c.pause("all").unwrap();
     c.fail("default", Some("boom")).unwrap();
@@ -82,7 +83,7 @@ fn everything_survives_a_restart_and_retention_keeps_exactly_keep() {
     }
     // Numbering continues after the restart; retention still applies.
     let mut c = d.client();
-    assert_eq!(c.checkpoint("kept", payload(0, 11)).unwrap().number, 11);
+    assert_eq!(c.put("kept", payload(0, 11)).unwrap().number, 11);
     assert_eq!(numbers(&mut c, "kept"), vec![9, 10, 11]);
 }
 
@@ -96,9 +97,9 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
         "131072",
     ]);
     let mut c = d.client();
-    c.create("s", Some(2)).unwrap();
+    c.create_keep("s", Some(2)).unwrap();
     for n in 1..=300u64 {
-        c.checkpoint("s", vec![n as u8; 4000]).unwrap();
+        c.put("s", vec![n as u8; 4000]).unwrap();
     }
     let segs = d.segments().len();
     assert!(
@@ -142,20 +143,17 @@ fn kill_9_under_concurrent_writers_loses_no_acknowledged_checkpoint() {
                 let mut c = sessiond_client::Client::connect(&socket).unwrap();
                 let name = format!("w{w}");
                 if round == 0 {
-                    c.create(&name, None).unwrap();
+                    c.create_keep(&name, None).unwrap();
                 }
                 let mut latest = c.show(&name).unwrap().latest_checkpoint.unwrap_or(0);
                 while !stop.load(Ordering::Relaxed) {
                     let body = payload(w, latest + 1 + round * 1_000_000);
                     seen.lock().unwrap().in_flight = Some(body.clone());
-                    let req = CheckpointRequest {
-                        name: name.clone(),
-                        payload: Payload(body.clone()),
-                        meta: Meta::new(),
+                    let options = CheckpointOptions {
                         expect: Some(latest),
-                        epoch: None,
+                        ..Default::default()
                     };
-                    match c.checkpoint_with(req) {
+                    match c.checkpoint(&name, body.clone(), options) {
                         Ok(info) => {
                             assert_eq!(info.number, latest + 1, "gapless numbering");
                             latest = info.number;

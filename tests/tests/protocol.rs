@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use serde_json::{json, Value};
 use sessiond_client::{Client, CreateRequest, ErrorKind, Meta, Request, ResponseFrame};
 use sessiond_proto::{codec, frame, hello};
+use sessiond_tests::ClientExt;
 use sessiond_tests::{b64, unb64, Daemon, JsonConn};
 
 fn kind(r: &Value) -> &str {
@@ -294,11 +295,11 @@ fn binary_bad_frames_get_errors_and_the_connection_survives() {
     ping(&mut s, 4);
     // A payload over --max-checkpoint-bytes but within the frame cap.
     let mut c = Client::connect(&d.socket).unwrap();
-    c.create("s", None).unwrap();
-    let e = c.checkpoint("s", vec![0; 2000]).unwrap_err();
+    c.create_keep("s", None).unwrap();
+    let e = c.put("s", vec![0; 2000]).unwrap_err();
     assert_eq!(e.kind(), Some(ErrorKind::TooLarge));
     assert!(e.to_string().contains("--max-checkpoint-bytes"), "{e}");
-    assert_eq!(c.checkpoint("s", vec![0; 1024]).unwrap().number, 1);
+    assert_eq!(c.put("s", vec![0; 1024]).unwrap().number, 1);
     // A request naming another user's sessions as non-root would be refused; as root it is
     // allowed, and another uid's namespace is separate.
     let req = sessiond_client::RequestFrame {
@@ -348,7 +349,7 @@ fn wrong_protocol_version_and_wrong_magic_are_refused_cleanly() {
 fn binary_requests_pipeline_in_order() {
     let d = Daemon::start();
     let mut c = d.client();
-    c.create("pipe", Some(0)).unwrap();
+    c.create_keep("pipe", Some(0)).unwrap();
     let ids: Vec<u64> = (0..300)
         .map(|i| {
             c.send(Request::Checkpoint(sessiond_client::CheckpointRequest {

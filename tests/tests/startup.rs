@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
+use sessiond_tests::ClientExt;
 use sessiond_tests::Daemon;
 
 #[test]
@@ -37,7 +38,7 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_it_alone() {
 #[test]
 fn a_leftover_socket_from_a_killed_daemon_does_not_stop_a_restart() {
     let mut d = Daemon::start();
-    d.client().create("x", None).unwrap();
+    d.client().create_keep("x", None).unwrap();
     d.kill9();
     assert!(d.socket.exists(), "kill -9 leaves the socket file behind");
     d.restart();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sessiond_client::Client;
+use sessiond_tests::ClientExt;
 
 struct Args {
     clients: usize,
@@ -102,14 +103,14 @@ fn main() {
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket).expect("connect");
                 let name = format!("bench-{run_id}-{i}");
-                c.create(&name, Some(16)).expect("create");
+                c.create_keep(&name, Some(16)).expect("create");
                 let payload = vec![0x5a; size];
                 let mut lat = Vec::with_capacity(100_000);
                 barrier.wait();
                 let end = Instant::now() + Duration::from_secs_f64(seconds);
                 while Instant::now() < end {
                     let t = Instant::now();
-                    c.checkpoint(&name, payload.clone()).expect("checkpoint");
+                    c.put(&name, payload.clone()).expect("checkpoint");
                     lat.push(t.elapsed());
                 }
                 let _ = c.delete(&name);

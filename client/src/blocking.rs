@@ -1,0 +1,246 @@
+//! The blocking client: std only, no runtime, usable from any synchronous program.
+
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sessiond_proto::frame::{encode_frame, Frame, FrameDecoder};
+use sessiond_proto::{
+    codec, hello, paths, Event, Request, RequestFrame, ResponseFrame, SessionInfo,
+};
+
+use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
+use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT, MAX_REPLY_BYTES};
+use crate::{CheckpointInfo, FailRequest, GetRequest, ListRequest, Stats};
+
+/// A connection to sessiond.
+pub struct Client {
+    path: PathBuf,
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    next_id: u64,
+    buf: Vec<u8>,
+    timeout: Option<Duration>,
+    uid: Option<u32>,
+    /// A request timed out: its late reply would be taken for the next one's.
+    broken: bool,
+}
+
+impl Client {
+    /// Connects to the socket the daemon uses by default (`$SESSIOND_SOCKET`, ...).
+    pub fn connect_default() -> Result<Self> {
+        Self::connect(paths::socket_path(None))
+    }
+
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with_version(path, sessiond_proto::PROTOCOL_VERSION)
+    }
+
+    /// Connects claiming protocol `version` (for testing version negotiation).
+    pub fn connect_with_version(path: impl AsRef<Path>, version: u32) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let stream = UnixStream::connect(&path).map_err(|source| Error::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        let mut c = Client {
+            path,
+            stream,
+            decoder: FrameDecoder::new(MAX_REPLY_BYTES),
+            next_id: 1,
+            buf: vec![0; 256 << 10],
+            timeout: Some(DEFAULT_TIMEOUT),
+            uid: None,
+            broken: false,
+        };
+        c.apply_timeout()?;
+        c.handshake(version)?;
+        Ok(c)
+    }
+
+    /// Sets how long a request may take (`None`: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.timeout = timeout;
+        self.apply_timeout()
+    }
+
+    /// Root only: act on this user's sessions.
+    pub fn act_as_uid(&mut self, uid: Option<u32>) {
+        self.uid = uid;
+    }
+
+    /// Connects again to the same socket (after the daemon restarted).
+    pub fn reconnect(&mut self) -> Result<()> {
+        let mut fresh = Client::connect(&self.path)?;
+        fresh.timeout = self.timeout;
+        fresh.uid = self.uid;
+        fresh.apply_timeout()?;
+        *self = fresh;
+        Ok(())
+    }
+
+    fn apply_timeout(&mut self) -> Result<()> {
+        self.stream
+            .set_read_timeout(self.timeout)
+            .map_err(Error::Disconnected)?;
+        self.stream
+            .set_write_timeout(self.timeout)
+            .map_err(Error::Disconnected)
+    }
+
+    fn io_error(&mut self, e: std::io::Error) -> Error {
+        self.broken = true;
+        match e.kind() {
+            IoKind::WouldBlock | IoKind::TimedOut => {
+                Error::Timeout(self.timeout.unwrap_or_default())
+            }
+            _ => Error::Disconnected(e),
+        }
+    }
+
+    fn handshake(&mut self, version: u32) -> Result<()> {
+        self.stream
+            .write_all(&hello::client_hello_for(version))
+            .map_err(|e| self.io_error(e))?;
+        let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
+        self.stream
+            .read_exact(&mut fixed)
+            .map_err(|e| self.io_error(e))?;
+        let h = hello::parse_server_hello(&fixed).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut msg = vec![0u8; h.message_len];
+        self.stream
+            .read_exact(&mut msg)
+            .map_err(|e| self.io_error(e))?;
+        if !h.accepted {
+            return Err(Error::UnsupportedVersion(
+                String::from_utf8_lossy(&msg).into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a request without waiting; returns its id.
+    pub fn send(&mut self, request: Request) -> Result<u64> {
+        if self.broken {
+            return Err(Error::Disconnected(std::io::Error::other(
+                "an earlier request failed on this connection",
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = encode_frame(&RequestFrame {
+            id,
+            uid: self.uid,
+            request,
+        })
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.stream
+            .write_all(&bytes)
+            .map_err(|e| self.io_error(e))?;
+        Ok(id)
+    }
+
+    /// Reads the next reply (replies come in request order).
+    pub fn recv(&mut self) -> Result<ResponseFrame> {
+        loop {
+            match self.decoder.next_frame() {
+                Some(Frame::Body(body)) => {
+                    return codec::decode(body).map_err(|e| Error::Protocol(e.to_string()))
+                }
+                Some(Frame::TooLarge { len, .. }) => {
+                    return Err(Error::Protocol(format!(
+                        "reply of {len} bytes exceeds {MAX_REPLY_BYTES}"
+                    )))
+                }
+                None => {}
+            }
+            let n = match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(Error::Disconnected(IoKind::UnexpectedEof.into()));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e)),
+            };
+            self.decoder.push(&self.buf[..n]);
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    pub fn call(&mut self, request: Request) -> Result<crate::Reply> {
+        let id = self.send(request)?;
+        let resp = self.recv()?;
+        if resp.id != id {
+            self.broken = true;
+            return Err(Error::Protocol(format!(
+                "reply for request {} while waiting for {id}",
+                resp.id
+            )));
+        }
+        Ok(resp.result?)
+    }
+
+    /// Turns this connection into a stream of events for the caller's sessions (or one).
+    pub fn watch(mut self, name: Option<&str>) -> Result<Watch> {
+        let r = self.call(Request::Watch(sessiond_proto::WatchRequest {
+            name: name.map(Into::into),
+        }))?;
+        ops::watching(r)?;
+        self.set_timeout(None)?;
+        Ok(Watch { client: self })
+    }
+
+    typed_ops!({} {});
+
+    /// Creates a session and returns a handle that fences its writes by epoch.
+    pub fn open_session(&mut self, name: &str, options: CreateOptions) -> Result<Session<'_>> {
+        let info = self.create(name, options)?;
+        Ok(Session::new(self, info))
+    }
+
+    /// Resumes a session: its handle (at the new epoch) and its latest intact checkpoint.
+    pub fn resume_session(
+        &mut self,
+        name: &str,
+        force: bool,
+    ) -> Result<(Session<'_>, Option<CheckpointInfo>)> {
+        let Resumed {
+            session,
+            checkpoint,
+        } = self.resume(name, None, force)?;
+        Ok((Session::new(self, session), checkpoint))
+    }
+}
+
+/// Events of a `watch`, as an iterator. It ends when the connection does.
+pub struct Watch {
+    client: Client,
+}
+
+impl Iterator for Watch {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.client.recv() {
+            Err(Error::Disconnected(_)) => None,
+            Err(e) => Some(Err(e)),
+            Ok(frame) => Some(ops::event(frame)),
+        }
+    }
+}
+
+/// A session held by this process: every checkpoint carries the epoch it was opened at.
+pub struct Session<'c> {
+    client: &'c mut Client,
+    info: SessionInfo,
+}
+
+impl<'c> Session<'c> {
+    pub(crate) fn new(client: &'c mut Client, info: SessionInfo) -> Self {
+        Session { client, info }
+    }
+
+    handle_ops!({} {});
+}

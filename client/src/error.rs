@@ -1,0 +1,100 @@
+//! Typed errors: one variant per wire error kind, so callers can match `NotFound`,
+//! `OwnerAlive { pid }`, `Fenced`, ...; plus the client's own failures.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sessiond_proto::{ErrorKind, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to sessiond at {}: {source} (is the daemon running? start it with `sessiond`)", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lost the connection to sessiond: {0} (the daemon may have restarted; reconnect)")]
+    Disconnected(std::io::Error),
+    #[error("sessiond did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{message}")]
+    OwnerAlive { pid: Option<u32>, message: String },
+    #[error("{0}")]
+    Fenced(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    SessionClosed(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    UnsupportedVersion(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        let m = e.message;
+        match e.kind {
+            ErrorKind::InvalidArgument => Error::InvalidArgument(m),
+            ErrorKind::NotFound => Error::NotFound(m),
+            ErrorKind::AlreadyExists => Error::AlreadyExists(m),
+            ErrorKind::OwnerAlive => Error::OwnerAlive {
+                pid: e.owner_pid,
+                message: m,
+            },
+            ErrorKind::Fenced => Error::Fenced(m),
+            ErrorKind::Conflict => Error::Conflict(m),
+            ErrorKind::SessionClosed => Error::SessionClosed(m),
+            ErrorKind::TooLarge => Error::TooLarge(m),
+            ErrorKind::PermissionDenied => Error::PermissionDenied(m),
+            ErrorKind::UnsupportedVersion => Error::UnsupportedVersion(m),
+            ErrorKind::Unavailable => Error::Unavailable(m),
+            ErrorKind::Internal => Error::Internal(m),
+        }
+    }
+}
+
+impl Error {
+    /// The daemon's error kind, when the daemon refused the request.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::OwnerAlive { .. } => ErrorKind::OwnerAlive,
+            Error::Fenced(_) => ErrorKind::Fenced,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::SessionClosed(_) => ErrorKind::SessionClosed,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
+            Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Connect { .. }
+            | Error::Disconnected(_)
+            | Error::Timeout(_)
+            | Error::Protocol(_) => return None,
+        })
+    }
+
+    /// The daemon could not be reached (or was lost): worth a reconnect.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Disconnected(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
