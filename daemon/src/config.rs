@@ -23,6 +23,8 @@ pub struct Config {
     pub meta_limits: MetaLimits,
     /// Period of the owner sweep (the fallback and safety net of exit notification).
     pub stale_check_interval: Duration,
+    /// Watch owners through pidfds (Linux); `false` leaves them to the sweep.
+    pub use_pidfd: bool,
 }
 
 impl Config {
@@ -38,6 +40,7 @@ impl Config {
             snapshot_every_bytes: 256 * MIB,
             meta_limits: MetaLimits::default(),
             stale_check_interval: Duration::from_secs(1),
+            use_pidfd: true,
         }
     }
 

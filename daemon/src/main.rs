@@ -55,6 +55,10 @@ struct Cli {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     stale_check_interval: std::time::Duration,
 
+    /// Do not watch owners through pidfds; rely on the sweep alone (to test the fallback).
+    #[arg(long, hide = true)]
+    no_pidfd: bool,
+
     /// Most entries in a meta map.
     #[arg(long, default_value_t = 64)]
     max_meta_entries: usize,
@@ -190,6 +194,7 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
     cfg.segment_bytes = cli.segment_bytes;
     cfg.snapshot_every_bytes = cli.snapshot_every_bytes;
     cfg.stale_check_interval = cli.stale_check_interval;
+    cfg.use_pidfd = !cli.no_pidfd;
     cfg.meta_limits = MetaLimits {
         max_entries: cli.max_meta_entries,
         max_key_len: cli.max_meta_key_bytes,

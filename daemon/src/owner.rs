@@ -43,10 +43,12 @@ pub struct OwnerWatcher {
     by_key: HashMap<Key, Owner>,
     exits_tx: mpsc::UnboundedSender<Exit>,
     exits: mpsc::UnboundedReceiver<Exit>,
+    /// `false`: leave every owner to the sweep (tests of the fallback, systems without pidfd).
+    use_pidfd: bool,
 }
 
 impl OwnerWatcher {
-    pub fn new(service: Arc<Service>, probe: Arc<dyn ProcessProbe>) -> Self {
+    pub fn new(service: Arc<Service>, probe: Arc<dyn ProcessProbe>, use_pidfd: bool) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         OwnerWatcher {
             service,
@@ -55,6 +57,7 @@ impl OwnerWatcher {
             by_key: HashMap::new(),
             exits_tx,
             exits,
+            use_pidfd,
         }
     }
 
@@ -109,16 +112,20 @@ impl OwnerWatcher {
         let Some(owner) = change.owner else { return };
         self.by_key.insert(change.key.clone(), owner);
         let (probe, tx) = (self.probe.clone(), self.exits_tx.clone());
+        let use_pidfd = self.use_pidfd;
         let w = self.owners.entry(owner).or_insert_with(|| {
-            let task = tokio::spawn(async move {
-                let _ = tx.send(match wait_for_exit(owner, &*probe).await {
-                    Ok(()) => Exit::Exited(owner),
-                    Err(e) => Exit::Unwatchable(owner, e),
-                });
+            let task = use_pidfd.then(|| {
+                tokio::spawn(async move {
+                    let _ = tx.send(match wait_for_exit(owner, &*probe).await {
+                        Ok(()) => Exit::Exited(owner),
+                        Err(e) => Exit::Unwatchable(owner, e),
+                    });
+                })
+                .abort_handle()
             });
             Watched {
                 keys: HashSet::new(),
-                task: Some(task.abort_handle()),
+                task,
             }
         });
         w.keys.insert(change.key);

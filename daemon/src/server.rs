@@ -203,7 +203,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     // Owners that died while the daemon was down are found before it reports ready.
     let watcher_cancel = CancellationToken::new();
-    let watcher = OwnerWatcher::new(service.clone(), probe.clone());
+    let watcher = OwnerWatcher::new(service.clone(), probe.clone(), cfg.use_pidfd);
     let watcher =
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
     check_owners_at_start(&shared, &service).await;

@@ -14,30 +14,43 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use sessiond_client::Client;
 
-/// A built binary of this workspace (`sessiond`, `sessionctl`).
+/// A built binary of this workspace (`sessiond`, `sessionctl`), up to date.
 ///
-/// Tests of a separate package cannot see `CARGO_BIN_EXE_*`; the binaries sit beside the test
-/// executable's `deps/` directory, built by the same `cargo test`/`nextest` run.
+/// Tests of a separate package cannot see `CARGO_BIN_EXE_*`, and `cargo test -p
+/// sessiond-tests` alone would not rebuild the daemon: the first call builds the binaries
+/// (a no-op when `cargo test --workspace` just did) into the target directory this test
+/// executable lives in.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
-    if !path.exists() {
+        .expect("target directory")
+        .to_path_buf();
+    BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--bins", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "sessiond",
+                "-p",
+                "sessiond-client",
+                "--manifest-path",
+            ])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .args(
+                dir.file_name()
+                    .filter(|p| *p == "release")
+                    .map(|_| "--release"),
+            )
             .status()
             .expect("run cargo build");
-        assert!(
-            status.success() && path.exists(),
-            "cannot build {}",
-            path.display()
-        );
-    }
-    path
+        assert!(status.success(), "cannot build the binaries under test");
+    });
+    dir.join(name)
 }
 
 /// Polls `f` until it is true or `timeout` passes.
@@ -332,5 +345,96 @@ impl ClientExt for Client {
         payload: Vec<u8>,
     ) -> sessiond_client::Result<sessiond_client::CheckpointInfo> {
         self.checkpoint(name, payload, Default::default())
+    }
+}
+
+/// A child process to own sessions (`sleep`), killed on drop.
+pub struct Owner(pub Child);
+
+impl Owner {
+    pub fn spawn() -> Owner {
+        Owner(
+            Command::new("sleep")
+                .arg("1000")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The output of a `sessionctl` run.
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ctl {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?} / stderr {}",
+                String::from_utf8_lossy(&self.stdout),
+                self.stderr
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Ctl {
+        assert_eq!(self.code, 0, "sessionctl failed: {}", self.stderr);
+        self
+    }
+}
+
+impl Daemon {
+    /// Runs `sessionctl --socket <this daemon> args...` with `stdin` as its input.
+    pub fn ctl_with_input(&self, args: &[&str], stdin: &[u8]) -> Ctl {
+        let mut child = Command::new(bin("sessionctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sessionctl");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("sessionctl output");
+        let _ = writer.join();
+        Ctl {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Ctl {
+        self.ctl_with_input(args, b"")
     }
 }
