@@ -262,18 +262,21 @@ fn a_slow_watcher_lags_instead_of_slowing_writers() {
     let mut c = d.client();
     c.create_keep("busy", Some(1)).unwrap();
     const N: u64 = 20_000;
-    for _ in 0..N {
-        c.send(sessiond_client::Request::Checkpoint(sessiond_client::CheckpointRequest {
-            name: "busy".into(),
-            payload: sessiond_client::Payload(vec![1]),
-            meta: Default::default(),
-            expect: None,
-            epoch: None,
-        }))
-        .unwrap();
-    }
-    for _ in 0..N {
-        c.recv().unwrap().result.unwrap();
+    const WINDOW: u64 = 500; // pipelined, but read back before the socket buffers fill
+    for _ in 0..N / WINDOW {
+        for _ in 0..WINDOW {
+            c.send(sessiond_client::Request::Checkpoint(sessiond_client::CheckpointRequest {
+                name: "busy".into(),
+                payload: sessiond_client::Payload(vec![1]),
+                meta: Default::default(),
+                expect: None,
+                epoch: None,
+            }))
+            .unwrap();
+        }
+        for _ in 0..WINDOW {
+            c.recv().unwrap().result.unwrap();
+        }
     }
     c.put("busy", b"last".to_vec()).unwrap();
     // Now read: a lagged event with a count, then the stream goes on to the last event.
