@@ -34,12 +34,21 @@ impl Client {
     }
 
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
-        Self::connect_with_version(path, sessiond_proto::PROTOCOL_VERSION)
+        Self::connect_with(path, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// Connects with a request timeout (`None`: wait forever), the handshake included.
+    pub fn connect_with(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Self> {
+        Self::open(path.as_ref(), timeout, sessiond_proto::PROTOCOL_VERSION)
     }
 
     /// Connects claiming protocol `version` (for testing version negotiation).
     pub fn connect_with_version(path: impl AsRef<Path>, version: u32) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open(path.as_ref(), Some(DEFAULT_TIMEOUT), version)
+    }
+
+    fn open(path: &Path, timeout: Option<Duration>, version: u32) -> Result<Self> {
+        let path = path.to_path_buf();
         let stream = UnixStream::connect(&path).map_err(|source| Error::Connect {
             path: path.clone(),
             source,
@@ -50,7 +59,7 @@ impl Client {
             decoder: FrameDecoder::new(MAX_REPLY_BYTES),
             next_id: 1,
             buf: vec![0; 256 << 10],
-            timeout: Some(DEFAULT_TIMEOUT),
+            timeout,
             uid: None,
             broken: false,
         };
@@ -72,10 +81,8 @@ impl Client {
 
     /// Connects again to the same socket (after the daemon restarted).
     pub fn reconnect(&mut self) -> Result<()> {
-        let mut fresh = Client::connect(&self.path)?;
-        fresh.timeout = self.timeout;
+        let mut fresh = Client::connect_with(&self.path, self.timeout)?;
         fresh.uid = self.uid;
-        fresh.apply_timeout()?;
         *self = fresh;
         Ok(())
     }

@@ -265,13 +265,15 @@ fn a_slow_watcher_lags_instead_of_slowing_writers() {
     const WINDOW: u64 = 500; // pipelined, but read back before the socket buffers fill
     for _ in 0..N / WINDOW {
         for _ in 0..WINDOW {
-            c.send(sessiond_client::Request::Checkpoint(sessiond_client::CheckpointRequest {
-                name: "busy".into(),
-                payload: sessiond_client::Payload(vec![1]),
-                meta: Default::default(),
-                expect: None,
-                epoch: None,
-            }))
+            c.send(sessiond_client::Request::Checkpoint(
+                sessiond_client::CheckpointRequest {
+                    name: "busy".into(),
+                    payload: sessiond_client::Payload(vec![1]),
+                    meta: Default::default(),
+                    expect: None,
+                    epoch: None,
+                },
+            ))
             .unwrap();
         }
         for _ in 0..WINDOW {
@@ -290,5 +292,8 @@ fn a_slow_watcher_lags_instead_of_slowing_writers() {
             break;
         }
     }
-    assert!(lagged.is_some_and(|m| m > 0), "the watcher was told it missed events");
+    assert!(
+        lagged.is_some_and(|m| m > 0),
+        "the watcher was told it missed events"
+    );
 }
