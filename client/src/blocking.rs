@@ -201,6 +201,12 @@ impl Client {
 
     typed_ops!({} {});
 
+    /// A handle on a session this process holds (from `create` or `resume`), writing at its
+    /// epoch.
+    pub fn handle(&mut self, session: SessionInfo) -> Session<'_> {
+        Session::new(self, session)
+    }
+
     /// Creates a session and returns a handle that fences its writes by epoch.
     pub fn open_session(&mut self, name: &str, options: CreateOptions) -> Result<Session<'_>> {
         let info = self.create(name, options)?;

@@ -11,16 +11,18 @@
 //! use sessiond_client::{Client, CreateOptions, Error};
 //!
 //! let mut client = Client::connect_default()?;
-//! // Resume the job if an earlier run left it, else start it.
-//! let (mut session, mut step) = match client.resume_session("nightly-import", false) {
-//!     Ok((s, Some(cp))) => {
-//!         let step = u64::from_le_bytes(cp.payload.unwrap().0.try_into().unwrap());
-//!         (s, step)
+//! // Resume the job if an earlier run left it (from its latest checkpoint), else start it.
+//! let (info, mut step) = match client.resume("nightly-import", None, false) {
+//!     Ok(r) => {
+//!         let saved = r.checkpoint.and_then(|c| c.payload).map(|p| p.0);
+//!         (r.session, saved.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
 //!     }
-//!     Ok((s, None)) => (s, 0),
-//!     Err(Error::NotFound(_)) => (client.open_session("nightly-import", CreateOptions::default())?, 0),
+//!     Err(Error::NotFound(_)) => (client.create("nightly-import", CreateOptions::default())?, 0),
 //!     Err(e) => return Err(e),
 //! };
+//! // The handle writes at the session's epoch: if another process takes the session over,
+//! // our next checkpoint fails with `Error::Fenced` instead of overwriting its work.
+//! let mut session = client.handle(info);
 //! while step < 10 {
 //!     step += 1; // ... the work of one step ...
 //!     session.checkpoint(step.to_le_bytes().to_vec())?;

@@ -197,6 +197,12 @@ impl AsyncClient {
 
     typed_ops!({async} {.await});
 
+    /// A handle on a session this task holds (from `create` or `resume`), writing at its
+    /// epoch.
+    pub fn handle(&mut self, session: SessionInfo) -> AsyncSession<'_> {
+        AsyncSession::new(self, session)
+    }
+
     /// Creates a session and returns a handle that fences its writes by epoch.
     pub async fn open_session(
         &mut self,

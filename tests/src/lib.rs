@@ -34,6 +34,7 @@ pub fn bin(name: &str) -> PathBuf {
                 "build",
                 "--quiet",
                 "--bins",
+                "--examples",
                 "-p",
                 "sessiond",
                 "-p",

@@ -1,0 +1,128 @@
+//! The example workers (Python over JSON lines, shell over sessionctl) are killed mid-run and
+//! resumed from their latest checkpoint: the result is as if they had never been interrupted.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use sessiond_client::Status;
+use sessiond_tests::{bin, wait_until, Daemon};
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// Reads the child's stdout until a line equal to `want`, then kills it (SIGKILL).
+fn kill_after(mut child: Child, want: &str) {
+    let out = child.stdout.take().unwrap();
+    for line in BufReader::new(out).lines() {
+        if line.unwrap() == want {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn run_to_end(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn resumed_step(output: &str) -> u64 {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("resumed at step"))
+        .unwrap_or_else(|| panic!("{output}"));
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_python_worker_resumes_after_kill_9() {
+    let d = Daemon::start();
+    let py = |extra: &[&str]| {
+        let mut c = Command::new("python3");
+        c.arg(example("worker.py"))
+            .args(["job", "2000", "--socket", d.socket.to_str().unwrap()])
+            .args(extra);
+        c
+    };
+    let mut first = py(&["--sleep", "0.002"]);
+    kill_after(first.stdout(Stdio::piped()).spawn().unwrap(), "step 20");
+    let mut c = d.client();
+    assert!(wait_until(std::time::Duration::from_secs(20), || c
+        .show("job")
+        .unwrap()
+        .status
+        == Status::Stale));
+    let output = run_to_end(py(&[]));
+    assert!(resumed_step(&output) >= 20, "{output}");
+    assert!(output.contains("done sum=2001000"), "{output}");
+    assert_eq!(c.show("job").unwrap().status, Status::Completed);
+}
+
+#[test]
+fn the_shell_worker_resumes_after_kill_9() {
+    let d = Daemon::start();
+    let ctl_dir = bin("sessionctl").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        ctl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sh = |sleep: &str| {
+        let mut c = Command::new("bash");
+        c.arg(example("worker.sh"))
+            .args(["job", "300"])
+            .env("PATH", &path)
+            .env("SESSIOND_SOCKET", &d.socket)
+            .env("SLEEP", sleep);
+        c
+    };
+    kill_after(
+        sh("0.005").stdout(Stdio::piped()).spawn().unwrap(),
+        "step 10",
+    );
+    let mut c = d.client();
+    assert!(wait_until(std::time::Duration::from_secs(20), || c
+        .show("job")
+        .unwrap()
+        .status
+        == Status::Stale));
+    let output = run_to_end(sh("0"));
+    assert!(resumed_step(&output) >= 10, "{output}");
+    assert!(output.contains("done sum=45150"), "{output}");
+    assert_eq!(c.show("job").unwrap().status, Status::Completed);
+}
+
+#[test]
+fn the_rust_example_runs_and_resumes() {
+    let d = Daemon::start();
+    let exe = bin("examples/resumable");
+    let run = || {
+        let mut c = Command::new(&exe);
+        c.args(["rust-job", "10"]).env("SESSIOND_SOCKET", &d.socket);
+        run_to_end(c)
+    };
+    let first = run();
+    assert!(
+        first.contains("starting after step 0") && first.contains("step 10: checkpoint 10"),
+        "{first}"
+    );
+    let second = run();
+    assert!(
+        second.contains("epoch 2, starting after step 10"),
+        "{second}"
+    );
+    assert_eq!(
+        d.client().show("rust-job").unwrap().status,
+        Status::Completed
+    );
+}
