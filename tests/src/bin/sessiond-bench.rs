@@ -1,37 +1,54 @@
-//! Load generator: N concurrent clients, each with its own session, writing checkpoints of a
-//! given size for a given time through the project's client. Prints throughput and latency
-//! percentiles (and `--json` for scripts). Start a daemon first, or pass `--spawn` to start a
-//! release-built one on a temporary socket and state directory.
+//! Benchmarks of a running daemon, through the project's own client.
+//!
+//!   sessiond-bench checkpoint [--clients N] [--size BYTES] [--seconds S]
+//!       N concurrent clients, each with its own session, writing checkpoints: ops/s and
+//!       latency percentiles.
+//!   sessiond-bench stale --owners N
+//!       N owner processes killed at once: time from each kill to its `stale` event.
+//!   sessiond-bench idle --owners N [--seconds S]
+//!       the daemon's CPU use and memory while N live owners sit idle (needs --spawn).
+//!
+//! Common: --socket PATH (a running daemon) or --spawn (start a release-built `sessiond` from
+//! beside this binary on a temporary socket and state directory); --json for scripts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use sessiond_client::Client;
+use serde_json::json;
+use sessiond_client::{Client, CreateOptions, EventKind, Request};
 use sessiond_tests::ClientExt;
 
 struct Args {
+    mode: String,
     clients: usize,
     size: usize,
     seconds: f64,
+    owners: usize,
     socket: Option<PathBuf>,
     spawn: bool,
     json: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [--clients N] [--size BYTES] [--seconds S] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle] [--clients N] [--size BYTES] [--seconds S] [--owners N] [--socket PATH | --spawn] [--json]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
+        mode: "checkpoint".into(),
         clients: 1,
         size: 1024,
         seconds: 5.0,
+        owners: 100,
         socket: None,
         spawn: false,
         json: false,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = std::env::args().skip(1).peekable();
+    if let Some(mode) = it.next_if(|m| !m.starts_with('-')) {
+        a.mode = mode;
+    }
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -41,6 +58,7 @@ fn parse() -> Result<Args, String> {
             "--clients" => a.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--owners" => a.owners = value()?.parse().map_err(|e| format!("--owners: {e}"))?,
             "--socket" => a.socket = Some(value()?.into()),
             "--spawn" => a.spawn = true,
             "--json" => a.json = true,
@@ -59,6 +77,40 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// A daemon started for the run, stopped (SIGTERM) on drop.
+struct Spawned {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_daemon() -> (PathBuf, Spawned) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("bench.sock");
+    let exe = std::env::current_exe()
+        .expect("exe")
+        .with_file_name("sessiond");
+    let child = Command::new(&exe)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+    let ok =
+        sessiond_tests::wait_until(Duration::from_secs(20), || Client::connect(&socket).is_ok());
+    assert!(ok, "daemon did not start");
+    (socket, Spawned { child, _dir: dir })
+}
+
 fn main() {
     let args = match parse() {
         Ok(a) => a,
@@ -67,33 +119,38 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut daemon = None;
-    let socket = if args.spawn {
-        let socket = tmp.path().join("bench.sock");
-        let exe = std::env::current_exe()
-            .expect("exe")
-            .with_file_name("sessiond");
-        let child = Command::new(&exe)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        daemon = Some(child);
-        let ok = sessiond_tests::wait_until(Duration::from_secs(20), || {
-            Client::connect(&socket).is_ok()
-        });
-        assert!(ok, "daemon did not start");
-        socket
+    let (socket, daemon) = if args.spawn {
+        let (s, d) = spawn_daemon();
+        (s, Some(d))
     } else {
-        args.socket
-            .clone()
-            .unwrap_or_else(|| sessiond_proto::paths::socket_path(None))
+        (
+            args.socket
+                .clone()
+                .unwrap_or_else(|| sessiond_proto::paths::socket_path(None)),
+            None,
+        )
     };
+    let result = match args.mode.as_str() {
+        "checkpoint" => checkpoint(&args, &socket),
+        "stale" => stale(&args, &socket),
+        "idle" => match &daemon {
+            Some(d) => idle(&args, &socket, d.child.id()),
+            None => Err("idle needs --spawn (it measures the daemon process)".into()),
+        },
+        other => Err(format!("unknown mode {other}\n{USAGE}")),
+    };
+    match result {
+        Ok((text, value)) => println!("{}", if args.json { value.to_string() } else { text }),
+        Err(e) => {
+            eprintln!("sessiond-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
+type Outcome = Result<(String, serde_json::Value), String>;
+
+fn checkpoint(args: &Args, socket: &PathBuf) -> Outcome {
     let barrier = Arc::new(Barrier::new(args.clients));
     let run_id = std::process::id();
     let handles: Vec<_> = (0..args.clients)
@@ -129,23 +186,162 @@ fn main() {
         percentile(&all, 0.99),
         percentile(&all, 0.999),
     );
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"op": "checkpoint", "clients": args.clients, "size": args.size, "seconds": args.seconds,
-                "ops": all.len(), "ops_per_sec": rate, "p50_us": p50, "p99_us": p99, "p999_us": p999})
-        );
-    } else {
-        println!(
-            "checkpoint {} B x {} clients: {:.0} ops/s  p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  ({} ops in {} s)",
-            args.size, args.clients, rate, p50, p99, p999, all.len(), args.seconds
-        );
+    let text = format!(
+        "checkpoint {} B x {} clients: {rate:.0} ops/s  p50 {p50:.0} us  p99 {p99:.0} us  p99.9 {p999:.0} us  ({} ops in {} s)",
+        args.size, args.clients, all.len(), args.seconds
+    );
+    let value = json!({"mode": "checkpoint", "clients": args.clients, "size": args.size, "seconds": args.seconds,
+        "ops": all.len(), "ops_per_sec": rate, "p50_us": p50, "p99_us": p99, "p999_us": p999});
+    Ok((text, value))
+}
+
+/// Starts `n` idle owner processes and gives each a session; returns them by session name.
+fn owned_sessions(
+    socket: &PathBuf,
+    n: usize,
+    prefix: &str,
+) -> Result<Vec<(String, Child)>, String> {
+    let mut c = Client::connect(socket).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(256) {
+        let mut batch = Vec::new();
+        for i in chunk * 256..((chunk + 1) * 256).min(n) {
+            let child = Command::new("sleep")
+                .arg("100000")
+                .stdin(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start owner {i}: {e}"))?;
+            let name = format!("{prefix}-{i}");
+            let owner = CreateOptions {
+                owner_pid: Some(child.id()),
+                ..Default::default()
+            };
+            c.send(Request::Create(sessiond_client::CreateRequest {
+                name: name.clone(),
+                owner_pid: owner.owner_pid,
+                keep: None,
+                meta: Default::default(),
+            }))
+            .map_err(|e| e.to_string())?;
+            batch.push((name, child));
+        }
+        for _ in 0..batch.len() {
+            c.recv()
+                .map_err(|e| e.to_string())?
+                .result
+                .map_err(|e| e.to_string())?;
+        }
+        out.extend(batch);
     }
-    if let Some(mut d) = daemon {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(d.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = d.wait();
+    Ok(out)
+}
+
+fn stale(args: &Args, socket: &PathBuf) -> Outcome {
+    let prefix = format!("stale-{}", std::process::id());
+    let mut owners = owned_sessions(socket, args.owners, &prefix)?;
+    let watch = Client::connect(socket)
+        .and_then(|c| c.watch(None))
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for e in watch.flatten() {
+            if e.kind == EventKind::Stale && tx.send((Instant::now(), e.name)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut killed_at = HashMap::new();
+    for (name, child) in &owners {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        killed_at.insert(name.clone(), Instant::now());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| e.to_string())?;
     }
+    let mut lat = Vec::with_capacity(owners.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lat.len() < owners.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (at, name) = rx.recv_timeout(left).map_err(|_| {
+            format!(
+                "only {} of {} went stale within 60 s",
+                lat.len(),
+                owners.len()
+            )
+        })?;
+        if let Some(k) = killed_at.remove(&name) {
+            lat.push(at - k);
+        }
+    }
+    for (_, child) in &mut owners {
+        let _ = child.wait();
+    }
+    if let Ok(mut c) = Client::connect(socket) {
+        for (name, _) in &owners {
+            let _ = c.delete(name);
+        }
+    }
+    lat.sort_unstable();
+    let ms = |us: f64| us / 1000.0;
+    let (p50, p99, max) = (
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0)),
+    );
+    let text = format!("stale detection, {} owners killed at once: p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms", args.owners);
+    Ok((
+        text,
+        json!({"mode": "stale", "owners": args.owners, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+    ))
+}
+
+/// (user+system CPU ticks, resident KiB) of a process.
+fn usage(pid: u32) -> Result<(u64, u64), String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks = fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks, rss))
+}
+
+fn idle(args: &Args, socket: &PathBuf, daemon_pid: u32) -> Outcome {
+    let prefix = format!("idle-{}", std::process::id());
+    let mut owners = owned_sessions(socket, args.owners, &prefix)?;
+    // Let registration settle, then measure a quiet window.
+    std::thread::sleep(Duration::from_secs(2));
+    let (t0, _) = usage(daemon_pid)?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    let (t1, rss) = usage(daemon_pid)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu = (t1 - t0) as f64 / hz / elapsed * 100.0;
+    for (_, child) in &mut owners {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = format!(
+        "idle with {} live owners: daemon CPU {cpu:.2}% of one core over {elapsed:.0} s, RSS {:.1} MiB",
+        args.owners,
+        rss as f64 / 1024.0
+    );
+    Ok((
+        text,
+        json!({"mode": "idle", "owners": args.owners, "seconds": elapsed, "cpu_percent": cpu, "rss_kib": rss}),
+    ))
 }
