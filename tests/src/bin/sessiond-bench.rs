@@ -12,7 +12,7 @@
 //! beside this binary on a temporary socket and state directory); --json for scripts.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -150,12 +150,12 @@ fn main() {
 
 type Outcome = Result<(String, serde_json::Value), String>;
 
-fn checkpoint(args: &Args, socket: &PathBuf) -> Outcome {
+fn checkpoint(args: &Args, socket: &Path) -> Outcome {
     let barrier = Arc::new(Barrier::new(args.clients));
     let run_id = std::process::id();
     let handles: Vec<_> = (0..args.clients)
         .map(|i| {
-            let (socket, barrier) = (socket.clone(), barrier.clone());
+            let (socket, barrier) = (socket.to_path_buf(), barrier.clone());
             let (size, seconds) = (args.size, args.seconds);
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket).expect("connect");
@@ -236,7 +236,7 @@ fn owned_sessions(
     Ok(out)
 }
 
-fn stale(args: &Args, socket: &PathBuf) -> Outcome {
+fn stale(args: &Args, socket: &Path) -> Outcome {
     let prefix = format!("stale-{}", std::process::id());
     let mut owners = owned_sessions(socket, args.owners, &prefix)?;
     let watch = Client::connect(socket)
