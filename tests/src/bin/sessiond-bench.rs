@@ -196,11 +196,7 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
 }
 
 /// Starts `n` idle owner processes and gives each a session; returns them by session name.
-fn owned_sessions(
-    socket: &PathBuf,
-    n: usize,
-    prefix: &str,
-) -> Result<Vec<(String, Child)>, String> {
+fn owned_sessions(socket: &Path, n: usize, prefix: &str) -> Result<Vec<(String, Child)>, String> {
     let mut c = Client::connect(socket).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(256) {
