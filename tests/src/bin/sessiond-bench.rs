@@ -315,7 +315,7 @@ fn usage(pid: u32) -> Result<(u64, u64), String> {
     Ok((ticks, rss))
 }
 
-fn idle(args: &Args, socket: &PathBuf, daemon_pid: u32) -> Outcome {
+fn idle(args: &Args, socket: &Path, daemon_pid: u32) -> Outcome {
     let prefix = format!("idle-{}", std::process::id());
     let mut owners = owned_sessions(socket, args.owners, &prefix)?;
     // Let registration settle, then measure a quiet window.
