@@ -118,11 +118,21 @@ fn open_store(
 }
 
 /// Marks stale the active sessions whose owner is gone and hands the others to the watcher.
-async fn check_owners_at_start(shared: &Shared, service: &Service) {
-    let active = shared.table().active_owners();
+async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) {
+    let probing = shared.clone();
+    // One /proc read per owner: off the async workers.
+    let active = tokio::task::spawn_blocking(move || {
+        let active = probing.table().active_owners();
+        active
+            .into_iter()
+            .map(|(key, owner)| (probing.probe.is_alive(&owner), key, owner))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
     let mut stale = Vec::new();
-    for (key, owner) in active {
-        if shared.probe.is_alive(&owner) {
+    for (alive, key, owner) in active {
+        if alive {
             let _ = shared.notify.owners.send(OwnerChange {
                 key,
                 owner: Some(owner),
