@@ -10,6 +10,7 @@ pub mod commit;
 pub mod config;
 pub mod conn;
 pub mod lock;
+pub mod notify;
 pub mod owner;
 pub mod process;
 pub mod server;
@@ -18,4 +19,4 @@ pub mod store;
 pub mod table;
 
 pub use config::Config;
-pub use server::{run, StartError};
+pub use server::{run, Listen, StartError};

@@ -24,6 +24,7 @@ use crate::commit::{self, CommitConfig, Notifier, OwnerChange, Shared};
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
 use crate::lock::{LockError, StateLock};
+use crate::notify;
 use crate::owner::OwnerWatcher;
 use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
@@ -117,6 +118,48 @@ fn open_store(
     Ok((shared, log))
 }
 
+enum ListenKind {
+    Bound,
+    Inherited,
+}
+
+/// Applies what can change while running; says what needs a restart.
+fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Shared) {
+    let mut restart = Vec::new();
+    if new.socket != cfg.socket {
+        restart.push("socket");
+    }
+    if new.state_dir != cfg.state_dir {
+        restart.push("state_dir");
+    }
+    if new.socket_mode != cfg.socket_mode {
+        restart.push("socket_mode");
+    }
+    if new.segment_bytes != cfg.segment_bytes {
+        restart.push("segment_bytes");
+    }
+    if new.snapshot_every_bytes != cfg.snapshot_every_bytes {
+        restart.push("snapshot_every_bytes");
+    }
+    if new.stale_check_interval != cfg.stale_check_interval {
+        restart.push("stale_check_interval");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(settings = ?restart, "these settings change only at the next start");
+    }
+    cfg.max_checkpoint_bytes = new.max_checkpoint_bytes;
+    cfg.meta_limits = new.meta_limits;
+    cfg.default_keep = new.default_keep;
+    service.set_limits(Limits { max_checkpoint_bytes: cfg.max_checkpoint_bytes, meta: cfg.meta_limits });
+    shared.table().set_default_keep(cfg.default_keep);
+    tracing::info!(
+        max_checkpoint_bytes = cfg.max_checkpoint_bytes,
+        default_keep = cfg.default_keep,
+        meta_limits = ?cfg.meta_limits,
+        "configuration reloaded"
+    );
+}
+
 /// Marks stale the active sessions whose owner is gone and hands the others to the watcher.
 async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) {
     let probing = shared.clone();
@@ -177,7 +220,24 @@ fn bind(cfg: &Config) -> Result<Listener, StartError> {
 }
 
 /// Runs the daemon until `shutdown` resolves. Returns once everything acknowledged is on disk.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Where the daemon's listening socket comes from.
+#[derive(Debug)]
+pub enum Listen {
+    /// Bind `Config::socket` (replacing a stale file, never a live daemon's).
+    Bind,
+    /// A socket already listening, passed by systemd (socket activation); its file is
+    /// systemd's and is left alone.
+    Inherited(std::os::fd::OwnedFd),
+}
+
+/// Runs the daemon until `shutdown` resolves, applying the reloadable part of every `Config`
+/// received on `reloads`. Returns once everything acknowledged is on disk.
+pub async fn run(
+    mut cfg: Config,
+    listen: Listen,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
+) -> Result<(), StartError> {
     ensure_private_dir(&cfg.state_dir)?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
     let open_cfg = cfg.clone();
@@ -218,7 +278,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
     check_owners_at_start(&shared, &service).await;
 
-    let listener = match bind(&cfg) {
+    let listen_kind = match listen {
+        Listen::Bind => ListenKind::Bound,
+        Listen::Inherited(_) => ListenKind::Inherited,
+    };
+    let bound = match listen {
+        Listen::Bind => bind(&cfg),
+        Listen::Inherited(fd) => Listener::try_from(fd)
+            .map_err(io_err("cannot use the socket passed by the service manager")),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             watcher_cancel.cancel();
@@ -228,23 +297,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             return Err(e);
         }
     };
-    let socket_id = std::fs::metadata(&cfg.socket)
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
-    tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "sessiond ready");
+    // The socket file is ours to remove at exit only if we bound it (and it is still ours).
+    let socket_id = match listen_kind {
+        ListenKind::Bound => std::fs::metadata(&cfg.socket).ok().map(|m| (m.dev(), m.ino())),
+        ListenKind::Inherited => None,
+    };
+    tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), activated = socket_id.is_none(), "sessiond ready");
+    notify::ready(&notify::status_line(&shared, &service));
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let limits = ConnLimits {
-        max_frame_bytes: cfg.max_frame_bytes(),
-        max_line_bytes: cfg.max_line_bytes(),
-    };
+    tracker.spawn(notify::keepalive(shared.clone(), service.clone(), cancel.child_token()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &shared),
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
+                    let limits = ConnLimits {
+                        max_frame_bytes: cfg.max_frame_bytes(),
+                        max_line_bytes: cfg.max_line_bytes(),
+                    };
                     tracker.spawn(conn::serve(stream, service.clone(), cancel.child_token(), limits));
                 }
                 Err(e) => {
@@ -256,6 +330,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     }
     tracing::info!("shutting down");
+    notify::stopping();
     drop(listener);
     if socket_id.is_some()
         && std::fs::metadata(&cfg.socket)

@@ -34,7 +34,7 @@ pub struct Limits {
 pub struct Service {
     shared: Arc<Shared>,
     jobs: Mutex<Option<Sender<Job>>>,
-    limits: Limits,
+    limits: std::sync::RwLock<Limits>,
     started: Instant,
     pub connections: AtomicU64,
 }
@@ -78,10 +78,20 @@ impl Service {
         Service {
             shared,
             jobs: Mutex::new(Some(jobs)),
-            limits,
+            limits: std::sync::RwLock::new(limits),
             started: Instant::now(),
             connections: AtomicU64::new(0),
         }
+    }
+
+    /// The limits now in force (they may change on a configuration reload).
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies reloaded limits to requests from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Stops accepting mutations; the commit thread ends once those queued are done.
@@ -185,6 +195,7 @@ impl Service {
     }
 
     fn start_inner(&self, peer: &Peer, frame: RequestFrame) -> Result<Started, WireError> {
+        let limits = self.limits();
         let uid = Self::acting_uid(peer, frame.uid)?;
         if let Some(name) = frame.request.session_name() {
             validate::session_name(name)?;
@@ -197,7 +208,7 @@ impl Service {
                 })))
             }
             Request::Create(r) => {
-                validate::meta(&r.meta, &self.limits.meta)?;
+                validate::meta(&r.meta, &limits.meta)?;
                 let owner = self.owner(peer, r.owner_pid)?;
                 Mutation::Create {
                     name: r.name,
@@ -207,14 +218,14 @@ impl Service {
                 }
             }
             Request::Checkpoint(r) => {
-                validate::meta(&r.meta, &self.limits.meta)?;
+                validate::meta(&r.meta, &limits.meta)?;
                 let size = r.payload.0.len() as u64;
-                if size > self.limits.max_checkpoint_bytes {
+                if size > limits.max_checkpoint_bytes {
                     return Err(WireError::new(
                         ErrorKind::TooLarge,
                         format!(
                             "checkpoint of {size} bytes for session {:?} exceeds the limit of {} bytes (--max-checkpoint-bytes)",
-                            r.name, self.limits.max_checkpoint_bytes
+                            r.name, limits.max_checkpoint_bytes
                         ),
                     ));
                 }
@@ -231,11 +242,11 @@ impl Service {
             Request::Cancel(r) => set_status(r.name, Status::Cancelled, None),
             Request::Fail(r) => {
                 if let Some(e) = &r.error {
-                    if e.len() > self.limits.meta.max_value_len {
+                    if e.len() > limits.meta.max_value_len {
                         return Err(WireError::invalid(format!(
                             "error text is {} bytes; at most {} are allowed",
                             e.len(),
-                            self.limits.meta.max_value_len
+                            limits.meta.max_value_len
                         )));
                     }
                 }
@@ -249,7 +260,7 @@ impl Service {
                         "only root may list all users' sessions",
                     ));
                 }
-                validate::meta(&r.meta, &self.limits.meta)?;
+                validate::meta(&r.meta, &limits.meta)?;
                 return Ok(Started::Read {
                     uid,
                     request: frame.request,

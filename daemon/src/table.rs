@@ -163,6 +163,11 @@ impl SessionTable {
         }
     }
 
+    /// The `keep` of sessions created from now on without one.
+    pub fn set_default_keep(&mut self, keep: u32) {
+        self.default_keep = keep;
+    }
+
     pub fn from_snapshot(default_keep: u32, sessions: Vec<SnapSession>) -> Self {
         let mut t = SessionTable::new(default_keep);
         for s in sessions {

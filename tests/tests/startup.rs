@@ -77,8 +77,10 @@ fn bad_flags_and_unusable_paths_are_clear_errors() {
         )
     };
     let (code, err) = run(&["--socket-mode", "999"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("octal"), "{err}");
+    let (code, err) = run(&["--no-such-flag"]);
+    assert_eq!(code, Some(2), "{err}");
     // A state directory path that is a file.
     let file = d.dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
@@ -97,6 +99,12 @@ fn bad_flags_and_unusable_paths_are_clear_errors() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
+        "--config",
+        "--stale-check-interval",
+        "--max-meta-entries",
+        "--max-meta-key-bytes",
+        "--max-meta-value-bytes",
+        "--log-level",
         "--socket",
         "--state-dir",
         "--socket-mode",

@@ -1,0 +1,67 @@
+//! Telling systemd how we are: READY once serving, STATUS with counts, WATCHDOG pings when
+//! `WatchdogSec=` is set, STOPPING at shutdown. Every call is a no-op without NOTIFY_SOCKET.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use sessiond_proto::Status;
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::Shared;
+use crate::service::Service;
+
+/// How often STATUS is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// "3 sessions (2 active, 1 stale), 40 checkpoints, 1 connection".
+pub fn status_line(shared: &Shared, service: &Service) -> String {
+    let (sessions, checkpoints, by_status) = {
+        let t = shared.table();
+        (t.session_count(), t.checkpoint_count(), t.count_by_status())
+    };
+    let count = |s| by_status.get(&s).copied().unwrap_or(0);
+    format!(
+        "{sessions} sessions ({} active, {} stale), {checkpoints} checkpoints, {} connections",
+        count(Status::Active),
+        count(Status::Stale),
+        service.connections.load(Ordering::Relaxed)
+    )
+}
+
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// Refreshes STATUS and pings the watchdog (at half its period) until `cancel`.
+pub async fn keepalive(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if watchdog.is_some() {
+            send(&[NotifyState::Watchdog]);
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            last_status = std::time::Instant::now();
+            send(&[NotifyState::Status(&status_line(&shared, &service))]);
+        }
+    }
+}
