@@ -82,7 +82,10 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{0}")]
@@ -118,10 +121,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl Settings {
     /// Reads a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// `over` wins wherever it says something.
@@ -149,13 +156,18 @@ impl Settings {
         let state_dir = sessiond_proto::paths::state_dir(self.state_dir.clone()).ok_or_else(|| {
             invalid("no state directory: set state_dir, --state-dir or SESSIOND_STATE_DIR (HOME is not set)".into())
         })?;
-        let mut c = Config::new(sessiond_proto::paths::socket_path(self.socket.clone()), state_dir);
+        let mut c = Config::new(
+            sessiond_proto::paths::socket_path(self.socket.clone()),
+            state_dir,
+        );
         if let Some(m) = &self.socket_mode {
             c.socket_mode = parse_mode(m).map_err(invalid)?;
         }
         if let Some(v) = self.max_checkpoint_bytes {
             if v == 0 || v > MAX_CHECKPOINT_LIMIT {
-                return Err(invalid(format!("max_checkpoint_bytes must be 1 to {MAX_CHECKPOINT_LIMIT}, got {v}")));
+                return Err(invalid(format!(
+                    "max_checkpoint_bytes must be 1 to {MAX_CHECKPOINT_LIMIT}, got {v}"
+                )));
             }
             c.max_checkpoint_bytes = v;
         }
@@ -164,7 +176,9 @@ impl Settings {
         }
         if let Some(v) = self.segment_bytes {
             if v < 4096 {
-                return Err(invalid(format!("segment_bytes must be at least 4096, got {v}")));
+                return Err(invalid(format!(
+                    "segment_bytes must be at least 4096, got {v}"
+                )));
             }
             c.segment_bytes = v;
         }
@@ -182,7 +196,9 @@ impl Settings {
         m.max_key_len = self.max_meta_key_bytes.unwrap_or(m.max_key_len);
         m.max_value_len = self.max_meta_value_bytes.unwrap_or(m.max_value_len);
         // A checkpoint's meta lives in its record header, which has a fixed bound.
-        let worst = m.max_entries.saturating_mul(m.max_key_len.saturating_add(m.max_value_len));
+        let worst = m
+            .max_entries
+            .saturating_mul(m.max_key_len.saturating_add(m.max_value_len));
         if worst > MAX_META_BYTES {
             return Err(invalid(format!(
                 "max_meta_entries x (max_meta_key_bytes + max_meta_value_bytes) is {worst} bytes; at most {MAX_META_BYTES} are supported"
@@ -202,7 +218,10 @@ mod tests {
             "state_dir = \"/f/state\"\nsocket = \"/f.sock\"\ndefault_keep = 4\nstale_check_interval = \"250ms\"\nsocket_mode = \"0660\"",
         )
         .unwrap();
-        let flags = Settings { default_keep: Some(9), ..Default::default() };
+        let flags = Settings {
+            default_keep: Some(9),
+            ..Default::default()
+        };
         let c = file.overlay(flags).resolve().unwrap();
         assert_eq!(c.default_keep, 9);
         assert_eq!(c.socket, PathBuf::from("/f.sock"));
@@ -223,7 +242,9 @@ mod tests {
             let e = s.resolve().unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
-        let e = toml::from_str::<Settings>("sockets = \"/x\"").unwrap_err().to_string();
+        let e = toml::from_str::<Settings>("sockets = \"/x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field"), "{e}");
     }
 }

@@ -171,7 +171,11 @@ fn init_tracing(level: Option<&str>) -> FilterHandle {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+        )
         .init();
     handle
 }
@@ -199,20 +203,28 @@ fn main() -> ExitCode {
 
 fn check(cli: &Cli) -> Result<ExitCode> {
     init_tracing(cli.settings().log_level.as_deref().or(Some("warn")));
-    let dir = paths::state_dir(cli.state_dir.clone())
-        .context("no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)")?;
+    let dir = paths::state_dir(cli.state_dir.clone()).context(
+        "no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)",
+    )?;
     let report = sessiond::check::check(&dir)?;
     for line in &report.lines {
         println!("{line}");
     }
-    Ok(if report.problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn serve(cli: &Cli) -> Result<ExitCode> {
     let (cfg, settings) = cli.load()?;
     let log = init_tracing(settings.log_level.as_deref());
     // Socket activation: the descriptors are taken before any thread exists.
-    let listen = match sd_notify::listen_fds().context("invalid socket activation variables")?.next() {
+    let listen = match sd_notify::listen_fds()
+        .context("invalid socket activation variables")?
+        .next()
+    {
         // SAFETY: systemd passed us this descriptor (LISTEN_PID is us) and nothing else owns it.
         Some(fd) => Listen::Inherited(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }),
         None => Listen::Bind,
@@ -236,7 +248,11 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
 /// What SIGHUP re-reads: the config file, with the same flags and environment over it.
 fn cli_reloader() -> impl Fn() -> Result<(Config, Settings)> + Send + 'static {
     let args: Vec<String> = std::env::args().collect();
-    move || Cli::try_parse_from(&args).map_err(anyhow::Error::from)?.load()
+    move || {
+        Cli::try_parse_from(&args)
+            .map_err(anyhow::Error::from)?
+            .load()
+    }
 }
 
 /// Waits for SIGTERM/SIGINT (returns: stop) and handles SIGHUP (reload) meanwhile.
@@ -246,9 +262,11 @@ async fn handle_signals(
     log: FilterHandle,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
@@ -280,4 +298,3 @@ fn raise_fd_limit() {
         }
     }
 }
-

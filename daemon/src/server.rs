@@ -150,7 +150,10 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
     cfg.max_checkpoint_bytes = new.max_checkpoint_bytes;
     cfg.meta_limits = new.meta_limits;
     cfg.default_keep = new.default_keep;
-    service.set_limits(Limits { max_checkpoint_bytes: cfg.max_checkpoint_bytes, meta: cfg.meta_limits });
+    service.set_limits(Limits {
+        max_checkpoint_bytes: cfg.max_checkpoint_bytes,
+        meta: cfg.meta_limits,
+    });
     shared.table().set_default_keep(cfg.default_keep);
     tracing::info!(
         max_checkpoint_bytes = cfg.max_checkpoint_bytes,
@@ -284,8 +287,9 @@ pub async fn run(
     };
     let bound = match listen {
         Listen::Bind => bind(&cfg),
-        Listen::Inherited(fd) => Listener::try_from(fd)
-            .map_err(io_err("cannot use the socket passed by the service manager")),
+        Listen::Inherited(fd) => Listener::try_from(fd).map_err(io_err(
+            "cannot use the socket passed by the service manager",
+        )),
     };
     let listener = match bound {
         Ok(l) => l,
@@ -299,7 +303,9 @@ pub async fn run(
     };
     // The socket file is ours to remove at exit only if we bound it (and it is still ours).
     let socket_id = match listen_kind {
-        ListenKind::Bound => std::fs::metadata(&cfg.socket).ok().map(|m| (m.dev(), m.ino())),
+        ListenKind::Bound => std::fs::metadata(&cfg.socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino())),
         ListenKind::Inherited => None,
     };
     tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), activated = socket_id.is_none(), "sessiond ready");
@@ -307,7 +313,11 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(notify::keepalive(shared.clone(), service.clone(), cancel.child_token()));
+    tracker.spawn(notify::keepalive(
+        shared.clone(),
+        service.clone(),
+        cancel.child_token(),
+    ));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

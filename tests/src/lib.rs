@@ -76,6 +76,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment of the daemon.
+    pub envs: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -87,41 +89,43 @@ impl Daemon {
 
     /// Starts on an existing state directory (with a fresh socket).
     pub fn start_on_state(state: &Path) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("sessiond-test-")
-            .tempdir()
-            .expect("tempdir");
-        let socket = dir.path().join("run/sessiond.sock");
-        let mut d = Daemon {
-            dir,
-            socket,
-            state: state.to_path_buf(),
-            args: Vec::new(),
-            child: None,
-            starts: 0,
-        };
+        let mut d = Self::prepare(&[]);
+        d.state = state.to_path_buf();
         d.launch();
         d
     }
 
     /// Starts with extra flags, kept for restarts.
     pub fn start_with(args: &[&str]) -> Daemon {
+        let mut d = Self::prepare(args);
+        d.launch();
+        d
+    }
+
+    /// A daemon not started yet: set `envs` or write `config_path()`, then `restart()`.
+    pub fn prepare(args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("sessiond-test-")
             .tempdir()
             .expect("tempdir");
         let socket = dir.path().join("run/sessiond.sock");
         let state = dir.path().join("state");
-        let mut d = Daemon {
+        // An empty config file of its own, so no host config file leaks into tests.
+        std::fs::write(dir.path().join("config.toml"), b"").expect("config file");
+        Daemon {
             dir,
             socket,
             state,
             args: args.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
             child: None,
             starts: 0,
-        };
-        d.launch();
-        d
+        }
+    }
+
+    /// The daemon's config file (empty unless a test writes it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// The command line of this daemon, to run by hand (e.g. a second instance).
@@ -137,9 +141,18 @@ impl Daemon {
             .arg("--state-dir")
             .arg(state)
             .args(&self.args);
-        c.env_remove("SESSIOND_SOCKET")
-            .env_remove("SESSIOND_STATE_DIR")
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SESSIOND_")
+                || k == "NOTIFY_SOCKET"
+                || k.to_string_lossy().starts_with("LISTEN_")
+            {
+                c.env_remove(k);
+            }
+        }
+        c.arg("--config")
+            .arg(self.config_path())
             .env("RUST_LOG", "sessiond=debug");
+        c.envs(self.envs.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -210,7 +223,8 @@ impl Daemon {
         }
     }
 
-    /// Starts it again on the same socket and state directory (after `kill9` or `stop`).
+    /// Starts it (again) on the same socket and state directory (after `prepare`, `kill9`
+    /// or `stop`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the daemon first");
         self.launch();
