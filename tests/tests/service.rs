@@ -15,6 +15,9 @@ use sessiond_tests::{bin, wait_until, ClientExt, Daemon};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// One writer's acknowledged checkpoints: (number, payload).
+type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -219,8 +222,7 @@ fn readiness_status_watchdog_and_stopping_are_notified() {
 fn sigterm_during_a_write_storm_exits_0_with_every_acknowledged_checkpoint_on_disk() {
     const WRITERS: usize = 6;
     let mut d = Daemon::start_with(&["--default-keep", "0"]);
-    let acked: Vec<Arc<Mutex<Vec<(u64, Vec<u8>)>>>> =
-        (0..WRITERS).map(|_| Arc::default()).collect();
+    let acked: Vec<Acked> = (0..WRITERS).map(|_| Arc::default()).collect();
     let total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -283,8 +285,7 @@ fn flags_win_over_environment_which_wins_over_the_config_file() {
             d.envs.push(("SESSIOND_DEFAULT_KEEP".into(), v.into()));
         }
         d.restart();
-        let keep = d.client().create_keep("k", None).unwrap().keep;
-        keep
+        d.client().create_keep("k", None).unwrap().keep
     };
     assert_eq!(keep_of_new_session(&[], None), 3);
     assert_eq!(keep_of_new_session(&[], Some("5")), 5);
