@@ -120,9 +120,7 @@ impl Client {
             .read_exact(&mut msg)
             .map_err(|e| self.io_error(e))?;
         if !h.accepted {
-            return Err(Error::UnsupportedVersion(
-                String::from_utf8_lossy(&msg).into_owned(),
-            ));
+            return Err(crate::error::refusal(&msg));
         }
         Ok(())
     }

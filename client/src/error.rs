@@ -98,3 +98,12 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error a daemon's hello refusal stands for: its message starts with the error kind.
+pub(crate) fn refusal(message: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(message).into_owned();
+    match text.split_once(':') {
+        Some(("unavailable", _)) => Error::Unavailable(text),
+        _ => Error::UnsupportedVersion(text),
+    }
+}

@@ -95,9 +95,7 @@ impl AsyncClient {
         let mut msg = vec![0u8; h.message_len];
         self.read_exact(&mut msg).await?;
         if !h.accepted {
-            return Err(Error::UnsupportedVersion(
-                String::from_utf8_lossy(&msg).into_owned(),
-            ));
+            return Err(crate::error::refusal(&msg));
         }
         Ok(())
     }

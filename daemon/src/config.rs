@@ -26,6 +26,12 @@ pub struct Config {
     pub stale_check_interval: Duration,
     /// Watch owners through pidfds (Linux); `false` leaves them to the sweep.
     pub use_pidfd: bool,
+    /// Connections served at once; more are refused with `unavailable`.
+    pub max_connections: usize,
+    /// A connection with nothing to do for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// A request must arrive whole within this long of its first byte.
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -42,6 +48,9 @@ impl Config {
             meta_limits: MetaLimits::default(),
             stale_check_interval: Duration::from_secs(1),
             use_pidfd: true,
+            max_connections: 1024,
+            idle_timeout: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 
@@ -77,6 +86,10 @@ pub struct Settings {
     pub max_meta_value_bytes: Option<usize>,
     /// A tracing filter: "info", "debug", "sessiond=debug".
     pub log_level: Option<String>,
+    pub max_connections: Option<usize>,
+    /// "0" (never) or a duration.
+    pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,16 +119,24 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = match s.strip_suffix("ms") {
-        Some(n) => (n, 1e-3),
-        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    let s = s.trim();
+    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
     };
     num.trim()
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v > 0.0 && *v * unit <= 86_400.0)
         .map(|v| Duration::from_secs_f64(v * unit))
-        .ok_or_else(|| format!("{s:?} is not a duration like 1s or 250ms"))
+        .ok_or_else(|| format!("{s:?} is not a duration like 250ms, 1s, 10m or 1h"))
 }
 
 impl Settings {
@@ -146,6 +167,9 @@ impl Settings {
             max_meta_key_bytes: over.max_meta_key_bytes.or(self.max_meta_key_bytes),
             max_meta_value_bytes: over.max_meta_value_bytes.or(self.max_meta_value_bytes),
             log_level: over.log_level.or(self.log_level),
+            max_connections: over.max_connections.or(self.max_connections),
+            idle_timeout: over.idle_timeout.or(self.idle_timeout),
+            request_timeout: over.request_timeout.or(self.request_timeout),
         }
     }
 
@@ -190,6 +214,21 @@ impl Settings {
         }
         if let Some(d) = &self.stale_check_interval {
             c.stale_check_interval = parse_duration(d).map_err(invalid)?;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(invalid("max_connections must be at least 1".into()));
+            }
+            c.max_connections = n;
+        }
+        if let Some(d) = &self.idle_timeout {
+            c.idle_timeout = match d.trim() {
+                "0" | "0s" | "never" => None,
+                d => Some(parse_duration(d).map_err(invalid)?),
+            };
+        }
+        if let Some(d) = &self.request_timeout {
+            c.request_timeout = parse_duration(d).map_err(invalid)?;
         }
         let m = &mut c.meta_limits;
         m.max_entries = self.max_meta_entries.unwrap_or(m.max_entries);

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use interprocess::os::unix::uds_local_socket::tokio::Stream;
 use serde_json::Value;
@@ -27,6 +28,10 @@ const READ_CHUNK: usize = 256 << 10;
 pub struct ConnLimits {
     pub max_frame_bytes: usize,
     pub max_line_bytes: usize,
+    /// Close after this long without a request (`None`: never). Not while watching.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// A request must be complete this long after its first byte arrived.
+    pub request_timeout: std::time::Duration,
 }
 
 enum Id {
@@ -43,12 +48,21 @@ enum Decoder {
 
 type Queue = mpsc::Sender<(Id, Outcome)>;
 
+/// Serves one connection. The caller has counted it in `service.connections`; this uncounts
+/// it at the end.
 pub async fn serve(
     stream: Stream,
     service: Arc<Service>,
     cancel: CancellationToken,
     limits: ConnLimits,
 ) {
+    struct Counted<'a>(&'a Service);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _counted = Counted(&service);
     let peer = match stream.inner().peer_cred() {
         Ok(c) => Peer {
             uid: c.uid(),
@@ -63,14 +77,27 @@ pub async fn serve(
         }
     };
     let span = tracing::debug_span!("conn", peer_uid = peer.uid, peer_pid = ?peer.pid);
-    service.connections.fetch_add(1, Ordering::Relaxed);
     let served = serve_peer(&stream, &service, &cancel, limits, peer)
         .instrument(span.clone())
         .await;
     if let Err(e) = served {
         tracing::debug!(parent: &span, error = %e, "connection ended with an error");
     }
-    service.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Turns away a connection over `--max-connections` with an `unavailable` error in the
+/// client's own encoding, then closes it.
+pub async fn refuse(stream: Stream, limit: usize) {
+    let message = format!("unavailable: the daemon is serving its maximum of {limit} connections (--max-connections); try again later");
+    let mut first = [0u8; hello::CLIENT_HELLO_LEN];
+    let mut s = &stream;
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut first)).await;
+    let reply = match read {
+        Ok(Ok(n)) if n > 0 && first[0] == b'{' => json::encode_response(&Value::Null, &Err(WireError::unavailable(message))),
+        Ok(Ok(n)) if n > 0 => hello::server_hello(false, &message),
+        _ => return,
+    };
+    let _ = s.write_all(&reply).await;
 }
 
 async fn read_some(
@@ -137,7 +164,7 @@ async fn serve_peer(
     // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
     let closed = cancel.child_token();
     let reader = async {
-        let r = read_requests(stream, service, cancel, peer, decoder, queue, buf).await;
+        let r = read_requests(stream, service, cancel, peer, decoder, queue, buf, limits).await;
         closed.cancel();
         r
     };
@@ -146,6 +173,7 @@ async fn serve_peer(
     r.and(w)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_requests(
     stream: &Stream,
     service: &Arc<Service>,
@@ -154,12 +182,51 @@ async fn read_requests(
     mut decoder: Decoder,
     queue: Queue,
     mut buf: Vec<u8>,
+    limits: ConnLimits,
 ) -> std::io::Result<()> {
+    let mut watching = false;
+    let mut partial_since: Option<Instant> = None;
     loop {
-        if !drain(&mut decoder, service, peer, &queue).await {
+        if !drain(&mut decoder, service, peer, &queue, &mut watching).await {
             return Ok(());
         }
-        let Some(n) = read_some(stream, &mut buf, cancel).await? else {
+        let in_progress = match &decoder {
+            Decoder::Binary(d) => d.in_progress(),
+            Decoder::Json(d) => d.in_progress(),
+        };
+        partial_since = if in_progress { partial_since.or_else(|| Some(Instant::now())) } else { None };
+        let deadline = match partial_since {
+            Some(t) => Some((t + limits.request_timeout, Timeout::Request)),
+            None if watching => None,
+            None => limits.idle_timeout.map(|d| (Instant::now() + d, Timeout::Idle)),
+        };
+        let read = read_some(stream, &mut buf, cancel);
+        let n = match deadline {
+            None => read.await?,
+            Some((at, why)) => match tokio::time::timeout_at(at.into(), read).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    let id = match decoder {
+                        Decoder::Binary(_) => Id::Bin(0),
+                        Decoder::Json(_) => Id::Json(Value::Null),
+                    };
+                    let message = match why {
+                        Timeout::Request => format!(
+                            "request not completed within {:?} of its first byte (--request-timeout); closing",
+                            limits.request_timeout
+                        ),
+                        Timeout::Idle => format!(
+                            "no request for {:?} (--idle-timeout); closing",
+                            limits.idle_timeout.unwrap_or_default()
+                        ),
+                    };
+                    tracing::debug!(%message, "closing a connection");
+                    let _ = queue.send((id, Started::Done(Err(WireError::unavailable(message))))).await;
+                    return Ok(());
+                }
+            },
+        };
+        let Some(n) = n else {
             return Ok(());
         };
         if n == 0 {
@@ -185,8 +252,20 @@ async fn read_requests(
     }
 }
 
+#[derive(Clone, Copy)]
+enum Timeout {
+    Request,
+    Idle,
+}
+
 /// Dispatches every complete request buffered. `false` once the reply side is gone.
-async fn drain(decoder: &mut Decoder, service: &Arc<Service>, peer: Peer, queue: &Queue) -> bool {
+async fn drain(
+    decoder: &mut Decoder,
+    service: &Arc<Service>,
+    peer: Peer,
+    queue: &Queue,
+    watching: &mut bool,
+) -> bool {
     loop {
         let max_frame = match decoder {
             Decoder::Binary(d) => d.max(),
@@ -220,6 +299,7 @@ async fn drain(decoder: &mut Decoder, service: &Arc<Service>, peer: Peer, queue:
                 Some(Line::Text(line)) => json_item(line, service, peer),
             },
         };
+        *watching |= matches!(item.1, Started::Watch { .. });
         if queue.send(item).await.is_err() {
             return false;
         }

@@ -84,6 +84,20 @@ struct Cli {
     #[arg(long, env = "SESSIOND_MAX_META_VALUE_BYTES")]
     max_meta_value_bytes: Option<usize>,
 
+    /// Connections served at once; more are refused with `unavailable` [default: 1024].
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Close a connection that sends nothing for this long (e.g. 10m); 0 never does
+    /// [default: 0]. Watch connections are exempt.
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT")]
+    idle_timeout: Option<String>,
+
+    /// A request must arrive whole within this long of its first byte, else the connection is
+    /// closed with an error (slow or stuck clients) [default: 30s].
+    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT")]
+    request_timeout: Option<String>,
+
     /// Log level or tracing filter (RUST_LOG wins) [default: info].
     #[arg(long, env = "SESSIOND_LOG_LEVEL", global = true)]
     log_level: Option<String>,
@@ -128,6 +142,9 @@ impl Cli {
             max_meta_key_bytes: self.max_meta_key_bytes,
             max_meta_value_bytes: self.max_meta_value_bytes,
             log_level,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout.clone(),
+            request_timeout: self.request_timeout.clone(),
         }
     }
 

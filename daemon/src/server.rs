@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -148,6 +149,9 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
         tracing::warn!(settings = ?restart, "these settings change only at the next start");
     }
     cfg.max_checkpoint_bytes = new.max_checkpoint_bytes;
+    cfg.max_connections = new.max_connections;
+    cfg.idle_timeout = new.idle_timeout;
+    cfg.request_timeout = new.request_timeout;
     cfg.meta_limits = new.meta_limits;
     cfg.default_keep = new.default_keep;
     service.set_limits(Limits {
@@ -325,9 +329,17 @@ pub async fn run(
             Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &shared),
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
+                    if service.connections.fetch_add(1, Ordering::Relaxed) >= cfg.max_connections as u64 {
+                        service.connections.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(limit = cfg.max_connections, "connection refused: too many connections");
+                        tracker.spawn(conn::refuse(stream, cfg.max_connections));
+                        continue;
+                    }
                     let limits = ConnLimits {
                         max_frame_bytes: cfg.max_frame_bytes(),
                         max_line_bytes: cfg.max_line_bytes(),
+                        idle_timeout: cfg.idle_timeout,
+                        request_timeout: cfg.request_timeout,
                     };
                     tracker.spawn(conn::serve(stream, service.clone(), cancel.child_token(), limits));
                 }

@@ -93,6 +93,11 @@ impl FrameDecoder {
         self.buf.len() - self.pos
     }
 
+    /// Whether a frame has begun and not ended (including one being discarded).
+    pub fn in_progress(&self) -> bool {
+        self.buffered() > 0 || self.discard > 0
+    }
+
     /// Returns the next complete frame, if one is buffered.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
         if self.discard > 0 {
@@ -180,6 +185,11 @@ impl LineDecoder {
 
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Whether a line has begun and not ended (including one being discarded).
+    pub fn in_progress(&self) -> bool {
+        self.buffered() > 0 || self.discarding
     }
 
     pub fn next_line(&mut self) -> Option<Line<'_>> {
