@@ -8,10 +8,10 @@ use sessiond_proto::{ErrorKind, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to sessiond at {}: {source} (is the daemon running? start it with `sessiond`)", path.display())]
+    #[error("cannot connect to sessiond at {}: {error} (is the daemon running? start it with `sessiond`)", path.display())]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("lost the connection to sessiond: {0} (the daemon may have restarted; reconnect)")]
     Disconnected(std::io::Error),

@@ -36,10 +36,7 @@ impl AsyncClient {
         let path = path.as_ref().to_path_buf();
         let stream = UnixStream::connect(&path)
             .await
-            .map_err(|source| Error::Connect {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|error| Error::Connect { path: path.clone(), error })?;
         let mut c = AsyncClient {
             path,
             stream,

@@ -292,7 +292,7 @@ fn a_missing_daemon_is_exit_6_with_a_hint() {
     assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&sock.display().to_string()), "{err}");
-    assert!(err.contains("start the daemon with `sessiond`"), "{err}");
+    assert!(err.contains("start it with `sessiond`"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 

@@ -169,11 +169,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             let subject = name.map(|n| format!("{n}: ")).unwrap_or_default();
-            let mut msg = format!("{e:#}");
-            if code == 6 {
-                msg.push_str("; start the daemon with `sessiond` (or point --socket / SESSIOND_SOCKET at it)");
-            }
-            eprintln!("sessionctl: {subject}{msg}");
+            eprintln!("sessionctl: {subject}{e:#}");
             ExitCode::from(code)
         }
     }
