@@ -1,0 +1,115 @@
+//! Users see and change only their own sessions: a second UID (nobody, through setpriv) can
+//! neither see, read, change nor delete root's sessions; root may act for others.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sessiond_tests::{bin, ClientExt, Ctl, Daemon};
+
+/// A daemon whose socket directory every user can traverse; `args` decide the socket mode.
+fn daemon_in_open_dir(args: &[&str]) -> Daemon {
+    let mut d = Daemon::prepare(args);
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(d.dir.path().join("run")).unwrap();
+    std::fs::set_permissions(d.dir.path().join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.restart();
+    d
+}
+
+/// A system-wide setup: every user may connect.
+fn shared_daemon() -> Daemon {
+    daemon_in_open_dir(&["--socket-mode", "666"])
+}
+
+/// `sessionctl` as nobody, from a shell of nobody's (the shell owns what it creates).
+fn as_nobody(d: &Daemon, args: &str) -> Ctl {
+    let script = format!("{} --socket {} {args}", bin("sessionctl").display(), d.socket.display());
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", &script])
+        .output()
+        .expect("setpriv");
+    Ctl {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: needs root to run a client as another user (CI runs as root)");
+    false
+}
+
+#[test]
+fn another_user_cannot_see_read_change_or_delete_my_sessions() {
+    if !require_root() {
+        return;
+    }
+    let d = shared_daemon();
+    let mut c = d.client();
+    c.create_keep("secret", Some(0)).unwrap();
+    c.put("secret", b"root's work".to_vec()).unwrap();
+
+    // Not found, whatever the op: the name does not leak.
+    for args in ["show secret", "get secret", "history secret", "resume secret --force", "pause secret", "complete secret", "fail secret", "cancel secret"] {
+        let r = as_nobody(&d, args);
+        assert_eq!(r.code, 3, "{args}: {}", r.stderr);
+        assert!(!r.stderr.contains("root's"), "{}", r.stderr);
+    }
+    let r = as_nobody(&d, "checkpoint secret --file /dev/null");
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(as_nobody(&d, "--json delete secret").ok().json(), json!({"deleted": false}));
+    assert_eq!(as_nobody(&d, "--json list").ok().json(), json!([]));
+    // Asking for root's namespace or everyone's is refused.
+    let r = as_nobody(&d, "--uid 0 show secret");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("only root"), "{}", r.stderr);
+    let r = as_nobody(&d, "list --all-users");
+    assert!(r.code == 1 && r.stderr.contains("only root"), "{}", r.stderr);
+
+    // Nobody's own session of the same name is another session.
+    let v = as_nobody(&d, "--json create secret").ok().json();
+    assert_eq!((v["uid"].clone(), v["checkpoint_count"].clone()), (json!(65534), json!(0)));
+    let written = as_nobody(&d, "--json checkpoint secret --file /etc/hostname").ok().json();
+    assert_eq!(written["number"], json!(1));
+
+    // Root's is untouched; root can look at nobody's, and at everyone's.
+    let mine = c.show("secret").unwrap();
+    assert_eq!((mine.uid, mine.latest_checkpoint, mine.status), (0, Some(1), sessiond_client::Status::Active));
+    assert_eq!(c.get("secret", None).unwrap().unwrap().payload.unwrap().0, b"root's work");
+    let theirs = d.ctl(&["--json", "--uid", "65534", "show", "secret"]).ok().json();
+    assert_eq!(theirs["uid"], json!(65534));
+    let all = d.ctl(&["--json", "list", "--all-users"]).ok().json();
+    let uids: Vec<Value> = all.as_array().unwrap().iter().map(|s| s["uid"].clone()).collect();
+    assert_eq!(uids, vec![json!(0), json!(65534)]);
+}
+
+#[test]
+fn a_named_owner_must_belong_to_the_caller() {
+    if !require_root() {
+        return;
+    }
+    let d = shared_daemon();
+    // nobody names a root process (this test) as owner.
+    let r = as_nobody(&d, &format!("create x --owner-pid {}", std::process::id()));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("belongs to another user"), "{}", r.stderr);
+}
+
+#[test]
+fn the_default_socket_mode_keeps_other_users_out() {
+    if !require_root() {
+        return;
+    }
+    // The directory is open: only the socket's own mode keeps nobody out.
+    let d = daemon_in_open_dir(&[]);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let r = as_nobody(&d, "ping");
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(r.stderr.contains("ermission denied"), "{}", r.stderr);
+}
