@@ -49,7 +49,10 @@ impl Client {
 
     fn open(path: &Path, timeout: Option<Duration>, version: u32) -> Result<Self> {
         let path = path.to_path_buf();
-        let stream = UnixStream::connect(&path).map_err(|error| Error::Connect { path: path.clone(), error })?;
+        let stream = UnixStream::connect(&path).map_err(|error| Error::Connect {
+            path: path.clone(),
+            error,
+        })?;
         let mut c = Client {
             path,
             stream,

@@ -36,7 +36,10 @@ impl AsyncClient {
         let path = path.as_ref().to_path_buf();
         let stream = UnixStream::connect(&path)
             .await
-            .map_err(|error| Error::Connect { path: path.clone(), error })?;
+            .map_err(|error| Error::Connect {
+                path: path.clone(),
+                error,
+            })?;
         let mut c = AsyncClient {
             path,
             stream,

@@ -89,15 +89,26 @@ pub async fn serve(
 /// client's own encoding, then closes it.
 pub async fn refuse(stream: Stream, limit: usize) {
     let message = format!("unavailable: the daemon is serving its maximum of {limit} connections (--max-connections); try again later");
-    let mut first = [0u8; hello::CLIENT_HELLO_LEN];
+    let mut first = vec![0u8; 4096];
     let mut s = &stream;
     let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut first)).await;
     let reply = match read {
-        Ok(Ok(n)) if n > 0 && first[0] == b'{' => json::encode_response(&Value::Null, &Err(WireError::unavailable(message))),
+        Ok(Ok(n)) if n > 0 && first[0] == b'{' => {
+            json::encode_response(&Value::Null, &Err(WireError::unavailable(message)))
+        }
         Ok(Ok(n)) if n > 0 => hello::server_hello(false, &message),
         _ => return,
     };
     let _ = s.write_all(&reply).await;
+    // Closing with unread input would reset the connection and lose the reply: drain briefly.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+        while let Ok(n) = s.read(&mut first).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn read_some(
@@ -194,11 +205,17 @@ async fn read_requests(
             Decoder::Binary(d) => d.in_progress(),
             Decoder::Json(d) => d.in_progress(),
         };
-        partial_since = if in_progress { partial_since.or_else(|| Some(Instant::now())) } else { None };
+        partial_since = if in_progress {
+            partial_since.or_else(|| Some(Instant::now()))
+        } else {
+            None
+        };
         let deadline = match partial_since {
             Some(t) => Some((t + limits.request_timeout, Timeout::Request)),
             None if watching => None,
-            None => limits.idle_timeout.map(|d| (Instant::now() + d, Timeout::Idle)),
+            None => limits
+                .idle_timeout
+                .map(|d| (Instant::now() + d, Timeout::Idle)),
         };
         let read = read_some(stream, &mut buf, cancel);
         let n = match deadline {
@@ -221,7 +238,9 @@ async fn read_requests(
                         ),
                     };
                     tracing::debug!(%message, "closing a connection");
-                    let _ = queue.send((id, Started::Done(Err(WireError::unavailable(message))))).await;
+                    let _ = queue
+                        .send((id, Started::Done(Err(WireError::unavailable(message)))))
+                        .await;
                     return Ok(());
                 }
             },

@@ -12,7 +12,11 @@ fn daemon_in_open_dir(args: &[&str]) -> Daemon {
     let mut d = Daemon::prepare(args);
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(d.dir.path().join("run")).unwrap();
-    std::fs::set_permissions(d.dir.path().join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.dir.path().join("run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     d.restart();
     d
 }
@@ -24,9 +28,20 @@ fn shared_daemon() -> Daemon {
 
 /// `sessionctl` as nobody, from a shell of nobody's (the shell owns what it creates).
 fn as_nobody(d: &Daemon, args: &str) -> Ctl {
-    let script = format!("{} --socket {} {args}", bin("sessionctl").display(), d.socket.display());
+    let script = format!(
+        "{} --socket {} {args}",
+        bin("sessionctl").display(),
+        d.socket.display()
+    );
     let out = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", &script])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &script,
+        ])
         .output()
         .expect("setpriv");
     Ctl {
@@ -55,36 +70,71 @@ fn another_user_cannot_see_read_change_or_delete_my_sessions() {
     c.put("secret", b"root's work".to_vec()).unwrap();
 
     // Not found, whatever the op: the name does not leak.
-    for args in ["show secret", "get secret", "history secret", "resume secret --force", "pause secret", "complete secret", "fail secret", "cancel secret"] {
+    for args in [
+        "show secret",
+        "get secret",
+        "history secret",
+        "resume secret --force",
+        "pause secret",
+        "complete secret",
+        "fail secret",
+        "cancel secret",
+    ] {
         let r = as_nobody(&d, args);
         assert_eq!(r.code, 3, "{args}: {}", r.stderr);
         assert!(!r.stderr.contains("root's"), "{}", r.stderr);
     }
     let r = as_nobody(&d, "checkpoint secret --file /dev/null");
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert_eq!(as_nobody(&d, "--json delete secret").ok().json(), json!({"deleted": false}));
+    assert_eq!(
+        as_nobody(&d, "--json delete secret").ok().json(),
+        json!({"deleted": false})
+    );
     assert_eq!(as_nobody(&d, "--json list").ok().json(), json!([]));
     // Asking for root's namespace or everyone's is refused.
     let r = as_nobody(&d, "--uid 0 show secret");
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("only root"), "{}", r.stderr);
     let r = as_nobody(&d, "list --all-users");
-    assert!(r.code == 1 && r.stderr.contains("only root"), "{}", r.stderr);
+    assert!(
+        r.code == 1 && r.stderr.contains("only root"),
+        "{}",
+        r.stderr
+    );
 
     // Nobody's own session of the same name is another session.
     let v = as_nobody(&d, "--json create secret").ok().json();
-    assert_eq!((v["uid"].clone(), v["checkpoint_count"].clone()), (json!(65534), json!(0)));
-    let written = as_nobody(&d, "--json checkpoint secret --file /etc/hostname").ok().json();
+    assert_eq!(
+        (v["uid"].clone(), v["checkpoint_count"].clone()),
+        (json!(65534), json!(0))
+    );
+    let written = as_nobody(&d, "--json checkpoint secret --file /etc/hostname")
+        .ok()
+        .json();
     assert_eq!(written["number"], json!(1));
 
     // Root's is untouched; root can look at nobody's, and at everyone's.
     let mine = c.show("secret").unwrap();
-    assert_eq!((mine.uid, mine.latest_checkpoint, mine.status), (0, Some(1), sessiond_client::Status::Active));
-    assert_eq!(c.get("secret", None).unwrap().unwrap().payload.unwrap().0, b"root's work");
-    let theirs = d.ctl(&["--json", "--uid", "65534", "show", "secret"]).ok().json();
+    assert_eq!(
+        (mine.uid, mine.latest_checkpoint, mine.status),
+        (0, Some(1), sessiond_client::Status::Active)
+    );
+    assert_eq!(
+        c.get("secret", None).unwrap().unwrap().payload.unwrap().0,
+        b"root's work"
+    );
+    let theirs = d
+        .ctl(&["--json", "--uid", "65534", "show", "secret"])
+        .ok()
+        .json();
     assert_eq!(theirs["uid"], json!(65534));
     let all = d.ctl(&["--json", "list", "--all-users"]).ok().json();
-    let uids: Vec<Value> = all.as_array().unwrap().iter().map(|s| s["uid"].clone()).collect();
+    let uids: Vec<Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["uid"].clone())
+        .collect();
     assert_eq!(uids, vec![json!(0), json!(65534)]);
 }
 
