@@ -26,6 +26,8 @@ pub struct LogWriter {
     file: File,
     len: u64,
     segment_bytes: u64,
+    /// An fsync of this segment failed: nothing more may be written to it.
+    poisoned: bool,
 }
 
 impl LogWriter {
@@ -46,6 +48,7 @@ impl LogWriter {
             file,
             len: SEGMENT_HEADER_LEN,
             segment_bytes,
+            poisoned: false,
         })
     }
 
@@ -57,6 +60,11 @@ impl LogWriter {
     /// Writes `records` at the end of the active segment (not yet durable). On error the
     /// segment is cut back to where it was.
     pub fn append(&mut self, records: &[Pending<'_>]) -> io::Result<Vec<Loc>> {
+        if self.poisoned {
+            // After a failed fsync the kernel may have dropped the dirty pages: that segment's
+            // content is unknowable, so writing resumes only in a fresh one.
+            self.rotate()?;
+        }
         let start = self.len;
         let mut locs = Vec::with_capacity(records.len());
         let mut slices = Vec::with_capacity(records.len() * 2);
@@ -89,9 +97,12 @@ impl LogWriter {
         }
     }
 
-    /// Makes everything appended so far durable.
+    /// Makes everything appended so far durable. A failure is never retried: the segment
+    /// is abandoned.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+        let r = self.file.sync_data();
+        self.poisoned |= r.is_err();
+        r
     }
 
     /// Whether the active segment has reached its target size.

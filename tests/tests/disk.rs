@@ -1,0 +1,130 @@
+//! Disk faults: a full disk refuses checkpoints with `unavailable` naming the cause, damages
+//! nothing acknowledged, keeps reads working and recovers when space returns; an unwritable
+//! state directory is a clear start-up error. Uses small tmpfs mounts (CI runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sessiond_client::Error;
+use sessiond_tests::{ClientExt, Daemon};
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "cannot mount a tmpfs at {} (root is expected to be able to)",
+            at.display()
+        );
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn payload(n: u64) -> Vec<u8> {
+    (0..100_000u64).map(|i| (i * 31 + n * 7) as u8).collect()
+}
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
+    let mut d = Daemon::prepare(&["--segment-bytes", "262144"]);
+    let state = d.dir.path().join("tmpfs-state");
+    // Declared before the daemon is started, dropped after it is killed.
+    let Some(_mount) = Tmpfs::mount(&state, "size=3m,mode=0700") else {
+        return;
+    };
+    d.state = state.clone();
+    // Room to give back later.
+    std::fs::write(state.join("filler"), vec![0u8; 1 << 20]).unwrap();
+    d.restart();
+    let mut c = d.client();
+    c.create_keep("full", Some(0)).unwrap();
+    let mut acked = Vec::new();
+    let refusal = loop {
+        let n = acked.len() as u64 + 1;
+        match c.put("full", payload(n)) {
+            Ok(cp) => {
+                assert_eq!(cp.number, n);
+                acked.push(n);
+                assert!(n < 100, "the 3 MiB disk never filled");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refusal, Error::Unavailable(ref m) if m.contains("No space left")),
+        "{refusal:?}"
+    );
+    assert!(acked.len() >= 5, "only {} checkpoints fitted", acked.len());
+    // Still refused, and reads go on meanwhile.
+    assert!(matches!(
+        c.put("full", payload(999)),
+        Err(Error::Unavailable(_))
+    ));
+    for &n in &acked {
+        assert_eq!(
+            c.get("full", Some(n)).unwrap().unwrap().payload.unwrap().0,
+            payload(n)
+        );
+    }
+    assert_eq!(
+        c.show("full").unwrap().latest_checkpoint,
+        acked.last().copied()
+    );
+    // Space comes back: writes work again, numbered right after the last acknowledged one.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let next = acked.len() as u64 + 1;
+    assert_eq!(c.put("full", payload(next)).unwrap().number, next);
+    acked.push(next);
+    // And all of it survives a crash.
+    drop(c);
+    d.kill9();
+    d.restart();
+    let mut c = d.client();
+    for &n in &acked {
+        assert_eq!(
+            c.get("full", Some(n)).unwrap().unwrap().payload.unwrap().0,
+            payload(n),
+            "#{n}"
+        );
+    }
+    let (ok, out) = d.check();
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_read_only_state_directory_is_a_clear_start_up_error() {
+    let d = Daemon::prepare(&[]);
+    let state = d.dir.path().join("ro-state");
+    let Some(_mount) = Tmpfs::mount(&state, "ro,size=1m") else {
+        return;
+    };
+    let out = d
+        .command_for(&d.socket, &state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Read-only file system") && err.contains(state.to_str().unwrap()),
+        "{err}"
+    );
+}
