@@ -14,6 +14,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use sessiond_client::Client;
 
+pub mod torture;
+
 /// A built binary of this workspace (`sessiond`, `sessionctl`), up to date.
 ///
 /// Tests of a separate package cannot see `CARGO_BIN_EXE_*`, and `cargo test -p

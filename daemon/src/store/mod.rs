@@ -103,9 +103,21 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
     };
     for &seq in segments.iter().filter(|&&s| s >= start.0) {
         let from = if seq == start.0 { start.1 } else { 0 };
-        let mut scanner = SegmentScanner::open(dir, seq, from, true).map_err(io_context(
-            format!("cannot read segment {}", segment_path(dir, seq).display()),
-        ))?;
+        let mut scanner = match SegmentScanner::open(dir, seq, from, true) {
+            Ok(s) => s,
+            // A damaged header loses that segment's records, not the daemon.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::error!(segment = seq, error = %e, "skipping a segment with a damaged header");
+                report.damaged.push((seq, 0, 0, e.to_string()));
+                continue;
+            }
+            Err(e) => {
+                return Err(io_context(format!(
+                    "cannot read segment {}",
+                    segment_path(dir, seq).display()
+                ))(e))
+            }
+        };
         while let Some(item) = scanner.next_item().map_err(io_context(format!(
             "cannot read segment {}",
             segment_path(dir, seq).display()
