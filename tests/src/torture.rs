@@ -22,7 +22,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,7 +33,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 }
@@ -50,7 +50,7 @@ impl Body {
         let mut r = Rng::new(self.seed);
         let mut out = Vec::with_capacity(self.len + 8);
         while out.len() < self.len {
-            out.extend_from_slice(&r.next().to_le_bytes());
+            out.extend_from_slice(&r.next_u64().to_le_bytes());
         }
         out.truncate(self.len);
         out
@@ -127,7 +127,7 @@ impl Torture {
                 acks.clone(),
                 writer.clone(),
             );
-            let mut rng = Rng::new(self.rng.next());
+            let mut rng = Rng::new(self.rng.next_u64());
             handles.push(std::thread::spawn(move || {
                 write_until_stopped(&socket, w, &writer, &stop, &acks, &mut rng)
             }));
@@ -284,7 +284,7 @@ fn write_until_stopped(
     while !stop.load(Ordering::Relaxed) {
         let body = Body {
             len: 1 + rng.below(16 << 10) as usize,
-            seed: rng.next(),
+            seed: rng.next_u64(),
         };
         let expect = {
             let mut wr = writer.lock().map_err(|_| "poisoned")?;
