@@ -7,7 +7,7 @@ fn dozens_of_kill_9_rounds_lose_nothing_and_damage_never_serves_wrong_bytes() {
     let seed = std::env::var("TORTURE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5e55_10d);
+        .unwrap_or(0x05e5_510d);
     let rounds: u64 = std::env::var("TORTURE_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
