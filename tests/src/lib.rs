@@ -25,11 +25,11 @@ pub mod torture;
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf();
+    // Tests run from target/<profile>/deps/, the harness binaries from target/<profile>/.
+    let mut dir = exe.parent().expect("target directory").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args([
