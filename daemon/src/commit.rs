@@ -314,3 +314,89 @@ fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
     }
     any
 }
+
+#[cfg(test)]
+mod tests {
+    use sessiond_proto::{ErrorKind, Meta};
+
+    use super::*;
+    use crate::process::fake::FakeProbe;
+    use crate::store::log::tests::FAIL_NEXT_SYNC;
+    use crate::store::segment::LOG_DIR;
+
+    fn shared(dir: &std::path::Path) -> Shared {
+        let (owners, _) = mpsc::unbounded_channel();
+        Shared {
+            dir: dir.to_path_buf(),
+            table: Mutex::new(SessionTable::new(16)),
+            files: SegmentFiles::new(dir),
+            probe: Arc::new(FakeProbe::default()),
+            notify: Notifier {
+                events: broadcast::channel(16).0,
+                owners,
+            },
+            checkpoints_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    fn job(m: Mutation) -> (Job, oneshot::Receiver<Result<Reply, WireError>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Job {
+                uid: 1,
+                mutation: m,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+
+    fn checkpoint(payload: &[u8]) -> Mutation {
+        Mutation::Checkpoint {
+            name: "s".into(),
+            payload: payload.to_vec(),
+            meta: Meta::new(),
+            expect: None,
+            epoch: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_is_reported_unavailable_never_as_success_and_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
+        let shared = shared(dir.path());
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        let (create, rx) = job(Mutation::Create {
+            name: "s".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: None,
+        });
+        commit_batch(&shared, &mut log, vec![create]);
+        assert!(rx.blocking_recv().unwrap().is_ok());
+
+        FAIL_NEXT_SYNC.with(|f| f.set(true));
+        let (j, rx) = job(checkpoint(b"lost"));
+        commit_batch(&shared, &mut log, vec![j]);
+        let e = rx.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("fsync"), "{}", e.message);
+        assert_eq!(
+            shared.table().session(1, "s").unwrap().latest_checkpoint,
+            None,
+            "not applied"
+        );
+
+        // The next write succeeds, in a fresh segment, with the number the failed one had.
+        let (j, rx) = job(checkpoint(b"kept"));
+        commit_batch(&shared, &mut log, vec![j]);
+        let Ok(Reply::Checkpoint(Some(cp))) = rx.blocking_recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!(cp.number, 1);
+        assert_eq!(log.position().0, 2);
+    }
+}

@@ -100,6 +100,11 @@ impl LogWriter {
     /// Makes everything appended so far durable. A failure is never retried: the segment
     /// is abandoned.
     pub fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if tests::FAIL_NEXT_SYNC.with(|f| f.replace(false)) {
+            self.poisoned = true;
+            return Err(io::Error::from_raw_os_error(5)); // EIO, as a failing disk reports it
+        }
         let r = self.file.sync_data();
         self.poisoned |= r.is_err();
         r
@@ -136,4 +141,77 @@ fn write_all_at_end(file: &mut File, start: u64, slices: &mut [IoSlice<'_>]) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::store::record::{encode, RecordHeader};
+    use crate::store::segment::{ScanItem, SegmentScanner};
+
+    thread_local! {
+        /// Makes this thread's next `sync` fail: a real fsync error cannot be provoked on a
+        /// healthy disk.
+        pub static FAIL_NEXT_SYNC: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn record(n: u32) -> Vec<u8> {
+        encode(
+            &RecordHeader::Delete {
+                uid: n,
+                name: format!("s{n}"),
+            },
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn after_a_failed_fsync_the_segment_is_never_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        log.append(&[Pending {
+            head: record(1),
+            payload: &[],
+        }])
+        .unwrap();
+        log.sync().unwrap();
+        log.append(&[Pending {
+            head: record(2),
+            payload: &[],
+        }])
+        .unwrap();
+        FAIL_NEXT_SYNC.with(|f| f.set(true));
+        assert!(log.sync().is_err());
+        let len_after_failure = std::fs::metadata(segment_path(dir.path(), 1))
+            .unwrap()
+            .len();
+        // The next batch goes to a fresh segment; the failed one is left as it was.
+        let locs = log
+            .append(&[Pending {
+                head: record(3),
+                payload: &[],
+            }])
+            .unwrap();
+        log.sync().unwrap();
+        assert_eq!(locs[0].segment, 2);
+        assert_eq!(log.position().0, 2);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
+            len_after_failure
+        );
+        let mut scanner = SegmentScanner::open(dir.path(), 2, 0, true).unwrap();
+        assert!(matches!(
+            scanner.next_item().unwrap(),
+            Some(ScanItem::Record {
+                header: RecordHeader::Delete { uid: 3, .. },
+                ..
+            })
+        ));
+    }
 }
