@@ -14,7 +14,7 @@ use sessiond_proto::{
     PROTOCOL_VERSION, VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -46,7 +46,9 @@ enum Decoder {
     Json(LineDecoder),
 }
 
-type Queue = mpsc::Sender<(Id, Outcome)>;
+/// A request on its way to the reply writer, with its share of the connection's byte budget.
+type Queued = (Id, Outcome, Option<OwnedSemaphorePermit>);
+type Queue = mpsc::Sender<Queued>;
 
 /// Serves one connection. The caller has counted it in `service.connections`; this uncounts
 /// it at the end.
@@ -197,8 +199,12 @@ async fn read_requests(
 ) -> std::io::Result<()> {
     let mut watching = false;
     let mut partial_since: Option<Instant> = None;
+    // Requests held at once are bounded in bytes too: two maximal ones.
+    let budget = Arc::new(Semaphore::new(
+        2 * limits.max_frame_bytes.max(limits.max_line_bytes),
+    ));
     loop {
-        if !drain(&mut decoder, service, peer, &queue, &mut watching).await {
+        if !drain(&mut decoder, service, peer, &queue, &mut watching, &budget).await {
             return Ok(());
         }
         let in_progress = match &decoder {
@@ -239,7 +245,11 @@ async fn read_requests(
                     };
                     tracing::debug!(%message, "closing a connection");
                     let _ = queue
-                        .send((id, Started::Done(Err(WireError::unavailable(message)))))
+                        .send((
+                            id,
+                            Started::Done(Err(WireError::unavailable(message))),
+                            None,
+                        ))
                         .await;
                     return Ok(());
                 }
@@ -257,8 +267,8 @@ async fn read_requests(
                 }
                 Decoder::Json(d) => {
                     if let Some(line) = d.finish() {
-                        let item = json_item(line, service, peer);
-                        let _ = queue.send(item).await;
+                        let (id, outcome) = json_item(line, service, peer);
+                        let _ = queue.send((id, outcome, None)).await;
                     }
                 }
             }
@@ -284,8 +294,10 @@ async fn drain(
     peer: Peer,
     queue: &Queue,
     watching: &mut bool,
+    budget: &Arc<Semaphore>,
 ) -> bool {
     loop {
+        let mut permit = None;
         let max_frame = match decoder {
             Decoder::Binary(d) => d.max(),
             Decoder::Json(d) => d.max(),
@@ -300,9 +312,15 @@ async fn drain(
                         format!("request frame of {len} bytes exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes plus 1 MiB)"),
                     ))),
                 ),
-                Some(Frame::Body(body)) => match codec::decode::<RequestFrame>(body) {
+                Some(Frame::Body(body)) => match take_budget(budget, body.len()).await {
+                    None => return false,
+                    Some(p) => {
+                        permit = Some(p);
+                        match codec::decode::<RequestFrame>(body) {
                     Ok(req) => (Id::Bin(req.id), dispatch(service, peer, req)),
                     Err(e) => (Id::Bin(0), Started::Done(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
+                        }
+                    }
                 },
             },
             Decoder::Json(d) => match d.next_line() {
@@ -315,14 +333,29 @@ async fn drain(
                     ))),
                 ),
                 Some(Line::Text(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Some(Line::Text(line)) => json_item(line, service, peer),
+                Some(Line::Text(line)) => match take_budget(budget, line.len()).await {
+                    None => return false,
+                    Some(p) => {
+                        permit = Some(p);
+                        json_item(line, service, peer)
+                    }
+                },
             },
         };
         *watching |= matches!(item.1, Started::Watch { .. });
-        if queue.send(item).await.is_err() {
+        if queue.send((item.0, item.1, permit)).await.is_err() {
             return false;
         }
     }
+}
+
+/// Waits until `len` more bytes of requests may be held (replies free them).
+async fn take_budget(budget: &Arc<Semaphore>, len: usize) -> Option<OwnedSemaphorePermit> {
+    budget
+        .clone()
+        .acquire_many_owned(u32::try_from(len.max(1)).ok()?)
+        .await
+        .ok()
 }
 
 fn json_item(line: &[u8], service: &Arc<Service>, peer: Peer) -> (Id, Outcome) {
@@ -345,11 +378,11 @@ fn dispatch(service: &Arc<Service>, peer: Peer, req: RequestFrame) -> Outcome {
 async fn write_replies(
     stream: &Stream,
     service: &Service,
-    mut replies: mpsc::Receiver<(Id, Outcome)>,
+    mut replies: mpsc::Receiver<Queued>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut w = stream;
-    while let Some((id, outcome)) = replies.recv().await {
+    while let Some((id, outcome, _permit)) = replies.recv().await {
         let result = match outcome {
             Started::Done(r) => r,
             Started::Committing(rx) => committed(rx).await,

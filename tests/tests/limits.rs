@@ -144,3 +144,41 @@ fn a_hundred_mib_without_a_newline_is_dropped_not_buffered() {
         "peak memory grew by {grown} KiB for a 100 MiB line"
     );
 }
+
+#[test]
+fn a_pipelining_client_cannot_make_the_daemon_hold_unbounded_requests() {
+    let d = Daemon::start_with(&["--max-checkpoint-bytes", "1048576", "--default-keep", "1"]);
+    let mut c = d.client();
+    c.create("big", Default::default()).unwrap();
+    let before = peak_rss_kib(d.pid());
+    // 128 MiB of checkpoints sent back to back before any reply is read.
+    let writer = {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&socket).unwrap();
+            for i in 0..128u8 {
+                c.send(sessiond_client::Request::Checkpoint(
+                    sessiond_client::CheckpointRequest {
+                        name: "big".into(),
+                        payload: sessiond_client::Payload(vec![i; 1 << 20]),
+                        meta: Default::default(),
+                        expect: None,
+                        epoch: None,
+                    },
+                ))
+                .unwrap();
+            }
+            (0..128)
+                .map(|_| c.recv().unwrap().result.is_ok())
+                .filter(|ok| *ok)
+                .count()
+        })
+    };
+    assert_eq!(writer.join().unwrap(), 128);
+    let grown = peak_rss_kib(d.pid()).saturating_sub(before);
+    println!("peak RSS grew by {} MiB", grown / 1024);
+    assert!(
+        grown < 32 * 1024,
+        "peak memory grew by {grown} KiB for 128 pipelined 1 MiB checkpoints"
+    );
+}
