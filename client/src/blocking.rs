@@ -5,10 +5,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sessiond_proto::frame::{encode_frame, Frame, FrameDecoder};
-use sessiond_proto::{
-    codec, hello, paths, Event, Request, RequestFrame, ResponseFrame, SessionInfo,
-};
+use sessiond_proto::frame::FrameDecoder;
+use sessiond_proto::{hello, paths, Event, Request, ResponseFrame, SessionInfo};
 
 use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
 use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT, MAX_REPLY_BYTES};
@@ -134,12 +132,7 @@ impl Client {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = encode_frame(&RequestFrame {
-            id,
-            uid: self.uid,
-            request,
-        })
-        .map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = ops::encode_request(id, self.uid, request)?;
         self.stream
             .write_all(&bytes)
             .map_err(|e| self.io_error(e))?;
@@ -149,16 +142,8 @@ impl Client {
     /// Reads the next reply (replies come in request order).
     pub fn recv(&mut self) -> Result<ResponseFrame> {
         loop {
-            match self.decoder.next_frame() {
-                Some(Frame::Body(body)) => {
-                    return codec::decode(body).map_err(|e| Error::Protocol(e.to_string()))
-                }
-                Some(Frame::TooLarge { len, .. }) => {
-                    return Err(Error::Protocol(format!(
-                        "reply of {len} bytes exceeds {MAX_REPLY_BYTES}"
-                    )))
-                }
-                None => {}
+            if let Some(reply) = ops::next_reply(&mut self.decoder) {
+                return reply;
             }
             let n = match self.stream.read(&mut self.buf) {
                 Ok(0) => {

@@ -3,10 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sessiond_proto::frame::{encode_frame, Frame, FrameDecoder};
-use sessiond_proto::{
-    codec, hello, paths, Event, Request, RequestFrame, ResponseFrame, SessionInfo,
-};
+use sessiond_proto::frame::FrameDecoder;
+use sessiond_proto::{hello, paths, Event, Request, ResponseFrame, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -125,12 +123,7 @@ impl AsyncClient {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = encode_frame(&RequestFrame {
-            id,
-            uid: self.uid,
-            request,
-        })
-        .map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = ops::encode_request(id, self.uid, request)?;
         self.write(&bytes).await?;
         Ok(id)
     }
@@ -138,16 +131,8 @@ impl AsyncClient {
     /// Reads the next reply (replies come in request order).
     pub async fn recv(&mut self) -> Result<ResponseFrame> {
         loop {
-            match self.decoder.next_frame() {
-                Some(Frame::Body(body)) => {
-                    return codec::decode(body).map_err(|e| Error::Protocol(e.to_string()))
-                }
-                Some(Frame::TooLarge { len, .. }) => {
-                    return Err(Error::Protocol(format!(
-                        "reply of {len} bytes exceeds {MAX_REPLY_BYTES}"
-                    )))
-                }
-                None => {}
+            if let Some(reply) = ops::next_reply(&mut self.decoder) {
+                return reply;
             }
             match self.stream.read(&mut self.buf).await {
                 Ok(0) => {

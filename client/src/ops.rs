@@ -32,6 +32,25 @@ pub struct Resumed {
     pub checkpoint: Option<CheckpointInfo>,
 }
 
+/// A request as the bytes of one frame.
+pub(crate) fn encode_request(id: u64, uid: Option<u32>, request: Request) -> Result<Vec<u8>> {
+    frame::encode_frame(&RequestFrame { id, uid, request })
+        .map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// The next reply buffered in `decoder`, if a whole one is.
+pub(crate) fn next_reply(decoder: &mut frame::FrameDecoder) -> Option<Result<ResponseFrame>> {
+    match decoder.next_frame()? {
+        frame::Frame::Body(body) => {
+            Some(codec::decode(body).map_err(|e| Error::Protocol(e.to_string())))
+        }
+        frame::Frame::TooLarge { len, .. } => Some(Err(Error::Protocol(format!(
+            "reply of {len} bytes exceeds {}",
+            decoder.max()
+        )))),
+    }
+}
+
 pub(crate) fn create(name: &str, o: CreateOptions) -> Request {
     Request::Create(CreateRequest {
         name: name.into(),

@@ -307,23 +307,7 @@ fn owner_pid_and_help() {
         .json();
     assert_eq!(v["owner_pid"], json!(owner.pid()));
     let help = d.ctl(&["--help"]).ok().text();
-    for verb in [
-        "create",
-        "checkpoint",
-        "resume",
-        "get",
-        "show",
-        "list",
-        "history",
-        "pause",
-        "complete",
-        "fail",
-        "cancel",
-        "delete",
-        "watch",
-        "stats",
-        "ping",
-    ] {
+    for &verb in sessiond_proto::json::OPS {
         assert!(help.contains(verb), "--help lacks {verb}");
         let sub = d.ctl(&[verb, "--help"]).ok().text();
         assert!(
