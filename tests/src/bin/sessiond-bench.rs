@@ -21,8 +21,17 @@ use serde_json::json;
 use sessiond_client::{Client, CreateOptions, EventKind, Request};
 use sessiond_tests::ClientExt;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Checkpoint,
+    Get,
+    Resume,
+}
+
 struct Args {
     mode: String,
+    /// Weighted ops each client cycles through.
+    mix: Vec<(Op, u32)>,
     clients: usize,
     size: usize,
     seconds: f64,
@@ -32,11 +41,32 @@ struct Args {
     json: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle] [--clients N] [--size BYTES] [--seconds S] [--owners N] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--socket PATH | --spawn] [--json]";
+
+/// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
+fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
+    s.split(',')
+        .map(|part| {
+            let (name, weight) = part.split_once(':').unwrap_or((part, "1"));
+            let op = match name.trim() {
+                "checkpoint" => Op::Checkpoint,
+                "get" => Op::Get,
+                "resume" => Op::Resume,
+                other => return Err(format!("unknown op {other:?} in --mix")),
+            };
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|e| format!("--mix weight {weight:?}: {e}"))?;
+            Ok((op, weight))
+        })
+        .collect()
+}
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         mode: "checkpoint".into(),
+        mix: vec![(Op::Checkpoint, 1)],
         clients: 1,
         size: 1024,
         seconds: 5.0,
@@ -59,6 +89,7 @@ fn parse() -> Result<Args, String> {
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--owners" => a.owners = value()?.parse().map_err(|e| format!("--owners: {e}"))?,
+            "--mix" => a.mix = parse_mix(&value()?)?,
             "--socket" => a.socket = Some(value()?.into()),
             "--spawn" => a.spawn = true,
             "--json" => a.json = true,
@@ -133,6 +164,7 @@ fn main() {
     let result = match args.mode.as_str() {
         "checkpoint" => checkpoint(&args, &socket),
         "stale" => stale(&args, &socket),
+        "rtt" => rtt(&args),
         "idle" => match &daemon {
             Some(d) => idle(&args, &socket, d.child.id()),
             None => Err("idle needs --spawn (it measures the daemon process)".into()),
@@ -157,17 +189,30 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
         .map(|i| {
             let (socket, barrier) = (socket.to_path_buf(), barrier.clone());
             let (size, seconds) = (args.size, args.seconds);
+            let plan: Vec<Op> = args
+                .mix
+                .iter()
+                .flat_map(|&(op, w)| std::iter::repeat_n(op, w as usize))
+                .collect();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket).expect("connect");
                 let name = format!("bench-{run_id}-{i}");
                 c.create_keep(&name, Some(16)).expect("create");
                 let payload = vec![0x5a; size];
+                // Reads need something to read.
+                c.put(&name, payload.clone()).expect("checkpoint");
                 let mut lat = Vec::with_capacity(100_000);
                 barrier.wait();
                 let end = Instant::now() + Duration::from_secs_f64(seconds);
+                let mut ops = plan.iter().cycle();
                 while Instant::now() < end {
+                    let op = *ops.next().expect("a non-empty mix");
                     let t = Instant::now();
-                    c.put(&name, payload.clone()).expect("checkpoint");
+                    match op {
+                        Op::Checkpoint => drop(c.put(&name, payload.clone()).expect("checkpoint")),
+                        Op::Get => drop(c.get(&name, None).expect("get").expect("a checkpoint")),
+                        Op::Resume => drop(c.resume(&name, None, false).expect("resume")),
+                    }
                     lat.push(t.elapsed());
                 }
                 let _ = c.delete(&name);
@@ -186,11 +231,17 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
         percentile(&all, 0.99),
         percentile(&all, 0.999),
     );
+    let mix: Vec<String> = args
+        .mix
+        .iter()
+        .map(|(op, w)| format!("{}:{w}", format!("{op:?}").to_lowercase()))
+        .collect();
+    let mix = mix.join(",");
     let text = format!(
-        "checkpoint {} B x {} clients: {rate:.0} ops/s  p50 {p50:.0} us  p99 {p99:.0} us  p99.9 {p999:.0} us  ({} ops in {} s)",
+        "{mix} {} B x {} clients: {rate:.0} ops/s  p50 {p50:.0} us  p99 {p99:.0} us  p99.9 {p999:.0} us  ({} ops in {} s)",
         args.size, args.clients, all.len(), args.seconds
     );
-    let value = json!({"mode": "checkpoint", "clients": args.clients, "size": args.size, "seconds": args.seconds,
+    let value = json!({"mode": "checkpoint", "mix": mix, "clients": args.clients, "size": args.size, "seconds": args.seconds,
         "ops": all.len(), "ops_per_sec": rate, "p50_us": p50, "p99_us": p99, "p999_us": p999});
     Ok((text, value))
 }
@@ -339,5 +390,37 @@ fn idle(args: &Args, socket: &Path, daemon_pid: u32) -> Outcome {
     Ok((
         text,
         json!({"mode": "idle", "owners": args.owners, "seconds": elapsed, "cpu_percent": cpu, "rss_kib": rss}),
+    ))
+}
+
+/// The floor: a one-byte ping-pong over a bare Unix socket pair, between two threads.
+fn rtt(args: &Args) -> Outcome {
+    use std::io::{Read, Write};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while b.read_exact(&mut byte).is_ok() && byte[0] != 0 {
+            if b.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lat = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let mut byte = [1u8; 1];
+    while Instant::now() < end {
+        let t = Instant::now();
+        a.write_all(&[1]).map_err(|e| e.to_string())?;
+        a.read_exact(&mut byte).map_err(|e| e.to_string())?;
+        lat.push(t.elapsed());
+    }
+    let _ = a.write_all(&[0]);
+    let _ = echo.join();
+    lat.sort_unstable();
+    let p50 = percentile(&lat, 0.5);
+    let rate = lat.len() as f64 / args.seconds;
+    Ok((
+        format!("bare Unix socket round trip: p50 {p50:.1} us, {rate:.0} round trips/s"),
+        json!({"mode": "rtt", "p50_us": p50, "ops_per_sec": rate}),
     ))
 }
