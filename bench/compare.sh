@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Side by side, in one run on this machine: sessiond against Redis (appendfsync always, Unix
+# socket), SQLite (WAL, synchronous=FULL, one transaction per write) and LangGraph's
+# SqliteSaver, on durable checkpoint writes of 1 KiB and 64 KiB with 1 and 16 clients, and on
+# reading the latest checkpoint. Installs what it needs (redis via apt as root, LangGraph in
+# bench/.venv via pip). Prints a table with the ratio sessiond / peer.
+#
+#   bench/compare.sh            (SECONDS=5 per measurement by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${SECONDS_PER:-5}
+work=$(mktemp -d /var/tmp/sessiond-compare.XXXXXX)   # on the disk, not a tmpfs
+trap 'redis-cli -s "$work/redis.sock" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  echo "== installing redis-server and redis-tools" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+if [ ! -x bench/.venv/bin/python ]; then
+  echo "== installing LangGraph's SqliteSaver into bench/.venv" >&2
+  python3 -m venv bench/.venv
+  bench/.venv/bin/pip install -q langgraph langgraph-checkpoint-sqlite
+fi
+echo "== building sessiond (release)" >&2
+cargo build --release --locked -q -p sessiond -p sessiond-client -p sessiond-tests --bins
+bench=./target/release/sessiond-bench
+results=$work/results.jsonl
+
+run() { # label, then a command printing one JSON object
+  local label=$1; shift
+  echo "== $label" >&2
+  "$@" | python3 -c 'import json,sys; v=json.loads(sys.stdin.readline()); v["label"]=sys.argv[1]; print(json.dumps(v))' "$label" >> "$results"
+}
+
+redis_rate() { # test size clients requests -> JSON
+  local out
+  out=$(redis-benchmark -s "$work/redis.sock" -t "$1" -d "$2" -c "$3" -n "$4" -r 100000 --csv | tail -1)
+  python3 -c 'import sys,json; f=[x.strip("\"") for x in sys.argv[1].split(",")]; print(json.dumps({"ops_per_sec": float(f[1]), "p50_us": float(f[5])*1000 if len(f)>5 else None}))' "$out"
+}
+
+# The floor, and sessiond.
+run "socket round trip" "$bench" rtt --seconds "$secs" --json
+for size in 1024 65536; do
+  for clients in 1 16; do
+    run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
+  done
+done
+run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
+
+# Redis: appendonly with fsync on every write, Unix socket only.
+redis-server --port 0 --unixsocket "$work/redis.sock" --unixsocketperm 700 --dir "$work" \
+  --appendonly yes --appendfsync always --save "" --daemonize yes --pidfile "$work/redis.pid" >/dev/null
+for _ in $(seq 100); do redis-cli -s "$work/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.1; done
+for size in 1024 65536; do
+  for clients in 1 16; do
+    run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
+  done
+done
+run "redis get 1024 x1" redis_rate get 1024 1 100000
+
+# SQLite and LangGraph.
+for size in 1024 65536; do
+  for clients in 1 16; do
+    run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+    run "langgraph put $size x$clients" bench/.venv/bin/python bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+  done
+done
+run "sqlite get 1024 x1" python3 bench/peers.py sqlite get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
+run "langgraph get 1024 x1" bench/.venv/bin/python bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
+
+python3 - "$results" <<'PY'
+import json, sys
+r = {}
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    r[v["label"]] = v
+def rate(label):
+    return r.get(label, {}).get("ops_per_sec") or 0.0
+print()
+print("%-26s %12s %12s %12s %12s   %s" % ("work", "sessiond/s", "redis/s", "sqlite/s", "langgraph/s", "ratios sessiond/peer"))
+for op, size, clients in [("put", 1024, 1), ("put", 1024, 16), ("put", 65536, 1), ("put", 65536, 16), ("get", 1024, 1)]:
+    key = "%s %d x%d" % (op, size, clients)
+    s = rate("sessiond " + key)
+    peers = [rate(p + " " + key) for p in ("redis", "sqlite", "langgraph")]
+    ratios = "  ".join("%s %.2fx" % (n, s / p) if p else "%s -" % n for n, p in zip(("redis", "sqlite", "langgraph"), peers))
+    print("%-26s %12.0f %12.0f %12.0f %12.0f   %s" % (key, s, *peers, ratios))
+rtt = r.get("socket round trip", {}).get("p50_us", 0)
+get = r.get("sessiond get 1024 x1", {}).get("p50_us", 0)
+print()
+print("get latest p50: sessiond %.1f us; bare Unix socket round trip p50 %.1f us (%.1fx)" % (get, rtt, get / rtt if rtt else 0))
+PY
