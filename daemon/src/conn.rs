@@ -297,6 +297,15 @@ async fn drain(
     budget: &Arc<Semaphore>,
 ) -> bool {
     loop {
+        if *watching {
+            // The connection now carries events only; anything else sent on it is dropped
+            // unread, never executed without an answer.
+            match decoder {
+                Decoder::Binary(d) => while d.next_frame().is_some() {},
+                Decoder::Json(d) => while d.next_line().is_some() {},
+            }
+            return true;
+        }
         let mut permit = None;
         let max_frame = match decoder {
             Decoder::Binary(d) => d.max(),

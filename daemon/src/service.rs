@@ -178,7 +178,8 @@ impl Service {
         let entries = self.shared.table().checkpoints(uid, &session.name)?;
         let shared = self.shared.clone();
         let name = session.name.clone();
-        let checkpoint = blocking(move || read_checkpoint(&shared, &name, &entries, None)).await?;
+        let checkpoint =
+            blocking(move || read_checkpoint(&shared, uid, &name, &entries, None)).await?;
         Ok(Reply::Resumed {
             session,
             checkpoint,
@@ -322,7 +323,8 @@ impl Service {
                 let entries = self.shared.table().checkpoints(uid, &r.name)?;
                 let shared = self.shared.clone();
                 blocking(move || {
-                    read_checkpoint(&shared, &r.name, &entries, r.number).map(Reply::Checkpoint)
+                    read_checkpoint(&shared, uid, &r.name, &entries, r.number)
+                        .map(Reply::Checkpoint)
                 })
                 .await
             }
@@ -384,8 +386,30 @@ fn checkpoint_info(
     }
 }
 
-/// Reads one checkpoint (verified), with its meta from the record header.
-fn read_one(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String> {
+/// Reads one checkpoint (verified), with its meta from the record header. Compaction may
+/// move a checkpoint (and delete its old segment) between the index lookup and the read: a
+/// failed read is retried once at the checkpoint's current place before it counts as damage.
+fn read_one(
+    shared: &Shared,
+    uid: u32,
+    name: &str,
+    entry: &CkptEntry,
+) -> Result<CheckpointInfo, String> {
+    read_at(shared, entry).or_else(|e| {
+        let moved = shared
+            .table()
+            .checkpoints(uid, name)
+            .ok()
+            .and_then(|all| all.into_iter().find(|c| c.number == entry.number))
+            .filter(|c| c.loc != entry.loc);
+        match moved {
+            Some(current) => read_at(shared, &current),
+            None => Err(e),
+        }
+    })
+}
+
+fn read_at(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String> {
     let (header, payload) = shared
         .files
         .read_record(&entry.loc)
@@ -402,6 +426,7 @@ fn read_one(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String
 /// The latest intact checkpoint (reporting the damaged ones passed over), or a given number.
 pub fn read_checkpoint(
     shared: &Shared,
+    uid: u32,
     name: &str,
     entries: &[CkptEntry],
     number: Option<u64>,
@@ -417,7 +442,7 @@ pub fn read_checkpoint(
                 format!("session {name:?} has no checkpoint {n} ({retained})"),
             )
         })?;
-        return read_one(shared, entry).map(Some).map_err(|e| {
+        return read_one(shared, uid, name, entry).map(Some).map_err(|e| {
             tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
             WireError::internal(format!(
                 "checkpoint {n} of session {name:?} is damaged on disk: {e}"
@@ -426,7 +451,7 @@ pub fn read_checkpoint(
     }
     let mut skipped = Vec::new();
     for entry in entries.iter().rev() {
-        match read_one(shared, entry) {
+        match read_one(shared, uid, name, entry) {
             Ok(mut info) => {
                 info.skipped_corrupt = skipped;
                 return Ok(Some(info));

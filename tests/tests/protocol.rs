@@ -378,3 +378,25 @@ fn binary_requests_pipeline_in_order() {
         stats.flushes
     );
 }
+
+#[test]
+fn requests_sent_on_a_watch_connection_are_not_executed_unanswered() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.create_keep("w", None).unwrap();
+    let mut j = d.json();
+    assert_eq!(
+        j.call(json!({"op": "watch", "id": 1, "name": "w"}))["watching"],
+        json!(true)
+    );
+    // A mutation on the watch connection would have no reply: it must not happen at all.
+    j.send(&json!({"op": "checkpoint", "id": 2, "name": "w", "payload_b64": b64(b"x")}));
+    c.put("w", b"from elsewhere".to_vec()).unwrap();
+    let e = j.read();
+    assert_eq!(
+        (e["event"].clone(), e["number"].clone()),
+        (json!("checkpointed"), json!(1)),
+        "{e}"
+    );
+    assert_eq!(c.show("w").unwrap().latest_checkpoint, Some(1));
+}
