@@ -134,9 +134,26 @@ async fn serve_peer(
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut start = Vec::new();
-    // Enough bytes to choose the encoding (and, for binary, the whole hello).
+    // Enough bytes to choose the encoding (and, for binary, the whole hello), within the
+    // idle timeout before the first byte and the request timeout after it.
     loop {
-        let Some(n) = read_some(stream, &mut buf, cancel).await? else {
+        let limit = if start.is_empty() {
+            limits.idle_timeout
+        } else {
+            Some(limits.request_timeout)
+        };
+        let read = read_some(stream, &mut buf, cancel);
+        let read = match limit {
+            None => read.await,
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!("closing a connection that sent no complete greeting in time");
+                    return Ok(());
+                }
+            },
+        };
+        let Some(n) = read? else {
             return Ok(());
         };
         if n == 0 {

@@ -182,3 +182,13 @@ fn a_pipelining_client_cannot_make_the_daemon_hold_unbounded_requests() {
         "peak memory grew by {grown} KiB for 128 pipelined 1 MiB checkpoints"
     );
 }
+
+#[test]
+fn a_half_sent_hello_is_cut_off_too() {
+    let d = Daemon::start_with(&["--request-timeout", "300ms"]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(&hello::client_hello()[..3]).unwrap();
+    // The daemon gives up on it: the connection ends without a reply.
+    assert!(read_to_end(s).is_empty());
+    d.client().ping().unwrap();
+}
