@@ -48,6 +48,10 @@ pub enum StartError {
     SocketInUse(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error(
+        "the commit thread stopped unexpectedly (see the log); nothing more could be made durable"
+    )]
+    CommitThread,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
@@ -265,9 +269,14 @@ pub async fn run(
         snapshot_every_bytes: cfg.snapshot_every_bytes,
         segment_bytes: cfg.segment_bytes,
     };
+    // Dropped when the commit thread ends, which before shutdown means it died.
+    let (commit_alive, mut commit_ended) = tokio::sync::oneshot::channel::<()>();
     let committer = std::thread::Builder::new()
         .name("sessiond-commit".into())
-        .spawn(move || commit::run(commit_shared, log, jobs_rx, commit_cfg))
+        .spawn(move || {
+            let _alive = commit_alive;
+            commit::run(commit_shared, log, jobs_rx, commit_cfg)
+        })
         .map_err(io_err("cannot start the commit thread"))?;
     let service = Arc::new(Service::new(
         shared.clone(),
@@ -323,9 +332,16 @@ pub async fn run(
         cancel.child_token(),
     ));
     tokio::pin!(shutdown);
+    let mut failed = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = &mut commit_ended => {
+                // Nothing can be made durable any more: stop, so the service manager restarts us.
+                tracing::error!("the commit thread stopped unexpectedly; shutting down");
+                failed = true;
+                break;
+            }
             Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &shared),
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
@@ -378,5 +394,8 @@ pub async fn run(
         tracing::error!("the commit thread panicked");
     }
     tracing::info!("stopped");
+    if failed {
+        return Err(StartError::CommitThread);
+    }
     Ok(())
 }
