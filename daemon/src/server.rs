@@ -123,11 +123,6 @@ fn open_store(
     Ok((shared, log))
 }
 
-enum ListenKind {
-    Bound,
-    Inherited,
-}
-
 /// Applies what can change while running; says what needs a restart.
 fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Shared) {
     let mut restart = Vec::new();
@@ -294,10 +289,7 @@ pub async fn run(
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
     check_owners_at_start(&shared, &service).await;
 
-    let listen_kind = match listen {
-        Listen::Bind => ListenKind::Bound,
-        Listen::Inherited(_) => ListenKind::Inherited,
-    };
+    let we_bind = matches!(listen, Listen::Bind);
     let bound = match listen {
         Listen::Bind => bind(&cfg),
         Listen::Inherited(fd) => Listener::try_from(fd).map_err(io_err(
@@ -315,12 +307,13 @@ pub async fn run(
         }
     };
     // The socket file is ours to remove at exit only if we bound it (and it is still ours).
-    let socket_id = match listen_kind {
-        ListenKind::Bound => std::fs::metadata(&cfg.socket)
-            .ok()
-            .map(|m| (m.dev(), m.ino())),
-        ListenKind::Inherited => None,
-    };
+    let socket_id = we_bind
+        .then(|| {
+            std::fs::metadata(&cfg.socket)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        })
+        .flatten();
     tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), activated = socket_id.is_none(), "sessiond ready");
     notify::ready(&notify::status_line(&shared, &service));
 
