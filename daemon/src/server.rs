@@ -172,9 +172,16 @@ async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) {
     // One /proc read per owner: off the async workers.
     let active = tokio::task::spawn_blocking(move || {
         let active = probing.table().active_owners();
+        // Many sessions often share an owner: probe each process once.
+        let mut alive = std::collections::HashMap::new();
         active
             .into_iter()
-            .map(|(key, owner)| (probing.probe.is_alive(&owner), key, owner))
+            .map(|(key, owner)| {
+                let is = *alive
+                    .entry(owner)
+                    .or_insert_with(|| probing.probe.is_alive(&owner));
+                (is, key, owner)
+            })
             .collect::<Vec<_>>()
     })
     .await
