@@ -51,7 +51,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
         |seq: u32| store::io_context(format!("cannot read segment {}", segment_file_name(seq)));
     let segments = list_segments(dir).map_err(store::io_context("cannot list the log"))?;
     for &seq in &segments {
-        let mut scanner = match SegmentScanner::open(dir, seq, 0, true) {
+        let mut scanner = match SegmentScanner::open(dir, seq, 0) {
             Ok(s) => s,
             Err(e) => {
                 r.problem(format!("segment {}: {e}", segment_file_name(seq)));
@@ -61,7 +61,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
         let (mut records, mut bad) = (0u64, 0usize);
         while let Some(item) = scanner.next_item().map_err(ctx(seq))? {
             match item {
-                ScanItem::Record { payload_ok: Some(false), header, loc } => {
+                ScanItem::Record { payload_ok: false, header, loc } => {
                     records += 1;
                     bad += 1;
                     r.problem(format!("segment {} offset {}: payload checksum mismatch in {header:?}", segment_file_name(seq), loc.offset)

@@ -18,12 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = segment_header(1).to_vec();
     bytes.extend_from_slice(data);
     std::fs::write(&path, &bytes).expect("write segment");
-    if let Ok(mut scanner) = SegmentScanner::open(dir.path(), 1, 0, true) {
+    if let Ok(mut scanner) = SegmentScanner::open(dir.path(), 1, 0) {
         let file = File::open(&path).expect("open");
         while let Ok(Some(item)) = scanner.next_item() {
             if let ScanItem::Record {
                 loc,
-                payload_ok: Some(true),
+                payload_ok: true,
                 ..
             } = item
             {

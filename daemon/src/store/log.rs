@@ -205,7 +205,7 @@ pub(crate) mod tests {
                 .len(),
             len_after_failure
         );
-        let mut scanner = SegmentScanner::open(dir.path(), 2, 0, true).unwrap();
+        let mut scanner = SegmentScanner::open(dir.path(), 2, 0).unwrap();
         assert!(matches!(
             scanner.next_item().unwrap(),
             Some(ScanItem::Record {

@@ -103,7 +103,7 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
     };
     for &seq in segments.iter().filter(|&&s| s >= start.0) {
         let from = if seq == start.0 { start.1 } else { 0 };
-        let mut scanner = match SegmentScanner::open(dir, seq, from, true) {
+        let mut scanner = match SegmentScanner::open(dir, seq, from) {
             Ok(s) => s,
             // A damaged header loses that segment's records, not the daemon.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -128,7 +128,7 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
                     loc,
                     payload_ok,
                 } => {
-                    if let (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), Some(false)) =
+                    if let (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), false) =
                         (&header, payload_ok)
                     {
                         tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");

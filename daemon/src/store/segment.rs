@@ -61,11 +61,11 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u32>> {
 /// What a scan found at one place of a segment.
 #[derive(Debug)]
 pub enum ScanItem {
-    /// A record whose header is intact. `payload_ok` is `None` when the payload was not read.
+    /// A record whose header is intact; `payload_ok` says whether its payload is too.
     Record {
         header: RecordHeader,
         loc: Loc,
-        payload_ok: Option<bool>,
+        payload_ok: bool,
     },
     /// Bytes `[offset, offset+len)` hold no valid record.
     Damaged {
@@ -85,18 +85,17 @@ pub struct SegmentScanner {
     buf: Vec<u8>,
     buf_start: u64,
     pos: u64,
-    verify_payloads: bool,
 }
 
 const WINDOW: usize = 4 << 20;
 
 /// A record read at some offset: its header, place and payload verdict, or why it is invalid.
-type Found = Result<(RecordHeader, Loc, Option<bool>), RecordError>;
+type Found = Result<(RecordHeader, Loc, bool), RecordError>;
 
 impl SegmentScanner {
     /// Opens segment `seq` and checks its header. Scanning starts at `from` (or right after
     /// the header when `from` is 0).
-    pub fn open(dir: &Path, seq: u32, from: u64, verify_payloads: bool) -> Result<Self, io::Error> {
+    pub fn open(dir: &Path, seq: u32, from: u64) -> Result<Self, io::Error> {
         let file = File::open(segment_path(dir, seq))?;
         let len = file.metadata()?.len();
         let mut s = SegmentScanner {
@@ -106,7 +105,6 @@ impl SegmentScanner {
             buf: Vec::new(),
             buf_start: 0,
             pos: from.max(SEGMENT_HEADER_LEN),
-            verify_payloads,
         };
         let header = s.bytes(0, SEGMENT_HEADER_LEN as usize)?.map(<[u8]>::to_vec);
         match header {
@@ -162,14 +160,10 @@ impl SegmentScanner {
         if loc.offset + loc.record_len() > self.len {
             return Ok(None);
         }
-        let payload_ok = if self.verify_payloads {
-            let Some(pb) = self.bytes(loc.payload_offset(), prefix.payload_len as usize)? else {
-                return Ok(None);
-            };
-            Some(record::verify_payload(&prefix, pb).is_ok())
-        } else {
-            None
+        let Some(pb) = self.bytes(loc.payload_offset(), prefix.payload_len as usize)? else {
+            return Ok(None);
         };
+        let payload_ok = record::verify_payload(&prefix, pb).is_ok();
         Ok(Some(Ok((header, loc, payload_ok))))
     }
 
@@ -334,7 +328,7 @@ mod tests {
     }
 
     fn scan(dir: &Path) -> Vec<ScanItem> {
-        let Ok(mut s) = SegmentScanner::open(dir, 1, 0, true) else {
+        let Ok(mut s) = SegmentScanner::open(dir, 1, 0) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -368,7 +362,7 @@ mod tests {
             }
             std::fs::write(&path, &bytes).unwrap();
             for item in scan(dir.path()) {
-                if let ScanItem::Record { header: RecordHeader::Checkpoint(h), loc, payload_ok: Some(true) } = item {
+                if let ScanItem::Record { header: RecordHeader::Checkpoint(h), loc, payload_ok: true } = item {
                     let i = (h.number - 1) as usize;
                     prop_assert!(i < payloads.len());
                     let file = File::open(&path).unwrap();
@@ -388,7 +382,7 @@ mod tests {
             bytes.extend_from_slice(&garbage);
             std::fs::write(&path, &bytes).unwrap();
             for item in scan(dir.path()) {
-                prop_assert!(!matches!(item, ScanItem::Record { payload_ok: Some(true), .. }), "garbage taken for a record");
+                prop_assert!(!matches!(item, ScanItem::Record { payload_ok: true, .. }), "garbage taken for a record");
             }
         }
 
