@@ -188,13 +188,15 @@ impl SegmentFiles {
     }
 
     pub fn get(&self, seq: u32) -> io::Result<Arc<File>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = open.get(&seq) {
-            return Ok(f.clone());
+        let cached = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned();
+        if let Some(f) = cached {
+            return Ok(f);
         }
+        // Opened outside the lock so other readers never wait on this one's I/O; if two race,
+        // both handles are valid and the first one stays cached.
         let f = Arc::new(File::open(segment_path(&self.dir, seq))?);
-        open.insert(seq, f.clone());
-        Ok(f)
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(open.entry(seq).or_insert(f).clone())
     }
 
     pub fn forget(&self, seq: u32) {
