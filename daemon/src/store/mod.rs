@@ -188,7 +188,12 @@ impl SegmentFiles {
     }
 
     pub fn get(&self, seq: u32) -> io::Result<Arc<File>> {
-        let cached = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned();
+        let cached = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&seq)
+            .cloned();
         if let Some(f) = cached {
             return Ok(f);
         }
