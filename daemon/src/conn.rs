@@ -113,15 +113,33 @@ pub async fn refuse(stream: Stream, limit: usize) {
     .await;
 }
 
+/// What one read of the socket gave.
+enum Read {
+    /// This many bytes; 0 is the end of the client's stream.
+    Bytes(usize),
+    /// The daemon is shutting down.
+    Cancelled,
+    /// Nothing came before the deadline.
+    TimedOut,
+}
+
 async fn read_some(
     stream: &Stream,
     buf: &mut [u8],
     cancel: &CancellationToken,
-) -> std::io::Result<Option<usize>> {
+    deadline: Option<Instant>,
+) -> std::io::Result<Read> {
     let mut s = stream;
+    let expire = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        r = s.read(buf) => r.map(Some),
-        _ = cancel.cancelled() => Ok(None),
+        r = s.read(buf) => r.map(Read::Bytes),
+        _ = cancel.cancelled() => Ok(Read::Cancelled),
+        _ = expire => Ok(Read::TimedOut),
     }
 }
 
@@ -142,23 +160,15 @@ async fn serve_peer(
         } else {
             Some(limits.request_timeout)
         };
-        let read = read_some(stream, &mut buf, cancel);
-        let read = match limit {
-            None => read.await,
-            Some(limit) => match tokio::time::timeout(limit, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::debug!("closing a connection that sent no complete greeting in time");
-                    return Ok(());
-                }
-            },
+        let n = match read_some(stream, &mut buf, cancel, limit.map(|l| Instant::now() + l)).await?
+        {
+            Read::Bytes(0) | Read::Cancelled => return Ok(()),
+            Read::Bytes(n) => n,
+            Read::TimedOut => {
+                tracing::debug!("closing a connection that sent no complete greeting in time");
+                return Ok(());
+            }
         };
-        let Some(n) = read? else {
-            return Ok(());
-        };
-        if n == 0 {
-            return Ok(());
-        }
         start.extend_from_slice(&buf[..n]);
         if start[0] == b'{' || start.len() >= hello::CLIENT_HELLO_LEN {
             break;
@@ -240,40 +250,35 @@ async fn read_requests(
                 .idle_timeout
                 .map(|d| (Instant::now() + d, Timeout::Idle)),
         };
-        let read = read_some(stream, &mut buf, cancel);
-        let n = match deadline {
-            None => read.await?,
-            Some((at, why)) => match tokio::time::timeout_at(at.into(), read).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    let id = match decoder {
-                        Decoder::Binary(_) => Id::Bin(0),
-                        Decoder::Json(_) => Id::Json(Value::Null),
-                    };
-                    let message = match why {
-                        Timeout::Request => format!(
-                            "request not completed within {:?} of its first byte (--request-timeout); closing",
-                            limits.request_timeout
-                        ),
-                        Timeout::Idle => format!(
-                            "no request for {:?} (--idle-timeout); closing",
-                            limits.idle_timeout.unwrap_or_default()
-                        ),
-                    };
-                    tracing::debug!(%message, "closing a connection");
-                    let _ = queue
-                        .send((
-                            id,
-                            Started::Done(Err(WireError::unavailable(message))),
-                            None,
-                        ))
-                        .await;
-                    return Ok(());
-                }
-            },
-        };
-        let Some(n) = n else {
-            return Ok(());
+        let n = match read_some(stream, &mut buf, cancel, deadline.map(|(at, _)| at)).await? {
+            Read::Bytes(n) => n,
+            Read::Cancelled => return Ok(()),
+            Read::TimedOut => {
+                let why = deadline.map_or(Timeout::Idle, |(_, why)| why);
+                let id = match decoder {
+                    Decoder::Binary(_) => Id::Bin(0),
+                    Decoder::Json(_) => Id::Json(Value::Null),
+                };
+                let message = match why {
+                    Timeout::Request => format!(
+                        "request not completed within {:?} of its first byte (--request-timeout); closing",
+                        limits.request_timeout
+                    ),
+                    Timeout::Idle => format!(
+                        "no request for {:?} (--idle-timeout); closing",
+                        limits.idle_timeout.unwrap_or_default()
+                    ),
+                };
+                tracing::debug!(%message, "closing a connection");
+                let _ = queue
+                    .send((
+                        id,
+                        Started::Done(Err(WireError::unavailable(message))),
+                        None,
+                    ))
+                    .await;
+                return Ok(());
+            }
         };
         if n == 0 {
             match &mut decoder {
