@@ -81,7 +81,6 @@ pub struct Torture {
     writers: Vec<Arc<Mutex<Writer>>>,
     rng: Rng,
     pub totals: Totals,
-    keep: u64,
 }
 
 const WRITERS: usize = 4;
@@ -111,7 +110,6 @@ impl Torture {
             writers: (0..WRITERS).map(|_| Arc::default()).collect(),
             rng: Rng::new(seed),
             totals: Totals::default(),
-            keep: KEEP,
         }
     }
 
@@ -194,7 +192,7 @@ impl Torture {
                 .iter()
                 .map(|h| h.number)
                 .collect();
-            let first = latest.saturating_sub(self.keep) + 1;
+            let first = latest.saturating_sub(KEEP) + 1;
             let want: Vec<u64> = (first..=latest).collect();
             if history != want {
                 return Err(format!(

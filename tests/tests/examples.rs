@@ -36,12 +36,31 @@ fn run_to_end(mut cmd: Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn resumed_step(output: &str) -> u64 {
+/// Runs `slow` (a worker doing `steps` steps) until it prints step `kill_at`, kills it with
+/// SIGKILL, waits for the session to go stale, then runs `fast` to the end: it must resume
+/// from a checkpoint at or after `kill_at` and finish with the uninterrupted result.
+fn kill_and_resume(d: &Daemon, mut slow: Command, fast: Command, kill_at: u64, steps: u64) {
+    kill_after(
+        slow.stdout(Stdio::piped()).spawn().unwrap(),
+        &format!("step {kill_at}"),
+    );
+    let mut c = d.client();
+    let stale = wait_until(std::time::Duration::from_secs(20), || {
+        c.show("job").unwrap().status == Status::Stale
+    });
+    assert!(stale, "the killed worker's session did not go stale");
+    let output = run_to_end(fast);
     let line = output
         .lines()
         .find(|l| l.starts_with("resumed at step"))
         .unwrap_or_else(|| panic!("{output}"));
-    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    let resumed: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(resumed >= kill_at, "{output}");
+    assert!(
+        output.contains(&format!("done sum={}", steps * (steps + 1) / 2)),
+        "{output}"
+    );
+    assert_eq!(c.show("job").unwrap().status, Status::Completed);
 }
 
 #[test]
@@ -54,18 +73,7 @@ fn the_python_worker_resumes_after_kill_9() {
             .args(extra);
         c
     };
-    let mut first = py(&["--sleep", "0.002"]);
-    kill_after(first.stdout(Stdio::piped()).spawn().unwrap(), "step 20");
-    let mut c = d.client();
-    assert!(wait_until(std::time::Duration::from_secs(20), || c
-        .show("job")
-        .unwrap()
-        .status
-        == Status::Stale));
-    let output = run_to_end(py(&[]));
-    assert!(resumed_step(&output) >= 20, "{output}");
-    assert!(output.contains("done sum=2001000"), "{output}");
-    assert_eq!(c.show("job").unwrap().status, Status::Completed);
+    kill_and_resume(&d, py(&["--sleep", "0.002"]), py(&[]), 20, 2000);
 }
 
 #[test]
@@ -86,20 +94,7 @@ fn the_shell_worker_resumes_after_kill_9() {
             .env("SLEEP", sleep);
         c
     };
-    kill_after(
-        sh("0.005").stdout(Stdio::piped()).spawn().unwrap(),
-        "step 10",
-    );
-    let mut c = d.client();
-    assert!(wait_until(std::time::Duration::from_secs(20), || c
-        .show("job")
-        .unwrap()
-        .status
-        == Status::Stale));
-    let output = run_to_end(sh("0"));
-    assert!(resumed_step(&output) >= 10, "{output}");
-    assert!(output.contains("done sum=45150"), "{output}");
-    assert_eq!(c.show("job").unwrap().status, Status::Completed);
+    kill_and_resume(&d, sh("0.005"), sh("0"), 10, 300);
 }
 
 #[test]

@@ -54,31 +54,27 @@ fn systemd_analyze_verify_accepts_all_four_units() {
     for d in [&system, &user, &runtime] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let system_units = units_in(&system, "", "/usr/local/bin/sessiond");
-    let out = Command::new(tool("systemd-analyze"))
-        .arg("verify")
-        .args(&system_units)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "system units:\n{text}"
+    let verify = |args: &[&str], units: Vec<PathBuf>| {
+        let out = Command::new(tool("systemd-analyze"))
+            .args(args)
+            .args(&units)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "{args:?} {units:?}:\n{text}"
+        );
+    };
+    verify(
+        &["verify"],
+        units_in(&system, "", "/usr/local/bin/sessiond"),
     );
-
-    let user_units = units_in(&user, "user", "%h/.cargo/bin/sessiond");
-    let out = Command::new(tool("systemd-analyze"))
-        .args(["--user", "verify"])
-        .args(&user_units)
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "user units:\n{text}"
+    verify(
+        &["--user", "verify"],
+        units_in(&user, "user", "%h/.cargo/bin/sessiond"),
     );
 }
 
