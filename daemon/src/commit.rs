@@ -373,7 +373,7 @@ mod tests {
             name: "s".into(),
             keep: None,
             meta: Meta::new(),
-            owner: None,
+            owner: crate::table::OwnerClaim::default(),
         });
         commit_batch(&shared, &mut log, vec![create]);
         assert!(rx.blocking_recv().unwrap().is_ok());

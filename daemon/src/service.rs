@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::commit::{Job, Shared};
 use crate::store::record::{Owner, RecordHeader};
 use crate::store::CkptEntry;
+use crate::table::OwnerClaim;
 use crate::table::{micros_to_time, Key, ListFilter, Mutation};
 
 /// Who is on the other end of a connection, from the socket's credentials.
@@ -131,33 +132,14 @@ impl Service {
         }
     }
 
-    /// The owner of a session created or resumed by `peer`: the peer process itself (from
-    /// the socket's credentials), or a named live process of the same user (root: any).
-    fn owner(&self, peer: &Peer, named: Option<u32>) -> Result<Option<Owner>, WireError> {
-        let probe = &*self.shared.probe;
-        let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
-        let pid = match named {
-            None => match peer.pid {
-                Some(pid) => pid,
-                None => return Ok(None),
-            },
-            Some(pid) => {
-                let uid = probe.uid_of(pid);
-                if peer.uid != 0 && uid.is_some_and(|u| u != peer.uid) {
-                    return Err(denied(format!("owner_pid {pid} belongs to another user")));
-                }
-                pid
-            }
-        };
-        // A peer that exited already gets start time 0: never alive, so soon stale.
-        let start_time = match (probe.start_time(pid), named) {
-            (Some(t), _) => t,
-            (None, None) => 0,
-            (None, Some(_)) => {
-                return Err(denied(format!("owner_pid {pid} is not a running process")))
-            }
-        };
-        Ok(Some(Owner { pid, start_time }))
+    /// Who asks to own a session: the peer itself, or a process it names. Checked and
+    /// resolved to a PID and start time by the commit thread (`/proc` is read there, not here).
+    fn owner_claim(peer: &Peer, named: Option<u32>) -> OwnerClaim {
+        OwnerClaim {
+            pid: named.or(peer.pid),
+            named: named.is_some(),
+            caller_uid: peer.uid,
+        }
     }
 
     /// Marks `key` stale if `owner` still owns it (from the owner watcher).
@@ -210,7 +192,7 @@ impl Service {
             }
             Request::Create(r) => {
                 validate::meta(&r.meta, &limits.meta)?;
-                let owner = self.owner(peer, r.owner_pid)?;
+                let owner = Self::owner_claim(peer, r.owner_pid);
                 Mutation::Create {
                     name: r.name,
                     keep: r.keep,
@@ -274,7 +256,7 @@ impl Service {
                 })
             }
             Request::Resume(r) => {
-                let owner = self.owner(peer, r.owner_pid)?;
+                let owner = Self::owner_claim(peer, r.owner_pid);
                 let resume = Mutation::Resume {
                     name: r.name,
                     owner,

@@ -51,7 +51,7 @@ pub enum Mutation {
         name: String,
         keep: Option<u32>,
         meta: Meta,
-        owner: Option<Owner>,
+        owner: OwnerClaim,
     },
     Checkpoint {
         name: String,
@@ -75,9 +75,41 @@ pub enum Mutation {
     },
     Resume {
         name: String,
-        owner: Option<Owner>,
+        owner: OwnerClaim,
         force: bool,
     },
+}
+
+/// A request to own a session, as the connection saw it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnerClaim {
+    /// The process (`None`: unknown, the session gets no owner).
+    pub pid: Option<u32>,
+    /// Named by the request (`owner_pid`) rather than the peer itself.
+    pub named: bool,
+    /// The connecting user, from the socket's credentials.
+    pub caller_uid: u32,
+}
+
+impl OwnerClaim {
+    /// The owner this claim gives: a named process must run and belong to the caller (root
+    /// may name any). The peer itself is taken even if it already exited (start time 0 then:
+    /// never alive, so the session soon goes stale).
+    pub fn resolve(&self, probe: &dyn ProcessProbe) -> Result<Option<Owner>, WireError> {
+        let Some(pid) = self.pid else { return Ok(None) };
+        let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
+        if self.named
+            && self.caller_uid != 0
+            && probe.uid_of(pid).is_some_and(|u| u != self.caller_uid)
+        {
+            return Err(denied(format!("owner_pid {pid} belongs to another user")));
+        }
+        match probe.start_time(pid) {
+            Some(start_time) => Ok(Some(Owner { pid, start_time })),
+            None if self.named => Err(denied(format!("owner_pid {pid} is not a running process"))),
+            None => Ok(Some(Owner { pid, start_time: 0 })),
+        }
+    }
 }
 
 /// A planned mutation: the records to make durable, then the reply to send, the events to
@@ -246,6 +278,7 @@ impl SessionTable {
                         format!("session {:?} already exists", key.1),
                     ));
                 }
+                let owner = owner.resolve(probe)?;
                 let state = SessionState {
                     uid,
                     name: key.1.clone(),
@@ -402,6 +435,7 @@ impl SessionTable {
                 Ok(self.put_state(overlay, key, s, ev))
             }
             Mutation::Resume { name, owner, force } => {
+                let owner = owner.resolve(probe)?;
                 let key = (uid, name);
                 let mut s = self
                     .view(overlay, &key)
@@ -727,16 +761,70 @@ mod tests {
         Ok(p.reply)
     }
 
-    fn owner(pid: u32, start_time: u64) -> Option<Owner> {
-        Some(Owner { pid, start_time })
+    /// The running process `pid` (user 1000, started at `start_time`) asking to own a session.
+    fn owner(probe: &FakeProbe, pid: u32, start_time: u64) -> OwnerClaim {
+        probe.set(pid, start_time, 1000);
+        OwnerClaim {
+            pid: Some(pid),
+            named: false,
+            caller_uid: 1000,
+        }
     }
 
-    fn resume(name: &str, by: Option<Owner>, force: bool) -> Mutation {
+    fn resume(name: &str, by: OwnerClaim, force: bool) -> Mutation {
         Mutation::Resume {
             name: name.into(),
             owner: by,
             force,
         }
+    }
+
+    #[test]
+    fn a_named_owner_must_run_and_belong_to_the_caller_unless_root() {
+        let probe = FakeProbe::default();
+        probe.set(10, 100, 1000);
+        probe.set(20, 200, 2000);
+        let named = |pid, caller_uid| OwnerClaim {
+            pid: Some(pid),
+            named: true,
+            caller_uid,
+        };
+        assert_eq!(
+            named(10, 1000).resolve(&probe).unwrap(),
+            Some(Owner {
+                pid: 10,
+                start_time: 100
+            })
+        );
+        let e = named(20, 1000).resolve(&probe).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::PermissionDenied && e.message.contains("another user"),
+            "{e}"
+        );
+        assert_eq!(
+            named(20, 0).resolve(&probe).unwrap(),
+            Some(Owner {
+                pid: 20,
+                start_time: 200
+            }),
+            "root may name any"
+        );
+        let e = named(30, 0).resolve(&probe).unwrap_err();
+        assert!(e.message.contains("not a running process"), "{e}");
+        // The peer itself, gone already: owned with an impossible start time, so soon stale.
+        let peer = OwnerClaim {
+            pid: Some(30),
+            named: false,
+            caller_uid: 1000,
+        };
+        assert_eq!(
+            peer.resolve(&probe).unwrap(),
+            Some(Owner {
+                pid: 30,
+                start_time: 0
+            })
+        );
+        assert_eq!(OwnerClaim::default().resolve(&probe).unwrap(), None);
     }
 
     #[test]
@@ -749,17 +837,17 @@ mod tests {
             name: "a".into(),
             keep: None,
             meta: Meta::new(),
-            owner: owner(10, 100),
+            owner: owner(&probe, 10, 100),
         };
         run_with(&mut t, create, &probe).unwrap();
-        let e = run_with(&mut t, resume("a", owner(20, 200), false), &probe).unwrap_err();
+        let e = run_with(&mut t, resume("a", owner(&probe, 20, 200), false), &probe).unwrap_err();
         assert_eq!((e.kind, e.owner_pid), (ErrorKind::OwnerAlive, Some(10)));
         assert!(e.message.contains("pid 10"), "{}", e.message);
         // The owner resuming its own session is fine.
         let Reply::Resumed {
             session,
             checkpoint,
-        } = run_with(&mut t, resume("a", owner(10, 100), false), &probe).unwrap()
+        } = run_with(&mut t, resume("a", owner(&probe, 10, 100), false), &probe).unwrap()
         else {
             panic!()
         };
@@ -768,7 +856,7 @@ mod tests {
             (2, Some(10), None)
         );
         let Reply::Resumed { session, .. } =
-            run_with(&mut t, resume("a", owner(20, 200), true), &probe).unwrap()
+            run_with(&mut t, resume("a", owner(&probe, 20, 200), true), &probe).unwrap()
         else {
             panic!()
         };
@@ -789,7 +877,7 @@ mod tests {
             name: "a".into(),
             keep: None,
             meta: Meta::new(),
-            owner: owner(10, 100),
+            owner: owner(&probe, 10, 100),
         };
         run_with(&mut t, create, &probe).unwrap();
         // PID 10 now belongs to a process started later.
@@ -799,7 +887,7 @@ mod tests {
             start_time: 100
         }));
         let Reply::Resumed { session, .. } =
-            run_with(&mut t, resume("a", owner(30, 300), false), &probe).unwrap()
+            run_with(&mut t, resume("a", owner(&probe, 30, 300), false), &probe).unwrap()
         else {
             panic!()
         };
@@ -815,7 +903,7 @@ mod tests {
                 name: name.into(),
                 keep: None,
                 meta: Meta::new(),
-                owner: owner(10, 100),
+                owner: owner(&probe, 10, 100),
             };
             run_with(&mut t, create, &probe).unwrap();
         }
@@ -829,7 +917,7 @@ mod tests {
             &probe,
         )
         .unwrap();
-        run_with(&mut t, resume("c", owner(20, 200), true), &probe).unwrap();
+        run_with(&mut t, resume("c", owner(&probe, 20, 200), true), &probe).unwrap();
         assert_eq!(t.active_owners().len(), 2);
         for name in ["a", "b", "c"] {
             run_with(
@@ -860,7 +948,7 @@ mod tests {
         );
         // A stale session can be resumed and takes checkpoints again.
         let Reply::Resumed { session, .. } =
-            run_with(&mut t, resume("a", owner(30, 300), false), &probe).unwrap()
+            run_with(&mut t, resume("a", owner(&probe, 30, 300), false), &probe).unwrap()
         else {
             panic!()
         };
@@ -901,7 +989,7 @@ mod tests {
             name: name.into(),
             keep,
             meta: Meta::new(),
-            owner: None,
+            owner: OwnerClaim::default(),
         }
     }
 
