@@ -309,7 +309,7 @@ pub async fn run(
             watcher_cancel.cancel();
             let _ = watcher.await;
             service.close();
-            let _ = committer.join();
+            let _ = tokio::task::spawn_blocking(move || committer.join()).await;
             return Err(e);
         }
     };
