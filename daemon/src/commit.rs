@@ -109,6 +109,7 @@ pub fn run(shared: Arc<Shared>, mut log: LogWriter, jobs: Receiver<Job>, cfg: Co
         }
     }
     write_snapshot(&shared, &log);
+    log.trim();
     tracing::debug!("commit thread finished");
 }
 

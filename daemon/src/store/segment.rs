@@ -2,7 +2,8 @@
 //! (`SSNDLOG1`, the sequence number, the format version) followed by records.
 //!
 //! [`SegmentScanner`] walks a segment's records in order, telling intact records from damaged
-//! stretches (skipped by searching for the next valid record) and from a torn end.
+//! stretches (skipped by searching for the next valid record) and from a torn end. The active
+//! segment is preallocated, so a segment may end in zeros: they are its end, not damage.
 
 use std::fs::File;
 use std::io;
@@ -82,6 +83,8 @@ pub struct SegmentScanner {
     file: File,
     seq: u32,
     len: u64,
+    /// Everything from here to `len` is zero: the unused part of a preallocated segment.
+    zeros_from: u64,
     buf: Vec<u8>,
     buf_start: u64,
     pos: u64,
@@ -98,13 +101,16 @@ impl SegmentScanner {
     pub fn open(dir: &Path, seq: u32, from: u64) -> Result<Self, io::Error> {
         let file = File::open(segment_path(dir, seq))?;
         let len = file.metadata()?.len();
+        let pos = from.max(SEGMENT_HEADER_LEN);
+        let zeros_from = zero_tail_start(&file, pos, len)?;
         let mut s = SegmentScanner {
             file,
             seq,
             len,
+            zeros_from,
             buf: Vec::new(),
             buf_start: 0,
-            pos: from.max(SEGMENT_HEADER_LEN),
+            pos,
         };
         let header = s.bytes(0, SEGMENT_HEADER_LEN as usize)?.map(<[u8]>::to_vec);
         match header {
@@ -124,7 +130,9 @@ impl SegmentScanner {
         let in_buf =
             off >= self.buf_start && off + len as u64 <= self.buf_start + self.buf.len() as u64;
         if !in_buf {
-            let want = len.max(WINDOW).min((self.len - off) as usize);
+            // No need to read far into the zeroed tail.
+            let limit = self.zeros_from.max(off + len as u64);
+            let want = len.max(WINDOW).min((limit - off) as usize);
             self.buf.resize(want, 0);
             self.file.read_exact_at(&mut self.buf, off)?;
             self.buf_start = off;
@@ -170,8 +178,9 @@ impl SegmentScanner {
     /// Offset of the next intact record after `from`, if any.
     fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
         let mut off = from;
-        while off + PREFIX_LEN as u64 <= self.len {
-            let chunk = (self.len - off).min(WINDOW as u64) as usize;
+        // No record starts in the zeroed tail.
+        while off + PREFIX_LEN as u64 <= self.zeros_from {
+            let chunk = (self.zeros_from - off).min(WINDOW as u64) as usize;
             let Some(window) = self.bytes(off, chunk)? else {
                 return Ok(None);
             };
@@ -201,10 +210,16 @@ impl SegmentScanner {
 
     pub fn next_item(&mut self) -> io::Result<Option<ScanItem>> {
         let off = self.pos;
-        if off >= self.len {
+        if off >= self.zeros_from {
             return Ok(None);
         }
         match self.record_at(off)? {
+            // A write interrupted inside its payload, followed by the preallocated zeros:
+            // torn, exactly as if the file had ended there.
+            Some(Ok((_, loc, false))) if loc.offset + loc.record_len() > self.zeros_from => {
+                self.pos = self.len;
+                Ok(Some(ScanItem::Torn { offset: off }))
+            }
             Some(Ok((header, loc, payload_ok))) => {
                 self.pos = off + loc.record_len();
                 Ok(Some(ScanItem::Record {
@@ -234,6 +249,60 @@ impl SegmentScanner {
                 }
             }
         }
+    }
+}
+
+/// The offset from which `file` holds only zeros up to `len` (at least `from`). Data regions
+/// are found with `SEEK_DATA`/`SEEK_HOLE` where the file system supports them, then the last
+/// one is read backwards; without that support the file is read backwards from its end.
+fn zero_tail_start(file: &File, from: u64, len: u64) -> io::Result<u64> {
+    let mut end = data_end(file, from, len);
+    let mut buf = vec![0u8; 1 << 20];
+    while end > from {
+        let start = end.saturating_sub(buf.len() as u64).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(from)
+}
+
+/// The end of the last region of `file` the file system reports as data (or `len`).
+fn data_end(file: &File, from: u64, len: u64) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::errno::Errno;
+        use nix::unistd::{lseek, Whence};
+        let mut end = from;
+        let mut pos = from;
+        while pos < len {
+            let Ok(at) = i64::try_from(pos) else {
+                return len;
+            };
+            let data = match lseek(file, at, Whence::SeekData) {
+                Ok(d) => d,
+                Err(Errno::ENXIO) => break,
+                Err(_) => return len,
+            };
+            let Ok(hole) = lseek(file, data, Whence::SeekHole) else {
+                return len;
+            };
+            let hole = u64::try_from(hole).unwrap_or(len).min(len);
+            if hole <= pos {
+                return len;
+            }
+            end = hole;
+            pos = hole;
+        }
+        end
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, from);
+        len
     }
 }
 
@@ -308,10 +377,15 @@ mod tests {
         })
     }
 
-    /// Writes a segment holding `payloads` and returns its path.
+    /// Writes a segment holding `payloads` and returns its path. A preallocated segment keeps
+    /// its zeroed tail (as after a crash); otherwise it is trimmed (as after a clean stop).
     fn segment_with(dir: &Path, payloads: &[Vec<u8>]) -> PathBuf {
+        segment_with_tail(dir, payloads, false)
+    }
+
+    fn segment_with_tail(dir: &Path, payloads: &[Vec<u8>], zero_tail: bool) -> PathBuf {
         std::fs::create_dir_all(dir.join(LOG_DIR)).unwrap();
-        let mut log = LogWriter::create(dir, 1, 1 << 30).unwrap();
+        let mut log = LogWriter::create(dir, 1, 256 << 10).unwrap();
         let heads: Vec<Vec<u8>> = payloads
             .iter()
             .enumerate()
@@ -324,6 +398,9 @@ mod tests {
             .collect();
         log.append(&pending).unwrap();
         log.sync().unwrap();
+        if !zero_tail {
+            log.trim();
+        }
         segment_path(dir, 1)
     }
 
@@ -338,6 +415,72 @@ mod tests {
         out
     }
 
+    fn numbers(items: &[ScanItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                ScanItem::Record {
+                    header: RecordHeader::Checkpoint(h),
+                    payload_ok,
+                    ..
+                } => format!("{}{}", h.number, if *payload_ok { "" } else { "!" }),
+                ScanItem::Record { .. } => "other".into(),
+                ScanItem::Damaged { .. } => "damaged".into(),
+                ScanItem::Torn { .. } => "torn".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_preallocated_segment_ends_where_its_records_end() {
+        let dir = tempfile::tempdir().unwrap();
+        // The last payload is all zeros: it must not be mistaken for the unused tail.
+        let payloads = vec![b"one".to_vec(), vec![7; 5000], vec![0; 3000]];
+        let path = segment_with_tail(dir.path(), &payloads, true);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 256 << 10);
+        assert_eq!(numbers(&scan(dir.path())), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn a_write_cut_short_before_the_zeroed_tail_is_torn_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let payloads = vec![b"one".to_vec(), vec![7; 5000]];
+        let path = segment_with_tail(dir.path(), &payloads, true);
+        let items = scan(dir.path());
+        let ScanItem::Record { loc, .. } = &items[1] else {
+            panic!("{items:?}")
+        };
+        // The last 1000 bytes of the payload never reached the file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let end = (loc.offset + loc.record_len()) as usize;
+        bytes[end - 1000..end].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(numbers(&scan(dir.path())), ["1", "torn"]);
+    }
+
+    #[test]
+    fn rotating_trims_the_unused_preallocation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        log.append(&[Pending {
+            head: encode(&header(1, 0), b"x").unwrap(),
+            payload: b"x",
+        }])
+        .unwrap();
+        log.sync().unwrap();
+        let (_, used) = log.position();
+        log.rotate().unwrap();
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
+            used
+        );
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 2)).unwrap().len(),
+            1 << 20
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -346,9 +489,10 @@ mod tests {
             payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..400), 1..12),
             flips in proptest::collection::vec((any::<u64>(), 0u8..8), 1..4),
             truncate in proptest::option::of(any::<u64>()),
+            zero_tail in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let path = segment_with(dir.path(), &payloads);
+            let path = segment_with_tail(dir.path(), &payloads, zero_tail);
             // Undamaged: every record, intact, in order.
             let clean = scan(dir.path());
             prop_assert_eq!(clean.len(), payloads.len());
