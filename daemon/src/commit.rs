@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use sessiond_proto::{Event, Reply, WireError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cache::{Cached, LatestCache};
 use crate::process::ProcessProbe;
 use crate::store::record::Owner;
 
@@ -18,7 +19,7 @@ use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
 use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
-use crate::store::{collect_garbage, SegmentFiles};
+use crate::store::{collect_garbage, CkptEntry, SegmentFiles};
 use crate::table::{now_micros, Key, Mutation, Overlay, Planned, SessionTable};
 
 /// State shared by the commit thread and the request handlers.
@@ -26,6 +27,7 @@ pub struct Shared {
     pub dir: PathBuf,
     pub table: Mutex<SessionTable>,
     pub files: SegmentFiles,
+    pub cache: LatestCache,
     pub probe: Arc<dyn ProcessProbe>,
     pub notify: Notifier,
     pub checkpoints_written: AtomicU64,
@@ -184,17 +186,33 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
     shared.flushes.fetch_add(1, Ordering::Relaxed);
     shared.bytes_written.fetch_add(appended, Ordering::Relaxed);
     let mut replies = Vec::with_capacity(planned.len());
+    let mut cache = Vec::new();
     {
         let mut table = shared.table();
         let mut locs = locs.into_iter();
         for (p, reply, uid) in planned {
-            for (header, _) in p.records {
-                if matches!(header, RecordHeader::Checkpoint(_)) {
-                    shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+            for (header, payload) in p.records {
+                let Some(loc) = locs.next() else { break };
+                match &header {
+                    RecordHeader::Checkpoint(h) => {
+                        shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+                        // The payload was only borrowed for the write: it moves to the cache.
+                        let entry = CkptEntry {
+                            number: h.number,
+                            created_at: h.created_at,
+                            loc,
+                        };
+                        let cached = Cached {
+                            entry,
+                            meta: h.meta.clone(),
+                            payload,
+                        };
+                        cache.push(((h.uid, h.name.clone()), Some(cached)));
+                    }
+                    RecordHeader::Delete { uid, name } => cache.push(((*uid, name.clone()), None)),
+                    _ => {}
                 }
-                if let Some(loc) = locs.next() {
-                    table.apply(header, loc);
-                }
+                table.apply(header, loc);
             }
             for event in p.events {
                 // No receiver is fine: nobody is watching.
@@ -204,6 +222,13 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
                 let _ = shared.notify.owners.send(OwnerChange { key, owner });
             }
             replies.push((p.reply, reply));
+        }
+    }
+    // Before the replies, so that a read right after an acknowledgement finds it.
+    for (key, cached) in cache {
+        match cached {
+            Some(c) => shared.cache.put(key, c),
+            None => shared.cache.remove(&key),
         }
     }
     for (r, tx) in replies {
@@ -331,6 +356,7 @@ mod tests {
             dir: dir.to_path_buf(),
             table: Mutex::new(SessionTable::new(16)),
             files: SegmentFiles::new(dir),
+            cache: LatestCache::new(1 << 20),
             probe: Arc::new(FakeProbe::default()),
             notify: Notifier {
                 events: broadcast::channel(16).0,

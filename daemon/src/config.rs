@@ -32,6 +32,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// A request must arrive whole within this long of its first byte.
     pub request_timeout: Duration,
+    /// Memory for the latest checkpoints of recently used sessions (0: none).
+    pub read_cache_bytes: u64,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             max_connections: 1024,
             idle_timeout: None,
             request_timeout: Duration::from_secs(30),
+            read_cache_bytes: 32 * MIB,
         }
     }
 
@@ -90,6 +93,7 @@ pub struct Settings {
     /// "0" (never) or a duration.
     pub idle_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub read_cache_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,7 @@ impl Settings {
             max_connections: over.max_connections.or(self.max_connections),
             idle_timeout: over.idle_timeout.or(self.idle_timeout),
             request_timeout: over.request_timeout.or(self.request_timeout),
+            read_cache_bytes: over.read_cache_bytes.or(self.read_cache_bytes),
         }
     }
 
@@ -229,6 +234,9 @@ impl Settings {
         }
         if let Some(d) = &self.request_timeout {
             c.request_timeout = parse_duration(d).map_err(invalid)?;
+        }
+        if let Some(v) = self.read_cache_bytes {
+            c.read_cache_bytes = v;
         }
         let m = &mut c.meta_limits;
         m.max_entries = self.max_meta_entries.unwrap_or(m.max_entries);

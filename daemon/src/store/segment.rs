@@ -102,7 +102,8 @@ impl SegmentScanner {
         let file = File::open(segment_path(dir, seq))?;
         let len = file.metadata()?.len();
         let pos = from.max(SEGMENT_HEADER_LEN);
-        let zeros_from = zero_tail_start(&file, pos, len)?;
+        // The index may name an offset past the end of a segment cut short since.
+        let zeros_from = zero_tail_start(&file, pos.min(len), len)?;
         let mut s = SegmentScanner {
             file,
             seq,
@@ -472,11 +473,15 @@ mod tests {
         let (_, used) = log.position();
         log.rotate().unwrap();
         assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
             used
         );
         assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 2)).unwrap().len(),
+            std::fs::metadata(segment_path(dir.path(), 2))
+                .unwrap()
+                .len(),
             1 << 20
         );
     }
