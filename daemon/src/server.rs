@@ -94,6 +94,7 @@ fn open_store(
         std::fs::remove_file(&tmp).map_err(io_err(format!("cannot remove {}", tmp.display())))?;
     }
     let (table, report) = store::load(dir, cfg.default_keep)?;
+    commit::release_free_memory();
     let next = report.segments.last().map_or(1, |s| s + 1);
     let log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(
         "cannot create a log segment in {}",

@@ -598,6 +598,7 @@ impl SessionTable {
                 while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
                     dropped.extend(s.checkpoints.pop_back());
                 }
+                Self::make_room(s, &mut dropped);
                 s.checkpoints.push_back(CkptEntry {
                     number: h.number,
                     created_at: h.created_at,
@@ -634,6 +635,21 @@ impl SessionTable {
                     self.drop_entries(&entries);
                 }
             }
+        }
+    }
+
+    /// Before a new checkpoint: drops the oldest if the session is at its `keep`, and grows
+    /// the list by at most what `keep` allows, so that 100,000 sessions keeping 10 hold 10
+    /// entries each, not the 16 or 20 that doubling would leave.
+    fn make_room(s: &mut Session, dropped: &mut Vec<CkptEntry>) {
+        let keep = s.state.keep as usize;
+        while keep > 0 && s.checkpoints.len() >= keep {
+            dropped.extend(s.checkpoints.pop_front());
+        }
+        let len = s.checkpoints.len();
+        if keep > 0 && len == s.checkpoints.capacity() {
+            s.checkpoints
+                .reserve_exact((2 * len).clamp(4, keep).saturating_sub(len).max(1));
         }
     }
 

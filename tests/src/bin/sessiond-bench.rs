@@ -499,6 +499,9 @@ fn scale(args: &Args) -> Outcome {
     };
     let after_stop = restart(&mut daemon, nix::sys::signal::Signal::SIGTERM)?;
     let after_kill = restart(&mut daemon, nix::sys::signal::Signal::SIGKILL)?;
+    // The same sessions idle in a daemon that only loaded them (no load-time buffers).
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, restarted_rss_kib) = usage(daemon.child.id())?;
     // Many connections at once, each doing one checkpoint.
     let t = Instant::now();
     let conns: Vec<UnixStream> = (0..args.clients.max(1))
@@ -535,17 +538,18 @@ fn scale(args: &Args) -> Outcome {
         .count();
     let conn_secs = t.elapsed().as_secs_f64();
     let text = format!(
-        "scale: {sessions} sessions x 10 checkpoints of {} B loaded in {load_secs:.1} s; idle RSS {:.1} MiB; \
+        "scale: {sessions} sessions x 10 checkpoints of {} B loaded in {load_secs:.1} s; idle RSS {:.1} MiB after the load, {:.1} MiB after a restart; \
          start to first answer {after_stop:.3} s after a clean stop, {after_kill:.3} s after kill -9; \
          {served}/{} concurrent connections served in {conn_secs:.2} s",
         args.size,
         rss_kib as f64 / 1024.0,
+        restarted_rss_kib as f64 / 1024.0,
         args.clients.max(1)
     );
     Ok((
         text,
         json!({"mode": "scale", "sessions": sessions, "size": args.size, "load_secs": load_secs,
-        "rss_kib": rss_kib, "start_after_stop_secs": after_stop, "start_after_kill_secs": after_kill,
+        "rss_kib": rss_kib, "restarted_rss_kib": restarted_rss_kib, "start_after_stop_secs": after_stop, "start_after_kill_secs": after_kill,
         "connections": args.clients.max(1), "served": served}),
     ))
 }
