@@ -136,9 +136,11 @@ async fn read_some(
             None => std::future::pending().await,
         }
     };
+    // In a fixed order: no random number per read.
     tokio::select! {
-        r = s.read(buf) => r.map(Read::Bytes),
+        biased;
         _ = cancel.cancelled() => Ok(Read::Cancelled),
+        r = s.read(buf) => r.map(Read::Bytes),
         _ = expire => Ok(Read::TimedOut),
     }
 }
@@ -231,8 +233,24 @@ async fn read_requests(
         2 * limits.max_frame_bytes.max(limits.max_line_bytes),
     ));
     loop {
-        if !drain(&mut decoder, service, peer, &queue, &mut watching, &budget).await {
+        let mut answerable = false;
+        if !drain(
+            &mut decoder,
+            service,
+            peer,
+            &queue,
+            &mut watching,
+            &budget,
+            &mut answerable,
+        )
+        .await
+        {
             return Ok(());
+        }
+        if answerable {
+            // Let the reply side answer what is ready (a cached read) before the next read of
+            // the socket, which would most often only find it empty.
+            tokio::task::yield_now().await;
         }
         let in_progress = match &decoder {
             Decoder::Binary(d) => d.in_progress(),
@@ -309,7 +327,8 @@ enum Timeout {
     Idle,
 }
 
-/// Dispatches every complete request buffered. `false` once the reply side is gone.
+/// Dispatches every complete request buffered; `answerable` is set if one can be answered
+/// without waiting for a commit. `false` once the reply side is gone.
 async fn drain(
     decoder: &mut Decoder,
     service: &Arc<Service>,
@@ -317,6 +336,7 @@ async fn drain(
     queue: &Queue,
     watching: &mut bool,
     budget: &Arc<Semaphore>,
+    answerable: &mut bool,
 ) -> bool {
     loop {
         if *watching {
@@ -374,6 +394,7 @@ async fn drain(
             },
         };
         *watching |= matches!(item.1, Started::Watch { .. });
+        *answerable |= matches!(item.1, Started::Done(_) | Started::Read { .. });
         if queue.send((item.0, item.1, permit)).await.is_err() {
             return false;
         }

@@ -649,7 +649,7 @@ impl SessionTable {
         let len = s.checkpoints.len();
         if keep > 0 && len == s.checkpoints.capacity() {
             s.checkpoints
-                .reserve_exact((2 * len).clamp(4, keep).saturating_sub(len).max(1));
+                .reserve_exact((2 * len).max(4).min(keep).saturating_sub(len).max(1));
         }
     }
 
@@ -1051,6 +1051,18 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Fenced);
         let e = run(&mut t, ck("b", None, None), 9).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_session_holds_no_more_entries_than_it_keeps() {
+        let mut t = SessionTable::new(16);
+        run(&mut t, create("a", Some(10)), 1).unwrap();
+        for i in 0..100u32 {
+            run(&mut t, ck("a", None, None), 2 + i).unwrap();
+        }
+        let s = &t.sessions[&(1000, "a".to_string())];
+        assert_eq!(s.checkpoints.len(), 10);
+        assert_eq!(s.checkpoints.capacity(), 10, "no room beyond keep");
     }
 
     #[test]

@@ -24,14 +24,16 @@ pub enum FrameError {
 
 /// Encodes `value` as one frame (prefix and body).
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    let body = codec::encode(value)?;
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
-        len: body.len() as u64,
+    // The body is encoded in place after room for its length: a payload is copied once.
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    codec::encode_into(value, &mut out)?;
+    let body_len = out.len() - HEADER_LEN;
+    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge {
+        len: body_len as u64,
         max: u32::MAX as usize,
     })?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&body);
+    out[..HEADER_LEN].copy_from_slice(&len.to_le_bytes());
     Ok(out)
 }
 
