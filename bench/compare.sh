@@ -40,6 +40,7 @@ redis_rate() { # test size clients requests -> JSON
 
 # The floor, and sessiond.
 run "socket round trip" "$bench" rtt --seconds "$secs" --json
+run "disk floor" "$bench" fsync --size 1024 --seconds "$secs" --json
 for size in 1024 65536; do
   for clients in 1 16; do
     run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
@@ -88,4 +89,7 @@ rtt = r.get("socket round trip", {}).get("p50_us", 0)
 get = r.get("sessiond get 1024 x1", {}).get("p50_us", 0)
 print()
 print("get latest p50: sessiond %.1f us; bare Unix socket round trip p50 %.1f us (%.1fx)" % (get, rtt, get / rtt if rtt else 0))
+floor = r.get("disk floor", {})
+print("disk floor, 1 KiB write + fdatasync one at a time: %.0f/s appending, %.0f/s into a preallocated file"
+      % (floor.get("append_per_sec", 0), floor.get("preallocated_per_sec", 0)))
 PY

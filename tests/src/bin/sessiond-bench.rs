@@ -7,6 +7,9 @@
 //!       N owner processes killed at once: time from each kill to its `stale` event.
 //!   sessiond-bench idle --owners N [--seconds S]
 //!       the daemon's CPU use and memory while N live owners sit idle (needs --spawn).
+//!   sessiond-bench fsync [--size BYTES] [--seconds S]
+//!       the disk's floor under /tmp: one write + fdatasync at a time, appending to a growing
+//!       file and overwriting a preallocated one (what one client can at best get).
 //!
 //! Common: --socket PATH (a running daemon) or --spawn (start a release-built `sessiond` from
 //! beside this binary on a temporary socket and state directory); --json for scripts.
@@ -41,7 +44,7 @@ struct Args {
     json: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -165,6 +168,7 @@ fn main() {
         "checkpoint" => checkpoint(&args, &socket),
         "stale" => stale(&args, &socket),
         "rtt" => rtt(&args),
+        "fsync" => fsync_floor(&args),
         "scale" => scale(&args),
         "idle" => match &daemon {
             Some(d) => idle(&args, &socket, d.child.id()),
@@ -423,6 +427,49 @@ fn rtt(args: &Args) -> Outcome {
     Ok((
         format!("bare Unix socket round trip: p50 {p50:.1} us, {rate:.0} round trips/s"),
         json!({"mode": "rtt", "p50_us": p50, "ops_per_sec": rate}),
+    ))
+}
+
+/// The physical floor of a durable write on this disk: `--size` bytes written and
+/// `fdatasync`ed one at a time, appending to a growing file (as Redis' AOF does) and into a
+/// file allocated up front (as sessiond's segments are).
+fn fsync_floor(args: &Args) -> Outcome {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir_in("/tmp").map_err(|e| e.to_string())?;
+    let buf = vec![0x5au8; args.size];
+    let mut out = Vec::new();
+    for (label, preallocate) in [("append", false), ("preallocated", true)] {
+        let path = dir.path().join(label);
+        let f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        if preallocate {
+            nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 1 << 30)
+                .map_err(|e| format!("fallocate: {e}"))?;
+            f.sync_all().map_err(|e| e.to_string())?;
+        }
+        let mut lat = Vec::new();
+        let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let mut off = 0u64;
+        while Instant::now() < end && off + buf.len() as u64 <= 1 << 30 {
+            let t = Instant::now();
+            f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
+            f.sync_data().map_err(|e| e.to_string())?;
+            lat.push(t.elapsed());
+            off += buf.len() as u64;
+        }
+        lat.sort_unstable();
+        let rate = lat.len() as f64 / lat.iter().sum::<Duration>().as_secs_f64();
+        out.push((label, rate, percentile(&lat, 0.5)));
+    }
+    let text = out
+        .iter()
+        .map(|(l, r, p)| format!("{l}: {r:.0} writes+fdatasync/s (p50 {p:.0} us)"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok((
+        format!("fsync floor, {} B: {text}", args.size),
+        json!({"mode": "fsync", "size": args.size,
+            "append_per_sec": out[0].1, "preallocated_per_sec": out[1].1,
+            "ops_per_sec": out[1].1}),
     ))
 }
 
