@@ -606,7 +606,6 @@ impl SessionTable {
                 });
                 s.state.last_number = s.state.last_number.max(h.number);
                 s.state.updated_at = s.state.updated_at.max(h.created_at);
-                dropped.extend(Self::retain(s));
                 self.drop_entries(&dropped);
             }
             RecordHeader::Relocated(h) => {
@@ -858,12 +857,7 @@ mod tests {
         probe.set(10, 100, 1000);
         probe.set(20, 200, 1000);
         let mut t = SessionTable::new(16);
-        let create = Mutation::Create {
-            name: "a".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: owner(&probe, 10, 100),
-        };
+        let create = create_owned("a", owner(&probe, 10, 100));
         run_with(&mut t, create, &probe).unwrap();
         let e = run_with(&mut t, resume("a", owner(&probe, 20, 200), false), &probe).unwrap_err();
         assert_eq!((e.kind, e.owner_pid), (ErrorKind::OwnerAlive, Some(10)));
@@ -898,12 +892,7 @@ mod tests {
     fn a_reused_pid_is_not_the_owner() {
         let probe = FakeProbe::default();
         let mut t = SessionTable::new(16);
-        let create = Mutation::Create {
-            name: "a".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: owner(&probe, 10, 100),
-        };
+        let create = create_owned("a", owner(&probe, 10, 100));
         run_with(&mut t, create, &probe).unwrap();
         // PID 10 now belongs to a process started later.
         probe.set(10, 999, 1000);
@@ -924,12 +913,7 @@ mod tests {
         let probe = FakeProbe::default();
         let mut t = SessionTable::new(16);
         for name in ["a", "b", "c"] {
-            let create = Mutation::Create {
-                name: name.into(),
-                keep: None,
-                meta: Meta::new(),
-                owner: owner(&probe, 10, 100),
-            };
+            let create = create_owned(name, owner(&probe, 10, 100));
             run_with(&mut t, create, &probe).unwrap();
         }
         run_with(
@@ -1015,6 +999,15 @@ mod tests {
             keep,
             meta: Meta::new(),
             owner: OwnerClaim::default(),
+        }
+    }
+
+    fn create_owned(name: &str, owner: OwnerClaim) -> Mutation {
+        Mutation::Create {
+            name: name.into(),
+            keep: None,
+            meta: Meta::new(),
+            owner,
         }
     }
 
