@@ -60,7 +60,8 @@ impl LogWriter {
     /// rotation). Not made durable: a tail that survives is zeros, which readers take as the
     /// end of the segment anyway.
     pub fn trim(&mut self) {
-        if self.preallocated {
+        // After a failed fsync the file is left exactly as it is.
+        if self.preallocated && !self.poisoned {
             if let Err(e) = self.file.set_len(self.len) {
                 tracing::debug!(segment = self.seq, error = %e, "cannot trim a preallocated segment");
             }
@@ -136,9 +137,7 @@ impl LogWriter {
     /// after which nothing more is written to the old one.
     pub fn rotate(&mut self) -> io::Result<()> {
         let next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
-        if !self.poisoned {
-            self.trim();
-        }
+        self.trim();
         *self = next;
         Ok(())
     }
@@ -217,43 +216,70 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    fn append(log: &mut LogWriter, n: u32) -> Loc {
+        log.append(&[Pending {
+            head: record(n),
+            payload: &[],
+        }])
+        .unwrap()[0]
+    }
+
+    fn log_in(dir: &Path, segment_bytes: u64) -> LogWriter {
+        std::fs::create_dir(dir.join(LOG_DIR)).unwrap();
+        LogWriter::create(dir, 1, segment_bytes).unwrap()
+    }
+
+    fn file_len(dir: &Path, seq: u32) -> u64 {
+        std::fs::metadata(segment_path(dir, seq)).unwrap().len()
+    }
+
+    #[test]
+    fn rotating_trims_the_unused_preallocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), 1 << 20);
+        assert_eq!(file_len(dir.path(), 1), 1 << 20);
+        append(&mut log, 1);
+        log.sync().unwrap();
+        let (_, used) = log.position();
+        log.rotate().unwrap();
+        assert_eq!(file_len(dir.path(), 1), used);
+        assert_eq!(file_len(dir.path(), 2), 1 << 20);
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_preallocated_grows_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        // Far beyond any disk: fallocate fails, and must leave nothing half-allocated.
+        let mut log = log_in(dir.path(), 1 << 60);
+        assert_eq!(file_len(dir.path(), 1), SEGMENT_HEADER_LEN);
+        let loc = append(&mut log, 1);
+        log.sync().unwrap();
+        assert_eq!(file_len(dir.path(), 1), loc.offset + loc.record_len());
+        let mut scanner = SegmentScanner::open(dir.path(), 1, 0).unwrap();
+        assert!(matches!(
+            scanner.next_item().unwrap(),
+            Some(ScanItem::Record { .. })
+        ));
+        assert!(scanner.next_item().unwrap().is_none());
+    }
+
     #[test]
     fn after_a_failed_fsync_the_segment_is_never_written_again() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
-        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
-        log.append(&[Pending {
-            head: record(1),
-            payload: &[],
-        }])
-        .unwrap();
+        let mut log = log_in(dir.path(), 1 << 20);
+        append(&mut log, 1);
         log.sync().unwrap();
-        log.append(&[Pending {
-            head: record(2),
-            payload: &[],
-        }])
-        .unwrap();
+        append(&mut log, 2);
         FAIL_NEXT_SYNC.with(|f| f.set(true));
         assert!(log.sync().is_err());
-        let len_after_failure = std::fs::metadata(segment_path(dir.path(), 1))
-            .unwrap()
-            .len();
-        // The next batch goes to a fresh segment; the failed one is left as it was.
-        let locs = log
-            .append(&[Pending {
-                head: record(3),
-                payload: &[],
-            }])
-            .unwrap();
+        let len_after_failure = file_len(dir.path(), 1);
+        // The next batch goes to a fresh segment; the failed one is left as it was (not even
+        // trimmed).
+        let loc = append(&mut log, 3);
         log.sync().unwrap();
-        assert_eq!(locs[0].segment, 2);
+        assert_eq!(loc.segment, 2);
         assert_eq!(log.position().0, 2);
-        assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 1))
-                .unwrap()
-                .len(),
-            len_after_failure
-        );
+        assert_eq!(file_len(dir.path(), 1), len_after_failure);
         let mut scanner = SegmentScanner::open(dir.path(), 2, 0).unwrap();
         assert!(matches!(
             scanner.next_item().unwrap(),

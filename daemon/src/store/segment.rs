@@ -459,33 +459,6 @@ mod tests {
         assert_eq!(numbers(&scan(dir.path())), ["1", "torn"]);
     }
 
-    #[test]
-    fn rotating_trims_the_unused_preallocation() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
-        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
-        log.append(&[Pending {
-            head: encode(&header(1, 0), b"x").unwrap(),
-            payload: b"x",
-        }])
-        .unwrap();
-        log.sync().unwrap();
-        let (_, used) = log.position();
-        log.rotate().unwrap();
-        assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 1))
-                .unwrap()
-                .len(),
-            used
-        );
-        assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 2))
-                .unwrap()
-                .len(),
-            1 << 20
-        );
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
