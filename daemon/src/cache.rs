@@ -21,10 +21,14 @@ pub struct Cached {
     pub payload: Vec<u8>,
 }
 
+/// Bytes an entry is charged: the payload dominates; the rest estimates the bookkeeping.
+fn cost(payload_len: usize, key: &Key) -> usize {
+    payload_len + key.1.len() + 128
+}
+
 impl Cached {
     fn cost(&self, key: &Key) -> usize {
-        // The payload dominates; the rest is a fair estimate of the bookkeeping.
-        self.payload.len() + key.1.len() + 128
+        cost(self.payload.len(), key)
     }
 }
 
@@ -66,9 +70,9 @@ impl LatestCache {
             .cloned()
     }
 
-    /// Whether a payload of `len` bytes would be kept.
-    pub fn admits(&self, len: usize) -> bool {
-        len + 128 <= self.budget / 8
+    /// Whether a payload of `len` bytes would be kept for `key`.
+    pub fn admits(&self, key: &Key, len: usize) -> bool {
+        cost(len, key) <= self.budget / 8
     }
 
     /// Caches `value` as the latest of `key`, replacing what was there; too large a payload
@@ -78,11 +82,12 @@ impl LatestCache {
             return;
         }
         let cost = value.cost(&key);
+        let admitted = self.admits(&key, value.payload.len());
         let mut inner = self.lock();
         if let Some(old) = inner.entries.remove(&key) {
             inner.bytes -= old.cost(&key);
         }
-        if cost > self.budget / 8 {
+        if !admitted {
             return;
         }
         inner.order.push_back((key.clone(), value.entry));
@@ -116,7 +121,8 @@ impl LatestCache {
     }
 
     /// Bytes held (estimated).
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.lock().bytes
     }
 }

@@ -191,17 +191,18 @@ impl Service {
             let info = read_checkpoint(&shared, uid, &name, &entries, number)?;
             if let (Some(i), Some(last)) = (&info, entries.last()) {
                 let payload = i.payload.as_ref().map(|p| &p.0);
+                let key = (uid, name);
                 if let Some(p) = payload.filter(|p| {
                     i.number == last.number
                         && i.skipped_corrupt.is_empty()
-                        && shared.cache.admits(p.len())
+                        && shared.cache.admits(&key, p.len())
                 }) {
                     let cached = Cached {
                         entry: *last,
                         meta: i.meta.clone(),
                         payload: p.clone(),
                     };
-                    shared.cache.put((uid, name), cached);
+                    shared.cache.put(key, cached);
                 }
             }
             Ok(info)

@@ -1,6 +1,8 @@
 //! The in-memory cache of latest checkpoints never changes what a read returns: with it off,
 //! tiny (constant eviction) or at its default, every read gives the acknowledged bytes.
 
+use std::os::unix::fs::FileExt;
+
 use sessiond_client::{CheckpointOptions, CreateOptions};
 use sessiond_tests::Daemon;
 
@@ -74,4 +76,45 @@ fn reads_are_the_same_with_a_tiny_cache_that_evicts_all_the_time() {
 #[test]
 fn reads_are_the_same_with_the_default_cache() {
     exercise(&[]);
+}
+
+/// Flips one byte of the only on-disk copy of `marker` under the running daemon.
+fn damage_on_disk(d: &Daemon, marker: &[u8]) {
+    for seg in d.segments() {
+        let bytes = std::fs::read(&seg).unwrap();
+        if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
+            let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            file.write_all_at(&[bytes[at] ^ 0xff], at as u64).unwrap();
+            return;
+        }
+    }
+    panic!("marker not found on disk");
+}
+
+#[test]
+fn the_latest_checkpoint_is_answered_from_memory_and_the_disk_still_checked() {
+    for (args, from_memory) in [(&[][..], true), (&["--read-cache-bytes", "0"][..], false)] {
+        let mut d = Daemon::start_with(args);
+        let mut c = d.client();
+        c.create("job", CreateOptions::default()).unwrap();
+        c.checkpoint("job", b"first".to_vec(), CheckpointOptions::default())
+            .unwrap();
+        let marker = b"second, acknowledged".to_vec();
+        c.checkpoint("job", marker.clone(), CheckpointOptions::default())
+            .unwrap();
+        damage_on_disk(&d, &marker);
+        let got = c.get("job", None).unwrap().unwrap();
+        if from_memory {
+            // Served from memory: the acknowledged bytes, no disk read.
+            assert_eq!((got.number, got.payload.unwrap().0), (2, marker.clone()));
+        } else {
+            assert_eq!((got.number, got.skipped_corrupt), (1, vec![2]), "{args:?}");
+        }
+        // A restart empties the cache: the damage is found and reported either way.
+        drop(c);
+        assert!(d.stop().success());
+        d.restart();
+        let got = d.client().get("job", None).unwrap().unwrap();
+        assert_eq!((got.number, got.skipped_corrupt), (1, vec![2]), "{args:?}");
+    }
 }
