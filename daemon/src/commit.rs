@@ -13,14 +13,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cache::{Cached, LatestCache};
 use crate::process::ProcessProbe;
-use crate::store::record::Owner;
 
 use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
 use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::{collect_garbage, CkptEntry, SegmentFiles};
-use crate::table::{now_micros, Key, Mutation, Overlay, Planned, SessionTable};
+pub use crate::table::OwnerChange;
+use crate::table::{now_micros, Mutation, Overlay, Planned, SessionTable};
 
 /// State shared by the commit thread and the request handlers.
 pub struct Shared {
@@ -33,13 +33,6 @@ pub struct Shared {
     pub checkpoints_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub flushes: AtomicU64,
-}
-
-/// A session's new owner (`None`: it has none any more), for the owner watcher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnerChange {
-    pub key: Key,
-    pub owner: Option<Owner>,
 }
 
 /// Where committed changes are announced: events for `watch` streams (bounded; a slow
@@ -218,8 +211,8 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
                 // No receiver is fine: nobody is watching.
                 let _ = shared.notify.events.send(Arc::new((uid, event)));
             }
-            if let Some((key, owner)) = p.ownership {
-                let _ = shared.notify.owners.send(OwnerChange { key, owner });
+            if let Some(change) = p.ownership {
+                let _ = shared.notify.owners.send(change);
             }
             replies.push((p.reply, reply));
         }

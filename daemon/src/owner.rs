@@ -40,7 +40,6 @@ pub struct OwnerWatcher {
     service: Arc<Service>,
     probe: Arc<dyn ProcessProbe>,
     owners: HashMap<Owner, Watched>,
-    by_key: HashMap<Key, Owner>,
     exits_tx: mpsc::UnboundedSender<Exit>,
     exits: mpsc::UnboundedReceiver<Exit>,
     /// `false`: leave every owner to the sweep (tests of the fallback, systems without pidfd).
@@ -54,7 +53,6 @@ impl OwnerWatcher {
             service,
             probe,
             owners: HashMap::new(),
-            by_key: HashMap::new(),
             exits_tx,
             exits,
             use_pidfd,
@@ -98,7 +96,7 @@ impl OwnerWatcher {
     }
 
     fn change(&mut self, change: OwnerChange) {
-        if let Some(old) = self.by_key.remove(&change.key) {
+        if let Some(old) = change.previous.filter(|&p| Some(p) != change.owner) {
             if let Some(w) = self.owners.get_mut(&old) {
                 w.keys.remove(&change.key);
                 if w.keys.is_empty() {
@@ -110,7 +108,6 @@ impl OwnerWatcher {
             }
         }
         let Some(owner) = change.owner else { return };
-        self.by_key.insert(change.key.clone(), owner);
         let (probe, tx) = (self.probe.clone(), self.exits_tx.clone());
         let use_pidfd = self.use_pidfd;
         let w = self.owners.entry(owner).or_insert_with(|| {
@@ -137,7 +134,6 @@ impl OwnerWatcher {
         };
         for key in w.keys {
             tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner exited; marking the session stale");
-            self.by_key.remove(&key);
             // The commit thread re-checks that this owner still owns it; the reply is not needed.
             drop(self.service.mark_stale(key, owner));
         }

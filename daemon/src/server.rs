@@ -198,6 +198,7 @@ async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) {
             let _ = shared.notify.owners.send(OwnerChange {
                 key,
                 owner: Some(owner),
+                previous: None,
             });
         } else {
             tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner died while the daemon was down");

@@ -112,6 +112,16 @@ impl OwnerClaim {
     }
 }
 
+/// A session's active owner changed (`None`: it has none any more), for the owner watcher.
+/// `previous` is the owner it had, so the watcher needs no map of its own from sessions to
+/// owners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerChange {
+    pub key: Key,
+    pub owner: Option<Owner>,
+    pub previous: Option<Owner>,
+}
+
 /// A planned mutation: the records to make durable, then the reply to send, the events to
 /// announce and the session's new owner (`Some((key, None))`: it has none any more).
 #[derive(Debug)]
@@ -119,7 +129,7 @@ pub struct Planned {
     pub records: Vec<(RecordHeader, Vec<u8>)>,
     pub reply: Reply,
     pub events: Vec<Event>,
-    pub ownership: Option<(Key, Option<Owner>)>,
+    pub ownership: Option<OwnerChange>,
 }
 
 impl Planned {
@@ -146,6 +156,13 @@ pub struct Overlay(HashMap<Key, Option<Staged>>);
 
 pub fn micros_to_time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// The process watched for a session: its owner while it is active.
+fn active_owner(state: &SessionState) -> Option<Owner> {
+    (state.status == Status::Active)
+        .then_some(state.owner)
+        .flatten()
 }
 
 pub fn now_micros() -> i64 {
@@ -308,7 +325,11 @@ impl SessionTable {
                     records: vec![(RecordHeader::Session(state), Vec::new())],
                     reply,
                     events: vec![ev],
-                    ownership: Some((key, owner)),
+                    ownership: Some(OwnerChange {
+                        key,
+                        owner,
+                        previous: None,
+                    }),
                 })
             }
             Mutation::Checkpoint {
@@ -477,6 +498,7 @@ impl SessionTable {
                 if self.view(overlay, &key).is_none() {
                     return Ok(Planned::nothing(Reply::Deleted(false)));
                 }
+                let previous = self.owner_in_view(overlay, &key);
                 let record = RecordHeader::Delete {
                     uid,
                     name: key.1.clone(),
@@ -487,7 +509,11 @@ impl SessionTable {
                     records: vec![(record, Vec::new())],
                     reply: Reply::Deleted(true),
                     events: vec![ev],
-                    ownership: Some((key, None)),
+                    ownership: Some(OwnerChange {
+                        key,
+                        owner: None,
+                        previous,
+                    }),
                 })
             }
         }
@@ -503,15 +529,18 @@ impl SessionTable {
         }
         let reply = Reply::Session(info(&s.state, s.count, s.latest));
         let record = RecordHeader::Session(s.state.clone());
-        let owner = (s.state.status == Status::Active)
-            .then_some(s.state.owner)
-            .flatten();
+        let owner = active_owner(&s.state);
+        let previous = self.owner_in_view(overlay, &key);
         overlay.0.insert(key.clone(), Some(s));
         Planned {
             records: vec![(record, Vec::new())],
             reply,
             events: vec![ev],
-            ownership: Some((key, owner)),
+            ownership: Some(OwnerChange {
+                key,
+                owner,
+                previous,
+            }),
         }
     }
 
@@ -519,9 +548,17 @@ impl SessionTable {
     pub fn active_owners(&self) -> Vec<(Key, Owner)> {
         self.sessions
             .iter()
-            .filter(|(_, s)| s.state.status == Status::Active)
-            .filter_map(|(k, s)| s.state.owner.map(|o| (k.clone(), o)))
+            .filter_map(|(k, s)| active_owner(&s.state).map(|o| (k.clone(), o)))
             .collect()
+    }
+
+    /// The owner watched for `key` as the batch stands (without copying its state).
+    fn owner_in_view(&self, overlay: &Overlay, key: &Key) -> Option<Owner> {
+        let state = match overlay.0.get(key) {
+            Some(staged) => staged.as_ref().map(|s| &s.state),
+            None => self.sessions.get(key).map(|s| &s.state),
+        };
+        state.and_then(active_owner)
     }
 
     fn add_live(&mut self, loc: &Loc) {
@@ -886,6 +923,42 @@ mod tests {
         let e = run_with(&mut t, ck("a", None, Some(2)), &probe).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Fenced);
         run_with(&mut t, ck("a", None, Some(3)), &probe).unwrap();
+    }
+
+    #[test]
+    fn ownership_changes_name_the_owner_before_and_after() {
+        let probe = FakeProbe::default();
+        let mut t = SessionTable::new(16);
+        let pids = |p: Planned| {
+            p.ownership
+                .map(|c| (c.owner.map(|o| o.pid), c.previous.map(|o| o.pid)))
+        };
+        let step = |t: &mut SessionTable, m| {
+            let p = t.plan(&mut Overlay::default(), 1000, 1, m, &probe).unwrap();
+            for (h, _) in p.records.clone() {
+                t.apply(h, loc(1, 0));
+            }
+            pids(p)
+        };
+        let create = create_owned("a", owner(&probe, 10, 100));
+        assert_eq!(step(&mut t, create), Some((Some(10), None)));
+        let take = resume("a", owner(&probe, 20, 200), true);
+        assert_eq!(step(&mut t, take), Some((Some(20), Some(10))));
+        let pause = Mutation::SetStatus {
+            name: "a".into(),
+            status: Status::Paused,
+            error: None,
+        };
+        assert_eq!(step(&mut t, pause), Some((None, Some(20))));
+        let delete = Mutation::Delete { name: "a".into() };
+        assert_eq!(step(&mut t, delete), Some((None, None)));
+        // Within one batch, the previous owner is the batch's own.
+        let mut batch = Overlay::default();
+        let create = create_owned("b", owner(&probe, 30, 300));
+        t.plan(&mut batch, 1000, 2, create, &probe).unwrap();
+        let delete = Mutation::Delete { name: "b".into() };
+        let p = t.plan(&mut batch, 1000, 2, delete, &probe).unwrap();
+        assert_eq!(pids(p), Some((None, Some(30))));
     }
 
     #[test]
