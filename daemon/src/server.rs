@@ -302,6 +302,8 @@ pub async fn run(
     let watcher =
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
     check_owners_at_start(&shared, &service).await;
+    // The check held every active session's key a few times over.
+    commit::release_free_memory();
 
     let we_bind = matches!(listen, Listen::Bind);
     let bound = match listen {

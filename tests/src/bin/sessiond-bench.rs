@@ -39,12 +39,14 @@ struct Args {
     size: usize,
     seconds: f64,
     owners: usize,
+    /// Checkpoints per session in `scale`.
+    checkpoints: usize,
     socket: Option<PathBuf>,
     spawn: bool,
     json: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -74,6 +76,7 @@ fn parse() -> Result<Args, String> {
         size: 1024,
         seconds: 5.0,
         owners: 100,
+        checkpoints: 10,
         socket: None,
         spawn: false,
         json: false,
@@ -92,6 +95,11 @@ fn parse() -> Result<Args, String> {
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--owners" => a.owners = value()?.parse().map_err(|e| format!("--owners: {e}"))?,
+            "--checkpoints" => {
+                a.checkpoints = value()?
+                    .parse()
+                    .map_err(|e| format!("--checkpoints: {e}"))?
+            }
             "--mix" => a.mix = parse_mix(&value()?)?,
             "--socket" => a.socket = Some(value()?.into()),
             "--spawn" => a.spawn = true,
@@ -473,7 +481,7 @@ fn fsync_floor(args: &Args) -> Outcome {
     ))
 }
 
-/// Scale: `--owners` sessions (default 100) x 10 checkpoints of `--size` bytes; the resident
+/// Scale: `--owners` sessions (default 100) x `--checkpoints` (default 10) of `--size` bytes; the resident
 /// memory with them all idle, the time from start to the first answer after a clean stop
 /// (index snapshot) and after `kill -9` (log replay), and `--clients` connections served at
 /// once. Always spawns its own daemon.
@@ -491,11 +499,11 @@ fn scale(args: &Args) -> Outcome {
         reqs.push(Request::Create(sessiond_client::CreateRequest {
             name: format!("s{i}"),
             owner_pid: None,
-            keep: Some(10),
+            keep: Some(args.checkpoints.max(1) as u32),
             meta: Default::default(),
         }));
     }
-    for _ in 0..10 {
+    for _ in 0..args.checkpoints {
         for i in 0..sessions {
             reqs.push(Request::Checkpoint(sessiond_client::CheckpointRequest {
                 name: format!("s{i}"),
@@ -585,9 +593,10 @@ fn scale(args: &Args) -> Outcome {
         .count();
     let conn_secs = t.elapsed().as_secs_f64();
     let text = format!(
-        "scale: {sessions} sessions x 10 checkpoints of {} B loaded in {load_secs:.1} s; idle RSS {:.1} MiB after the load, {:.1} MiB after a restart; \
+        "scale: {sessions} sessions x {} checkpoints of {} B loaded in {load_secs:.1} s; idle RSS {:.1} MiB after the load, {:.1} MiB after a restart; \
          start to first answer {after_stop:.3} s after a clean stop, {after_kill:.3} s after kill -9; \
          {served}/{} concurrent connections served in {conn_secs:.2} s",
+        args.checkpoints,
         args.size,
         rss_kib as f64 / 1024.0,
         restarted_rss_kib as f64 / 1024.0,
@@ -595,7 +604,7 @@ fn scale(args: &Args) -> Outcome {
     );
     Ok((
         text,
-        json!({"mode": "scale", "sessions": sessions, "size": args.size, "load_secs": load_secs,
+        json!({"mode": "scale", "sessions": sessions, "checkpoints": args.checkpoints, "size": args.size, "load_secs": load_secs,
         "rss_kib": rss_kib, "restarted_rss_kib": restarted_rss_kib, "start_after_stop_secs": after_stop, "start_after_kill_secs": after_kill,
         "connections": args.clients.max(1), "served": served}),
     ))
