@@ -17,6 +17,8 @@ use crate::table::Key;
 #[derive(Debug)]
 pub struct Cached {
     pub entry: CkptEntry,
+    /// Microseconds since the Unix epoch.
+    pub created_at: i64,
     pub meta: Meta,
     pub payload: Vec<u8>,
 }
@@ -133,21 +135,19 @@ mod tests {
     use crate::store::record::Loc;
 
     fn entry(number: u64, offset: u64) -> CkptEntry {
-        CkptEntry {
-            number,
-            created_at: number as i64,
-            loc: Loc {
-                segment: 1,
-                offset,
-                header_len: 10,
-                payload_len: 0,
-            },
-        }
+        let loc = Loc {
+            segment: 1,
+            offset,
+            header_len: 10,
+            payload_len: 0,
+        };
+        CkptEntry::new(number, loc).unwrap()
     }
 
     fn cached(e: CkptEntry, len: usize) -> Cached {
         Cached {
             entry: e,
+            created_at: e.number as i64,
             meta: Meta::new(),
             payload: vec![e.number as u8; len],
         }

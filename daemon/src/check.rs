@@ -95,7 +95,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
     for s in &sessions {
         for entry in table.checkpoints(s.uid, &s.name).unwrap_or_default() {
             retained += 1;
-            if let Err(e) = files.read_record(&entry.loc) {
+            if let Err(e) = files.read_record(&entry.loc()) {
                 r.problem(format!(
                     "session {:?} (uid {}): checkpoint {} cannot be served: {e}",
                     s.name, s.uid, entry.number

@@ -190,17 +190,13 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
                     RecordHeader::Checkpoint(h) => {
                         shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
                         // The payload was only borrowed for the write: it moves to the cache.
-                        let entry = CkptEntry {
-                            number: h.number,
-                            created_at: h.created_at,
-                            loc,
-                        };
-                        let cached = Cached {
+                        let cached = CkptEntry::new(h.number, loc).map(|entry| Cached {
                             entry,
+                            created_at: h.created_at,
                             meta: h.meta.clone(),
                             payload,
-                        };
-                        cache.push(((h.uid, h.name.clone()), Some(cached)));
+                        });
+                        cache.push(((h.uid, h.name.clone()), cached));
                     }
                     RecordHeader::Delete { uid, name } => cache.push(((*uid, name.clone()), None)),
                     _ => {}
@@ -297,7 +293,7 @@ fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
             .map(|st| (RecordHeader::Session(st), Vec::new(), crc32c::crc32c(&[])))
             .collect();
         for (_, name, entry) in live.checkpoints {
-            match shared.files.read_record_raw(&entry.loc) {
+            match shared.files.read_record_raw(&entry.loc()) {
                 Ok((RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), payload, crc))
                     if h.number == entry.number =>
                 {

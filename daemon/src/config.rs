@@ -112,6 +112,10 @@ pub enum ConfigError {
 /// Bound on a whole meta map (records carry it in a header of at most 1 MiB).
 pub const MAX_META_BYTES: usize = 512 * 1024;
 
+/// Largest configurable segment: a segment also takes the batch that fills it, and its
+/// offsets must stay below 4 GiB.
+pub const MAX_SEGMENT_BYTES: u64 = 1024 * MIB;
+
 /// Largest configurable checkpoint.
 pub const MAX_CHECKPOINT_LIMIT: u64 = 1024 * MIB;
 
@@ -204,9 +208,9 @@ impl Settings {
             c.default_keep = v;
         }
         if let Some(v) = self.segment_bytes {
-            if v < 4096 {
+            if !(4096..=MAX_SEGMENT_BYTES).contains(&v) {
                 return Err(invalid(format!(
-                    "segment_bytes must be at least 4096, got {v}"
+                    "segment_bytes must be 4096 to {MAX_SEGMENT_BYTES} (1 GiB), got {v}"
                 )));
             }
             c.segment_bytes = v;
@@ -283,6 +287,7 @@ mod tests {
             ("socket_mode = \"999\"", "octal"),
             ("stale_check_interval = \"soon\"", "duration"),
             ("max_checkpoint_bytes = 0", "max_checkpoint_bytes"),
+            ("segment_bytes = 4294967296", "segment_bytes"),
             ("max_meta_entries = 100000", "max_meta_entries"),
         ] {
             let s: Settings = toml::from_str(&format!("state_dir = \"/x\"\n{text}")).unwrap();

@@ -58,7 +58,8 @@ struct Cli {
     #[arg(long, env = "SESSIOND_DEFAULT_KEEP")]
     default_keep: Option<u32>,
 
-    /// Target size of a log segment file, in bytes [default: 67108864 (64 MiB)].
+    /// Target size of a log segment file, in bytes [default: 67108864 (64 MiB), at most
+    /// 1 GiB].
     #[arg(long, env = "SESSIOND_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
 

@@ -179,6 +179,7 @@ impl Service {
             if let Some(c) = self.shared.cache.get(&key, &latest) {
                 return Ok(Some(checkpoint_info(
                     &c.entry,
+                    c.created_at,
                     c.meta.clone(),
                     Some(c.payload.clone()),
                 )));
@@ -199,6 +200,7 @@ impl Service {
                 }) {
                     let cached = Cached {
                         entry: *last,
+                        created_at: i.created_at.timestamp_micros(),
                         meta: i.meta.clone(),
                         payload: p.clone(),
                     };
@@ -392,13 +394,14 @@ async fn blocking<T: Send + 'static>(
 
 fn checkpoint_info(
     entry: &CkptEntry,
+    created_at: i64,
     meta: sessiond_proto::Meta,
     payload: Option<Vec<u8>>,
 ) -> CheckpointInfo {
     CheckpointInfo {
         number: entry.number,
-        size: u64::from(entry.loc.payload_len),
-        created_at: micros_to_time(entry.created_at),
+        size: u64::from(entry.payload_len()),
+        created_at: micros_to_time(created_at),
         meta,
         payload: payload.map(sessiond_proto::Payload),
         skipped_corrupt: Vec::new(),
@@ -420,7 +423,7 @@ fn read_one(
             .checkpoints(uid, name)
             .ok()
             .and_then(|all| all.into_iter().find(|c| c.number == entry.number))
-            .filter(|c| c.loc != entry.loc);
+            .filter(|c| c.loc() != entry.loc());
         match moved {
             Some(current) => read_at(shared, &current),
             None => Err(e),
@@ -431,15 +434,14 @@ fn read_one(
 fn read_at(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String> {
     let (header, payload) = shared
         .files
-        .read_record(&entry.loc)
+        .read_record(&entry.loc())
         .map_err(|e| e.to_string())?;
-    let meta = match header {
+    match header {
         RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) if h.number == entry.number => {
-            h.meta
+            Ok(checkpoint_info(entry, h.created_at, h.meta, Some(payload)))
         }
-        _ => return Err("the record at the indexed place is another record".into()),
-    };
-    Ok(checkpoint_info(entry, meta, Some(payload)))
+        _ => Err("the record at the indexed place is another record".into()),
+    }
 }
 
 /// The latest intact checkpoint (reporting the damaged ones passed over), or a given number.
@@ -494,11 +496,17 @@ fn history(shared: &Shared, entries: &[CkptEntry]) -> Result<Reply, WireError> {
     let list = entries
         .iter()
         .map(|e| {
-            let meta = match shared.files.read_header(&e.loc) {
-                Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => h.meta,
-                _ => sessiond_proto::Meta::new(),
+            let (created_at, meta) = match shared.files.read_header(&e.loc()) {
+                Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => {
+                    (h.created_at, h.meta)
+                }
+                other => {
+                    // Listed all the same (a read of it reports the damage), without its time.
+                    tracing::warn!(number = e.number, result = ?other.map(|_| "another record"), "cannot read a checkpoint's header for history");
+                    (0, sessiond_proto::Meta::new())
+                }
             };
-            checkpoint_info(e, meta, None)
+            checkpoint_info(e, created_at, meta, None)
         })
         .collect();
     Ok(Reply::Checkpoints(list))

@@ -222,7 +222,7 @@ impl SessionTable {
         for s in sessions {
             t.add_live(&s.state_loc);
             for c in &s.checkpoints {
-                t.add_live(&c.loc);
+                t.add_live(&c.loc());
             }
             t.checkpoints += s.checkpoints.len() as u64;
             let key = (s.state.uid, s.state.name.clone());
@@ -627,6 +627,9 @@ impl SessionTable {
                 }
             }
             RecordHeader::Checkpoint(h) => {
+                let Some(entry) = Self::entry(&h, loc) else {
+                    return;
+                };
                 self.add_live(&loc);
                 self.checkpoints += 1;
                 let s = self.session_for_checkpoint(&h, loc);
@@ -636,25 +639,19 @@ impl SessionTable {
                     dropped.extend(s.checkpoints.pop_back());
                 }
                 Self::make_room(s, &mut dropped);
-                s.checkpoints.push_back(CkptEntry {
-                    number: h.number,
-                    created_at: h.created_at,
-                    loc,
-                });
+                s.checkpoints.push_back(entry);
                 s.state.last_number = s.state.last_number.max(h.number);
                 s.state.updated_at = s.state.updated_at.max(h.created_at);
                 self.drop_entries(&dropped);
             }
             RecordHeader::Relocated(h) => {
                 // A copy of a retained checkpoint, written so that its old segment can go.
+                let Some(entry) = Self::entry(&h, loc) else {
+                    return;
+                };
                 self.add_live(&loc);
                 self.checkpoints += 1;
                 let s = self.session_for_checkpoint(&h, loc);
-                let entry = CkptEntry {
-                    number: h.number,
-                    created_at: h.created_at,
-                    loc,
-                };
                 let mut dropped = Vec::new();
                 match s.checkpoints.binary_search_by_key(&h.number, |c| c.number) {
                     Ok(i) => dropped.push(std::mem::replace(&mut s.checkpoints[i], entry)),
@@ -672,6 +669,15 @@ impl SessionTable {
                 }
             }
         }
+    }
+
+    /// The index entry of a checkpoint record at `loc`.
+    fn entry(h: &CheckpointHeader, loc: Loc) -> Option<CkptEntry> {
+        let entry = CkptEntry::new(h.number, loc);
+        if entry.is_none() {
+            tracing::error!(session = %h.name, number = h.number, segment = loc.segment, offset = loc.offset, "checkpoint record beyond 4 GiB into its segment; not indexed");
+        }
+        entry
     }
 
     /// Before a new checkpoint: drops the oldest if the session is at its `keep`, and grows
@@ -701,7 +707,7 @@ impl SessionTable {
 
     fn drop_entries(&mut self, entries: &[CkptEntry]) {
         for e in entries {
-            Self::remove_live(&mut self.live, &e.loc);
+            Self::remove_live(&mut self.live, &e.loc());
         }
         self.checkpoints -= entries.len() as u64;
     }
@@ -713,7 +719,7 @@ impl SessionTable {
             if s.state_loc.segment == segment {
                 out.states.push(s.state.clone());
             }
-            for c in s.checkpoints.iter().filter(|c| c.loc.segment == segment) {
+            for c in s.checkpoints.iter().filter(|c| c.segment() == segment) {
                 out.checkpoints
                     .push((s.state.uid, s.state.name.clone(), *c));
             }
@@ -1230,7 +1236,7 @@ mod tests {
             .checkpoints(1000, "a")
             .unwrap()
             .iter()
-            .map(|c| (c.number, c.loc.segment))
+            .map(|c| (c.number, c.segment()))
             .collect();
         assert_eq!(nums, vec![(1, 1), (2, 2)]);
         assert_eq!(t.checkpoint_count(), 2);

@@ -14,6 +14,9 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Records end below this offset in a segment (the index keeps 32-bit offsets).
+pub const MAX_SEGMENT_END: u64 = u32::MAX as u64;
+
 /// One record to append: its encoded prefix and header, then its payload.
 pub struct Pending<'a> {
     pub head: Vec<u8>,
@@ -77,9 +80,16 @@ impl LogWriter {
     /// Writes `records` at the end of the active segment (not yet durable). On error the
     /// segment is cut back to where it was.
     pub fn append(&mut self, records: &[Pending<'_>]) -> io::Result<Vec<Loc>> {
+        let batch: u64 = records
+            .iter()
+            .map(|r| (r.head.len() + r.payload.len()) as u64)
+            .sum();
         if self.poisoned {
             // After a failed fsync the kernel may have dropped the dirty pages: that segment's
             // content is unknowable, so writing resumes only in a fresh one.
+            self.rotate()?;
+        } else if self.len > SEGMENT_HEADER_LEN && self.len + batch > MAX_SEGMENT_END {
+            // The index stores offsets in 32 bits.
             self.rotate()?;
         }
         let start = self.len;
@@ -244,6 +254,17 @@ pub(crate) mod tests {
         log.rotate().unwrap();
         assert_eq!(file_len(dir.path(), 1), used);
         assert_eq!(file_len(dir.path(), 2), 1 << 20);
+    }
+
+    #[test]
+    fn no_record_ends_beyond_4_gib_into_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), 1 << 20);
+        append(&mut log, 1);
+        // As if the segment had been filled to just under the limit.
+        log.len = MAX_SEGMENT_END - 10;
+        let loc = append(&mut log, 2);
+        assert_eq!((loc.segment, loc.offset), (2, SEGMENT_HEADER_LEN));
     }
 
     #[test]

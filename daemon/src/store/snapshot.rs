@@ -2,8 +2,10 @@
 //! log position. Start-up loads it and replays only the log written after that position, so
 //! it never reads the payloads the snapshot already covers.
 //!
-//! File `index`: magic `SSNDIDX1`, body length (`u64` LE), crc32c of the body (`u32` LE), body
-//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory.
+//! File `index`: magic `SSNDIDX2`, body length (`u64` LE), crc32c of the body (`u32` LE), body
+//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory. Version 1
+//! (`SSNDIDX1`, whose checkpoint entries also held their creation time and a 64-bit offset)
+//! is still read; the next snapshot is written as version 2.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -18,7 +20,8 @@ use super::CkptEntry;
 
 pub const INDEX_FILE: &str = "index";
 pub const INDEX_TMP: &str = "index.tmp";
-const MAGIC: [u8; 8] = *b"SSNDIDX1";
+const MAGIC: [u8; 8] = *b"SSNDIDX2";
+const MAGIC_V1: [u8; 8] = *b"SSNDIDX1";
 const HEADER_LEN: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if bytes.len() < HEADER_LEN || bytes[..8] != MAGIC {
+    if bytes.len() < HEADER_LEN || (bytes[..8] != MAGIC && bytes[..8] != MAGIC_V1) {
         return Err(SnapshotError::Damaged("bad magic or short file".into()));
     }
     let mut len = [0u8; 8];
@@ -85,7 +88,66 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
     if crc32c::crc32c(body) != crc {
         return Err(SnapshotError::Damaged("checksum mismatch".into()));
     }
-    codec::decode(body)
-        .map(Some)
-        .map_err(|e| SnapshotError::Damaged(e.to_string()))
+    let damaged = |e: codec::CodecError| SnapshotError::Damaged(e.to_string());
+    if bytes[..8] == MAGIC_V1 {
+        return v1::upgrade(codec::decode(body).map_err(damaged)?).map(Some);
+    }
+    codec::decode(body).map(Some).map_err(damaged)
+}
+
+/// The first format, read to upgrade a state directory in place.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::{SnapSession, Snapshot, SnapshotError};
+    use crate::store::record::{Loc, SessionState};
+    use crate::store::CkptEntry;
+
+    #[derive(Deserialize)]
+    struct Entry {
+        number: u64,
+        _created_at: i64,
+        loc: Loc,
+    }
+
+    #[derive(Deserialize)]
+    struct Session {
+        state: SessionState,
+        state_loc: Loc,
+        checkpoints: Vec<Entry>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Index {
+        segment: u32,
+        offset: u64,
+        sessions: Vec<Session>,
+    }
+
+    pub fn upgrade(old: Index) -> Result<Snapshot, SnapshotError> {
+        let sessions = old
+            .sessions
+            .into_iter()
+            .map(|s| {
+                let checkpoints = s
+                    .checkpoints
+                    .into_iter()
+                    .map(|e| CkptEntry::new(e.number, e.loc))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        SnapshotError::Damaged("an entry lies beyond 4 GiB in a segment".into())
+                    })?;
+                Ok(SnapSession {
+                    state: s.state,
+                    state_loc: s.state_loc,
+                    checkpoints,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
+        Ok(Snapshot {
+            segment: old.segment,
+            offset: old.offset,
+            sessions,
+        })
+    }
 }
