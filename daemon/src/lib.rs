@@ -16,6 +16,7 @@ pub mod owner;
 pub mod process;
 pub mod server;
 pub mod service;
+pub mod session_map;
 pub mod store;
 pub mod table;
 

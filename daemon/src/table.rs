@@ -15,6 +15,7 @@ use sessiond_proto::{
 
 use crate::process::ProcessProbe;
 
+use crate::session_map::{Keyed, SessionMap};
 use crate::store::record::{CheckpointHeader, Loc, Owner, RecordHeader, SessionState};
 use crate::store::snapshot::SnapSession;
 use crate::store::CkptEntry;
@@ -28,6 +29,12 @@ struct Session {
     /// Where the latest state record is.
     state_loc: Loc,
     checkpoints: VecDeque<CkptEntry>,
+}
+
+impl Keyed for Session {
+    fn key(&self) -> (u32, &str) {
+        (self.state.uid, &self.state.name)
+    }
 }
 
 /// Live records of one segment and their bytes.
@@ -197,7 +204,7 @@ pub struct ListFilter {
 
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    sessions: HashMap<Key, Session>,
+    sessions: SessionMap<Session>,
     /// Live records per segment: retained checkpoints and each session's latest state.
     live: HashMap<u32, Live>,
     checkpoints: u64,
@@ -218,22 +225,21 @@ impl SessionTable {
     }
 
     pub fn from_snapshot(default_keep: u32, sessions: Vec<SnapSession>) -> Self {
-        let mut t = SessionTable::new(default_keep);
+        let mut t = SessionTable {
+            sessions: SessionMap::with_capacity(sessions.len()),
+            ..SessionTable::new(default_keep)
+        };
         for s in sessions {
             t.add_live(&s.state_loc);
             for c in &s.checkpoints {
                 t.add_live(&c.loc());
             }
             t.checkpoints += s.checkpoints.len() as u64;
-            let key = (s.state.uid, s.state.name.clone());
-            t.sessions.insert(
-                key,
-                Session {
-                    state: s.state,
-                    state_loc: s.state_loc,
-                    checkpoints: s.checkpoints.into(),
-                },
-            );
+            t.sessions.insert(Session {
+                state: s.state,
+                state_loc: s.state_loc,
+                checkpoints: s.checkpoints.into(),
+            });
         }
         t
     }
@@ -252,7 +258,7 @@ impl SessionTable {
     fn view(&self, overlay: &Overlay, key: &Key) -> Option<Staged> {
         match overlay.0.get(key) {
             Some(staged) => staged.clone(),
-            None => self.sessions.get(key).map(|s| Staged {
+            None => self.sessions.get(key.0, &key.1).map(|s| Staged {
                 state: s.state.clone(),
                 count: s.checkpoints.len() as u64,
                 latest: s.checkpoints.back().map(|c| c.number),
@@ -547,8 +553,10 @@ impl SessionTable {
     /// Active sessions and their owners.
     pub fn active_owners(&self) -> Vec<(Key, Owner)> {
         self.sessions
-            .iter()
-            .filter_map(|(k, s)| active_owner(&s.state).map(|o| (k.clone(), o)))
+            .values()
+            .filter_map(|s| {
+                active_owner(&s.state).map(|o| ((s.state.uid, s.state.name.clone()), o))
+            })
             .collect()
     }
 
@@ -556,7 +564,7 @@ impl SessionTable {
     fn owner_in_view(&self, overlay: &Overlay, key: &Key) -> Option<Owner> {
         let state = match overlay.0.get(key) {
             Some(staged) => staged.as_ref().map(|s| &s.state),
-            None => self.sessions.get(key).map(|s| &s.state),
+            None => self.sessions.get(key.0, &key.1).map(|s| &s.state),
         };
         state.and_then(active_owner)
     }
@@ -578,7 +586,7 @@ impl SessionTable {
     /// (damage): the checkpoints are kept.
     fn session_for_checkpoint(&mut self, h: &CheckpointHeader, loc: Loc) -> &mut Session {
         let default_keep = self.default_keep;
-        self.sessions.entry((h.uid, h.name.clone())).or_insert_with(|| {
+        self.sessions.get_or_insert_with(h.uid, &h.name, || {
             tracing::warn!(session = %h.name, uid = h.uid, "checkpoint of an unknown session; recreating it as paused");
             Session {
                 state: SessionState {
@@ -604,9 +612,8 @@ impl SessionTable {
     pub fn apply(&mut self, header: RecordHeader, loc: Loc) {
         match header {
             RecordHeader::Session(state) => {
-                let key = (state.uid, state.name.clone());
                 self.add_live(&loc);
-                match self.sessions.get_mut(&key) {
+                match self.sessions.get_mut(state.uid, &state.name) {
                     Some(s) => {
                         Self::remove_live(&mut self.live, &s.state_loc);
                         s.state_loc = loc;
@@ -614,16 +621,11 @@ impl SessionTable {
                         s.state = state;
                         s.state.last_number = last;
                     }
-                    None => {
-                        self.sessions.insert(
-                            key,
-                            Session {
-                                state,
-                                state_loc: loc,
-                                checkpoints: VecDeque::new(),
-                            },
-                        );
-                    }
+                    None => self.sessions.insert(Session {
+                        state,
+                        state_loc: loc,
+                        checkpoints: VecDeque::new(),
+                    }),
                 }
             }
             RecordHeader::Checkpoint(h) => {
@@ -662,7 +664,7 @@ impl SessionTable {
                 self.drop_entries(&dropped);
             }
             RecordHeader::Delete { uid, name } => {
-                if let Some(s) = self.sessions.remove(&(uid, name)) {
+                if let Some(s) = self.sessions.remove(uid, &name) {
                     Self::remove_live(&mut self.live, &s.state_loc);
                     let entries: Vec<CkptEntry> = s.checkpoints.into_iter().collect();
                     self.drop_entries(&entries);
@@ -733,9 +735,7 @@ impl SessionTable {
     }
 
     pub fn session(&self, uid: u32, name: &str) -> Option<SessionInfo> {
-        // Borrowing lookup without allocating a key would need a custom Borrow; sessions are
-        // looked up far less often than written.
-        let s = self.sessions.get(&(uid, name.to_string()))?;
+        let s = self.sessions.get(uid, name)?;
         Some(info(
             &s.state,
             s.checkpoints.len() as u64,
@@ -767,20 +767,20 @@ impl SessionTable {
         out
     }
 
-    /// The retained checkpoints of a session, oldest first.
     /// The latest retained checkpoint of a session, if it has one.
     pub fn latest_checkpoint(&self, uid: u32, name: &str) -> Result<Option<CkptEntry>, WireError> {
         let s = self
             .sessions
-            .get(&(uid, name.to_string()))
+            .get(uid, name)
             .ok_or_else(|| WireError::not_found(name))?;
         Ok(s.checkpoints.back().copied())
     }
 
+    /// The retained checkpoints of a session, oldest first.
     pub fn checkpoints(&self, uid: u32, name: &str) -> Result<Vec<CkptEntry>, WireError> {
         let s = self
             .sessions
-            .get(&(uid, name.to_string()))
+            .get(uid, name)
             .ok_or_else(|| WireError::not_found(name))?;
         Ok(s.checkpoints.iter().copied().collect())
     }
@@ -1132,7 +1132,7 @@ mod tests {
         for i in 0..100u32 {
             run(&mut t, ck("a", None, None), 2 + i).unwrap();
         }
-        let s = &t.sessions[&(1000, "a".to_string())];
+        let s = t.sessions.get(1000, "a").unwrap();
         assert_eq!(s.checkpoints.len(), 10);
         assert_eq!(s.checkpoints.capacity(), 10, "no room beyond keep");
     }
