@@ -19,13 +19,13 @@ use crate::commit::OwnerChange;
 use crate::process::ProcessProbe;
 use crate::service::Service;
 use crate::store::record::Owner;
-use crate::table::Key;
 
 /// Every this many sweep ticks, owners watched by a pidfd are probed too.
 pub const FULL_SWEEP_EVERY: u64 = 30;
 
 struct Watched {
-    keys: HashSet<Key>,
+    /// Active sessions it owns (the table knows which).
+    sessions: usize,
     /// The pidfd task; `None` when the owner is left to the sweep.
     task: Option<AbortHandle>,
 }
@@ -47,16 +47,26 @@ pub struct OwnerWatcher {
 }
 
 impl OwnerWatcher {
-    pub fn new(service: Arc<Service>, probe: Arc<dyn ProcessProbe>, use_pidfd: bool) -> Self {
+    /// A watcher of `owners` (live owners and how many active sessions each has).
+    pub fn new(
+        service: Arc<Service>,
+        probe: Arc<dyn ProcessProbe>,
+        use_pidfd: bool,
+        owners: HashMap<Owner, usize>,
+    ) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
-        OwnerWatcher {
+        let mut w = OwnerWatcher {
             service,
             probe,
             owners: HashMap::new(),
             exits_tx,
             exits,
             use_pidfd,
+        };
+        for (owner, sessions) in owners {
+            w.hold(owner, sessions);
         }
+        w
     }
 
     /// Runs until `cancel`: follows ownership changes, reacts to exits, sweeps every `interval`.
@@ -73,15 +83,26 @@ impl OwnerWatcher {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(change) = changes.recv() => self.change(change),
-                Some(exit) = self.exits.recv() => match exit {
-                    Exit::Exited(owner) => self.exited(owner),
-                    Exit::Unwatchable(owner, e) => {
-                        tracing::debug!(pid = owner.pid, error = %e, "no pidfd for an owner; the sweep watches it");
-                        if let Some(w) = self.owners.get_mut(&owner) {
-                            w.task = None;
+                Some(exit) = self.exits.recv() => {
+                    // Owners often die together: one look at the table for all of them.
+                    let mut dead = HashSet::new();
+                    let mut next = Some(exit);
+                    while let Some(exit) = next {
+                        match exit {
+                            Exit::Exited(owner) => {
+                                dead.insert(owner);
+                            }
+                            Exit::Unwatchable(owner, e) => {
+                                tracing::debug!(pid = owner.pid, error = %e, "no pidfd for an owner; the sweep watches it");
+                                if let Some(w) = self.owners.get_mut(&owner) {
+                                    w.task = None;
+                                }
+                            }
                         }
+                        next = self.exits.try_recv().ok();
                     }
-                },
+                    self.exited(dead).await;
+                }
                 _ = tick.tick() => {
                     ticks += 1;
                     self.sweep(ticks.is_multiple_of(FULL_SWEEP_EVERY)).await;
@@ -96,10 +117,13 @@ impl OwnerWatcher {
     }
 
     fn change(&mut self, change: OwnerChange) {
-        if let Some(old) = change.previous.filter(|&p| Some(p) != change.owner) {
+        if change.previous == change.owner {
+            return;
+        }
+        if let Some(old) = change.previous {
             if let Some(w) = self.owners.get_mut(&old) {
-                w.keys.remove(&change.key);
-                if w.keys.is_empty() {
+                w.sessions = w.sessions.saturating_sub(1);
+                if w.sessions == 0 {
                     if let Some(t) = &w.task {
                         t.abort();
                     }
@@ -107,7 +131,13 @@ impl OwnerWatcher {
                 }
             }
         }
-        let Some(owner) = change.owner else { return };
+        if let Some(owner) = change.owner {
+            self.hold(owner, 1);
+        }
+    }
+
+    /// Counts `sessions` more for `owner`, watching it if it is new.
+    fn hold(&mut self, owner: Owner, sessions: usize) {
         let (probe, tx) = (self.probe.clone(), self.exits_tx.clone());
         let use_pidfd = self.use_pidfd;
         let w = self.owners.entry(owner).or_insert_with(|| {
@@ -120,21 +150,30 @@ impl OwnerWatcher {
                 })
                 .abort_handle()
             });
-            Watched {
-                keys: HashSet::new(),
-                task,
-            }
+            Watched { sessions: 0, task }
         });
-        w.keys.insert(change.key);
+        w.sessions += sessions;
     }
 
-    fn exited(&mut self, owner: Owner) {
-        let Some(w) = self.owners.remove(&owner) else {
+    /// Has the sessions of `dead` owners marked stale. Sessions that change owner meanwhile
+    /// are safe: the commit thread re-checks the owner.
+    async fn exited(&mut self, dead: HashSet<Owner>) {
+        for owner in &dead {
+            if let Some(t) = self.owners.remove(owner).and_then(|w| w.task) {
+                t.abort();
+            }
+        }
+        if dead.is_empty() {
             return;
-        };
-        for key in w.keys {
+        }
+        let service = self.service.clone();
+        // A scan of the table: off the async workers.
+        let owned = tokio::task::spawn_blocking(move || service.owned_by(&dead))
+            .await
+            .unwrap_or_default();
+        for (key, owner) in owned {
             tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner exited; marking the session stale");
-            // The commit thread re-checks that this owner still owns it; the reply is not needed.
+            // The reply is not needed.
             drop(self.service.mark_stale(key, owner));
         }
     }
@@ -158,12 +197,7 @@ impl OwnerWatcher {
         })
         .await
         .unwrap_or_default();
-        for owner in dead {
-            if let Some(t) = self.owners.get(&owner).and_then(|w| w.task.as_ref()) {
-                t.abort();
-            }
-            self.exited(owner);
-        }
+        self.exited(dead.into_iter().collect()).await;
     }
 }
 

@@ -6,6 +6,7 @@
 //! in-flight requests (bounded), stop the commit thread (it writes a final snapshot), remove
 //! the socket file if it is still ours.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::LatestCache;
-use crate::commit::{self, CommitConfig, Notifier, OwnerChange, Shared};
+use crate::commit::{self, CommitConfig, Notifier, Shared};
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
 use crate::lock::{LockError, StateLock};
@@ -31,6 +32,7 @@ use crate::owner::OwnerWatcher;
 use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
 use crate::store::log::LogWriter;
+use crate::store::record::Owner;
 use crate::store::{self, SegmentFiles, StoreError};
 
 /// Events buffered per watcher before it lags.
@@ -172,44 +174,37 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
     );
 }
 
-/// Marks stale the active sessions whose owner is gone and hands the others to the watcher.
-async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) {
+/// Marks stale the active sessions whose owner is gone; returns the live owners and how many
+/// sessions each has, for the watcher.
+async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) -> HashMap<Owner, usize> {
     let probing = shared.clone();
-    // One /proc read per owner: off the async workers.
-    let active = tokio::task::spawn_blocking(move || {
-        let active = probing.table().active_owners();
-        // Many sessions often share an owner: probe each process once.
-        let mut alive = std::collections::HashMap::new();
-        active
+    // One /proc read per distinct owner, and a scan of the table: off the async workers.
+    let (alive, dead) = tokio::task::spawn_blocking(move || {
+        let counts = probing.table().active_owner_counts();
+        let (alive, dead): (HashMap<_, _>, HashMap<_, _>) = counts
             .into_iter()
-            .map(|(key, owner)| {
-                let is = *alive
-                    .entry(owner)
-                    .or_insert_with(|| probing.probe.is_alive(&owner));
-                (is, key, owner)
-            })
-            .collect::<Vec<_>>()
+            .partition(|(owner, _)| probing.probe.is_alive(owner));
+        let dead: HashSet<Owner> = dead.into_keys().collect();
+        let dead = if dead.is_empty() {
+            Vec::new()
+        } else {
+            probing.table().owned_by(&dead)
+        };
+        (alive, dead)
     })
     .await
     .unwrap_or_default();
     let mut stale = Vec::new();
-    for (alive, key, owner) in active {
-        if alive {
-            let _ = shared.notify.owners.send(OwnerChange {
-                key,
-                owner: Some(owner),
-                previous: None,
-            });
-        } else {
-            tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner died while the daemon was down");
-            stale.push(service.mark_stale(key, owner));
-        }
+    for (key, owner) in dead {
+        tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner died while the daemon was down");
+        stale.push(service.mark_stale(key, owner));
     }
     for started in stale {
         if let crate::service::Started::Committing(rx) = started {
             let _ = rx.await;
         }
     }
+    alive
 }
 
 /// Binds the socket, replacing a leftover file only if no daemon answers on it.
@@ -298,12 +293,10 @@ pub async fn run(
 
     // Owners that died while the daemon was down are found before it reports ready.
     let watcher_cancel = CancellationToken::new();
-    let watcher = OwnerWatcher::new(service.clone(), probe.clone(), cfg.use_pidfd);
+    let alive = check_owners_at_start(&shared, &service).await;
+    let watcher = OwnerWatcher::new(service.clone(), probe.clone(), cfg.use_pidfd, alive);
     let watcher =
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
-    check_owners_at_start(&shared, &service).await;
-    // The check held every active session's key a few times over.
-    commit::release_free_memory();
 
     let we_bind = matches!(listen, Listen::Bind);
     let bound = match listen {

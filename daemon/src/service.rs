@@ -143,6 +143,11 @@ impl Service {
         }
     }
 
+    /// The active sessions of `owners` (for the owner watcher, when they exit).
+    pub fn owned_by(&self, owners: &std::collections::HashSet<Owner>) -> Vec<(Key, Owner)> {
+        self.shared.table().owned_by(owners)
+    }
+
     /// Marks `key` stale if `owner` still owns it (from the owner watcher).
     pub fn mark_stale(&self, key: Key, owner: Owner) -> Started {
         self.enqueue(key.0, Mutation::MarkStale { name: key.1, owner })

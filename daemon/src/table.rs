@@ -6,7 +6,7 @@
 //! *applied*. Start-up replays the log through the very same [`SessionTable::apply`], so what
 //! is served after a restart is what was acknowledged before it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use sessiond_proto::{
@@ -119,12 +119,11 @@ impl OwnerClaim {
     }
 }
 
-/// A session's active owner changed (`None`: it has none any more), for the owner watcher.
-/// `previous` is the owner it had, so the watcher needs no map of its own from sessions to
-/// owners.
+/// A session's active owner changed from `previous` to `owner` (`None`: none), for the owner
+/// watcher, which counts sessions per owner and asks the table which they are only when the
+/// owner exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerChange {
-    pub key: Key,
     pub owner: Option<Owner>,
     pub previous: Option<Owner>,
 }
@@ -332,7 +331,6 @@ impl SessionTable {
                     reply,
                     events: vec![ev],
                     ownership: Some(OwnerChange {
-                        key,
                         owner,
                         previous: None,
                     }),
@@ -516,7 +514,6 @@ impl SessionTable {
                     reply: Reply::Deleted(true),
                     events: vec![ev],
                     ownership: Some(OwnerChange {
-                        key,
                         owner: None,
                         previous,
                     }),
@@ -542,20 +539,31 @@ impl SessionTable {
             records: vec![(record, Vec::new())],
             reply,
             events: vec![ev],
-            ownership: Some(OwnerChange {
-                key,
-                owner,
-                previous,
-            }),
+            ownership: Some(OwnerChange { owner, previous }),
         }
     }
 
-    /// Active sessions and their owners.
-    pub fn active_owners(&self) -> Vec<(Key, Owner)> {
+    /// How many active sessions each owner has.
+    pub fn active_owner_counts(&self) -> HashMap<Owner, usize> {
+        let mut counts = HashMap::new();
+        for owner in self
+            .sessions
+            .values()
+            .filter_map(|s| active_owner(&s.state))
+        {
+            *counts.entry(owner).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The active sessions of the given owners. A scan of every session: it runs when owners
+    /// exit, which is rare, instead of an index of sessions by owner kept in memory.
+    pub fn owned_by(&self, owners: &HashSet<Owner>) -> Vec<(Key, Owner)> {
         self.sessions
             .values()
             .filter_map(|s| {
-                active_owner(&s.state).map(|o| ((s.state.uid, s.state.name.clone()), o))
+                let owner = active_owner(&s.state).filter(|o| owners.contains(o))?;
+                Some(((s.state.uid, s.state.name.clone()), owner))
             })
             .collect()
     }
@@ -1006,7 +1014,19 @@ mod tests {
         )
         .unwrap();
         run_with(&mut t, resume("c", owner(&probe, 20, 200), true), &probe).unwrap();
-        assert_eq!(t.active_owners().len(), 2);
+        let pids = |counts: HashMap<Owner, usize>| {
+            let mut v: Vec<(u32, usize)> = counts.into_iter().map(|(o, n)| (o.pid, n)).collect();
+            v.sort_unstable();
+            v
+        };
+        // b is paused (no owner watched), c now belongs to 20.
+        assert_eq!(pids(t.active_owner_counts()), vec![(10, 1), (20, 1)]);
+        let ten = HashSet::from([Owner {
+            pid: 10,
+            start_time: 100,
+        }]);
+        let owned: Vec<String> = t.owned_by(&ten).into_iter().map(|(k, _)| k.1).collect();
+        assert_eq!(owned, vec!["a".to_string()]);
         for name in ["a", "b", "c"] {
             run_with(
                 &mut t,

@@ -297,3 +297,26 @@ fn a_slow_watcher_lags_instead_of_slowing_writers() {
         "the watcher was told it missed events"
     );
 }
+
+#[test]
+fn an_owner_stays_watched_while_any_of_its_sessions_is_active() {
+    let mut d = Daemon::start();
+    let mut owner = Owner::spawn();
+    let mut c = d.client();
+    for name in ["a", "b", "c"] {
+        create_owned(&mut c, name, &owner);
+    }
+    // The watcher learns its owners from the table at start-up, then follows changes.
+    drop(c);
+    assert!(d.stop().success());
+    d.restart();
+    let mut c = d.client();
+    c.pause("a").unwrap();
+    c.delete("b").unwrap();
+    owner.kill9();
+    assert!(
+        wait_until(DEADLINE, || status(&mut c, "c") == Status::Stale),
+        "the owner's last active session did not go stale"
+    );
+    assert_eq!(status(&mut c, "a"), Status::Paused);
+}
