@@ -5,10 +5,11 @@
 # reading the latest checkpoint. Installs what it needs (redis via apt as root, LangGraph in
 # bench/.venv via pip). Prints a table with the ratio sessiond / peer.
 #
-#   bench/compare.sh            (SECONDS=5 per measurement by default)
+#   bench/compare.sh            (SECONDS_PER=5 per measurement, ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER:-5}
+rounds=${ROUNDS:-3}
 work=$(mktemp -d /var/tmp/sessiond-compare.XXXXXX)   # on the disk, not a tmpfs
 trap 'redis-cli -s "$work/redis.sock" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
@@ -38,46 +39,46 @@ redis_rate() { # test size clients requests -> JSON
   python3 -c 'import sys,json; f=[x.strip("\"") for x in sys.argv[1].split(",")]; print(json.dumps({"ops_per_sec": float(f[1]), "p50_us": float(f[5])*1000 if len(f)>5 else None}))' "$out"
 }
 
-# The floor, and sessiond.
-run "socket round trip" "$bench" rtt --seconds "$secs" --json
-run "disk floor" "$bench" fsync --size 1024 --seconds "$secs" --json
-for size in 1024 65536; do
-  for clients in 1 16; do
-    run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
-  done
-done
-run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
-
 # Redis: appendonly with fsync on every write, Unix socket only.
 redis-server --port 0 --unixsocket "$work/redis.sock" --unixsocketperm 700 --dir "$work" \
   --appendonly yes --appendfsync always --save "" --daemonize yes --pidfile "$work/redis.pid" >/dev/null
 for _ in $(seq 100); do redis-cli -s "$work/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.1; done
-for size in 1024 65536; do
-  for clients in 1 16; do
-    run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
-  done
-done
-run "redis get 1024 x1" redis_rate get 1024 1 100000
 
-# SQLite and LangGraph.
-for size in 1024 65536; do
-  for clients in 1 16; do
-    run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
-    run "langgraph put $size x$clients" bench/.venv/bin/python bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+# Each piece of work is measured for every store back to back, and the whole table ROUNDS
+# times: the disk's speed drifts by tens of percent over minutes, so the table reports each
+# cell's median over the rounds, and peers are always compared within seconds of each other.
+for round in $(seq "$rounds"); do
+  echo "== round $round of $rounds" >&2
+  run "socket round trip" "$bench" rtt --seconds "$secs" --json
+  run "disk floor" "$bench" fsync --size 1024 --seconds "$secs" --json
+  for size in 1024 65536; do
+    for clients in 1 16; do
+      run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
+      run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
+      run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+      run "langgraph put $size x$clients" bench/.venv/bin/python bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+    done
   done
+  run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  run "redis get 1024 x1" redis_rate get 1024 1 100000
+  run "sqlite get 1024 x1" python3 bench/peers.py sqlite get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
+  run "langgraph get 1024 x1" bench/.venv/bin/python bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
 done
-run "sqlite get 1024 x1" python3 bench/peers.py sqlite get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
-run "langgraph get 1024 x1" bench/.venv/bin/python bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
 
 python3 - "$results" <<'PY'
-import json, sys
-r = {}
+import json, statistics, sys
+runs = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    r[v["label"]] = v
+    runs.setdefault(v["label"], []).append(v)
+# Each cell: the median over the rounds.
+r = {label: {k: statistics.median(x[k] for x in vs if x.get(k) is not None)
+             for k in vs[0] if isinstance(vs[0][k], (int, float)) and any(x.get(k) is not None for x in vs)}
+     for label, vs in runs.items()}
 def rate(label):
     return r.get(label, {}).get("ops_per_sec") or 0.0
 print()
+print("medians of %d rounds" % max(len(v) for v in runs.values()))
 print("%-26s %12s %12s %12s %12s   %s" % ("work", "sessiond/s", "redis/s", "sqlite/s", "langgraph/s", "ratios sessiond/peer"))
 for op, size, clients in [("put", 1024, 1), ("put", 1024, 16), ("put", 65536, 1), ("put", 65536, 16), ("get", 1024, 1)]:
     key = "%s %d x%d" % (op, size, clients)
