@@ -1,6 +1,7 @@
-//! A state directory written by format v1 is checked in and must load forever. Changing the
-//! on-disk format is a versioned decision: regenerate with
-//! `cargo test -p sessiond-tests --test compat -- --ignored` only alongside a format bump.
+//! State directories written by each format are checked in and must load forever: v1, and v2
+//! (the index with compact entries). Changing the on-disk format is a versioned decision:
+//! bump `CURRENT` and generate its directory with
+//! `cargo test -p sessiond-tests --test compat -- --ignored`, alongside the format bump.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,13 @@ use sessiond_client::{CheckpointOptions, ListRequest, Meta, Status};
 use sessiond_tests::ClientExt;
 use sessiond_tests::Daemon;
 
-fn v1_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/state-v1")
+const FORMATS: [&str; 2] = ["state-v1", "state-v2"];
+const CURRENT: &str = "state-v2";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
 }
 
 fn payload(name: &str, n: u64) -> Vec<u8> {
@@ -80,24 +86,28 @@ fn verify(d: &Daemon) {
 }
 
 #[test]
-fn a_v1_state_directory_still_loads() {
-    for without_index in [false, true] {
+fn every_checked_in_state_directory_still_loads() {
+    for (format, without_index) in FORMATS.into_iter().flat_map(|f| [(f, false), (f, true)]) {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
-        copy_dir(&v1_dir(), &state);
+        copy_dir(&fixture(format), &state);
         if without_index {
             std::fs::remove_file(state.join("index")).unwrap();
         }
         let d = Daemon::start_on_state(&state);
         verify(&d);
-        // The v1 index itself was read (upgraded in memory), not rebuilt from the log.
-        assert!(!d.log().contains("index snapshot unusable"), "{}", d.log());
+        // The index itself was read (an old one upgraded in memory), not rebuilt from the log.
+        assert!(
+            !d.log().contains("index snapshot unusable"),
+            "{format}: {}",
+            d.log()
+        );
     }
 }
 
 #[test]
-#[ignore = "regenerates the checked-in v1 state directory"]
-fn regenerate_v1_state_dir() {
+#[ignore = "generates the checked-in state directory of the current format"]
+fn generate_current_state_dir() {
     let mut d = Daemon::start();
     let mut c = d.client();
     c.call(sessiond_client::Request::Create(
@@ -130,7 +140,7 @@ fn regenerate_v1_state_dir() {
     c.fail("gamma", Some("out of memory")).unwrap();
     drop(c);
     assert!(d.stop().success());
-    let out = v1_dir();
+    let out = fixture(CURRENT);
     let _ = std::fs::remove_dir_all(&out);
     copy_dir(&d.state, &out);
     std::fs::remove_file(out.join("LOCK")).unwrap();
