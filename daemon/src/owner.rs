@@ -117,6 +117,15 @@ impl<W> Ledger<W> {
             .collect()
     }
 
+    /// Owners that exited but still have sessions counted.
+    fn exited_owners(&self) -> HashSet<Owner> {
+        self.owners
+            .iter()
+            .filter(|(_, c)| c.exited)
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
     fn watches(&self) -> impl Iterator<Item = &W> {
         self.owners.values().filter_map(|c| c.watch.as_ref())
     }
@@ -271,6 +280,12 @@ impl OwnerWatcher {
     }
 
     async fn sweep(&mut self, full: bool) {
+        if full {
+            // Exited owners still counting sessions: their stale marks did not all commit
+            // (a full disk refuses them); ask again.
+            let pending = self.ledger.exited_owners();
+            self.mark_stale(pending).await;
+        }
         let candidates = self.ledger.to_sweep(full);
         if candidates.is_empty() {
             return;
@@ -355,6 +370,11 @@ mod tests {
         assert_eq!(l.exited(owner(1)), Some(Some("watch")));
         assert_eq!(l.exited(owner(1)), None, "marked once");
         assert!(l.to_sweep(true).is_empty(), "an exited owner is not swept");
+        assert_eq!(
+            l.exited_owners(),
+            HashSet::from([owner(1)]),
+            "until released"
+        );
         // A create that raced with the death, then the stale marks of the first two: the
         // late one must not be left with nobody watching.
         assert_eq!(l.hold(owner(1), 1), Held::Exited);

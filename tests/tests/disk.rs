@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sessiond_client::Error;
-use sessiond_tests::{ClientExt, Daemon};
+use std::time::Duration;
+
+use sessiond_client::{CreateOptions, Error, Status};
+use sessiond_tests::{wait_until, ClientExt, Daemon, Owner};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -44,7 +46,13 @@ fn payload(n: u64) -> Vec<u8> {
 
 #[test]
 fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
-    let mut d = Daemon::prepare(&["--segment-bytes", "262144"]);
+    // A fast sweep: the full one (every 30 ticks) retries stale marks the full disk refused.
+    let mut d = Daemon::prepare(&[
+        "--segment-bytes",
+        "262144",
+        "--stale-check-interval",
+        "50ms",
+    ]);
     let state = d.dir.path().join("tmpfs-state");
     // Declared before the daemon is started, dropped after it is killed.
     let Some(_mount) = Tmpfs::mount(&state, "size=3m,mode=0700") else {
@@ -56,6 +64,12 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
     d.restart();
     let mut c = d.client();
     c.create_keep("full", Some(0)).unwrap();
+    let mut owner = Owner::spawn();
+    let owned = CreateOptions {
+        owner_pid: Some(owner.pid()),
+        ..Default::default()
+    };
+    c.create("owned", owned).unwrap();
     let mut acked = Vec::new();
     let refusal = loop {
         let n = acked.len() as u64 + 1;
@@ -88,8 +102,32 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
         c.show("full").unwrap().latest_checkpoint,
         acked.last().copied()
     );
+    // An owner dies while nothing can be written: its session cannot be marked stale yet.
+    // (Small records first use up what the log's last page still has room for; a session's
+    // state record is larger than an empty checkpoint's.)
+    for i in 0.. {
+        assert!(i < 100_000, "empty checkpoints never filled the disk");
+        if c.put("owned", Vec::new()).is_err() {
+            break;
+        }
+    }
+    owner.kill9();
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("owner exited; marking the session stale")),
+        "{}",
+        d.log()
+    );
+    assert_eq!(c.show("owned").unwrap().status, Status::Active);
     // Space comes back: writes work again, numbered right after the last acknowledged one.
     std::fs::remove_file(state.join("filler")).unwrap();
+    // The refused stale mark is made again.
+    assert!(
+        wait_until(Duration::from_secs(20), || c.show("owned").unwrap().status
+            == Status::Stale),
+        "the session of the dead owner never went stale"
+    );
     let next = acked.len() as u64 + 1;
     assert_eq!(c.put("full", payload(next)).unwrap().number, next);
     acked.push(next);
