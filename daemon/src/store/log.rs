@@ -3,7 +3,7 @@
 //! before anything written to it is acknowledged.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
 use super::record::Loc;
@@ -111,7 +111,7 @@ impl LogWriter {
                 slices.push(IoSlice::new(r.payload));
             }
         }
-        match write_all_at_end(&mut self.file, start, &mut slices) {
+        match write_all_at(&self.file, start, &mut slices) {
             Ok(()) => {
                 self.len = off;
                 Ok(locs)
@@ -182,20 +182,25 @@ fn preallocate(file: &File, segment_bytes: u64) -> bool {
     }
 }
 
-fn write_all_at_end(file: &mut File, start: u64, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    file.seek(SeekFrom::Start(start))?;
+/// Writes the slices at `start` with positioned writes: no seek per batch.
+fn write_all_at(file: &File, start: u64, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     let mut slices = slices;
+    let mut at = start;
     while !slices.is_empty() {
-        match file.write_vectored(slices) {
+        let offset = i64::try_from(at).map_err(|_| io::Error::other("log offset past i64"))?;
+        match nix::sys::uio::pwritev(file, slices, offset) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "log write returned 0",
                 ))
             }
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut slices, n);
+                at += n as u64;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
