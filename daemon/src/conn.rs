@@ -13,7 +13,10 @@ use sessiond_proto::{
     codec, hello, json, ErrorKind, Event, EventKind, Reply, RequestFrame, ResponseFrame, WireError,
     PROTOCOL_VERSION, VERSION,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{ReadHalf, WriteHalf};
+use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -79,7 +82,9 @@ pub async fn serve(
         }
     };
     let span = tracing::debug_span!("conn", peer_uid = peer.uid, peer_pid = ?peer.pid);
-    let served = serve_peer(&stream, &service, &cancel, limits, peer)
+    // tokio's own stream: its reads notice a drained socket without one more `recv`.
+    let mut stream = UnixStream::from(stream);
+    let served = serve_peer(&mut stream, &service, &cancel, limits, peer)
         .instrument(span.clone())
         .await;
     if let Err(e) = served {
@@ -124,12 +129,11 @@ enum Read {
 }
 
 async fn read_some(
-    stream: &Stream,
-    buf: &mut [u8],
+    s: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
     cancel: &CancellationToken,
     deadline: Option<Instant>,
 ) -> std::io::Result<Read> {
-    let mut s = stream;
     let expire = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -140,20 +144,19 @@ async fn read_some(
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Ok(Read::Cancelled),
-        r = s.read(buf) => r.map(Read::Bytes),
+        r = s.read_buf(buf) => r.map(Read::Bytes),
         _ = expire => Ok(Read::TimedOut),
     }
 }
 
 async fn serve_peer(
-    stream: &Stream,
+    stream: &mut UnixStream,
     service: &Arc<Service>,
     cancel: &CancellationToken,
     limits: ConnLimits,
     peer: Peer,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut start = Vec::new();
+    let mut start = Vec::with_capacity(4096);
     // Enough bytes to choose the encoding (and, for binary, the whole hello), within the
     // idle timeout before the first byte and the request timeout after it.
     loop {
@@ -162,21 +165,26 @@ async fn serve_peer(
         } else {
             Some(limits.request_timeout)
         };
-        let n = match read_some(stream, &mut buf, cancel, limit.map(|l| Instant::now() + l)).await?
+        match read_some(
+            stream,
+            &mut start,
+            cancel,
+            limit.map(|l| Instant::now() + l),
+        )
+        .await?
         {
             Read::Bytes(0) | Read::Cancelled => return Ok(()),
-            Read::Bytes(n) => n,
+            Read::Bytes(_) => {}
             Read::TimedOut => {
                 tracing::debug!("closing a connection that sent no complete greeting in time");
                 return Ok(());
             }
-        };
-        start.extend_from_slice(&buf[..n]);
+        }
         if start[0] == b'{' || start.len() >= hello::CLIENT_HELLO_LEN {
             break;
         }
     }
-    let mut w = stream;
+    let (mut r, mut w) = stream.split();
     let decoder = if start[0] == b'{' {
         let mut d = LineDecoder::new(limits.max_line_bytes);
         d.push(&start);
@@ -206,26 +214,26 @@ async fn serve_peer(
     // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
     let closed = cancel.child_token();
     let reader = async {
-        let r = read_requests(stream, service, cancel, peer, decoder, queue, buf, limits).await;
+        let r = read_requests(&mut r, service, cancel, peer, decoder, queue, limits).await;
         closed.cancel();
         r
     };
-    let writer = write_replies(stream, service, replies, &closed);
+    let writer = write_replies(&mut w, service, replies, &closed);
     let (r, w) = tokio::join!(reader, writer);
     r.and(w)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn read_requests(
-    stream: &Stream,
+    stream: &mut ReadHalf<'_>,
     service: &Arc<Service>,
     cancel: &CancellationToken,
     peer: Peer,
     mut decoder: Decoder,
     queue: Queue,
-    mut buf: Vec<u8>,
     limits: ConnLimits,
 ) -> std::io::Result<()> {
+    let mut buf = Vec::new();
     let mut watching = false;
     let mut partial_since: Option<Instant> = None;
     // Requests held at once are bounded in bytes too: two maximal ones.
@@ -268,7 +276,20 @@ async fn read_requests(
                 .idle_timeout
                 .map(|d| (Instant::now() + d, Timeout::Idle)),
         };
-        let n = match read_some(stream, &mut buf, cancel, deadline.map(|(at, _)| at)).await? {
+        // Binary frames are read straight into the decoder; JSON goes through `buf`.
+        let (target, from) = match &mut decoder {
+            Decoder::Binary(d) => {
+                let b = d.read_buffer(READ_CHUNK);
+                let from = b.len();
+                (b, from)
+            }
+            Decoder::Json(_) => {
+                buf.clear();
+                buf.reserve(READ_CHUNK);
+                (&mut buf, 0)
+            }
+        };
+        let n = match read_some(stream, target, cancel, deadline.map(|(at, _)| at)).await? {
             Read::Bytes(n) => n,
             Read::Cancelled => return Ok(()),
             Read::TimedOut => {
@@ -315,7 +336,7 @@ async fn read_requests(
             return Ok(());
         }
         match &mut decoder {
-            Decoder::Binary(d) => d.push(&buf[..n]),
+            Decoder::Binary(d) => d.appended(from),
             Decoder::Json(d) => d.push(&buf[..n]),
         }
     }
@@ -428,12 +449,11 @@ fn dispatch(service: &Arc<Service>, peer: Peer, req: RequestFrame) -> Outcome {
 }
 
 async fn write_replies(
-    stream: &Stream,
+    w: &mut WriteHalf<'_>,
     service: &Service,
     mut replies: mpsc::Receiver<Queued>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
-    let mut w = stream;
     while let Some((id, outcome, _permit)) = replies.recv().await {
         let result = match outcome {
             Started::Done(r) => r,
@@ -445,7 +465,7 @@ async fn write_replies(
             Started::Watch { uid, name, events } => {
                 w.write_all(&encode(&id, Ok(Reply::Watching))?).await?;
                 // The connection now carries this watch's events until the client leaves.
-                return stream_events(stream, &id, uid, name, events, closed).await;
+                return stream_events(w, &id, uid, name, events, closed).await;
             }
         };
         w.write_all(&encode(&id, result)?).await?;
@@ -473,14 +493,13 @@ fn encode(id: &Id, result: Result<Reply, WireError>) -> std::io::Result<Vec<u8>>
 }
 
 async fn stream_events(
-    stream: &Stream,
+    w: &mut (impl AsyncWrite + Unpin),
     id: &Id,
     uid: u32,
     name: Option<String>,
     mut events: broadcast::Receiver<Arc<(u32, Event)>>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
-    let mut w = stream;
     loop {
         let event = tokio::select! {
             _ = closed.cancelled() => return Ok(()),

@@ -80,6 +80,32 @@ impl FrameDecoder {
             self.discard -= drop as u64;
             data = &data[drop..];
         }
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The buffer to read the peer's next bytes into, straight after what is buffered (no
+    /// copy through a buffer of the caller's), with room for at least `reserve` more. Read by
+    /// appending (`AsyncReadExt::read_buf`), then call [`FrameDecoder::appended`] with the
+    /// length the buffer had before.
+    pub fn read_buffer(&mut self, reserve: usize) -> &mut Vec<u8> {
+        self.compact();
+        self.buf.reserve(reserve);
+        &mut self.buf
+    }
+
+    /// Accounts for bytes appended to [`FrameDecoder::read_buffer`] past `from`.
+    pub fn appended(&mut self, from: usize) {
+        let from = from.min(self.buf.len());
+        if self.discard > 0 {
+            let drop = self.discard.min((self.buf.len() - from) as u64) as usize;
+            self.discard -= drop as u64;
+            self.buf.drain(from..from + drop);
+        }
+    }
+
+    /// Drops consumed bytes once they are half the buffer (or all of it).
+    fn compact(&mut self) {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -87,7 +113,6 @@ impl FrameDecoder {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        self.buf.extend_from_slice(data);
     }
 
     /// Bytes buffered but not yet returned.

@@ -69,6 +69,8 @@ proptest! {
         cuts in proptest::collection::vec(1usize..64, 1..40),
     ) {
         let mut frames = FrameDecoder::new(256);
+        // Fed the way the daemon feeds it: the socket read appends to its own buffer.
+        let mut direct = FrameDecoder::new(256);
         let mut lines = LineDecoder::new(256);
         let mut rest = &bytes[..];
         for cut in cuts.iter().cycle() {
@@ -78,12 +80,28 @@ proptest! {
             let (now, later) = rest.split_at((*cut).min(rest.len()));
             rest = later;
             frames.push(now);
+            let buf = direct.read_buffer(64);
+            let from = buf.len();
+            buf.extend_from_slice(now);
+            direct.appended(from);
             lines.push(now);
+            let owned = |f: Frame<'_>| match f {
+                Frame::Body(b) => Ok(b.to_vec()),
+                Frame::TooLarge { len, id } => Err((len, id)),
+            };
+            let mut pushed = Vec::new();
             while let Some(f) = frames.next_frame() {
                 if let Frame::Body(b) = f {
                     prop_assert!(b.len() <= 256);
                 }
+                pushed.push(owned(f));
             }
+            let mut read = Vec::new();
+            while let Some(f) = direct.next_frame() {
+                read.push(owned(f));
+            }
+            prop_assert_eq!(pushed, read);
+            prop_assert_eq!(frames.buffered(), direct.buffered());
             while let Some(l) = lines.next_line() {
                 if let Line::Text(t) = l {
                     prop_assert!(t.len() <= 256);
