@@ -112,7 +112,8 @@ impl<'de> Deserialize<'de> for Payload {
                     Ok(Payload(v))
                 }
             }
-            d.deserialize_byte_buf(BytesVisitor)
+            // Borrowed from the frame and copied once; `byte_buf` would zero a buffer first.
+            d.deserialize_bytes(BytesVisitor)
         }
     }
 }
