@@ -60,7 +60,7 @@ pub struct Job {
 impl Job {
     fn bytes(&self) -> usize {
         match &self.mutation {
-            Mutation::Checkpoint { payload, .. } => payload.len(),
+            Mutation::Checkpoint { payload, .. } => payload.bytes.len(),
             _ => 0,
         }
     }
@@ -127,8 +127,11 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
     let mut pending = Vec::new();
     for (p, _, _) in &planned {
         for (header, payload) in &p.records {
-            match record::encode(header, payload) {
-                Ok(head) => pending.push(Pending { head, payload }),
+            match record::encode_with_crc(header, &payload.bytes, payload.crc) {
+                Ok(head) => pending.push(Pending {
+                    head,
+                    payload: &payload.bytes,
+                }),
                 Err(e) => {
                     fail_all(
                         planned,
@@ -194,7 +197,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
                             entry,
                             created_at: h.created_at,
                             meta: h.meta.clone(),
-                            payload,
+                            payload: payload.bytes,
                         });
                         cache.push(((h.uid, h.name.clone()), cached));
                     }
@@ -385,7 +388,7 @@ mod tests {
     fn checkpoint(payload: &[u8]) -> Mutation {
         Mutation::Checkpoint {
             name: "s".into(),
-            payload: payload.to_vec(),
+            payload: record::CheckedPayload::new(payload.to_vec()),
             meta: Meta::new(),
             expect: None,
             epoch: None,

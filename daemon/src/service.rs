@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::Cached;
 use crate::commit::{Job, Shared};
-use crate::store::record::{Owner, RecordHeader};
+use crate::store::record::{CheckedPayload, Owner, RecordHeader};
 use crate::store::CkptEntry;
 use crate::table::OwnerClaim;
 use crate::table::{micros_to_time, Key, ListFilter, Mutation};
@@ -263,7 +263,7 @@ impl Service {
                 }
                 Mutation::Checkpoint {
                     name: r.name,
-                    payload: r.payload.0,
+                    payload: CheckedPayload::new(r.payload.0),
                     meta: r.meta,
                     expect: r.expect,
                     epoch: r.epoch,

@@ -16,7 +16,9 @@ use sessiond_proto::{
 use crate::process::ProcessProbe;
 
 use crate::session_map::{Keyed, SessionMap};
-use crate::store::record::{CheckpointHeader, Loc, Owner, RecordHeader, SessionState};
+use crate::store::record::{
+    CheckedPayload, CheckpointHeader, Loc, Owner, RecordHeader, SessionState,
+};
 use crate::store::snapshot::SnapSession;
 use crate::store::CkptEntry;
 
@@ -62,7 +64,7 @@ pub enum Mutation {
     },
     Checkpoint {
         name: String,
-        payload: Vec<u8>,
+        payload: CheckedPayload,
         meta: Meta,
         expect: Option<u64>,
         epoch: Option<u64>,
@@ -132,7 +134,7 @@ pub struct OwnerChange {
 /// announce and the session's new owner (`Some((key, None))`: it has none any more).
 #[derive(Debug)]
 pub struct Planned {
-    pub records: Vec<(RecordHeader, Vec<u8>)>,
+    pub records: Vec<(RecordHeader, CheckedPayload)>,
     pub reply: Reply,
     pub events: Vec<Event>,
     pub ownership: Option<OwnerChange>,
@@ -327,7 +329,7 @@ impl SessionTable {
                     }),
                 );
                 Ok(Planned {
-                    records: vec![(RecordHeader::Session(state), Vec::new())],
+                    records: vec![(RecordHeader::Session(state), CheckedPayload::default())],
                     reply,
                     events: vec![ev],
                     ownership: Some(OwnerChange {
@@ -389,7 +391,7 @@ impl SessionTable {
                 };
                 let reply = Reply::Checkpoint(Some(CheckpointInfo {
                     number,
-                    size: payload.len() as u64,
+                    size: payload.bytes.len() as u64,
                     created_at: at,
                     meta: meta.clone(),
                     payload: None,
@@ -510,7 +512,7 @@ impl SessionTable {
                 let ev = event(EventKind::Deleted, &key.1);
                 overlay.0.insert(key.clone(), None);
                 Ok(Planned {
-                    records: vec![(record, Vec::new())],
+                    records: vec![(record, CheckedPayload::default())],
                     reply: Reply::Deleted(true),
                     events: vec![ev],
                     ownership: Some(OwnerChange {
@@ -536,7 +538,7 @@ impl SessionTable {
         let previous = self.owner_in_view(overlay, &key);
         overlay.0.insert(key.clone(), Some(s));
         Planned {
-            records: vec![(record, Vec::new())],
+            records: vec![(record, CheckedPayload::default())],
             reply,
             events: vec![ev],
             ownership: Some(OwnerChange { owner, previous }),
@@ -1085,7 +1087,7 @@ mod tests {
     fn ck(name: &str, expect: Option<u64>, epoch: Option<u64>) -> Mutation {
         Mutation::Checkpoint {
             name: name.into(),
-            payload: b"abc".to_vec(),
+            payload: CheckedPayload::new(b"abc".to_vec()),
             meta: Meta::new(),
             expect,
             epoch,

@@ -103,6 +103,21 @@ pub enum RecordError {
     PayloadTooLarge(usize),
 }
 
+/// A payload with its checksum, computed where the request was decoded: the commit thread,
+/// which every write waits on, then only copies it into the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckedPayload {
+    pub bytes: Vec<u8>,
+    pub crc: u32,
+}
+
+impl CheckedPayload {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let crc = crc32c::crc32c(&bytes);
+        CheckedPayload { bytes, crc }
+    }
+}
+
 /// The prefix and header of a record; the payload is written after it as is.
 pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
     encode_with_crc(header, payload, crc32c::crc32c(payload))
