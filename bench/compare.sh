@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 secs=${SECONDS_PER:-5}
 rounds=${ROUNDS:-3}
 work=$(mktemp -d /var/tmp/sessiond-compare.XXXXXX)   # on the disk, not a tmpfs
-trap 'redis-cli -s "$work/redis.sock" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+# The CPU ceiling: the same 16-client writes with the state in memory, where fsync is free.
+shm=$(mktemp -d /dev/shm/sessiond-compare.XXXXXX)
+trap 'for d in "$work" "$shm"; do redis-cli -s "$d/redis.sock" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$d"; done' EXIT
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
   echo "== installing redis-server and redis-tools" >&2
@@ -33,16 +35,19 @@ run() { # label, then a command printing one JSON object
   "$@" | python3 -c 'import json,sys; v=json.loads(sys.stdin.readline()); v["label"]=sys.argv[1]; print(json.dumps(v))' "$label" >> "$results"
 }
 
-redis_rate() { # test size clients requests -> JSON
-  local out
-  out=$(redis-benchmark -s "$work/redis.sock" -t "$1" -d "$2" -c "$3" -n "$4" -r 100000 --csv | tail -1)
+redis_rate() { # [dir] test size clients requests -> JSON
+  local out dir=$work
+  if [ $# -eq 5 ]; then dir=$1; shift; fi
+  out=$(redis-benchmark -s "$dir/redis.sock" -t "$1" -d "$2" -c "$3" -n "$4" -r 100000 --csv | tail -1)
   python3 -c 'import sys,json; f=[x.strip("\"") for x in sys.argv[1].split(",")]; print(json.dumps({"ops_per_sec": float(f[1]), "p50_us": float(f[5])*1000 if len(f)>5 else None}))' "$out"
 }
 
 # Redis: appendonly with fsync on every write, Unix socket only.
-redis-server --port 0 --unixsocket "$work/redis.sock" --unixsocketperm 700 --dir "$work" \
-  --appendonly yes --appendfsync always --save "" --daemonize yes --pidfile "$work/redis.pid" >/dev/null
-for _ in $(seq 100); do redis-cli -s "$work/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.1; done
+for d in "$work" "$shm"; do
+  redis-server --port 0 --unixsocket "$d/redis.sock" --unixsocketperm 700 --dir "$d" \
+    --appendonly yes --appendfsync always --save "" --daemonize yes --pidfile "$d/redis.pid" >/dev/null
+  for _ in $(seq 100); do redis-cli -s "$d/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.1; done
+done
 
 # Each piece of work is measured for every store back to back, and the whole table ROUNDS
 # times: the disk's speed drifts by tens of percent over minutes, so the table reports each
@@ -51,6 +56,9 @@ for round in $(seq "$rounds"); do
   echo "== round $round of $rounds" >&2
   run "socket round trip" "$bench" rtt --seconds "$secs" --json
   run "disk floor" "$bench" fsync --size 1024 --seconds "$secs" --json
+  run "disk bandwidth" "$bench" fsync --size 1048576 --seconds "$secs" --json
+  run "sessiond put 1024 x16 tmpfs" env TMPDIR="$shm" "$bench" checkpoint --spawn --clients 16 --size 1024 --seconds "$secs" --json
+  run "redis put 1024 x16 tmpfs" redis_rate "$shm" set 1024 16 100000
   for size in 1024 65536; do
     for clients in 1 16; do
       run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
@@ -93,4 +101,10 @@ print("get latest p50: sessiond %.1f us; bare Unix socket round trip p50 %.1f us
 floor = r.get("disk floor", {})
 print("disk floor, 1 KiB write + fdatasync one at a time: %.0f/s appending, %.0f/s into a preallocated file"
       % (floor.get("append_per_sec", 0), floor.get("preallocated_per_sec", 0)))
+bw = r.get("disk bandwidth", {})
+best = max(bw.get("append_per_sec", 0), bw.get("preallocated_per_sec", 0))
+print("disk bandwidth, 1 MiB write + fdatasync: %.0f MiB/s at best = %.0f checkpoints of 64 KiB/s (2x redis put 65536 x16 needs %.0f/s)"
+      % (best, best * 16, 2 * rate("redis put 65536 x16")))
+print("CPU ceiling, 1 KiB x16 with the state on tmpfs (fsync free): sessiond %.0f/s, redis %.0f/s (3x redis put 1024 x16 on disk needs %.0f/s)"
+      % (rate("sessiond put 1024 x16 tmpfs"), rate("redis put 1024 x16 tmpfs"), 3 * rate("redis put 1024 x16")))
 PY

@@ -1,8 +1,10 @@
 //! Benchmarks of a running daemon, through the project's own client.
 //!
-//!   sessiond-bench checkpoint [--clients N] [--size BYTES] [--seconds S]
-//!       N concurrent clients, each with its own session, writing checkpoints: ops/s and
-//!       latency percentiles.
+//!   sessiond-bench checkpoint [--clients N] [--size BYTES] [--seconds S] [--threads]
+//!       N concurrent clients, each with its own connection and session, writing checkpoints:
+//!       ops/s and latency percentiles. Several clients share one thread (the async client),
+//!       as redis-benchmark's do; one client, or any number with `--threads`, runs the
+//!       blocking client on a thread of its own.
 //!   sessiond-bench stale --owners N
 //!       N owner processes killed at once: time from each kill to its `stale` event.
 //!   sessiond-bench idle --owners N [--seconds S]
@@ -21,7 +23,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessiond_client::{Client, CreateOptions, EventKind, Request};
+use sessiond_client::{AsyncClient, Client, CreateOptions, EventKind, Request};
 use sessiond_tests::ClientExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +46,11 @@ struct Args {
     socket: Option<PathBuf>,
     spawn: bool,
     json: bool,
+    /// One OS thread per client (blocking client) instead of one thread multiplexing them.
+    threads: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -79,6 +83,7 @@ fn parse() -> Result<Args, String> {
         checkpoints: 10,
         socket: None,
         spawn: false,
+        threads: false,
         json: false,
     };
     let mut it = std::env::args().skip(1).peekable();
@@ -104,6 +109,7 @@ fn parse() -> Result<Args, String> {
             "--socket" => a.socket = Some(value()?.into()),
             "--spawn" => a.spawn = true,
             "--json" => a.json = true,
+            "--threads" => a.threads = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -196,6 +202,86 @@ fn main() {
 type Outcome = Result<(String, serde_json::Value), String>;
 
 fn checkpoint(args: &Args, socket: &Path) -> Outcome {
+    let plan: Vec<Op> = args
+        .mix
+        .iter()
+        .flat_map(|&(op, w)| std::iter::repeat_n(op, w as usize))
+        .collect();
+    // One client: a blocking client, as most users run it (no event loop in its way).
+    let mut all = if args.threads || args.clients == 1 {
+        checkpoint_threads(args, socket)
+    } else {
+        checkpoint_async(args, socket, &plan)?
+    };
+    report_checkpoint(args, &mut all)
+}
+
+/// Every client on one thread, each with its own connection, as redis-benchmark runs its
+/// clients: the load generator then costs the 2-core machine as little as it can.
+fn checkpoint_async(args: &Args, socket: &Path, plan: &[Op]) -> Result<Vec<Duration>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let run_id = std::process::id();
+    rt.block_on(async {
+        let mut clients = Vec::with_capacity(args.clients);
+        for i in 0..args.clients {
+            let mut c = AsyncClient::connect(socket)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let name = format!("bench-{run_id}-{i}");
+            let keep = CreateOptions {
+                keep: Some(16),
+                ..Default::default()
+            };
+            c.create(&name, keep)
+                .await
+                .map_err(|e| format!("create: {e}"))?;
+            // Reads need something to read.
+            c.checkpoint(&name, vec![0x5a; args.size], Default::default())
+                .await
+                .map_err(|e| format!("checkpoint: {e}"))?;
+            clients.push((c, name));
+        }
+        let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .map(|(mut c, name)| {
+                let plan = plan.to_vec();
+                let size = args.size;
+                tokio::spawn(async move {
+                    let payload = vec![0x5a; size];
+                    let mut lat = Vec::with_capacity(100_000);
+                    let mut ops = plan.iter().cycle();
+                    while Instant::now() < end {
+                        let op = *ops.next().ok_or("an empty mix")?;
+                        let t = Instant::now();
+                        let done = match op {
+                            Op::Checkpoint => c
+                                .checkpoint(&name, payload.clone(), Default::default())
+                                .await
+                                .map(drop),
+                            Op::Get => c.get(&name, None).await.map(drop),
+                            Op::Resume => c.resume(&name, None, false).await.map(drop),
+                        };
+                        done.map_err(|e| format!("{op:?}: {e}"))?;
+                        lat.push(t.elapsed());
+                    }
+                    let _ = c.delete(&name).await;
+                    Ok::<_, String>(lat)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(|e| format!("client task: {e}"))??);
+        }
+        Ok(all)
+    })
+}
+
+fn checkpoint_threads(args: &Args, socket: &Path) -> Vec<Duration> {
     let barrier = Arc::new(Barrier::new(args.clients));
     let run_id = std::process::id();
     let handles: Vec<_> = (0..args.clients)
@@ -233,16 +319,19 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
             })
         })
         .collect();
-    let mut all: Vec<Duration> = handles
+    handles
         .into_iter()
         .flat_map(|h| h.join().expect("client thread"))
-        .collect();
+        .collect()
+}
+
+fn report_checkpoint(args: &Args, all: &mut [Duration]) -> Outcome {
     all.sort_unstable();
     let rate = all.len() as f64 / args.seconds;
     let (p50, p99, p999) = (
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
+        percentile(all, 0.5),
+        percentile(all, 0.99),
+        percentile(all, 0.999),
     );
     let mix: Vec<String> = args
         .mix
