@@ -95,6 +95,7 @@ fn open_store(
     if tmp.exists() {
         std::fs::remove_file(&tmp).map_err(io_err(format!("cannot remove {}", tmp.display())))?;
     }
+    store::delete_retired(dir);
     let (table, report) = store::load(dir, cfg.default_keep)?;
     commit::release_free_memory();
     let next = report.segments.last().map_or(1, |s| s + 1);

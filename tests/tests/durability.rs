@@ -107,8 +107,28 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
         "dead segments are deleted ({segs} left):\n{}",
         d.log()
     );
+    // Dead segments leave the log at once and are unlinked off the commit thread.
+    let dead_files = |d: &Daemon| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d.state.join("log"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "dead"))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || dead_files(&d).is_empty()),
+        "dead segments are unlinked: {:?}",
+        dead_files(&d)
+    );
     assert!(d.stop().success());
+    // One a crash kept from being unlinked is deleted at the next start, and is never read.
+    let leftover = d.state.join("log").join("0000000000000001.dead");
+    std::fs::write(&leftover, vec![0xa5; 4096]).unwrap();
     d.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || !leftover.exists()),
+        "a dead segment left by an earlier run is deleted at start-up"
+    );
     let mut c = d.client();
     let h: Vec<u64> = c.history("s").unwrap().iter().map(|h| h.number).collect();
     assert_eq!(h, vec![299, 300]);

@@ -264,6 +264,10 @@ impl SegmentFiles {
 
 /// Deletes the oldest segments that are below `covered` (the snapshot's segment) and hold no
 /// live record. Returns the deleted sequence numbers.
+///
+/// A dead segment is renamed out of the log at once (`.dead`) and unlinked on a thread of its
+/// own: freeing a large file's blocks takes tens of milliseconds, which the commit thread, and
+/// so every write, would otherwise wait for.
 pub fn collect_garbage(
     dir: &Path,
     covered: u32,
@@ -271,6 +275,8 @@ pub fn collect_garbage(
     files: &SegmentFiles,
 ) -> io::Result<Vec<u32>> {
     let mut deleted = Vec::new();
+    let mut retired = Vec::new();
+    let mut result = Ok(());
     for seq in list_segments(dir)? {
         if seq >= covered {
             break;
@@ -283,12 +289,77 @@ pub fn collect_garbage(
             t.forget_segment(seq);
         }
         files.forget(seq);
-        std::fs::remove_file(segment_path(dir, seq))?;
+        let path = segment_path(dir, seq);
+        let dead = path.with_extension(RETIRED_EXTENSION);
+        if let Err(e) = std::fs::rename(&path, &dead) {
+            result = Err(e);
+            break;
+        }
+        retired.push(dead);
         deleted.push(seq);
     }
     if !deleted.is_empty() {
-        log::fsync_dir(&dir.join(segment::LOG_DIR))?;
+        let synced = log::fsync_dir(&dir.join(segment::LOG_DIR));
+        delete_in_background(retired);
+        synced?;
         tracing::debug!(?deleted, "deleted log segments holding no live record");
     }
-    Ok(deleted)
+    result.map(|()| deleted)
+}
+
+/// Extension of a dead segment waiting to be unlinked.
+const RETIRED_EXTENSION: &str = "dead";
+
+/// Unlinks, in the background, the dead segments a previous run left behind.
+pub fn delete_retired(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join(segment::LOG_DIR)) else {
+        return;
+    };
+    let dead: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == RETIRED_EXTENSION))
+        .collect();
+    if !dead.is_empty() {
+        delete_in_background(dead);
+    }
+}
+
+/// If no thread can be started, the files stay and the next start-up deletes them.
+fn delete_in_background(paths: Vec<PathBuf>) {
+    let spawned = std::thread::Builder::new()
+        .name("sessiond-reaper".into())
+        .spawn(move || {
+            for p in paths {
+                if let Err(e) = delete_gradually(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot delete a dead log segment");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to delete dead log segments; the next start-up will");
+    }
+}
+
+/// Shrinks the file a few MiB at a time before unlinking it. On a filesystem mounted with
+/// `discard`, freeing 64 MiB at once queues that much discard work on the device, and the
+/// commit thread's next `fdatasync` waits behind all of it; paced steps keep each wait short.
+fn delete_gradually(path: &Path) -> io::Result<()> {
+    const STEP: u64 = 4 << 20;
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => {
+            let mut len = file.metadata()?.len();
+            while len > STEP {
+                len -= STEP;
+                file.set_len(len)?;
+                std::thread::sleep(PAUSE);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
