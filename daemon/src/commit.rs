@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cache::{Cached, LatestCache};
 use crate::process::ProcessProbe;
+use crate::sink::DirectReply;
 
 use crate::store::log::{LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
@@ -55,6 +56,8 @@ pub struct Job {
     pub uid: u32,
     pub mutation: Mutation,
     pub reply: oneshot::Sender<Result<Reply, WireError>>,
+    /// The connection's socket, to write a success straight to when it is its turn.
+    pub direct: Option<DirectReply>,
 }
 
 impl Job {
@@ -73,6 +76,8 @@ pub struct CommitConfig {
 }
 
 const MAX_BATCH_JOBS: usize = 4096;
+/// Batches up to this many replies have them written by the commit thread (see [`crate::sink`]).
+const MAX_DIRECT_REPLIES: usize = 2;
 const MAX_BATCH_BYTES: usize = 256 << 20;
 
 pub fn run(shared: Arc<Shared>, mut log: LogWriter, jobs: Receiver<Job>, cfg: CommitConfig) {
@@ -117,7 +122,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         let mut overlay = Overlay::default();
         for job in batch {
             match table.plan(&mut overlay, job.uid, now, job.mutation, &*shared.probe) {
-                Ok(p) => planned.push((p, job.reply, job.uid)),
+                Ok(p) => planned.push((p, (job.reply, job.direct), job.uid)),
                 Err(e) => {
                     let _ = job.reply.send(Err(e));
                 }
@@ -143,7 +148,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         }
     }
     if pending.is_empty() {
-        for (p, reply, _) in planned {
+        for (p, (reply, _), _) in planned {
             let _ = reply.send(Ok(p.reply));
         }
         return 0;
@@ -223,16 +228,27 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
             None => shared.cache.remove(&key),
         }
     }
-    for (r, tx) in replies {
-        let _ = tx.send(Ok(r));
+    // A reply or two go straight to their sockets; more would hold up the next flush, while
+    // the connections' tasks, woken once, write them on the other core.
+    let direct_ok = replies.len() <= MAX_DIRECT_REPLIES;
+    for (r, (tx, direct)) in replies {
+        let result = match direct {
+            Some(d) if direct_ok => d.sink.try_send(d.seq, d.id, Ok(r)),
+            _ => Ok(r),
+        };
+        let _ = tx.send(result);
     }
     appended
 }
 
-type PlannedJob = (Planned, oneshot::Sender<Result<Reply, WireError>>, u32);
+type ReplyTo = (
+    oneshot::Sender<Result<Reply, WireError>>,
+    Option<DirectReply>,
+);
+type PlannedJob = (Planned, ReplyTo, u32);
 
 fn fail_all(planned: Vec<PlannedJob>, err: WireError) {
-    for (_, reply, _) in planned {
+    for (_, (reply, _), _) in planned {
         let _ = reply.send(Err(err.clone()));
     }
 }
@@ -380,6 +396,7 @@ mod tests {
                 uid: 1,
                 mutation: m,
                 reply: tx,
+                direct: None,
             },
             rx,
         )

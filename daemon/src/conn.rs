@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::service::{Peer, Service, Started};
+use crate::sink::{DirectReply, ReplySink, Turn};
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
@@ -49,9 +50,40 @@ enum Decoder {
     Json(LineDecoder),
 }
 
-/// A request on its way to the reply writer, with its share of the connection's byte budget.
-type Queued = (Id, Outcome, Option<OwnedSemaphorePermit>);
-type Queue = mpsc::Sender<Queued>;
+/// A request on its way to the reply writer, with its share of the connection's byte budget
+/// and its sequence number on the connection.
+type Queued = (Id, Outcome, Option<OwnedSemaphorePermit>, u64);
+
+/// The reader's side of the reply queue: numbers each request it passes on.
+struct Outbox {
+    queue: mpsc::Sender<Queued>,
+    /// Binary connections: the socket as the commit thread may write to it.
+    sink: Option<Arc<ReplySink>>,
+    next_seq: u64,
+}
+
+impl Outbox {
+    /// Where the commit thread may write the reply to the request about to be pushed.
+    fn direct(&self, id: u64) -> Option<DirectReply> {
+        self.sink.as_ref().map(|sink| DirectReply {
+            sink: sink.clone(),
+            seq: self.next_seq,
+            id,
+        })
+    }
+
+    /// `false` once the reply side is gone.
+    async fn push(
+        &mut self,
+        id: Id,
+        outcome: Outcome,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.send((id, outcome, permit, seq)).await.is_ok()
+    }
+}
 
 /// Serves one connection. The caller has counted it in `service.connections`; this uncounts
 /// it at the end.
@@ -210,15 +242,28 @@ async fn serve_peer(
         d.push(&start[hello::CLIENT_HELLO_LEN..]);
         Decoder::Binary(d)
     };
+    let sink = match &decoder {
+        Decoder::Binary(_) => ReplySink::new(w.as_ref())
+            .inspect_err(
+                |e| tracing::debug!(error = %e, "replies go through the connection's task only"),
+            )
+            .ok(),
+        Decoder::Json(_) => None,
+    };
     let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
+    let out = Outbox {
+        queue,
+        sink: sink.clone(),
+        next_seq: 0,
+    };
     // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
     let closed = cancel.child_token();
     let reader = async {
-        let r = read_requests(&mut r, service, cancel, peer, decoder, queue, limits).await;
+        let r = read_requests(&mut r, service, cancel, peer, decoder, out, limits).await;
         closed.cancel();
         r
     };
-    let writer = write_replies(&mut w, service, replies, &closed);
+    let writer = write_replies(&mut w, service, replies, sink.as_deref(), &closed);
     let (r, w) = tokio::join!(reader, writer);
     r.and(w)
 }
@@ -230,7 +275,7 @@ async fn read_requests(
     cancel: &CancellationToken,
     peer: Peer,
     mut decoder: Decoder,
-    queue: Queue,
+    mut out: Outbox,
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
@@ -246,7 +291,7 @@ async fn read_requests(
             &mut decoder,
             service,
             peer,
-            &queue,
+            &mut out,
             &mut watching,
             &budget,
             &mut answerable,
@@ -309,12 +354,12 @@ async fn read_requests(
                     ),
                 };
                 tracing::debug!(%message, "closing a connection");
-                let _ = queue
-                    .send((
+                let _ = out
+                    .push(
                         id,
                         Started::Done(Err(WireError::unavailable(message))),
                         None,
-                    ))
+                    )
                     .await;
                 return Ok(());
             }
@@ -329,7 +374,7 @@ async fn read_requests(
                 Decoder::Json(d) => {
                     if let Some(line) = d.finish() {
                         let (id, outcome) = json_item(line, service, peer);
-                        let _ = queue.send((id, outcome, None)).await;
+                        let _ = out.push(id, outcome, None).await;
                     }
                 }
             }
@@ -354,7 +399,7 @@ async fn drain(
     decoder: &mut Decoder,
     service: &Arc<Service>,
     peer: Peer,
-    queue: &Queue,
+    out: &mut Outbox,
     watching: &mut bool,
     budget: &Arc<Semaphore>,
     answerable: &mut bool,
@@ -389,7 +434,10 @@ async fn drain(
                     Some(p) => {
                         permit = Some(p);
                         match codec::decode::<RequestFrame>(body) {
-                    Ok(req) => (Id::Bin(req.id), dispatch(service, peer, req)),
+                    Ok(req) => {
+                        let direct = out.direct(req.id);
+                        (Id::Bin(req.id), dispatch(service, peer, req, direct))
+                    }
                     Err(e) => (Id::Bin(0), Started::Done(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
                         }
                     }
@@ -416,7 +464,7 @@ async fn drain(
         };
         *watching |= matches!(item.1, Started::Watch { .. });
         *answerable |= matches!(item.1, Started::Done(_) | Started::Read { .. });
-        if queue.send((item.0, item.1, permit)).await.is_err() {
+        if !out.push(item.0, item.1, permit).await {
             return false;
         }
     }
@@ -434,14 +482,19 @@ async fn take_budget(budget: &Arc<Semaphore>, len: usize) -> Option<OwnedSemapho
 fn json_item(line: &[u8], service: &Arc<Service>, peer: Peer) -> (Id, Outcome) {
     let (id, parsed) = json::decode_request(line);
     match parsed {
-        Ok(req) => (Id::Json(id), dispatch(service, peer, req)),
+        Ok(req) => (Id::Json(id), dispatch(service, peer, req, None)),
         Err(e) => (Id::Json(id), Started::Done(Err(e))),
     }
 }
 
-fn dispatch(service: &Arc<Service>, peer: Peer, req: RequestFrame) -> Outcome {
+fn dispatch(
+    service: &Arc<Service>,
+    peer: Peer,
+    req: RequestFrame,
+    direct: Option<DirectReply>,
+) -> Outcome {
     let op = req.request.op();
-    let started = service.start(&peer, req);
+    let started = service.start(&peer, req, direct);
     if let Started::Done(Err(e)) = &started {
         tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");
     }
@@ -452,9 +505,10 @@ async fn write_replies(
     w: &mut WriteHalf<'_>,
     service: &Service,
     mut replies: mpsc::Receiver<Queued>,
+    sink: Option<&ReplySink>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
-    while let Some((id, outcome, _permit)) = replies.recv().await {
+    while let Some((id, outcome, _permit, seq)) = replies.recv().await {
         let result = match outcome {
             Started::Done(r) => r,
             Started::Committing(rx) => committed(rx).await,
@@ -468,7 +522,14 @@ async fn write_replies(
                 return stream_events(w, &id, uid, name, events, closed).await;
             }
         };
-        w.write_all(&encode(&id, result)?).await?;
+        match sink.map_or(Turn::Write, |s| s.turn(seq)) {
+            Turn::Sent => {}
+            Turn::Rest(rest) => w.write_all(&rest).await?,
+            Turn::Write => w.write_all(&encode(&id, result)?).await?,
+        }
+        if let Some(s) = sink {
+            s.wrote(seq);
+        }
     }
     Ok(())
 }

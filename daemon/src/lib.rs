@@ -17,6 +17,7 @@ pub mod process;
 pub mod server;
 pub mod service;
 pub mod session_map;
+pub mod sink;
 pub mod store;
 pub mod table;
 

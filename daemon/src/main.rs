@@ -321,7 +321,8 @@ async fn handle_signals(
     }
 }
 
-/// One pidfd per watched owner and one descriptor per client: use the hard limit.
+/// One pidfd per watched owner and one descriptor per client (two for a binary client: the
+/// commit thread writes replies through a duplicate): use the hard limit.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

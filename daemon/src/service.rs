@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::Cached;
 use crate::commit::{Job, Shared};
+use crate::sink::DirectReply;
 use crate::store::record::{CheckedPayload, Owner, RecordHeader};
 use crate::store::CkptEntry;
 use crate::table::OwnerClaim;
@@ -103,7 +104,7 @@ impl Service {
 
     /// Queues a mutation for the commit thread now, so that a connection's mutations are
     /// committed in request order.
-    fn enqueue(&self, uid: u32, mutation: Mutation) -> Started {
+    fn enqueue(&self, uid: u32, mutation: Mutation, direct: Option<DirectReply>) -> Started {
         let (tx, rx) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let sent = jobs.as_ref().map(|sender| {
@@ -112,6 +113,7 @@ impl Service {
                     uid,
                     mutation,
                     reply: tx,
+                    direct,
                 })
                 .is_ok()
         });
@@ -150,7 +152,7 @@ impl Service {
 
     /// Marks `key` stale if `owner` still owns it (from the owner watcher).
     pub fn mark_stale(&self, key: Key, owner: Owner) -> Started {
-        self.enqueue(key.0, Mutation::MarkStale { name: key.1, owner })
+        self.enqueue(key.0, Mutation::MarkStale { name: key.1, owner }, None)
     }
 
     /// Completes a resume: the reply carries the latest intact checkpoint, read once the
@@ -219,14 +221,21 @@ impl Service {
 
     /// Validates a request and starts it: answered at once, queued for commit, or a read to
     /// run when the connection's earlier requests are done (so it sees their effects).
-    pub fn start(&self, peer: &Peer, frame: RequestFrame) -> Started {
-        match self.start_inner(peer, frame) {
+    ///
+    /// `direct`: where the commit thread may write a mutation's reply itself (see [`crate::sink`]).
+    pub fn start(&self, peer: &Peer, frame: RequestFrame, direct: Option<DirectReply>) -> Started {
+        match self.start_inner(peer, frame, direct) {
             Ok(started) => started,
             Err(e) => Started::Done(Err(e)),
         }
     }
 
-    fn start_inner(&self, peer: &Peer, frame: RequestFrame) -> Result<Started, WireError> {
+    fn start_inner(
+        &self,
+        peer: &Peer,
+        frame: RequestFrame,
+        direct: Option<DirectReply>,
+    ) -> Result<Started, WireError> {
         let limits = self.limits();
         let uid = Self::acting_uid(peer, frame.uid)?;
         if let Some(name) = frame.request.session_name() {
@@ -311,7 +320,8 @@ impl Service {
                     owner,
                     force: r.force,
                 };
-                return Ok(match self.enqueue(uid, resume) {
+                // Its reply needs a read after the commit: never written by the commit thread.
+                return Ok(match self.enqueue(uid, resume, None) {
                     Started::Committing(committed) => Started::Resuming { uid, committed },
                     other => other,
                 });
@@ -325,7 +335,7 @@ impl Service {
                 });
             }
         };
-        Ok(self.enqueue(uid, mutation))
+        Ok(self.enqueue(uid, mutation, direct))
     }
 
     /// Runs a read started by [`Service::start`].

@@ -407,3 +407,110 @@ fn requests_sent_on_a_watch_connection_are_not_executed_unanswered() {
         b"from elsewhere"
     );
 }
+
+/// Committed replies may be written by the commit thread itself; they must still come back
+/// in request order among reads, refusals and replies too large for the socket buffer.
+#[test]
+fn binary_replies_keep_request_order_across_commits_reads_refusals_and_large_replies() {
+    use sessiond_client::{CheckpointRequest, GetRequest, NameRequest, Payload, Reply};
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.create_keep("o", Some(0)).unwrap();
+    let big = vec![0x42u8; 1 << 20];
+    c.put("o", big.clone()).unwrap();
+
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(&hello::client_hello()).unwrap();
+    let mut head = [0u8; hello::SERVER_HELLO_LEN];
+    s.read_exact(&mut head).unwrap();
+    let h = hello::parse_server_hello(&head).unwrap();
+    assert!(h.accepted);
+    let mut message = vec![0u8; h.message_len];
+    s.read_exact(&mut message).unwrap();
+
+    // The replies are read on their own thread while the requests go out, as a pipelining
+    // client does; a 1 MiB reply cannot fit the socket buffer in one write.
+    let mut r = s.try_clone().unwrap();
+    // A reply that never comes fails the test instead of hanging it.
+    r.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    const N: u64 = 250;
+    let reader = std::thread::spawn(move || {
+        let mut d = frame::FrameDecoder::new(64 << 20);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while (got.len() as u64) < N {
+            let n = r.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed after {} replies", got.len());
+            d.push(&buf[..n]);
+            while let Some(frame::Frame::Body(b)) = d.next_frame() {
+                got.push(codec::decode::<ResponseFrame>(b).unwrap());
+            }
+        }
+        got
+    });
+    let mut number = 1u64;
+    let mut expected = Vec::new();
+    for id in 1..=N {
+        let request = match id % 5 {
+            0 | 1 => {
+                number += 1;
+                expected.push((id, Some(number)));
+                Request::Checkpoint(CheckpointRequest {
+                    name: "o".into(),
+                    payload: Payload(vec![id as u8; 64]),
+                    meta: Meta::new(),
+                    expect: None,
+                    epoch: None,
+                })
+            }
+            2 => {
+                expected.push((id, None));
+                Request::Get(GetRequest {
+                    name: "o".into(),
+                    number: Some(1),
+                })
+            }
+            3 => {
+                expected.push((id, None));
+                Request::Show(NameRequest { name: "o".into() })
+            }
+            _ => {
+                // Refused by the commit thread: the expected number is long gone.
+                expected.push((id, None));
+                Request::Checkpoint(CheckpointRequest {
+                    name: "o".into(),
+                    payload: Payload(vec![1]),
+                    meta: Meta::new(),
+                    expect: Some(0),
+                    epoch: None,
+                })
+            }
+        };
+        let frame = frame::encode_frame(&sessiond_client::RequestFrame {
+            id,
+            uid: None,
+            request,
+        })
+        .unwrap();
+        s.write_all(&frame).unwrap();
+    }
+    let got = reader.join().unwrap();
+    let ids: Vec<u64> = got.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        (1..=N).collect::<Vec<_>>(),
+        "replies out of request order"
+    );
+    for (r, (id, number)) in got.into_iter().zip(expected) {
+        match (id % 5, r.result) {
+            (0 | 1, Ok(Reply::Checkpoint(Some(cp)))) => assert_eq!(Some(cp.number), number),
+            (2, Ok(Reply::Checkpoint(Some(cp)))) => {
+                assert_eq!(cp.payload.unwrap().0, big, "reply {id}")
+            }
+            (3, Ok(Reply::Session(info))) => assert_eq!(info.name, "o"),
+            (4, Err(e)) => assert_eq!(e.kind, ErrorKind::Conflict, "reply {id}: {e:?}"),
+            (_, other) => panic!("reply {id}: {other:?}"),
+        }
+    }
+}

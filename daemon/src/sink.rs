@@ -1,0 +1,226 @@
+//! A binary connection's socket as the commit thread sees it. The reply to a committed
+//! mutation is written straight from the commit thread when it is the next reply the
+//! connection owes, instead of waking the connection's task to write it: one thread hand-off
+//! fewer on every durable write.
+//!
+//! Replies keep their request order. Each request of the connection gets a sequence number;
+//! the commit thread writes reply `seq` only while `next == seq` (every earlier reply is fully
+//! on the socket) and nothing it wrote is still unfinished. Otherwise, or when the socket
+//! would block, the reply goes the usual way, through the connection's writer, which asks
+//! [`ReplySink::turn`] what is left to do for each reply and reports each one it writes.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::sys::socket::{send, MsgFlags};
+use sessiond_proto::{frame, Reply, ResponseFrame, WireError};
+
+pub struct ReplySink {
+    /// A duplicate of the connection's socket: it stays valid (never a reused descriptor
+    /// number) for as long as a queued job holds the sink, whatever the connection does.
+    socket: OwnedFd,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The sequence number of the next reply the socket is owed.
+    next: u64,
+    /// The unwritten end of a reply the commit thread could only partly write.
+    rest: Option<(u64, Vec<u8>)>,
+}
+
+/// Where a committed mutation's reply may be written directly.
+pub struct DirectReply {
+    pub sink: Arc<ReplySink>,
+    pub seq: u64,
+    /// The request's id, which the reply frame carries.
+    pub id: u64,
+}
+
+/// What the connection's writer still has to do for a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// The commit thread wrote all of it.
+    Sent,
+    /// The commit thread wrote its beginning; these bytes remain.
+    Rest(Vec<u8>),
+    /// Nothing of it was written.
+    Write,
+}
+
+impl ReplySink {
+    pub fn new(socket: &impl AsFd) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(ReplySink {
+            socket: socket.as_fd().try_clone_to_owned()?,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commit thread: writes `result` as reply `seq` if it is the connection's turn for it
+    /// and the socket takes at least part of it without blocking. Gives the result back; the
+    /// connection's writer still receives it, and [`ReplySink::turn`] tells it what is left.
+    pub fn try_send(
+        &self,
+        seq: u64,
+        id: u64,
+        result: Result<Reply, WireError>,
+    ) -> Result<Reply, WireError> {
+        let mut state = self.state();
+        if state.next != seq || state.rest.is_some() {
+            return result;
+        }
+        let response = ResponseFrame { id, result };
+        let Ok(bytes) = frame::encode_frame(&response) else {
+            // The writer reports an encoding failure in its own words.
+            return response.result;
+        };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let sent = loop {
+            match send(self.socket.as_raw_fd(), &bytes, flags) {
+                Err(Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        match sent {
+            Ok(n) if n == bytes.len() => state.next = seq + 1,
+            Ok(n) if n > 0 => state.rest = Some((seq, bytes[n..].to_vec())),
+            // Would block, or the connection failed: the writer handles both.
+            Ok(_) | Err(_) => {}
+        }
+        response.result
+    }
+
+    /// Connection writer: what is left to do for reply `seq`, whose result it now has.
+    pub fn turn(&self, seq: u64) -> Turn {
+        let mut state = self.state();
+        if state.next > seq {
+            return Turn::Sent;
+        }
+        match state.rest.take() {
+            Some((s, rest)) if s == seq => Turn::Rest(rest),
+            other => {
+                state.rest = other;
+                Turn::Write
+            }
+        }
+    }
+
+    /// Connection writer: reply `seq` is fully on the socket.
+    pub fn wrote(&self, seq: u64) {
+        let mut state = self.state();
+        state.next = state.next.max(seq + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    use sessiond_proto::codec;
+    use sessiond_proto::frame::{Frame, FrameDecoder};
+
+    use super::*;
+
+    fn pong(id: u64) -> (u64, Result<Reply, WireError>) {
+        (
+            id,
+            Ok(Reply::Pong {
+                version: "t".into(),
+                protocol: 1,
+            }),
+        )
+    }
+
+    fn read_ids(peer: &mut UnixStream, d: &mut FrameDecoder) -> Vec<u64> {
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            d.push(&buf[..n]);
+        }
+        let mut ids = Vec::new();
+        while let Some(Frame::Body(b)) = d.next_frame() {
+            ids.push(codec::decode::<ResponseFrame>(b).unwrap().id);
+        }
+        ids
+    }
+
+    #[test]
+    fn writes_only_in_turn_and_never_twice() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let sink = ReplySink::new(&ours).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        // Reply 1 before reply 0 has been written: not its turn.
+        let (id, r) = pong(11);
+        assert!(sink.try_send(1, id, r).is_ok());
+        assert_eq!(sink.turn(1), Turn::Write);
+        assert!(read_ids(&mut peer, &mut d).is_empty());
+        // The writer wrote reply 0; now reply 1 goes straight out, and the writer skips it.
+        sink.wrote(0);
+        let (id, r) = pong(11);
+        sink.try_send(1, id, r).unwrap();
+        assert_eq!(read_ids(&mut peer, &mut d), vec![11]);
+        assert_eq!(sink.turn(1), Turn::Sent);
+        // Reply 1 again: already past it, nothing is written twice.
+        let (id, r) = pong(12);
+        sink.try_send(1, id, r).unwrap();
+        assert!(read_ids(&mut peer, &mut d).is_empty());
+    }
+
+    #[test]
+    fn a_full_socket_leaves_the_rest_to_the_writer_in_order() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let sink = ReplySink::new(&ours).unwrap();
+        // Fill the socket so that a large reply goes out only in part.
+        let big = Ok(Reply::Checkpoint(Some(sessiond_proto::CheckpointInfo {
+            number: 1,
+            created_at: chrono::Utc::now(),
+            size: 4 << 20,
+            meta: Default::default(),
+            payload: Some(sessiond_proto::Payload(vec![7; 4 << 20])),
+            skipped_corrupt: Vec::new(),
+        })));
+        sink.try_send(0, 5, big).unwrap();
+        let Turn::Rest(rest) = sink.turn(0) else {
+            panic!("a 4 MiB reply cannot fit a socket buffer")
+        };
+        // Until the writer has finished reply 0, reply 1 is not written directly.
+        let (id, r) = pong(6);
+        sink.try_send(1, id, r).unwrap();
+        assert_eq!(sink.turn(1), Turn::Write);
+        // The writer finishes reply 0, then writes reply 1 itself: the peer sees 5 then 6.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = &ours;
+            w.write_all(&rest).unwrap();
+            let one = frame::encode_frame(&ResponseFrame {
+                id: 6,
+                result: pong(6).1,
+            })
+            .unwrap();
+            w.write_all(&one).unwrap();
+        });
+        let mut d = FrameDecoder::new(8 << 20);
+        let mut ids = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        while ids.len() < 2 {
+            let n = peer.read(&mut buf).unwrap();
+            assert!(n > 0);
+            d.push(&buf[..n]);
+            while let Some(Frame::Body(b)) = d.next_frame() {
+                ids.push(codec::decode::<ResponseFrame>(b).unwrap().id);
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(ids, vec![5, 6]);
+    }
+}
