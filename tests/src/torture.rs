@@ -328,16 +328,26 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &dest)?;
         } else {
-            std::fs::copy(e.path(), dest)?;
+            match std::fs::copy(e.path(), dest) {
+                // The running daemon deleted it meanwhile (a dead segment).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => {
+                    other?;
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// The index and the log segments of a state directory.
+/// The index and the log segments of a state directory (not dead segments awaiting deletion).
 fn state_files(state: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(state.join("log"))
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
         .unwrap_or_default();
     if state.join("index").exists() {
         files.push(state.join("index"));
