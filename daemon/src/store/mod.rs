@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -302,7 +302,7 @@ pub fn collect_garbage(
         let synced = log::fsync_dir(&dir.join(segment::LOG_DIR));
         delete_in_background(retired);
         synced?;
-        tracing::debug!(?deleted, "deleted log segments holding no live record");
+        tracing::debug!(?deleted, "retired log segments holding no live record");
     }
     result.map(|()| deleted)
 }
@@ -324,19 +324,36 @@ pub fn delete_retired(dir: &Path) {
     }
 }
 
-/// If no thread can be started, the files stay and the next start-up deletes them.
+/// Hands dead segments to the process's one reaper thread, started on first use, so that
+/// deletions stay paced one after another however often garbage is collected. If no thread
+/// can be started, the files stay and the next start-up deletes them.
 fn delete_in_background(paths: Vec<PathBuf>) {
-    let spawned = std::thread::Builder::new()
-        .name("sessiond-reaper".into())
-        .spawn(move || {
-            for p in paths {
-                if let Err(e) = delete_gradually(&p) {
-                    tracing::warn!(path = %p.display(), error = %e, "cannot delete a dead log segment");
+    static REAPER: OnceLock<Option<Mutex<mpsc::Sender<PathBuf>>>> = OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let spawned = std::thread::Builder::new()
+            .name("sessiond-reaper".into())
+            .spawn(move || {
+                for p in rx {
+                    if let Err(e) = delete_gradually(&p) {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot delete a dead log segment");
+                    }
                 }
+            });
+        match spawned {
+            Ok(_) => Some(Mutex::new(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to delete dead log segments; each start-up will");
+                None
             }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start a thread to delete dead log segments; the next start-up will");
+        }
+    });
+    if let Some(tx) = reaper {
+        let tx = tx.lock().unwrap_or_else(|p| p.into_inner());
+        for p in paths {
+            // The reaper never stops while the process runs.
+            let _ = tx.send(p);
+        }
     }
 }
 
