@@ -118,13 +118,16 @@ impl CheckedPayload {
     }
 }
 
-/// The prefix and header of a record; the payload is written after it as is.
+/// As [`encode_with_crc`], computing the payload's checksum (tests write records this way).
+#[cfg(test)]
 pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
     encode_with_crc(header, payload, crc32c::crc32c(payload))
 }
 
-/// As [`encode`], with the payload checksum given: a copied record keeps its original checksum,
-/// so a payload damaged before the copy stays detectably damaged after it.
+/// The prefix and header of a record; the payload is written after it as is. The payload's
+/// checksum is given: computed where the request was decoded ([`CheckedPayload`]), or, for a
+/// copied record, its original one, so that a payload damaged before the copy stays
+/// detectably damaged after it.
 pub fn encode_with_crc(
     header: &RecordHeader,
     payload: &[u8],
