@@ -209,7 +209,7 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
         .collect();
     // One client: a blocking client, as most users run it (no event loop in its way).
     let mut all = if args.threads || args.clients == 1 {
-        checkpoint_threads(args, socket)
+        checkpoint_threads(args, socket, &plan)
     } else {
         checkpoint_async(args, socket, &plan)?
     };
@@ -262,7 +262,11 @@ fn checkpoint_async(args: &Args, socket: &Path, plan: &[Op]) -> Result<Vec<Durat
                                 .checkpoint(&name, payload.clone(), Default::default())
                                 .await
                                 .map(drop),
-                            Op::Get => c.get(&name, None).await.map(drop),
+                            Op::Get => match c.get(&name, None).await {
+                                Ok(Some(_)) => Ok(()),
+                                Ok(None) => return Err("get: no checkpoint".to_string()),
+                                Err(e) => Err(e),
+                            },
                             Op::Resume => c.resume(&name, None, false).await.map(drop),
                         };
                         done.map_err(|e| format!("{op:?}: {e}"))?;
@@ -281,18 +285,14 @@ fn checkpoint_async(args: &Args, socket: &Path, plan: &[Op]) -> Result<Vec<Durat
     })
 }
 
-fn checkpoint_threads(args: &Args, socket: &Path) -> Vec<Duration> {
+fn checkpoint_threads(args: &Args, socket: &Path, plan: &[Op]) -> Vec<Duration> {
     let barrier = Arc::new(Barrier::new(args.clients));
     let run_id = std::process::id();
     let handles: Vec<_> = (0..args.clients)
         .map(|i| {
             let (socket, barrier) = (socket.to_path_buf(), barrier.clone());
             let (size, seconds) = (args.size, args.seconds);
-            let plan: Vec<Op> = args
-                .mix
-                .iter()
-                .flat_map(|&(op, w)| std::iter::repeat_n(op, w as usize))
-                .collect();
+            let plan = plan.to_vec();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket).expect("connect");
                 let name = format!("bench-{run_id}-{i}");
