@@ -177,6 +177,27 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_that_takes_nothing_leaves_the_whole_reply_to_the_writer() {
+        use std::io::Write;
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let sink = ReplySink::new(&ours).unwrap();
+        // Fill the socket until it would block.
+        ours.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        while (&ours).write(&chunk).is_ok() {}
+        while (&ours).write(&[0]).is_ok() {}
+        let (id, r) = pong(3);
+        assert!(sink.try_send(0, id, r).is_ok(), "the result comes back");
+        assert_eq!(sink.turn(0), Turn::Write);
+        sink.wrote(0);
+        assert_eq!(
+            sink.turn(1),
+            Turn::Write,
+            "the next one is the writer's too"
+        );
+    }
+
+    #[test]
     fn a_full_socket_leaves_the_rest_to_the_writer_in_order() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let sink = ReplySink::new(&ours).unwrap();
