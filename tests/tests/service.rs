@@ -137,12 +137,17 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_to_systemd() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The file appears at bind(), before listen(): until then a connection is refused. The
+    // first connection that gets through starts the daemon on the passed socket.
+    let mut client = None;
     assert!(
-        wait_until(DEADLINE, || socket.exists()),
+        wait_until(DEADLINE, || {
+            client = Client::connect(&socket).ok();
+            client.is_some()
+        }),
         "systemd-socket-activate did not listen"
     );
-    // The first connection starts the daemon on the passed socket.
-    let mut c = Client::connect(&socket).unwrap();
+    let mut c = client.unwrap();
     c.create_keep("activated", None).unwrap();
     c.put("activated", b"x".to_vec()).unwrap();
     assert!(
