@@ -75,7 +75,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
                     r.problem(format!("segment {} bytes {offset}..{}: {reason}", segment_file_name(seq), offset + len));
                 }
                 ScanItem::Torn { offset } => r.note(format!(
-                    "segment {}: ends with an interrupted write at offset {offset} (never acknowledged; ignored)",
+                    "segment {}: ends at offset {offset}, before an interrupted write or what an earlier use of the file left (never acknowledged; ignored)",
                     segment_file_name(seq)
                 )),
             }

@@ -28,6 +28,8 @@ pub struct Shared {
     pub dir: PathBuf,
     pub table: Mutex<SessionTable>,
     pub files: SegmentFiles,
+    /// Dead segment files kept for reuse by new segments (see [`crate::store::log`]).
+    pub free_segments: usize,
     pub cache: LatestCache,
     pub probe: Arc<dyn ProcessProbe>,
     pub notify: Notifier,
@@ -157,7 +159,7 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         .iter()
         .map(|p| (p.head.len() + p.payload.len()) as u64)
         .sum();
-    let locs = match log.append(&pending) {
+    let locs = match log.append(&mut pending) {
         Ok(locs) => locs,
         Err(e) => {
             tracing::error!(error = %e, "log write failed; refusing the batch");
@@ -279,7 +281,13 @@ pub fn write_snapshot(shared: &Shared, log: &LogWriter) {
         tracing::error!(error = %e, "cannot write the index snapshot; start-up will replay more of the log");
         return;
     }
-    if let Err(e) = collect_garbage(&shared.dir, segment, &shared.table, &shared.files) {
+    if let Err(e) = collect_garbage(
+        &shared.dir,
+        segment,
+        &shared.table,
+        &shared.files,
+        shared.free_segments,
+    ) {
         tracing::warn!(error = %e, "cannot delete old log segments");
     }
 }
@@ -337,7 +345,7 @@ fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
             }
         }
         let locs = match log
-            .append(&pending)
+            .append(&mut pending)
             .and_then(|locs| log.sync().map(|()| locs))
         {
             Ok(locs) => locs,
@@ -377,6 +385,7 @@ mod tests {
             dir: dir.to_path_buf(),
             table: Mutex::new(SessionTable::new(16)),
             files: SegmentFiles::new(dir),
+            free_segments: 2,
             cache: LatestCache::new(1 << 20),
             probe: Arc::new(FakeProbe::default()),
             notify: Notifier {

@@ -116,6 +116,7 @@ fn open_store(
         dir: dir.clone(),
         table: std::sync::Mutex::new(table),
         files: SegmentFiles::new(dir),
+        free_segments: free_segments(cfg),
         cache: LatestCache::new(usize::try_from(cfg.read_cache_bytes).unwrap_or(usize::MAX)),
         probe,
         notify,
@@ -127,6 +128,15 @@ fn open_store(
         commit::write_snapshot(&shared, &log);
     }
     Ok((shared, log))
+}
+
+/// Dead segment files to keep for reuse: as many as the log fills between two snapshots,
+/// which is when garbage collection frees them, so that every new segment can reuse one.
+fn free_segments(cfg: &Config) -> usize {
+    let per_snapshot = cfg.snapshot_every_bytes.div_ceil(cfg.segment_bytes.max(1));
+    usize::try_from(per_snapshot)
+        .unwrap_or(usize::MAX)
+        .clamp(1, 16)
 }
 
 /// Applies what can change while running; says what needs a restart.

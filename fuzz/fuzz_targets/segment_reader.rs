@@ -3,11 +3,9 @@
 //! index snapshot must load or be reported damaged.
 #![no_main]
 
-use std::fs::File;
-
 use libfuzzer_sys::fuzz_target;
 use sessiond::store::segment::{
-    read_record, segment_header, segment_path, ScanItem, SegmentScanner, LOG_DIR,
+    segment_header, segment_path, ScanItem, SegmentFile, SegmentScanner, LOG_DIR,
 };
 use sessiond::store::snapshot;
 
@@ -19,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     bytes.extend_from_slice(data);
     std::fs::write(&path, &bytes).expect("write segment");
     if let Ok(mut scanner) = SegmentScanner::open(dir.path(), 1, 0) {
-        let file = File::open(&path).expect("open");
+        let file = SegmentFile::open(dir.path(), 1).expect("open");
         while let Ok(Some(item)) = scanner.next_item() {
             if let ScanItem::Record {
                 loc,
@@ -27,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
                 ..
             } = item
             {
-                read_record(&file, &loc).expect("a record scanned as intact reads back intact");
+                file.read_record(&loc)
+                    .expect("a record scanned as intact reads back intact");
             }
         }
     }

@@ -87,6 +87,20 @@ fn everything_survives_a_restart_and_retention_keeps_exactly_keep() {
     assert_eq!(numbers(&mut c, "kept"), vec![9, 10, 11]);
 }
 
+fn log_files(d: &Daemon, extension: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(d.state.join("log"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect()
+}
+
+fn inode(p: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
 #[test]
 fn segments_roll_over_and_dead_ones_are_deleted() {
     // Small segments and snapshots so the log rolls and old segments become garbage.
@@ -107,20 +121,26 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
         "dead segments are deleted ({segs} left):\n{}",
         d.log()
     );
-    // Dead segments leave the log at once and are unlinked off the commit thread.
-    let dead_files = |d: &Daemon| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(d.state.join("log"))
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "dead"))
-            .collect()
-    };
+    // Dead segments leave the log at once. As many as the log fills between two snapshots
+    // (2 here) are kept for new segments to reuse; the others are unlinked off the commit
+    // thread.
     assert!(
-        wait_until(Duration::from_secs(10), || dead_files(&d).is_empty()),
+        wait_until(Duration::from_secs(10), || log_files(&d, "dead").is_empty()),
         "dead segments are unlinked: {:?}",
-        dead_files(&d)
+        log_files(&d, "dead")
     );
+    let free = log_files(&d, "free");
+    assert!(
+        (1..=2).contains(&free.len()),
+        "free files kept: {free:?}\n{}",
+        d.log()
+    );
+
     assert!(d.stop().success());
+    let kept: Vec<u64> = log_files(&d, "free")
+        .iter()
+        .filter_map(|p| inode(p))
+        .collect();
     // One a crash kept from being unlinked is deleted at the next start, and is never read.
     let leftover = d.state.join("log").join("0000000000000001.dead");
     std::fs::write(&leftover, vec![0xa5; 4096]).unwrap();
@@ -128,6 +148,14 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
     assert!(
         wait_until(Duration::from_secs(10), || !leftover.exists()),
         "a dead segment left by an earlier run is deleted at start-up"
+    );
+    // The new run's segment is one of the free files: the same inode under a new name.
+    let newest = d.segments().into_iter().max().unwrap();
+    assert!(
+        inode(&newest).is_some_and(|i| kept.contains(&i)),
+        "{} is a new file, not one of the free ones\n{}",
+        newest.display(),
+        d.log()
     );
     let mut c = d.client();
     let h: Vec<u64> = c.history("s").unwrap().iter().map(|h| h.number).collect();

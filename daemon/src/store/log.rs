@@ -1,13 +1,23 @@
 //! The append side of the log: one active segment, written in batches and made durable with
 //! one `fdatasync` per batch (group commit). A new segment's directory entry is made durable
 //! before anything written to it is acknowledged.
+//!
+//! A new segment reuses a dead segment's file when garbage collection left one (`.free`):
+//! appends then overwrite blocks that are already written, and `fdatasync` has no unwritten
+//! extents to convert. On ext4 that makes durable 64 KiB batches about 1.4x faster than in a
+//! preallocated file (`sessiond-bench checkpoint --clients 16 --size 65536`, see
+//! bench/README.md).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
-use super::record::Loc;
-use super::segment::{segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN};
+use std::os::unix::fs::FileExt;
+
+use super::record::{self, Loc, FOOTER_LEN, PREFIX_LEN};
+use super::segment::{
+    free_path, list_free, segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN,
+};
 
 /// Makes a directory's entries durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -36,8 +46,18 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Creates segment `seq` (which must not exist) and makes it durable.
+    /// Creates segment `seq` (which must not exist), in a free file if there is one, and makes
+    /// it durable.
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
+        if let Some(free) = take_free(dir, seq) {
+            match LogWriter::reuse(dir, &free, seq, segment_bytes) {
+                Ok(log) => return Ok(log),
+                Err(e) => {
+                    tracing::warn!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
+                    let _ = std::fs::remove_file(&free);
+                }
+            }
+        }
         let path = segment_path(dir, seq);
         let mut file = OpenOptions::new()
             .write(true)
@@ -48,6 +68,31 @@ impl LogWriter {
         let preallocated = preallocate(&file, segment_bytes);
         file.sync_all()?;
         fsync_dir(&dir.join(LOG_DIR))?;
+        Ok(LogWriter {
+            dir: dir.to_path_buf(),
+            seq,
+            file,
+            len: SEGMENT_HEADER_LEN,
+            segment_bytes,
+            preallocated,
+            poisoned: false,
+        })
+    }
+
+    /// Makes the free file `free` segment `seq`. Its old records stay after the new ones until
+    /// overwritten; their checksums are seeded with their own segment's number, lower than
+    /// `seq`, so they read as the end of the segment, never as its records.
+    fn reuse(dir: &Path, free: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(free)?;
+        file.write_all_at(&segment_header(seq), 0)?;
+        // Allocates only what a short file lacks.
+        let preallocated = preallocate(&file, segment_bytes);
+        // The header is durable before the file is named a segment: a crash in between leaves
+        // a free file, never a segment whose header names another.
+        file.sync_all()?;
+        rename_no_replace(free, &segment_path(dir, seq))?;
+        fsync_dir(&dir.join(LOG_DIR))?;
+        tracing::debug!(segment = seq, from = %free.display(), "reusing a dead segment's file");
         Ok(LogWriter {
             dir: dir.to_path_buf(),
             seq,
@@ -77,12 +122,12 @@ impl LogWriter {
         (self.seq, self.len)
     }
 
-    /// Writes `records` at the end of the active segment (not yet durable). On error the
-    /// segment is cut back to where it was.
-    pub fn append(&mut self, records: &[Pending<'_>]) -> io::Result<Vec<Loc>> {
+    /// Writes `records` at the end of the active segment (not yet durable), sealing each for
+    /// it ([`record::seal`]). On error the segment is cut back to where it was.
+    pub fn append(&mut self, records: &mut [Pending<'_>]) -> io::Result<Vec<Loc>> {
         let batch: u64 = records
             .iter()
-            .map(|r| (r.head.len() + r.payload.len()) as u64)
+            .map(|r| (r.head.len() + r.payload.len() + FOOTER_LEN) as u64)
             .sum();
         if self.poisoned {
             // After a failed fsync the kernel may have dropped the dirty pages: that segment's
@@ -92,24 +137,29 @@ impl LogWriter {
             // The index stores offsets in 32 bits.
             self.rotate()?;
         }
+        let footers: Vec<[u8; FOOTER_LEN]> = records
+            .iter_mut()
+            .map(|r| record::seal(&mut r.head, Some(self.seq)))
+            .collect();
         let start = self.len;
         let mut locs = Vec::with_capacity(records.len());
-        let mut slices = Vec::with_capacity(records.len() * 2);
+        let mut slices = Vec::with_capacity(records.len() * 3);
         let mut off = start;
-        for r in records {
-            let header_len = (r.head.len() - super::record::PREFIX_LEN) as u32;
+        for (r, footer) in records.iter().zip(&footers) {
+            let header_len = (r.head.len() - PREFIX_LEN) as u32;
             let loc = Loc {
                 segment: self.seq,
                 offset: off,
                 header_len,
                 payload_len: r.payload.len() as u32,
             };
-            off += loc.record_len();
+            off += loc.record_len() + FOOTER_LEN as u64;
             locs.push(loc);
             slices.push(IoSlice::new(&r.head));
             if !r.payload.is_empty() {
                 slices.push(IoSlice::new(r.payload));
             }
+            slices.push(IoSlice::new(footer));
         }
         match write_all_at(&self.file, start, &mut slices) {
             Ok(()) => {
@@ -153,6 +203,40 @@ impl LogWriter {
     }
 }
 
+/// The oldest free file whose records all belong to segments before `seq`. A free file
+/// numbered `seq` or later (left by a run that numbered segments differently) could hold
+/// records sealed for `seq`: it is deleted instead.
+fn take_free(dir: &Path, seq: u32) -> Option<PathBuf> {
+    let free = list_free(dir).ok()?;
+    for &old in free.iter().filter(|&&old| old >= seq) {
+        let _ = std::fs::remove_file(free_path(dir, old));
+    }
+    free.into_iter()
+        .find(|&old| old < seq)
+        .map(|old| free_path(dir, old))
+}
+
+/// Renames `from` to `to`, failing if `to` exists: a segment is never replaced.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)?;
+        Ok(())
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        // The daemon holds the state directory's lock: nothing else creates segments.
+        if to.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", to.display()),
+            ));
+        }
+        std::fs::rename(from, to)
+    }
+}
+
 /// Extends a new segment to its full size with allocated (unwritten) blocks, so that appends
 /// overwrite blocks the file already has: `fdatasync` then has no file size to commit, which
 /// on ext4 and xfs makes a small durable append about 1.7x faster. Best effort: without it
@@ -182,13 +266,16 @@ fn preallocate(file: &File, segment_bytes: u64) -> bool {
     }
 }
 
+/// Most slices one `pwritev` takes (Linux's `UIO_MAXIOV`; more is `EINVAL`).
+const IOV_MAX: usize = 1024;
+
 /// Writes the slices at `start` with positioned writes: no seek per batch.
 fn write_all_at(file: &File, start: u64, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     let mut slices = slices;
     let mut at = start;
     while !slices.is_empty() {
         let offset = i64::try_from(at).map_err(|_| io::Error::other("log offset past i64"))?;
-        match nix::sys::uio::pwritev(file, slices, offset) {
+        match nix::sys::uio::pwritev(file, &slices[..slices.len().min(IOV_MAX)], offset) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -232,7 +319,7 @@ pub(crate) mod tests {
     }
 
     fn append(log: &mut LogWriter, n: u32) -> Loc {
-        log.append(&[Pending {
+        log.append(&mut [Pending {
             head: record(n),
             payload: &[],
         }])
@@ -262,6 +349,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_batch_of_more_records_than_one_system_call_takes_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), 16 << 20);
+        // Three slices a record: far more than IOV_MAX (1024) in one batch.
+        let locs = write_checkpoints(&mut log, 1..=1500);
+        assert_eq!(locs.len(), 1500);
+        let numbers = scan_numbers(dir.path(), 1);
+        assert_eq!(numbers.len(), 1500);
+        assert_eq!(numbers.last().map(String::as_str), Some("1500"));
+    }
+
+    #[test]
     fn no_record_ends_beyond_4_gib_into_a_segment() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = log_in(dir.path(), 1 << 20);
@@ -280,13 +379,146 @@ pub(crate) mod tests {
         assert_eq!(file_len(dir.path(), 1), SEGMENT_HEADER_LEN);
         let loc = append(&mut log, 1);
         log.sync().unwrap();
-        assert_eq!(file_len(dir.path(), 1), loc.offset + loc.record_len());
+        assert_eq!(
+            file_len(dir.path(), 1),
+            loc.offset + loc.record_len() + FOOTER_LEN as u64
+        );
         let mut scanner = SegmentScanner::open(dir.path(), 1, 0).unwrap();
         assert!(matches!(
             scanner.next_item().unwrap(),
             Some(ScanItem::Record { .. })
         ));
         assert!(scanner.next_item().unwrap().is_none());
+    }
+
+    fn checkpoint(n: u64, payload: &[u8]) -> Vec<u8> {
+        encode(
+            &RecordHeader::Checkpoint(crate::store::record::CheckpointHeader {
+                uid: 1,
+                name: "s".into(),
+                number: n,
+                created_at: 0,
+                meta: Default::default(),
+            }),
+            payload,
+        )
+        .unwrap()
+    }
+
+    fn write_checkpoints(log: &mut LogWriter, numbers: std::ops::RangeInclusive<u64>) -> Vec<Loc> {
+        let payloads: Vec<Vec<u8>> = numbers.clone().map(|n| vec![n as u8; 3000]).collect();
+        let mut pending: Vec<Pending<'_>> = numbers
+            .zip(&payloads)
+            .map(|(n, p)| Pending {
+                head: checkpoint(n, p),
+                payload: p,
+            })
+            .collect();
+        let locs = log.append(&mut pending).unwrap();
+        log.sync().unwrap();
+        locs
+    }
+
+    fn scan_numbers(dir: &Path, seq: u32) -> Vec<String> {
+        let mut scanner = SegmentScanner::open(dir, seq, 0).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = scanner.next_item().unwrap() {
+            out.push(match item {
+                ScanItem::Record {
+                    header: RecordHeader::Checkpoint(h),
+                    payload_ok,
+                    ..
+                } => format!("{}{}", h.number, if payload_ok { "" } else { "!" }),
+                ScanItem::Record { .. } => "other".into(),
+                ScanItem::Damaged { .. } => "damaged".into(),
+                ScanItem::Torn { .. } => "torn".into(),
+            });
+        }
+        out
+    }
+
+    /// Segment 1 full of checkpoints 1..=100, retired to a free file, and segment 2 active.
+    fn log_with_a_free_file(dir: &Path) -> LogWriter {
+        let mut log = log_in(dir, 256 << 10);
+        write_checkpoints(&mut log, 1..=80);
+        log.rotate().unwrap();
+        std::fs::rename(segment_path(dir, 1), free_path(dir, 1)).unwrap();
+        log
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn a_new_segment_reuses_a_free_file_whose_old_records_read_as_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_a_free_file(dir.path());
+        let old = inode(&free_path(dir.path(), 1));
+        log.rotate().unwrap();
+        assert_eq!(log.position().0, 3);
+        assert_eq!(
+            inode(&segment_path(dir.path(), 3)),
+            old,
+            "the free file is reused"
+        );
+        assert!(list_free(dir.path()).unwrap().is_empty());
+        // A crash before the clean stop's trim: the old records are still in the file, at
+        // the very offsets new ones start at, and none of them reads as segment 3's.
+        write_checkpoints(&mut log, 81..=83);
+        assert_eq!(scan_numbers(dir.path(), 3), ["81", "82", "83", "torn"]);
+        // With nothing written at all, the old records are no more the new segment's.
+        log.rotate().unwrap();
+        std::fs::rename(segment_path(dir.path(), 3), free_path(dir.path(), 3)).unwrap();
+        log.rotate().unwrap();
+        assert_eq!(inode(&segment_path(dir.path(), 5)), old);
+        assert_eq!(scan_numbers(dir.path(), 5), ["torn"]);
+        // And new records read back whole, from the scanner's index and directly.
+        let locs = write_checkpoints(&mut log, 84..=84);
+        let file = crate::store::segment::SegmentFile::open(dir.path(), 5).unwrap();
+        assert_eq!(file.read_record(&locs[0]).unwrap().1, vec![84u8; 3000]);
+    }
+
+    #[test]
+    fn a_write_cut_short_in_a_reused_file_is_torn_and_a_damaged_payload_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_a_free_file(dir.path());
+        log.rotate().unwrap();
+        let locs = write_checkpoints(&mut log, 81..=82);
+        // The last 1000 bytes of checkpoint 82's payload and its footer never reached the
+        // disk: what is there is the previous life's bytes.
+        let path = segment_path(dir.path(), 3);
+        let written = std::fs::read(&path).unwrap();
+        let mut bytes = written.clone();
+        let end = (locs[1].offset + locs[1].record_len()) as usize + FOOTER_LEN;
+        bytes[end - 1000..end].fill(1);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scan_numbers(dir.path(), 3), ["81", "torn"]);
+        // A payload damaged after it was written whole is reported, not taken for the end:
+        // the last record's as well as one followed by others.
+        let mut bytes = written.clone();
+        bytes[locs[1].payload_offset() as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scan_numbers(dir.path(), 3), ["81", "82!", "torn"]);
+        bytes[locs[0].payload_offset() as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scan_numbers(dir.path(), 3), ["81!", "82!", "torn"]);
+    }
+
+    #[test]
+    fn a_free_file_numbered_at_or_after_the_new_segment_is_deleted_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_a_free_file(dir.path());
+        std::fs::rename(free_path(dir.path(), 1), free_path(dir.path(), 3)).unwrap();
+        log.rotate().unwrap();
+        assert_eq!(log.position().0, 3);
+        assert!(!free_path(dir.path(), 3).exists());
+        assert_eq!(
+            file_len(dir.path(), 3),
+            256 << 10,
+            "a new, preallocated file"
+        );
+        assert_eq!(scan_numbers(dir.path(), 3), Vec::<String>::new());
     }
 
     #[test]

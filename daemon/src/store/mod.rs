@@ -5,6 +5,8 @@
 //! - `LOCK`: held (flock) by the running daemon;
 //! - `log/<seq>.seg`: segments of records (checkpoints with their payload, session states,
 //!   deletions), see [`record`] and [`segment`];
+//! - `log/<old seq>.free`: dead segments' files kept for new segments to reuse (see [`log`]);
+//! - `log/<seq>.dead`: dead segments being deleted;
 //! - `index`: the snapshot, see [`snapshot`].
 //!
 //! Invariants: a record is acknowledged only after it and its segment's directory entry are
@@ -18,7 +20,6 @@ pub mod segment;
 pub mod snapshot;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::table::SessionTable;
 use record::{Loc, RecordHeader};
-use segment::{list_segments, segment_path, ReadError, ScanItem, SegmentScanner};
+use segment::{list_segments, segment_path, ReadError, ScanItem, SegmentFile, SegmentScanner};
 
 /// A retained checkpoint in the index: its number and where its record is. The index holds
 /// one per retained checkpoint (a million for 100,000 sessions keeping 10), so it is kept to
@@ -185,7 +186,7 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
                     tracing::info!(
                         segment = seq,
                         offset,
-                        "log ends with an interrupted write; ignoring it"
+                        "segment ends before an interrupted write or what an earlier use of its file left; ignoring the rest"
                     );
                     report.torn.push((seq, offset));
                 }
@@ -210,7 +211,7 @@ pub fn log_size(dir: &Path) -> (u64, u64) {
 #[derive(Debug)]
 pub struct SegmentFiles {
     dir: PathBuf,
-    open: Mutex<HashMap<u32, Arc<File>>>,
+    open: Mutex<HashMap<u32, Arc<SegmentFile>>>,
 }
 
 impl SegmentFiles {
@@ -221,7 +222,7 @@ impl SegmentFiles {
         }
     }
 
-    pub fn get(&self, seq: u32) -> io::Result<Arc<File>> {
+    pub fn get(&self, seq: u32) -> io::Result<Arc<SegmentFile>> {
         let cached = self
             .open
             .lock()
@@ -233,7 +234,7 @@ impl SegmentFiles {
         }
         // Opened outside the lock so other readers never wait on this one's I/O; if two race,
         // both handles are valid and the first one stays cached.
-        let f = Arc::new(File::open(segment_path(&self.dir, seq))?);
+        let f = Arc::new(SegmentFile::open(&self.dir, seq)?);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         Ok(open.entry(seq).or_insert(f).clone())
     }
@@ -247,36 +248,45 @@ impl SegmentFiles {
 
     /// A whole record, verified.
     pub fn read_record(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
-        segment::read_record(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+        self.get(loc.segment)
+            .map_err(ReadError::Io)?
+            .read_record(loc)
     }
 
     /// A record's header and payload with the payload's stored checksum, not verified (for
     /// copying a record as it is).
     pub fn read_record_raw(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>, u32), ReadError> {
-        segment::read_record_raw(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+        self.get(loc.segment)
+            .map_err(ReadError::Io)?
+            .read_record_raw(loc)
     }
 
     /// A record's header, verified.
     pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
-        segment::read_header(&*self.get(loc.segment).map_err(ReadError::Io)?, loc)
+        self.get(loc.segment)
+            .map_err(ReadError::Io)?
+            .read_header(loc)
     }
 }
 
 /// Deletes the oldest segments that are below `covered` (the snapshot's segment) and hold no
 /// live record. Returns the deleted sequence numbers.
 ///
-/// A dead segment is renamed out of the log at once (`.dead`) and unlinked on a thread of its
-/// own: freeing a large file's blocks takes tens of milliseconds, which the commit thread, and
-/// so every write, would otherwise wait for.
+/// A dead segment is renamed out of the log at once. Up to `keep_free` such files are kept
+/// (`.free`) for new segments to reuse; the others (`.dead`) are unlinked on a thread of
+/// their own: freeing a large file's blocks takes tens of milliseconds, which the commit
+/// thread, and so every write, would otherwise wait for.
 pub fn collect_garbage(
     dir: &Path,
     covered: u32,
     table: &Mutex<SessionTable>,
     files: &SegmentFiles,
+    keep_free: usize,
 ) -> io::Result<Vec<u32>> {
     let mut deleted = Vec::new();
     let mut retired = Vec::new();
     let mut result = Ok(());
+    let mut free = segment::list_free(dir)?.len();
     for seq in list_segments(dir)? {
         if seq >= covered {
             break;
@@ -290,17 +300,28 @@ pub fn collect_garbage(
         }
         files.forget(seq);
         let path = segment_path(dir, seq);
-        let dead = path.with_extension(RETIRED_EXTENSION);
-        if let Err(e) = std::fs::rename(&path, &dead) {
+        let reuse = free < keep_free;
+        let to = if reuse {
+            segment::free_path(dir, seq)
+        } else {
+            path.with_extension(RETIRED_EXTENSION)
+        };
+        if let Err(e) = std::fs::rename(&path, &to) {
             result = Err(e);
             break;
         }
-        retired.push(dead);
+        if reuse {
+            free += 1;
+        } else {
+            retired.push(to);
+        }
         deleted.push(seq);
     }
     if !deleted.is_empty() {
         let synced = log::fsync_dir(&dir.join(segment::LOG_DIR));
-        delete_in_background(retired);
+        if !retired.is_empty() {
+            delete_in_background(retired);
+        }
         synced?;
         tracing::debug!(?deleted, "retired log segments holding no live record");
     }

@@ -5,19 +5,30 @@
 //! 4..8    header length      u32 LE
 //! 8..12   payload length     u32 LE
 //! 12..16  crc32c(payload)    u32 LE
-//! 16..20  crc32c(bytes 4..16 ++ header)
+//! 16..20  crc32c(segment seq u32 LE ++ bytes 4..16 ++ header)
 //! 20..    header, payload
+//! then    footer: bytes 16..20 again
 //! ```
 //!
 //! The header checksum covers the lengths, so a flipped length is caught before it is trusted;
 //! the payload has its own checksum so that start-up can index a record from its header alone
 //! and reads verify the payload when they serve it.
+//!
+//! Format 2 (format 1 segments have neither):
+//! - The header checksum starts with the number of the segment the record is in. A segment
+//!   file is reused once its records are dead, and the old records it still holds past the
+//!   new ones then fail their checksum instead of passing for the new segment's.
+//! - The footer, written after the payload, tells a write that was cut short (no footer: the
+//!   bytes there are zeros or a reused file's old ones) from a payload damaged after it was
+//!   written (footer intact, payload checksum wrong), which is reported, not forgotten.
 
 use serde::{Deserialize, Serialize};
 use sessiond_proto::{codec, Meta, Status};
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
+/// Length of a format 2 record's footer.
+pub const FOOTER_LEN: usize = 4;
 /// Sanity bound on a header; anything larger is damage.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 
@@ -97,6 +108,8 @@ pub enum RecordError {
     HeaderCrc,
     #[error("payload checksum mismatch")]
     PayloadCrc,
+    #[error("record has no footer: its write was cut short or its end is damaged")]
+    Footer,
     #[error("record header does not decode: {0}")]
     Decode(#[from] codec::CodecError),
     #[error("payload of {0} bytes does not fit a record")]
@@ -124,7 +137,28 @@ pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordEr
     encode_with_crc(header, payload, crc32c::crc32c(payload))
 }
 
-/// The prefix and header of a record; the payload is written after it as is. The payload's
+/// The checksum of a header and the lengths before it, seeded with the segment's number in
+/// a format 2 segment (`None`: format 1).
+fn header_crc(seed: Option<u32>, lengths: &[u8], header: &[u8]) -> u32 {
+    let start = seed.map_or(0, |seq| crc32c::crc32c(&seq.to_le_bytes()));
+    crc32c::crc32c_append(crc32c::crc32c_append(start, lengths), header)
+}
+
+/// Completes a record encoded by [`encode_with_crc`] for the segment it is written to;
+/// returns the footer to write after its payload.
+pub fn seal(head: &mut [u8], seed: Option<u32>) -> [u8; FOOTER_LEN] {
+    let crc = header_crc(seed, &head[4..16], &head[PREFIX_LEN..]).to_le_bytes();
+    head[16..20].copy_from_slice(&crc);
+    crc
+}
+
+/// Whether `footer` completes the record whose prefix is `prefix_bytes`.
+pub fn footer_matches(prefix_bytes: &[u8; PREFIX_LEN], footer: &[u8]) -> bool {
+    prefix_bytes[16..20] == *footer
+}
+
+/// The prefix and header of a record; the payload is written after it as is. The header's
+/// checksum is left to [`seal`], once the segment it goes to is known. The payload's
 /// checksum is given: computed where the request was decoded ([`CheckedPayload`]), or, for a
 /// copied record, its original one, so that a payload damaged before the copy stays
 /// detectably damaged after it.
@@ -144,8 +178,7 @@ pub fn encode_with_crc(
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload_crc.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..16]), &body);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -176,14 +209,15 @@ pub fn parse_prefix(b: &[u8; PREFIX_LEN]) -> Result<Prefix, RecordError> {
     Ok(p)
 }
 
-/// Verifies and decodes the header that follows `prefix_bytes`.
+/// Verifies and decodes the header that follows `prefix_bytes`, in a segment whose records
+/// are sealed with `seed`.
 pub fn parse_header(
     prefix_bytes: &[u8; PREFIX_LEN],
     prefix: &Prefix,
     header: &[u8],
+    seed: Option<u32>,
 ) -> Result<RecordHeader, RecordError> {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&prefix_bytes[4..16]), header);
-    if crc != prefix.header_crc {
+    if header_crc(seed, &prefix_bytes[4..16], header) != prefix.header_crc {
         return Err(RecordError::HeaderCrc);
     }
     Ok(codec::decode(header)?)

@@ -2,8 +2,11 @@
 //! (`SSNDLOG1`, the sequence number, the format version) followed by records.
 //!
 //! [`SegmentScanner`] walks a segment's records in order, telling intact records from damaged
-//! stretches (skipped by searching for the next valid record) and from a torn end. The active
-//! segment is preallocated, so a segment may end in zeros: they are its end, not damage.
+//! stretches (skipped by searching for the next valid record) and from a torn end. A new
+//! segment is preallocated, so it may end in zeros: they are its end, not damage. A reused
+//! segment file ends in the records of its previous life instead, which fail their checksum
+//! (it is seeded with the segment's number, format 2) and so also read as its end. A record
+//! whose footer is missing was cut short (see [`record`]).
 
 use std::fs::File;
 use std::io;
@@ -14,7 +17,9 @@ use super::record::{self, Loc, Prefix, RecordError, RecordHeader, PREFIX_LEN};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SSNDLOG1";
 pub const SEGMENT_HEADER_LEN: u64 = 16;
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 2 seeds record checksums with the segment's number and ends records with a footer;
+/// format 1 is still read.
+pub const FORMAT_VERSION: u32 = 2;
 pub const LOG_DIR: &str = "log";
 
 pub fn segment_file_name(seq: u32) -> String {
@@ -33,8 +38,100 @@ pub fn segment_header(seq: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
     h
 }
 
+/// Checks a segment's header; returns the seed its records' checksums use.
+fn parse_segment_header(h: &[u8], seq: u32) -> io::Result<Option<u32>> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "segment {} has a bad header: {what}",
+                segment_file_name(seq)
+            ),
+        )
+    };
+    if h.len() < SEGMENT_HEADER_LEN as usize || h[..8] != SEGMENT_MAGIC {
+        return Err(bad("no SSNDLOG1 magic"));
+    }
+    if h[8..12] != seq.to_le_bytes() {
+        return Err(bad("it names another segment"));
+    }
+    match u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
+        1 => Ok(None),
+        2 => Ok(Some(seq)),
+        v => Err(bad(&format!("unknown format version {v}"))),
+    }
+}
+
+/// An open segment, for reading records at known places.
+#[derive(Debug)]
+pub struct SegmentFile {
+    file: File,
+    seed: Option<u32>,
+}
+
+impl SegmentFile {
+    /// Opens segment `seq` and checks its header.
+    pub fn open(dir: &Path, seq: u32) -> io::Result<Self> {
+        let file = File::open(segment_path(dir, seq))?;
+        let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+        file.read_exact_at(&mut h, 0)?;
+        let seed = parse_segment_header(&h, seq)?;
+        Ok(SegmentFile { file, seed })
+    }
+
+    /// Reads a whole record and checks both checksums.
+    pub fn read_record(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+        let (header, payload, crc) = self.read_record_raw(loc)?;
+        if crc32c::crc32c(&payload) != crc {
+            return Err(RecordError::PayloadCrc.into());
+        }
+        Ok((header, payload))
+    }
+
+    /// Reads a whole record, checking the header only; returns the stored payload checksum.
+    pub fn read_record_raw(&self, loc: &Loc) -> Result<(RecordHeader, Vec<u8>, u32), ReadError> {
+        let mut buf = vec![0u8; loc.record_len() as usize];
+        self.file
+            .read_exact_at(&mut buf, loc.offset)
+            .map_err(ReadError::Io)?;
+        let (prefix, header) = check_header(&buf, self.seed)?;
+        if prefix.header_len != loc.header_len || prefix.payload_len != loc.payload_len {
+            return Err(ReadError::Record(RecordError::HeaderLen(prefix.header_len)));
+        }
+        let payload = buf.split_off(PREFIX_LEN + loc.header_len as usize);
+        Ok((header, payload, prefix.payload_crc))
+    }
+
+    /// Reads and verifies a record's header only.
+    pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
+        let mut buf = vec![0u8; PREFIX_LEN + loc.header_len as usize];
+        self.file
+            .read_exact_at(&mut buf, loc.offset)
+            .map_err(ReadError::Io)?;
+        Ok(check_header(&buf, self.seed)?.1)
+    }
+}
+
+/// Extension of a dead segment's file kept for reuse as a new segment, named by its old
+/// number.
+pub const FREE_EXTENSION: &str = "free";
+
+pub fn free_path(dir: &Path, old_seq: u32) -> PathBuf {
+    dir.join(LOG_DIR)
+        .join(format!("{old_seq:016x}.{FREE_EXTENSION}"))
+}
+
 /// Sequence numbers of the segments in `dir/log`, ascending. Other files are ignored.
 pub fn list_segments(dir: &Path) -> io::Result<Vec<u32>> {
+    numbered_files(dir, "seg")
+}
+
+/// Old sequence numbers of the free files in `dir/log`, ascending.
+pub fn list_free(dir: &Path) -> io::Result<Vec<u32>> {
+    numbered_files(dir, FREE_EXTENSION)
+}
+
+fn numbered_files(dir: &Path, extension: &str) -> io::Result<Vec<u32>> {
     let mut out = Vec::new();
     let log = dir.join(LOG_DIR);
     let entries = match std::fs::read_dir(&log) {
@@ -45,13 +142,18 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u32>> {
     for entry in entries {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(hex) = name.strip_suffix(".seg") {
-            if hex.len() == 16 {
-                if let Ok(seq) = u64::from_str_radix(hex, 16) {
-                    if let Ok(seq) = u32::try_from(seq) {
-                        out.push(seq);
-                    }
-                }
+        let Some(hex) = name
+            .strip_suffix(extension)
+            .and_then(|n| n.strip_suffix('.'))
+        else {
+            continue;
+        };
+        if hex.len() == 16 {
+            if let Some(seq) = u64::from_str_radix(hex, 16)
+                .ok()
+                .and_then(|s| u32::try_from(s).ok())
+            {
+                out.push(seq);
             }
         }
     }
@@ -82,6 +184,9 @@ pub enum ScanItem {
 pub struct SegmentScanner {
     file: File,
     seq: u32,
+    seed: Option<u32>,
+    /// Bytes after each record's payload: its footer in format 2.
+    footer_len: u64,
     len: u64,
     /// Everything from here to `len` is zero: the unused part of a preallocated segment.
     zeros_from: u64,
@@ -107,20 +212,23 @@ impl SegmentScanner {
         let mut s = SegmentScanner {
             file,
             seq,
+            seed: None,
+            footer_len: 0,
             len,
             zeros_from,
             buf: Vec::new(),
             buf_start: 0,
             pos,
         };
-        let header = s.bytes(0, SEGMENT_HEADER_LEN as usize)?.map(<[u8]>::to_vec);
-        match header {
-            Some(h) if h[..8] == SEGMENT_MAGIC && h[8..12] == seq.to_le_bytes() => Ok(s),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("segment {} has a bad header", segment_file_name(seq)),
-            )),
+        let header = s
+            .bytes(0, SEGMENT_HEADER_LEN as usize)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        s.seed = parse_segment_header(&header, seq)?;
+        if s.seed.is_some() {
+            s.footer_len = record::FOOTER_LEN as u64;
         }
+        Ok(s)
     }
 
     /// `len` bytes at `off`, or `None` if the file ends first.
@@ -153,10 +261,11 @@ impl SegmentScanner {
             Err(e) => return Ok(Some(Err(e))),
         };
         let header_off = off + PREFIX_LEN as u64;
+        let seed = self.seed;
         let Some(hb) = self.bytes(header_off, prefix.header_len as usize)? else {
             return Ok(None);
         };
-        let header = match record::parse_header(&prefix_bytes, &prefix, hb) {
+        let header = match record::parse_header(&prefix_bytes, &prefix, hb, seed) {
             Ok(h) => h,
             Err(e) => return Ok(Some(Err(e))),
         };
@@ -166,8 +275,17 @@ impl SegmentScanner {
             header_len: prefix.header_len,
             payload_len: prefix.payload_len,
         };
-        if loc.offset + loc.record_len() > self.len {
+        let end = loc.offset + loc.record_len();
+        if end + self.footer_len > self.len {
             return Ok(None);
+        }
+        if self.footer_len > 0 {
+            let Some(footer) = self.bytes(end, self.footer_len as usize)? else {
+                return Ok(None);
+            };
+            if !record::footer_matches(&prefix_bytes, footer) {
+                return Ok(Some(Err(RecordError::Footer)));
+            }
         }
         let Some(pb) = self.bytes(loc.payload_offset(), prefix.payload_len as usize)? else {
             return Ok(None);
@@ -222,7 +340,7 @@ impl SegmentScanner {
                 Ok(Some(ScanItem::Torn { offset: off }))
             }
             Some(Ok((header, loc, payload_ok))) => {
-                self.pos = off + loc.record_len();
+                self.pos = off + loc.record_len() + self.footer_len;
                 Ok(Some(ScanItem::Record {
                     header,
                     loc,
@@ -307,37 +425,7 @@ fn data_end(file: &File, from: u64, len: u64) -> u64 {
     }
 }
 
-/// Reads a whole record and checks both checksums.
-pub fn read_record(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>), ReadError> {
-    let (header, payload, crc) = read_record_raw(file, loc)?;
-    if crc32c::crc32c(&payload) != crc {
-        return Err(RecordError::PayloadCrc.into());
-    }
-    Ok((header, payload))
-}
-
-/// Reads a whole record, checking the header only; returns the stored payload checksum.
-pub fn read_record_raw(file: &File, loc: &Loc) -> Result<(RecordHeader, Vec<u8>, u32), ReadError> {
-    let mut buf = vec![0u8; loc.record_len() as usize];
-    file.read_exact_at(&mut buf, loc.offset)
-        .map_err(ReadError::Io)?;
-    let (prefix, header) = check_header(&buf)?;
-    if prefix.header_len != loc.header_len || prefix.payload_len != loc.payload_len {
-        return Err(ReadError::Record(RecordError::HeaderLen(prefix.header_len)));
-    }
-    let payload = buf.split_off(PREFIX_LEN + loc.header_len as usize);
-    Ok((header, payload, prefix.payload_crc))
-}
-
-/// Reads and verifies a record's header only.
-pub fn read_header(file: &File, loc: &Loc) -> Result<RecordHeader, ReadError> {
-    let mut buf = vec![0u8; PREFIX_LEN + loc.header_len as usize];
-    file.read_exact_at(&mut buf, loc.offset)
-        .map_err(ReadError::Io)?;
-    Ok(check_header(&buf)?.1)
-}
-
-fn check_header(buf: &[u8]) -> Result<(Prefix, RecordHeader), ReadError> {
+fn check_header(buf: &[u8], seed: Option<u32>) -> Result<(Prefix, RecordHeader), ReadError> {
     let prefix_bytes: [u8; PREFIX_LEN] = buf
         .get(..PREFIX_LEN)
         .and_then(|b| b.try_into().ok())
@@ -346,7 +434,7 @@ fn check_header(buf: &[u8]) -> Result<(Prefix, RecordHeader), ReadError> {
     let header_bytes = buf
         .get(PREFIX_LEN..PREFIX_LEN + prefix.header_len as usize)
         .ok_or(ReadError::Record(RecordError::HeaderLen(prefix.header_len)))?;
-    let header = record::parse_header(&prefix_bytes, &prefix, header_bytes)?;
+    let header = record::parse_header(&prefix_bytes, &prefix, header_bytes, seed)?;
     Ok((prefix, header))
 }
 
@@ -392,12 +480,12 @@ mod tests {
             .enumerate()
             .map(|(i, p)| encode(&header(i as u64 + 1, i % 3), p).unwrap())
             .collect();
-        let pending: Vec<Pending<'_>> = heads
+        let mut pending: Vec<Pending<'_>> = heads
             .into_iter()
             .zip(payloads)
             .map(|(head, payload)| Pending { head, payload })
             .collect();
-        log.append(&pending).unwrap();
+        log.append(&mut pending).unwrap();
         log.sync().unwrap();
         if !zero_tail {
             log.trim();
@@ -451,12 +539,49 @@ mod tests {
         let ScanItem::Record { loc, .. } = &items[1] else {
             panic!("{items:?}")
         };
-        // The last 1000 bytes of the payload never reached the file.
+        // The last 1000 bytes of the payload, and the footer, never reached the file.
         let mut bytes = std::fs::read(&path).unwrap();
-        let end = (loc.offset + loc.record_len()) as usize;
+        let end = (loc.offset + loc.record_len()) as usize + record::FOOTER_LEN;
         bytes[end - 1000..end].fill(0);
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(numbers(&scan(dir.path())), ["1", "torn"]);
+    }
+
+    #[test]
+    fn a_format_1_segment_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
+        let mut bytes = segment_header(1).to_vec();
+        bytes[12..16].copy_from_slice(&1u32.to_le_bytes());
+        let mut locs = Vec::new();
+        for n in 1..=3u64 {
+            let payload = vec![n as u8; 100];
+            let mut head = encode(&header(n, 1), &payload).unwrap();
+            record::seal(&mut head, None);
+            locs.push(Loc {
+                segment: 1,
+                offset: bytes.len() as u64,
+                header_len: (head.len() - PREFIX_LEN) as u32,
+                payload_len: 100,
+            });
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(&payload);
+        }
+        std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+        assert_eq!(numbers(&scan(dir.path())), ["1", "2", "3"]);
+        let file = SegmentFile::open(dir.path(), 1).unwrap();
+        assert_eq!(file.read_record(&locs[2]).unwrap().1, vec![3u8; 100]);
+        // The same records in a format 2 segment are not its own.
+        bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+        assert_eq!(numbers(&scan(dir.path())), ["torn"]);
+        let file = SegmentFile::open(dir.path(), 1).unwrap();
+        assert!(file.read_record(&locs[2]).is_err());
+        // An unknown format is refused, not guessed at.
+        bytes[12..16].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+        let e = SegmentFile::open(dir.path(), 1).unwrap_err();
+        assert!(e.to_string().contains("format version 3"), "{e}");
     }
 
     proptest! {
@@ -487,8 +612,8 @@ mod tests {
                 if let ScanItem::Record { header: RecordHeader::Checkpoint(h), loc, payload_ok: true } = item {
                     let i = (h.number - 1) as usize;
                     prop_assert!(i < payloads.len());
-                    let file = File::open(&path).unwrap();
-                    let (_, payload) = read_record(&file, &loc).unwrap();
+                    let file = SegmentFile::open(dir.path(), 1).unwrap();
+                    let (_, payload) = file.read_record(&loc).unwrap();
                     prop_assert_eq!(&payload, &payloads[i], "record {} read back wrong", h.number);
                 }
             }
