@@ -535,18 +535,38 @@ fn fsync_floor(args: &Args) -> Outcome {
     let dir = tempfile::tempdir_in("/tmp").map_err(|e| e.to_string())?;
     let buf = vec![0x5au8; args.size];
     let mut out = Vec::new();
-    for (label, preallocate) in [("append", false), ("preallocated", true)] {
+    // A growing file (Redis' AOF), a file allocated up front (a new segment), and a file
+    // already written (a segment reusing a dead one's file: 64 MiB, written over and over).
+    const WRITTEN: u64 = 64 << 20;
+    for label in ["append", "preallocated", "written"] {
         let path = dir.path().join(label);
         let f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
-        if preallocate {
-            nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 1 << 30)
-                .map_err(|e| format!("fallocate: {e}"))?;
-            f.sync_all().map_err(|e| e.to_string())?;
-        }
+        let limit = match label {
+            "preallocated" => {
+                nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 1 << 30)
+                    .map_err(|e| format!("fallocate: {e}"))?;
+                1 << 30
+            }
+            "written" => {
+                let chunk = vec![0xa5u8; 1 << 20];
+                for i in 0..WRITTEN >> 20 {
+                    f.write_all_at(&chunk, i << 20).map_err(|e| e.to_string())?;
+                }
+                WRITTEN
+            }
+            _ => 1 << 30,
+        };
+        f.sync_all().map_err(|e| e.to_string())?;
         let mut lat = Vec::new();
         let end = Instant::now() + Duration::from_secs_f64(args.seconds);
         let mut off = 0u64;
-        while Instant::now() < end && off + buf.len() as u64 <= 1 << 30 {
+        while Instant::now() < end {
+            if off + buf.len() as u64 > limit {
+                if label != "written" {
+                    break;
+                }
+                off = 0;
+            }
             let t = Instant::now();
             f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
             f.sync_data().map_err(|e| e.to_string())?;
@@ -566,7 +586,7 @@ fn fsync_floor(args: &Args) -> Outcome {
         format!("fsync floor, {} B: {text}", args.size),
         json!({"mode": "fsync", "size": args.size,
             "append_per_sec": out[0].1, "preallocated_per_sec": out[1].1,
-            "ops_per_sec": out[1].1}),
+            "written_per_sec": out[2].1, "ops_per_sec": out[1].1.max(out[2].1)}),
     ))
 }
 
