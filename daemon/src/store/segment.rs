@@ -176,7 +176,7 @@ pub enum ScanItem {
         len: u64,
         reason: String,
     },
-    /// The segment ends inside a record starting at `offset` (an interrupted write).
+    /// Nothing intact from `offset` on: an interrupted write, or a reused file's old records.
     Torn { offset: u64 },
 }
 
