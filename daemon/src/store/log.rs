@@ -9,7 +9,7 @@
 //! runs: 9,930/s against 6,520/s).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
@@ -49,50 +49,19 @@ impl LogWriter {
     /// Creates segment `seq` (which must not exist), in a free file if there is one, and makes
     /// it durable.
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
-        if let Some(free) = take_free(dir, seq) {
-            match LogWriter::reuse(dir, &free, seq, segment_bytes) {
-                Ok(log) => return Ok(log),
-                Err(e) => {
+        let reused = take_free(dir, seq).and_then(|free| {
+            reuse_file(dir, &free, seq, segment_bytes)
+                .inspect_err(|e| {
                     tracing::warn!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
                     let _ = std::fs::remove_file(&free);
-                }
-            }
-        }
-        let path = segment_path(dir, seq);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&path)?;
-        file.write_all(&segment_header(seq))?;
-        let preallocated = preallocate(&file, segment_bytes);
-        file.sync_all()?;
+                })
+                .ok()
+        });
+        let (file, preallocated) = match reused {
+            Some(made) => made,
+            None => new_file(dir, seq, segment_bytes)?,
+        };
         fsync_dir(&dir.join(LOG_DIR))?;
-        Ok(LogWriter {
-            dir: dir.to_path_buf(),
-            seq,
-            file,
-            len: SEGMENT_HEADER_LEN,
-            segment_bytes,
-            preallocated,
-            poisoned: false,
-        })
-    }
-
-    /// Makes the free file `free` segment `seq`. Its old records stay after the new ones until
-    /// overwritten; their checksums are seeded with their own segment's number, lower than
-    /// `seq`, so they read as the end of the segment, never as its records.
-    fn reuse(dir: &Path, free: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(free)?;
-        file.write_all_at(&segment_header(seq), 0)?;
-        // Allocates only what a short file lacks.
-        let preallocated = preallocate(&file, segment_bytes);
-        // The header is durable before the file is named a segment: a crash in between leaves
-        // a free file, never a segment whose header names another.
-        file.sync_all()?;
-        rename_no_replace(free, &segment_path(dir, seq))?;
-        fsync_dir(&dir.join(LOG_DIR))?;
-        tracing::debug!(segment = seq, from = %free.display(), "reusing a dead segment's file");
         Ok(LogWriter {
             dir: dir.to_path_buf(),
             seq,
@@ -201,6 +170,40 @@ impl LogWriter {
         *self = next;
         Ok(())
     }
+}
+
+/// Writes segment `seq`'s header at the start of `file`, extends the file to the segment's
+/// size with allocated blocks where it is shorter, and makes both durable. Returns whether
+/// the file is preallocated.
+fn initialise(file: &File, seq: u32, segment_bytes: u64) -> io::Result<bool> {
+    file.write_all_at(&segment_header(seq), 0)?;
+    let preallocated = preallocate(file, segment_bytes);
+    file.sync_all()?;
+    Ok(preallocated)
+}
+
+/// A new file for segment `seq`.
+fn new_file(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<(File, bool)> {
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .open(segment_path(dir, seq))?;
+    let preallocated = initialise(&file, seq, segment_bytes)?;
+    Ok((file, preallocated))
+}
+
+/// Makes the free file `free` segment `seq`. Its old records stay after the new ones until
+/// overwritten; their checksums are seeded with their own segment's number, lower than `seq`,
+/// so they read as the end of the segment, never as its records.
+fn reuse_file(dir: &Path, free: &Path, seq: u32, segment_bytes: u64) -> io::Result<(File, bool)> {
+    let file = OpenOptions::new().read(true).write(true).open(free)?;
+    // The header is durable before the file is named a segment: a crash in between leaves a
+    // free file, never a segment whose header names another.
+    let preallocated = initialise(&file, seq, segment_bytes)?;
+    rename_no_replace(free, &segment_path(dir, seq))?;
+    tracing::debug!(segment = seq, from = %free.display(), "reusing a dead segment's file");
+    Ok((file, preallocated))
 }
 
 /// The oldest free file whose records all belong to segments before `seq`. A free file
