@@ -15,7 +15,7 @@ use crate::cache::{Cached, LatestCache};
 use crate::process::ProcessProbe;
 use crate::sink::DirectReply;
 
-use crate::store::log::{LogWriter, Pending};
+use crate::store::log::{Appended, LogWriter, Pending};
 use crate::store::record::{self, RecordHeader};
 use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
@@ -155,12 +155,11 @@ fn commit_batch(shared: &Shared, log: &mut LogWriter, batch: Vec<Job>) -> u64 {
         }
         return 0;
     }
-    let appended: u64 = pending
-        .iter()
-        .map(|p| (p.head.len() + p.payload.len()) as u64)
-        .sum();
-    let locs = match log.append(&mut pending) {
-        Ok(locs) => locs,
+    let Appended {
+        locs,
+        bytes: appended,
+    } = match log.append(&mut pending) {
+        Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "log write failed; refusing the batch");
             fail_all(
@@ -344,24 +343,21 @@ fn compact(shared: &Shared, log: &mut LogWriter, cfg: &CommitConfig) -> bool {
                 }
             }
         }
-        let locs = match log
+        let appended = match log
             .append(&mut pending)
-            .and_then(|locs| log.sync().map(|()| locs))
+            .and_then(|a| log.sync().map(|()| a))
         {
-            Ok(locs) => locs,
+            Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "compaction write failed");
                 let _ = log.rotate();
                 return any;
             }
         };
-        moved += pending
-            .iter()
-            .map(|p| (p.head.len() + p.payload.len()) as u64)
-            .sum::<u64>();
+        moved += appended.bytes;
         drop(pending);
         let mut table = shared.table();
-        for ((h, _, _), loc) in copies.into_iter().zip(locs) {
+        for ((h, _, _), loc) in copies.into_iter().zip(appended.locs) {
             table.apply(h, loc);
         }
         any = true;
@@ -433,8 +429,12 @@ mod tests {
             meta: Meta::new(),
             owner: crate::table::OwnerClaim::default(),
         });
-        commit_batch(&shared, &mut log, vec![create]);
+        let appended = commit_batch(&shared, &mut log, vec![create]);
         assert!(rx.blocking_recv().unwrap().is_ok());
+        // Counted as written: every byte the record took in the segment, footer included.
+        let used = log.position().1 - crate::store::segment::SEGMENT_HEADER_LEN;
+        assert_eq!(appended, used);
+        assert_eq!(shared.bytes_written.load(Ordering::Relaxed), used);
 
         FAIL_NEXT_SYNC.with(|f| f.set(true));
         let (j, rx) = job(checkpoint(b"lost"));

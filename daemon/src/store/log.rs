@@ -27,6 +27,14 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Records end below this offset in a segment (the index keeps 32-bit offsets).
 pub const MAX_SEGMENT_END: u64 = u32::MAX as u64;
 
+/// What [`LogWriter::append`] wrote: where each record is, and how many bytes in all
+/// (footers included).
+#[derive(Debug)]
+pub struct Appended {
+    pub locs: Vec<Loc>,
+    pub bytes: u64,
+}
+
 /// One record to append: its encoded prefix and header, then its payload.
 pub struct Pending<'a> {
     pub head: Vec<u8>,
@@ -93,7 +101,7 @@ impl LogWriter {
 
     /// Writes `records` at the end of the active segment (not yet durable), sealing each for
     /// it ([`record::seal`]). On error the segment is cut back to where it was.
-    pub fn append(&mut self, records: &mut [Pending<'_>]) -> io::Result<Vec<Loc>> {
+    pub fn append(&mut self, records: &mut [Pending<'_>]) -> io::Result<Appended> {
         let batch: u64 = records
             .iter()
             .map(|r| (r.head.len() + r.payload.len() + FOOTER_LEN) as u64)
@@ -133,7 +141,10 @@ impl LogWriter {
         match write_all_at(&self.file, start, &mut slices) {
             Ok(()) => {
                 self.len = off;
-                Ok(locs)
+                Ok(Appended {
+                    locs,
+                    bytes: off - start,
+                })
             }
             Err(e) => {
                 // Leave no partial record behind for the next batch to follow.
@@ -326,7 +337,8 @@ pub(crate) mod tests {
             head: record(n),
             payload: &[],
         }])
-        .unwrap()[0]
+        .unwrap()
+        .locs[0]
     }
 
     fn log_in(dir: &Path, segment_bytes: u64) -> LogWriter {
@@ -417,7 +429,7 @@ pub(crate) mod tests {
                 payload: p,
             })
             .collect();
-        let locs = log.append(&mut pending).unwrap();
+        let locs = log.append(&mut pending).unwrap().locs;
         log.sync().unwrap();
         locs
     }
