@@ -528,12 +528,34 @@ pub(crate) mod tests {
         log.rotate().unwrap();
         assert_eq!(log.position().0, 3);
         assert!(!free_path(dir.path(), 3).exists());
-        assert_eq!(
-            file_len(dir.path(), 3),
-            256 << 10,
-            "a new, preallocated file"
-        );
+        // A new file: zeros after the header, where the reused one would still hold the old
+        // records (which would scan as a torn end).
         assert_eq!(scan_numbers(dir.path(), 3), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_free_file_that_cannot_be_reused_leaves_a_new_segment_and_never_replaces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), 256 << 10);
+        // Named like a free file but not one: reusing it fails, and a new file is made.
+        std::fs::create_dir(free_path(dir.path(), 0)).unwrap();
+        log.rotate().unwrap();
+        assert_eq!(log.position().0, 2);
+        write_checkpoints(&mut log, 1..=2);
+        assert_eq!(scan_numbers(dir.path(), 2), ["1", "2"]);
+        // A segment already named as the new one is never replaced by a free file.
+        std::fs::remove_dir(free_path(dir.path(), 0)).unwrap();
+        log.rotate().unwrap();
+        std::fs::rename(segment_path(dir.path(), 2), free_path(dir.path(), 2)).unwrap();
+        std::fs::write(segment_path(dir.path(), 4), b"someone else's").unwrap();
+        let Err(e) = LogWriter::create(dir.path(), 4, 256 << 10) else {
+            panic!("segment 4 replaced")
+        };
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(
+            std::fs::read(segment_path(dir.path(), 4)).unwrap(),
+            b"someone else's"
+        );
     }
 
     #[test]
