@@ -257,10 +257,15 @@ impl Daemon {
 
     /// The log segment files, oldest first.
     pub fn segments(&self) -> Vec<PathBuf> {
+        self.log_files("seg")
+    }
+
+    /// The files in `log/` with this extension (`seg`, `free`, `dead`), sorted by name.
+    pub fn log_files(&self, extension: &str) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.state.join("log"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                    .filter(|p| p.extension().is_some_and(|x| x == extension))
                     .collect()
             })
             .unwrap_or_default();

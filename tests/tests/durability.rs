@@ -87,14 +87,6 @@ fn everything_survives_a_restart_and_retention_keeps_exactly_keep() {
     assert_eq!(numbers(&mut c, "kept"), vec![9, 10, 11]);
 }
 
-fn log_files(d: &Daemon, extension: &str) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(d.state.join("log"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == extension))
-        .collect()
-}
-
 fn inode(p: &std::path::Path) -> Option<u64> {
     std::fs::metadata(p)
         .ok()
@@ -125,11 +117,11 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
     // (2 here) are kept for new segments to reuse; the others are unlinked off the commit
     // thread.
     assert!(
-        wait_until(Duration::from_secs(10), || log_files(&d, "dead").is_empty()),
+        wait_until(Duration::from_secs(10), || d.log_files("dead").is_empty()),
         "dead segments are unlinked: {:?}",
-        log_files(&d, "dead")
+        d.log_files("dead")
     );
-    let free = log_files(&d, "free");
+    let free = d.log_files("free");
     assert!(
         (1..=2).contains(&free.len()),
         "free files kept: {free:?}\n{}",
@@ -137,7 +129,8 @@ fn segments_roll_over_and_dead_ones_are_deleted() {
     );
 
     assert!(d.stop().success());
-    let kept: Vec<u64> = log_files(&d, "free")
+    let kept: Vec<u64> = d
+        .log_files("free")
         .iter()
         .filter_map(|p| inode(p))
         .collect();
