@@ -63,6 +63,10 @@ for round in $(seq "$rounds"); do
     for clients in 1 16; do
       run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
       run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
+      if [ "$size" = 1024 ] && [ "$clients" = 16 ]; then
+        # What a minimal server gets from this machine for the same writes, right after.
+        TMPDIR="$work" run "durable write floor $size x$clients" "$bench" floor --clients "$clients" --size "$size" --seconds "$secs" --json
+      fi
       run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
       run "langgraph put $size x$clients" bench/.venv/bin/python bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
     done
@@ -113,4 +117,11 @@ print("disk bandwidth, 1 MiB write + fdatasync: %.0f MiB/s at best = %.0f checkp
       % (best, best * 16, 2 * rate("redis put 65536 x16")))
 print("CPU ceiling, 1 KiB x16 with the state on tmpfs (fsync free): sessiond %.0f/s, redis %.0f/s (3x redis put 1024 x16 on disk needs %.0f/s)"
       % (rate("sessiond put 1024 x16 tmpfs"), rate("redis put 1024 x16 tmpfs"), 3 * rate("redis put 1024 x16")))
+# The least a durable store does per write (read the bytes, write, fdatasync, acknowledge),
+# with nothing of a store around it: no store can beat it on the same machine at that moment.
+print("durable write floor, 1 KiB x16 (minimal server, best of 1 and 2 flushes in flight): %.0f/s (3x redis put 1024 x16 needs %.0f/s; sessiond %.0f/s = %.0f%% of the floor)"
+      % (rate("durable write floor 1024 x16"), 3 * rate("redis put 1024 x16"), rate("sessiond put 1024 x16"),
+         100 * rate("sessiond put 1024 x16") / (rate("durable write floor 1024 x16") or 1)))
+pairs = zip(runs.get("durable write floor 1024 x16", []), runs.get("redis put 1024 x16", []), runs.get("sessiond put 1024 x16", []))
+print("  each round, floor / 3x redis / sessiond: " + "; ".join("%.0f / %.0f / %.0f" % (f["ops_per_sec"], 3 * x["ops_per_sec"], s["ops_per_sec"]) for f, x, s in pairs))
 PY

@@ -13,8 +13,15 @@
 //!       the disk's floor under /tmp: one write + fdatasync at a time, appending to a growing
 //!       file and overwriting a preallocated one (what one client can at best get).
 //!
+//!   sessiond-bench floor [--clients N] [--size BYTES] [--seconds S]
+//!       the machine's floor for N clients' durable writes: a minimal server that writes,
+//!       `fdatasync`s and acknowledges raw bytes, with nothing of a store around it (see
+//!       floor.rs). No daemon involved.
+//!
 //! Common: --socket PATH (a running daemon) or --spawn (start a release-built `sessiond` from
 //! beside this binary on a temporary socket and state directory); --json for scripts.
+
+mod floor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,7 +57,7 @@ struct Args {
     threads: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -183,6 +190,7 @@ fn main() {
         "stale" => stale(&args, &socket),
         "rtt" => rtt(&args),
         "fsync" => fsync_floor(&args),
+        "floor" => durable_floor(&args),
         "scale" => scale(&args),
         "idle" => match &daemon {
             Some(d) => idle(&args, &socket, d.child.id()),
@@ -587,6 +595,38 @@ fn fsync_floor(args: &Args) -> Outcome {
         json!({"mode": "fsync", "size": args.size,
             "append_per_sec": out[0].1, "preallocated_per_sec": out[1].1,
             "written_per_sec": out[2].1, "ops_per_sec": out[1].1.max(out[2].1)}),
+    ))
+}
+
+/// The floor for `--clients` clients' durable writes of `--size` bytes: the better of a
+/// minimal server with one flush in flight and with two.
+fn durable_floor(args: &Args) -> Outcome {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runs = [1, 2]
+        .into_iter()
+        .map(|in_flight| floor::run(args.clients, args.size, args.seconds, in_flight, dir.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let best = runs.iter().map(|r| r.ops_per_sec).fold(0.0, f64::max);
+    let each = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} flush(es) in flight {:.0}/s ({:.1} writes per flush)",
+                r.flushes_in_flight, r.ops_per_sec, r.per_flush
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let value = json!({"mode": "floor", "clients": args.clients, "size": args.size,
+        "ops_per_sec": best,
+        "runs": runs.iter().map(|r| json!({"flushes_in_flight": r.flushes_in_flight,
+            "ops_per_sec": r.ops_per_sec, "writes_per_flush": r.per_flush})).collect::<Vec<_>>()});
+    Ok((
+        format!(
+            "durable write floor, {} B x {} clients: {best:.0} writes/s at best ({each})",
+            args.size, args.clients
+        ),
+        value,
     ))
 }
 

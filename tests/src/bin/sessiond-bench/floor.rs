@@ -1,0 +1,338 @@
+//! The machine's floor for many clients' durable writes: what the least a durable store must
+//! do per write costs here, with nothing of a real store around it.
+//!
+//! `--clients` clients each send `--size` bytes over a Unix socket and wait for an 8-byte
+//! acknowledgement. A minimal server reads the bytes (no framing, parsing, index or async
+//! runtime), writes them into a file already written (the fastest kind on this disk, see
+//! `fsync`), `fdatasync`s, and only then acknowledges every write the flush covered (group
+//! commit). Its reader keeps reading while a flush runs. The load generator is one thread on
+//! epoll, as redis-benchmark is.
+//!
+//! Two server shapes are measured and the better one reported: one flush in flight at a time,
+//! and two (acknowledged in order), which lets the device overlap flushes.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mio::net::UnixStream as PolledStream;
+use mio::{Events, Interest, Poll, Token};
+
+const ACK: [u8; 8] = *b"durable\n";
+/// The file the writes go round in, written in full before the run.
+const FILE_BYTES: u64 = 64 << 20;
+
+pub struct FloorRun {
+    pub flushes_in_flight: usize,
+    pub ops_per_sec: f64,
+    /// Writes each flush covered, on average.
+    pub per_flush: f64,
+}
+
+/// Writes received and not yet taken by a flusher, and the order flushes acknowledge in.
+#[derive(Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    /// The client each queued write came from, in order.
+    from: Vec<usize>,
+    /// Where the next flush writes in the file.
+    offset: u64,
+    /// Flushes taken from the queue so far: the next one's ticket.
+    taken: u64,
+    /// Flushes acknowledged so far: the ticket whose turn it is.
+    acknowledged: u64,
+    done: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Writes queued, or the run is over.
+    queued: Condvar,
+    /// A flush finished acknowledging.
+    turn: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Measures `clients` x `size` for `seconds` with `in_flight` flushes at most, in a file
+/// under `dir`.
+pub fn run(
+    clients: usize,
+    size: usize,
+    seconds: f64,
+    in_flight: usize,
+    dir: &Path,
+) -> Result<FloorRun, String> {
+    if clients == 0 || size == 0 {
+        return Err("floor needs --clients and --size above 0".into());
+    }
+    let path = dir.join(format!("floor-{in_flight}"));
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chunk = vec![0xa5u8; 1 << 20];
+    for i in 0..FILE_BYTES >> 20 {
+        file.write_all_at(&chunk, i << 20)
+            .map_err(|e| e.to_string())?;
+    }
+    file.sync_all().map_err(|e| e.to_string())?;
+    let file = Arc::new(file);
+
+    let mut server = Vec::with_capacity(clients);
+    let mut client = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (s, c) = UnixStream::pair().map_err(|e| e.to_string())?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        c.set_nonblocking(true).map_err(|e| e.to_string())?;
+        server.push(s);
+        client.push(c);
+    }
+    // The flushers acknowledge on these; the reader reads from its own handles of them.
+    let acks: Arc<Vec<UnixStream>> = Arc::new(
+        server
+            .iter()
+            .map(UnixStream::try_clone)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    );
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        queued: Condvar::new(),
+        turn: Condvar::new(),
+    });
+
+    let flushers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (shared, file, acks) = (shared.clone(), file.clone(), acks.clone());
+            std::thread::spawn(move || flusher(&shared, &file, &acks, size))
+        })
+        .collect();
+    let reader = {
+        let shared = shared.clone();
+        std::thread::spawn(move || read_writes(server, &shared, size))
+    };
+
+    let generated = generate(client, size, Duration::from_secs_f64(seconds));
+    shared.lock().done = true;
+    shared.queued.notify_all();
+    shared.turn.notify_all();
+    let read = reader
+        .join()
+        .map_err(|_| "the reader panicked".to_string())?;
+    let mut flushes = 0u64;
+    for f in flushers {
+        flushes += f.join().map_err(|_| "a flusher panicked".to_string())??;
+    }
+    let _ = std::fs::remove_file(&path);
+    read?;
+    let (ops, elapsed) = generated?;
+    Ok(FloorRun {
+        flushes_in_flight: in_flight,
+        ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
+        per_flush: ops as f64 / flushes.max(1) as f64,
+    })
+}
+
+/// Reads every client's writes and queues each complete one.
+fn read_writes(server: Vec<UnixStream>, shared: &Shared, size: usize) -> Result<(), String> {
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut streams: Vec<PolledStream> = server.into_iter().map(PolledStream::from_std).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        poll.registry()
+            .register(s, Token(i), Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut partial = vec![Vec::with_capacity(size); streams.len()];
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut closed = vec![false; streams.len()];
+    while closed.contains(&false) {
+        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => other.map_err(|e| e.to_string())?,
+        }
+        let (mut ready, mut from) = (Vec::new(), Vec::new());
+        for event in events.iter() {
+            let i = event.token().0;
+            while !closed[i] {
+                match streams[i].read(&mut buf) {
+                    // A client that leaves with acknowledgements unread resets the connection.
+                    Ok(0) => closed[i] = true,
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => closed[i] = true,
+                    Ok(n) => {
+                        let mut rest = &buf[..n];
+                        while !rest.is_empty() {
+                            let take = rest.len().min(size - partial[i].len());
+                            partial[i].extend_from_slice(&rest[..take]);
+                            rest = &rest[take..];
+                            if partial[i].len() == size {
+                                ready.extend_from_slice(&partial[i]);
+                                from.push(i);
+                                partial[i].clear();
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        if !from.is_empty() {
+            let mut q = shared.lock();
+            q.bytes.append(&mut ready);
+            q.from.append(&mut from);
+            drop(q);
+            shared.queued.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// Takes what is queued, writes and `fdatasync`s it, then acknowledges it in its turn.
+/// Returns the flushes it made.
+fn flusher(
+    shared: &Shared,
+    file: &std::fs::File,
+    acks: &[UnixStream],
+    size: usize,
+) -> Result<u64, String> {
+    let mut flushes = 0u64;
+    loop {
+        let (bytes, from, offset, ticket) = {
+            let mut q = shared.lock();
+            while q.from.is_empty() && !q.done {
+                q = shared.queued.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.done {
+                return Ok(flushes);
+            }
+            let bytes = std::mem::take(&mut q.bytes);
+            let from = std::mem::take(&mut q.from);
+            let len = bytes.len() as u64;
+            if q.offset + len > FILE_BYTES {
+                q.offset = 0;
+            }
+            let offset = q.offset;
+            q.offset += len.div_ceil(size as u64) * size as u64;
+            let ticket = q.taken;
+            q.taken += 1;
+            (bytes, from, offset, ticket)
+        };
+        file.write_all_at(&bytes, offset)
+            .map_err(|e| format!("write: {e}"))?;
+        file.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
+        flushes += 1;
+        let mut q = shared.lock();
+        while q.acknowledged != ticket && !q.done {
+            q = shared.turn.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        if q.done {
+            return Ok(flushes);
+        }
+        // Its turn: the other flusher waits for `acknowledged`, the reader need not.
+        drop(q);
+        for i in from {
+            // Each client has one write outstanding: its socket always has room for 8 bytes.
+            if let Err(e) = (&acks[i]).write_all(&ACK) {
+                if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+                    return Err(format!("acknowledge: {e}"));
+                }
+            }
+        }
+        shared.lock().acknowledged += 1;
+        shared.turn.notify_all();
+    }
+}
+
+/// Every client sends a write, and the next as soon as the last one is acknowledged, until
+/// `length` is up. Returns the writes acknowledged and the time they took.
+fn generate(
+    client: Vec<UnixStream>,
+    size: usize,
+    length: Duration,
+) -> Result<(u64, Duration), String> {
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut streams: Vec<PolledStream> = client.into_iter().map(PolledStream::from_std).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        poll.registry()
+            .register(s, Token(i), Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+    }
+    let write = vec![0x5au8; size];
+    let send = |s: &mut PolledStream| -> Result<(), String> {
+        // A write of up to the socket's buffer goes in whole: the server reads while flushing.
+        let mut rest = &write[..];
+        while !rest.is_empty() {
+            match s.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("send: {e}")),
+            }
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    let end = start + length;
+    for s in &mut streams {
+        send(s)?;
+    }
+    let mut acked = vec![0usize; streams.len()];
+    let mut ops = 0u64;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = [0u8; 64];
+    while Instant::now() < end {
+        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => other.map_err(|e| e.to_string())?,
+        }
+        for event in events.iter() {
+            let i = event.token().0;
+            loop {
+                match streams[i].read(&mut buf) {
+                    Ok(0) => return Err("the floor server closed a connection".into()),
+                    Ok(n) => acked[i] += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            while acked[i] >= ACK.len() {
+                acked[i] -= ACK.len();
+                ops += 1;
+                send(&mut streams[i])?;
+            }
+        }
+    }
+    Ok((ops, start.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_acknowledges_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        for in_flight in [1, 2] {
+            let r = run(4, 3000, 0.3, in_flight, dir.path()).unwrap();
+            // A lost or out-of-turn acknowledgement stalls a client for good: a few writes.
+            assert!(r.ops_per_sec > 100.0, "{in_flight}: {}/s", r.ops_per_sec);
+            assert!(r.per_flush >= 0.9, "{in_flight}: {}", r.per_flush);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn nothing_to_measure_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(run(0, 1024, 0.1, 1, dir.path()).is_err());
+        assert!(run(1, 0, 0.1, 1, dir.path()).is_err());
+    }
+}
