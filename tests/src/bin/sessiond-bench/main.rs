@@ -13,10 +13,10 @@
 //!       the disk's floor under /tmp: one write + fdatasync at a time, appending to a growing
 //!       file and overwriting a preallocated one (what one client can at best get).
 //!
-//!   sessiond-bench floor [--clients N] [--size BYTES] [--seconds S]
+//!   sessiond-bench floor [--clients N] [--size BYTES] [--seconds S] [--fallocated]
 //!       the machine's floor for N clients' durable writes: a minimal server that writes,
 //!       `fdatasync`s and acknowledges raw bytes, with nothing of a store around it (see
-//!       floor.rs). No daemon involved.
+//!       floor.rs), into a file written through (or only `fallocate`d). No daemon involved.
 //!
 //! Common: --socket PATH (a running daemon) or --spawn (start a release-built `sessiond` from
 //! beside this binary on a temporary socket and state directory); --json for scripts.
@@ -55,9 +55,11 @@ struct Args {
     json: bool,
     /// One OS thread per client (blocking client) instead of one thread multiplexing them.
     threads: bool,
+    /// `floor` into a file whose blocks are only allocated, not written.
+    fallocated: bool,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -91,6 +93,7 @@ fn parse() -> Result<Args, String> {
         socket: None,
         spawn: false,
         threads: false,
+        fallocated: false,
         json: false,
     };
     let mut it = std::env::args().skip(1).peekable();
@@ -117,6 +120,7 @@ fn parse() -> Result<Args, String> {
             "--spawn" => a.spawn = true,
             "--json" => a.json = true,
             "--threads" => a.threads = true,
+            "--fallocated" => a.fallocated = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -604,7 +608,16 @@ fn durable_floor(args: &Args) -> Outcome {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let runs = [1, 2]
         .into_iter()
-        .map(|in_flight| floor::run(args.clients, args.size, args.seconds, in_flight, dir.path()))
+        .map(|in_flight| {
+            floor::run(
+                args.clients,
+                args.size,
+                args.seconds,
+                in_flight,
+                args.fallocated,
+                dir.path(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let best = runs.iter().map(|r| r.ops_per_sec).fold(0.0, f64::max);
     let each = runs
@@ -617,14 +630,16 @@ fn durable_floor(args: &Args) -> Outcome {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let value = json!({"mode": "floor", "clients": args.clients, "size": args.size,
+    let value = json!({"mode": "floor", "clients": args.clients, "size": args.size, "fallocated": args.fallocated,
         "ops_per_sec": best,
         "runs": runs.iter().map(|r| json!({"flushes_in_flight": r.flushes_in_flight,
             "ops_per_sec": r.ops_per_sec, "writes_per_flush": r.per_flush})).collect::<Vec<_>>()});
     Ok((
         format!(
-            "durable write floor, {} B x {} clients: {best:.0} writes/s at best ({each})",
-            args.size, args.clients
+            "durable write floor, {} B x {} clients, into a file {}: {best:.0} writes/s at best ({each})",
+            args.size,
+            args.clients,
+            if args.fallocated { "only allocated" } else { "written through" }
         ),
         value,
     ))
