@@ -99,10 +99,16 @@ fn open_store(
     let (table, report) = store::load(dir, cfg.default_keep)?;
     commit::release_free_memory();
     let next = report.segments.last().map_or(1, |s| s + 1);
-    let log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(
+    let mut log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(
         "cannot create a log segment in {}",
         log_dir.display()
     )))?;
+    match store::spare::SpareMaker::start(dir, cfg.segment_bytes) {
+        Ok(spares) => log.make_spares_with(spares),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are zero-filled when they start");
+        }
+    }
     tracing::info!(
         sessions = table.session_count(),
         checkpoints = table.checkpoint_count(),

@@ -2,11 +2,12 @@
 //! one `fdatasync` per batch (group commit). A new segment's directory entry is made durable
 //! before anything written to it is acknowledged.
 //!
-//! A new segment reuses a dead segment's file when garbage collection left one (`.free`):
-//! appends then overwrite blocks that are already written, and `fdatasync` has no unwritten
-//! extents to convert. On ext4 that made 16 clients' durable 64 KiB checkpoints about 1.5x
-//! faster (`sessiond-bench checkpoint --clients 16 --size 65536`, median of 5 interleaved
-//! runs: 9,930/s against 6,520/s).
+//! A new segment reuses a dead segment's file when garbage collection left one (`.free`), or
+//! the spare [`super::spare`] made, or else is written full of zeros as it starts: appends
+//! then overwrite blocks that are already written, and `fdatasync` has no file size to commit
+//! and no unwritten extents to convert. On ext4 reuse made 16 clients' durable 64 KiB
+//! checkpoints about 1.5x faster (`sessiond-bench checkpoint --clients 16 --size 65536`,
+//! median of 5 interleaved runs: 9,930/s against 6,520/s); see [`preallocate`] for 1 KiB.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -18,6 +19,7 @@ use super::record::{self, Loc, FOOTER_LEN, PREFIX_LEN};
 use super::segment::{
     free_path, list_free, segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN,
 };
+use super::spare::SpareMaker;
 
 /// Makes a directory's entries durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -51,13 +53,15 @@ pub struct LogWriter {
     preallocated: bool,
     /// An fsync of this segment failed: nothing more may be written to it.
     poisoned: bool,
+    /// Asked for a spare file each time a segment starts.
+    spares: Option<SpareMaker>,
 }
 
 impl LogWriter {
     /// Creates segment `seq` (which must not exist), in a free file if there is one, and makes
     /// it durable.
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
-        let reused = take_free(dir, seq).and_then(|free| {
+        let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
             reuse_file(dir, &free, seq, segment_bytes)
                 .inspect_err(|e| {
                     tracing::warn!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
@@ -78,7 +82,14 @@ impl LogWriter {
             segment_bytes,
             preallocated,
             poisoned: false,
+            spares: None,
         })
+    }
+
+    /// From now on, each new segment asks `spares` for a file for the one after; and now.
+    pub fn make_spares_with(&mut self, spares: SpareMaker) {
+        spares.request();
+        self.spares = Some(spares);
     }
 
     /// Gives back the unused, preallocated tail of the active segment (at a clean stop or a
@@ -176,21 +187,37 @@ impl LogWriter {
     /// Starts the next segment. Used when the active one is full, and after an fsync failure,
     /// after which nothing more is written to the old one.
     pub fn rotate(&mut self) -> io::Result<()> {
-        let next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
+        let mut next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
         self.trim();
+        if let Some(spares) = self.spares.take() {
+            next.make_spares_with(spares);
+        }
         *self = next;
         Ok(())
     }
 }
 
 /// Writes segment `seq`'s header at the start of `file`, extends the file to the segment's
-/// size with allocated blocks where it is shorter, and makes both durable. Returns whether
-/// the file is preallocated.
+/// size with written zeros where it is shorter, and makes both durable. Returns whether the
+/// file is preallocated.
 fn initialise(file: &File, seq: u32, segment_bytes: u64) -> io::Result<bool> {
     file.write_all_at(&segment_header(seq), 0)?;
     let preallocated = preallocate(file, segment_bytes);
     file.sync_all()?;
     Ok(preallocated)
+}
+
+/// Zeros written over `from..to` of `file`, a mebibyte at a time.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// A new file for segment `seq`.
@@ -217,21 +244,31 @@ fn reuse_file(dir: &Path, free: &Path, seq: u32, segment_bytes: u64) -> io::Resu
     Ok((file, preallocated))
 }
 
-/// The oldest free file whose records all belong to segments before `seq`. A free file
-/// numbered `seq` or later (left by a run that numbered segments differently) could hold
-/// records sealed for `seq`: it is deleted instead.
-fn take_free(dir: &Path, seq: u32) -> Option<PathBuf> {
+/// The oldest free file whose records all belong to segments before `seq`, a full-size one
+/// if there is one (a shorter one, trimmed at a clean stop, needs zeros written first). A
+/// free file numbered `seq` or later (left by a run that numbered segments differently) could
+/// hold records sealed for `seq`: it is deleted instead.
+fn take_free(dir: &Path, seq: u32, segment_bytes: u64) -> Option<PathBuf> {
     let free = list_free(dir).ok()?;
     for &old in free.iter().filter(|&&old| old >= seq) {
         let _ = std::fs::remove_file(free_path(dir, old));
     }
-    free.into_iter()
-        .find(|&old| old < seq)
+    let usable: Vec<PathBuf> = free
+        .into_iter()
+        .filter(|&old| old < seq)
         .map(|old| free_path(dir, old))
+        .collect();
+    let full = usable.iter().position(|p| is_full(p, segment_bytes));
+    usable.into_iter().nth(full.unwrap_or(0))
+}
+
+/// The file at `path` is a whole segment long.
+pub(super) fn is_full(path: &Path, segment_bytes: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() >= segment_bytes)
 }
 
 /// Renames `from` to `to`, failing if `to` exists: a segment is never replaced.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
@@ -251,32 +288,51 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Extends a new segment to its full size with allocated (unwritten) blocks, so that appends
-/// overwrite blocks the file already has: `fdatasync` then has no file size to commit, which
-/// on ext4 and xfs makes a small durable append about 1.7x faster. Best effort: without it
-/// (no space for a whole segment, a file system without `fallocate`) the file grows as
+/// Extends a segment's file to its full size with blocks that are allocated and written
+/// (zeros), so that appends overwrite blocks the file already has: `fdatasync` then has no
+/// file size to commit, and no unwritten extents to convert either, each of which costs a
+/// journal commit per flush on ext4, which is slow whenever the journal is busy
+/// (`sessiond-bench floor --clients 16` against the same with `--fallocated`). `fallocate`
+/// first, so that a segment the disk has no room for fails at once instead of filling the
+/// disk; only what a short file lacks is written. Best effort: without it the file grows as
 /// written.
-fn preallocate(file: &File, segment_bytes: u64) -> bool {
+pub(super) fn preallocate(file: &File, segment_bytes: u64) -> bool {
+    let len = match file.metadata() {
+        Ok(m) => m.len().max(SEGMENT_HEADER_LEN),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read a log segment's size; it grows as written");
+            return false;
+        }
+    };
+    if len >= segment_bytes {
+        return true;
+    }
+    let filled = allocate(file, segment_bytes).and_then(|()| write_zeros(file, len, segment_bytes));
+    match filled {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot preallocate a log segment; it grows as written");
+            // A failed fallocate may have allocated part of the range.
+            let _ = file.set_len(len);
+            false
+        }
+    }
+}
+
+/// Reserves the blocks of `0..segment_bytes` (unwritten), or fails if the disk has no room.
+fn allocate(file: &File, segment_bytes: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use nix::fcntl::{fallocate, FallocateFlags};
-        let Ok(len) = i64::try_from(segment_bytes) else {
-            return false;
-        };
-        match fallocate(file, FallocateFlags::empty(), 0, len) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot preallocate a log segment; it grows as written");
-                // A failed fallocate may have allocated part of the range.
-                let _ = file.set_len(super::segment::SEGMENT_HEADER_LEN);
-                false
-            }
-        }
+        let len =
+            i64::try_from(segment_bytes).map_err(|_| io::Error::other("segment too large"))?;
+        fallocate(file, FallocateFlags::empty(), 0, len)?;
+        Ok(())
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (file, segment_bytes);
-        false
+        Err(io::Error::other("no fallocate here"))
     }
 }
 
@@ -492,6 +548,47 @@ pub(crate) mod tests {
         let locs = write_checkpoints(&mut log, 84..=84);
         let file = crate::store::segment::SegmentFile::open(dir.path(), 5).unwrap();
         assert_eq!(file.read_record(&locs[0]).unwrap().1, vec![84u8; 3000]);
+    }
+
+    /// Where the first hole of the file at `path` at or after `from` starts (its length if
+    /// none). ext4 reports blocks that are allocated but never written as a hole too.
+    pub(crate) fn first_hole(path: &Path, from: u64) -> u64 {
+        use nix::unistd::{lseek, Whence};
+        let file = File::open(path).unwrap();
+        lseek(&file, i64::try_from(from).unwrap(), Whence::SeekHole).unwrap() as u64
+    }
+
+    #[test]
+    fn a_new_segment_is_zeros_written_through_not_only_allocated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let _log = log_in(dir.path(), 1 << 20);
+        let path = segment_path(dir.path(), 1);
+        assert_eq!(file_len(dir.path(), 1), 1 << 20);
+        assert_eq!(first_hole(&path, 0), 1 << 20, "no unwritten blocks");
+        assert!(std::fs::read(&path).unwrap()[SEGMENT_HEADER_LEN as usize..]
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(scan_numbers(dir.path(), 1), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_full_size_free_file_is_taken_before_an_older_short_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 1 << 20;
+        std::fs::create_dir_all(dir.path().join(LOG_DIR)).unwrap();
+        // Free file 1 was trimmed at a clean stop; free file 2 is whole.
+        std::fs::write(free_path(dir.path(), 1), vec![0u8; 8192]).unwrap();
+        std::fs::write(free_path(dir.path(), 2), vec![0u8; seg]).unwrap();
+        let whole = inode(&free_path(dir.path(), 2));
+        let _log = LogWriter::create(dir.path(), 5, seg as u64).unwrap();
+        assert_eq!(inode(&segment_path(dir.path(), 5)), whole);
+        // With only the short one left, it is taken and written out to full size.
+        let short = inode(&free_path(dir.path(), 1));
+        let _log = LogWriter::create(dir.path(), 6, seg as u64).unwrap();
+        let path = segment_path(dir.path(), 6);
+        assert_eq!(inode(&path), short);
+        assert_eq!(file_len(dir.path(), 6), seg as u64);
+        assert_eq!(first_hole(&path, 0), seg as u64, "no unwritten blocks");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - `LOCK`: held (flock) by the running daemon;
 //! - `log/<seq>.seg`: segments of records (checkpoints with their payload, session states,
 //!   deletions), see [`record`] and [`segment`];
-//! - `log/<old seq>.free`: dead segments' files kept for new segments to reuse (see [`log`]);
+//! - `log/<old seq>.free`: dead segments' files kept for new segments to reuse (see [`log`]),
+//!   and `log/0000000000000000.free`, a spare zero-filled ahead of need (see [`spare`], which
+//!   writes it as `log/spare.tmp` first);
 //! - `log/<seq>.dead`: dead segments being deleted;
 //! - `index`: the snapshot, see [`snapshot`].
 //!
@@ -18,6 +20,7 @@ pub mod log;
 pub mod record;
 pub mod segment;
 pub mod snapshot;
+pub mod spare;
 
 use std::collections::HashMap;
 use std::io;
