@@ -3,9 +3,10 @@
 //! before anything written to it is acknowledged.
 //!
 //! A new segment reuses a dead segment's file when garbage collection left one (`.free`), or
-//! the spare [`super::spare`] made, or else is written full of zeros as it starts: appends
-//! then overwrite blocks that are already written, and `fdatasync` has no file size to commit
-//! and no unwritten extents to convert. On ext4 reuse made 16 clients' durable 64 KiB
+//! the spare [`super::spare`] made; else the segment a start-up begins is written full of
+//! zeros, and one a rotation begins is only allocated (writes wait for a rotation). Appends
+//! into a written file overwrite blocks that are already written: `fdatasync` has no file
+//! size to commit and no unwritten extents to convert. On ext4 reuse made 16 clients' durable 64 KiB
 //! checkpoints about 1.5x faster (`sessiond-bench checkpoint --clients 16 --size 65536`,
 //! median of 5 interleaved runs: 9,930/s against 6,520/s); see [`preallocate`] for 1 KiB.
 
@@ -58,11 +59,15 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Creates segment `seq` (which must not exist), in a free file if there is one, and makes
-    /// it durable.
+    /// Creates segment `seq` (which must not exist), in a free file if there is one, else in
+    /// a new one written full of zeros, and makes it durable.
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
+        LogWriter::start(dir, seq, segment_bytes, Fill::Zeros)
+    }
+
+    fn start(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<Self> {
         let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
-            reuse_file(dir, &free, seq, segment_bytes)
+            reuse_file(dir, &free, seq, segment_bytes, fill)
                 .inspect_err(|e| {
                     tracing::warn!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
                     let _ = std::fs::remove_file(&free);
@@ -71,7 +76,7 @@ impl LogWriter {
         });
         let (file, preallocated) = match reused {
             Some(made) => made,
-            None => new_file(dir, seq, segment_bytes)?,
+            None => new_file(dir, seq, segment_bytes, fill)?,
         };
         fsync_dir(&dir.join(LOG_DIR))?;
         Ok(LogWriter {
@@ -185,9 +190,11 @@ impl LogWriter {
     }
 
     /// Starts the next segment. Used when the active one is full, and after an fsync failure,
-    /// after which nothing more is written to the old one.
+    /// after which nothing more is written to the old one. Writes wait meanwhile: without a
+    /// free file (or the spare) the new file is only allocated, not written with zeros.
     pub fn rotate(&mut self) -> io::Result<()> {
-        let mut next = LogWriter::create(&self.dir, self.seq + 1, self.segment_bytes)?;
+        let mut next =
+            LogWriter::start(&self.dir, self.seq + 1, self.segment_bytes, Fill::Allocate)?;
         self.trim();
         if let Some(spares) = self.spares.take() {
             next.make_spares_with(spares);
@@ -197,18 +204,27 @@ impl LogWriter {
     }
 }
 
+/// How a segment's file is extended to its full size (see [`preallocate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// Blocks allocated, then written with zeros.
+    Zeros,
+    /// Blocks allocated only: quick, for a rotation that writes wait for.
+    Allocate,
+}
+
 /// Writes segment `seq`'s header at the start of `file`, extends the file to the segment's
-/// size with written zeros where it is shorter, and makes both durable. Returns whether the
-/// file is preallocated.
-fn initialise(file: &File, seq: u32, segment_bytes: u64) -> io::Result<bool> {
+/// size where it is shorter, and makes both durable. Returns whether the file is
+/// preallocated.
+fn initialise(file: &File, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<bool> {
     file.write_all_at(&segment_header(seq), 0)?;
-    let preallocated = preallocate(file, segment_bytes);
+    let preallocated = preallocate(file, segment_bytes, fill);
     file.sync_all()?;
     Ok(preallocated)
 }
 
 /// Zeros written over `from..to` of `file`, a mebibyte at a time.
-fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+pub(super) fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK as usize];
     let mut at = from;
@@ -221,24 +237,30 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
 }
 
 /// A new file for segment `seq`.
-fn new_file(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<(File, bool)> {
+fn new_file(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<(File, bool)> {
     let file = OpenOptions::new()
         .write(true)
         .read(true)
         .create_new(true)
         .open(segment_path(dir, seq))?;
-    let preallocated = initialise(&file, seq, segment_bytes)?;
+    let preallocated = initialise(&file, seq, segment_bytes, fill)?;
     Ok((file, preallocated))
 }
 
 /// Makes the free file `free` segment `seq`. Its old records stay after the new ones until
 /// overwritten; their checksums are seeded with their own segment's number, lower than `seq`,
 /// so they read as the end of the segment, never as its records.
-fn reuse_file(dir: &Path, free: &Path, seq: u32, segment_bytes: u64) -> io::Result<(File, bool)> {
+fn reuse_file(
+    dir: &Path,
+    free: &Path,
+    seq: u32,
+    segment_bytes: u64,
+    fill: Fill,
+) -> io::Result<(File, bool)> {
     let file = OpenOptions::new().read(true).write(true).open(free)?;
     // The header is durable before the file is named a segment: a crash in between leaves a
     // free file, never a segment whose header names another.
-    let preallocated = initialise(&file, seq, segment_bytes)?;
+    let preallocated = initialise(&file, seq, segment_bytes, fill)?;
     rename_no_replace(free, &segment_path(dir, seq))?;
     tracing::debug!(segment = seq, from = %free.display(), "reusing a dead segment's file");
     Ok((file, preallocated))
@@ -294,9 +316,10 @@ pub(super) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 /// journal commit per flush on ext4, which is slow whenever the journal is busy
 /// (`sessiond-bench floor --clients 16` against the same with `--fallocated`). `fallocate`
 /// first, so that a segment the disk has no room for fails at once instead of filling the
-/// disk; only what a short file lacks is written. Best effort: without it the file grows as
-/// written.
-pub(super) fn preallocate(file: &File, segment_bytes: u64) -> bool {
+/// disk; only what a short file lacks is written, and with [`Fill::Allocate`] nothing (the
+/// zeros cost the disk a segment's worth of writes, which writes waiting on a rotation should
+/// not pay). Best effort: without it the file grows as written.
+pub(super) fn preallocate(file: &File, segment_bytes: u64, fill: Fill) -> bool {
     let len = match file.metadata() {
         Ok(m) => m.len().max(SEGMENT_HEADER_LEN),
         Err(e) => {
@@ -307,7 +330,10 @@ pub(super) fn preallocate(file: &File, segment_bytes: u64) -> bool {
     if len >= segment_bytes {
         return true;
     }
-    let filled = allocate(file, segment_bytes).and_then(|()| write_zeros(file, len, segment_bytes));
+    let filled = allocate(file, segment_bytes).and_then(|()| match fill {
+        Fill::Allocate => Ok(()),
+        Fill::Zeros => write_zeros(file, len, segment_bytes),
+    });
     match filled {
         Ok(()) => true,
         Err(e) => {
@@ -320,7 +346,7 @@ pub(super) fn preallocate(file: &File, segment_bytes: u64) -> bool {
 }
 
 /// Reserves the blocks of `0..segment_bytes` (unwritten), or fails if the disk has no room.
-fn allocate(file: &File, segment_bytes: u64) -> io::Result<()> {
+pub(super) fn allocate(file: &File, segment_bytes: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use nix::fcntl::{fallocate, FallocateFlags};

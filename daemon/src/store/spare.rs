@@ -1,8 +1,9 @@
-//! A spare segment file, made off the commit thread. A new segment that finds no dead
-//! segment's file to reuse would otherwise be written with zeros on the commit thread (see
-//! [`super::log`]), holding up every write for the time that takes (about 70 ms for 64 MiB
-//! here). Whenever the log starts a segment and no full-size free file is left, this thread
-//! makes one ahead of the next: `log/spare.tmp`, zero-filled and synced, then named
+//! A spare segment file, written full of zeros off the commit thread. A segment started by a
+//! rotation that finds no dead segment's file to reuse is only allocated (see [`super::log`]):
+//! writing it with zeros there would hold up every write for the time that takes (about 70 ms
+//! for 64 MiB here). Whenever the log starts a segment and no full-size free file is left,
+//! this thread makes one ahead of the next, at a pace that leaves the disk to the commit
+//! thread's flushes (a 64 MiB spare takes a quarter of a second at least): `log/spare.tmp`, zero-filled and synced, then named
 //! `log/0000000000000000.free`. Number 0 is no segment's (they start at 1), so garbage
 //! collection never names a dead segment so, and the next segment takes it first. A spare
 //! cut short by a crash is only ever `spare.tmp`, which the next one overwrites.
@@ -11,8 +12,9 @@ use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
-use super::log::{is_full, preallocate, rename_no_replace};
+use super::log::{allocate, is_full, rename_no_replace, write_zeros};
 use super::segment::{free_path, list_free, LOG_DIR};
 
 /// Where a spare is written before it is named a free file.
@@ -53,14 +55,23 @@ impl SpareMaker {
     }
 }
 
-/// Makes `log/0000000000000000.free` if the log has no full-size free file. Returns whether
+/// The spare thread's pace: a 64 MiB spare in a quarter of a second at best.
+const BYTES_PER_SEC: u64 = 256 << 20;
+/// Written and flushed at a time: a few MiB of dirty pages, never one long writeback burst.
+const STEP: u64 = 8 << 20;
+
+/// The log has a free file a whole segment long.
+fn has_full_free(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
+    Ok(list_free(dir)?
+        .iter()
+        .any(|&old| is_full(&free_path(dir, old), segment_bytes)))
+}
+
+/// Makes `log/0000000000000000.free` if the log has no full-size free file, and gives up as
+/// soon as one appears (garbage collection freed a dead segment meanwhile). Returns whether
 /// it made one.
 pub fn make_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
-    let free = list_free(dir)?;
-    if free
-        .iter()
-        .any(|&old| is_full(&free_path(dir, old), segment_bytes))
-    {
+    if has_full_free(dir, segment_bytes)? {
         return Ok(false);
     }
     let tmp: PathBuf = dir.join(LOG_DIR).join(SPARE_TMP);
@@ -69,31 +80,43 @@ pub fn make_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    if !preallocate(&file, segment_bytes) {
+    let abandon = |tmp: &Path| {
+        let _ = std::fs::remove_file(tmp);
+        Ok(false)
+    };
+    if allocate(&file, segment_bytes).is_err() {
         // No room for a whole segment: new segments grow as written.
-        let _ = std::fs::remove_file(&tmp);
-        return Ok(false);
+        return abandon(&tmp);
     }
-    file.sync_data()?;
+    let started = Instant::now();
+    let mut at = 0;
+    while at < segment_bytes {
+        if has_full_free(dir, segment_bytes)? {
+            return abandon(&tmp);
+        }
+        let to = (at + STEP).min(segment_bytes);
+        write_zeros(&file, at, to)?;
+        file.sync_data()?;
+        at = to;
+        let due = Duration::from_secs_f64(at as f64 / BYTES_PER_SEC as f64);
+        if let Some(early) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(early);
+        }
+    }
     // Not synced into the directory: a spare lost in a crash only costs the next segment
-    // its zero-filling.
+    // its zeros.
     match rename_no_replace(&tmp, &free_path(dir, 0)) {
         Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => abandon(&tmp),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                Ok(false)
-            } else {
-                Err(e)
-            }
+            Err(e)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use super::*;
     use crate::store::log::tests::first_hole;
     use crate::store::log::LogWriter;
@@ -145,6 +168,23 @@ mod tests {
         std::fs::write(dir.path().join(LOG_DIR).join(SPARE_TMP), vec![0xff; 5000]).unwrap();
         assert!(make_spare(dir.path(), SEG).unwrap());
         assert_spare(&free_path(dir.path(), 0));
+    }
+
+    #[test]
+    fn a_spare_is_given_up_when_a_dead_segment_is_freed_meanwhile() {
+        let dir = log_dir();
+        // At the spare thread's pace, 256 MiB take a second at least.
+        let big = 256 << 20;
+        let making = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || make_spare(&dir, big))
+        };
+        wait_for(&dir.path().join(LOG_DIR).join(SPARE_TMP));
+        let freed = std::fs::File::create(free_path(dir.path(), 5)).unwrap();
+        freed.set_len(big).unwrap();
+        assert!(!making.join().unwrap().unwrap());
+        assert!(!dir.path().join(LOG_DIR).join(SPARE_TMP).exists());
+        assert!(!free_path(dir.path(), 0).exists());
     }
 
     fn wait_for(path: &Path) {
