@@ -106,7 +106,7 @@ fn open_store(
     match store::spare::SpareMaker::start(dir, cfg.segment_bytes) {
         Ok(spares) => log.make_spares_with(spares),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are zero-filled when they start");
+            tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are only allocated");
         }
     }
     tracing::info!(

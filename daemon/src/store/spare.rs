@@ -1,12 +1,13 @@
 //! A spare segment file, written full of zeros off the commit thread. A segment started by a
 //! rotation that finds no dead segment's file to reuse is only allocated (see [`super::log`]):
-//! writing it with zeros there would hold up every write for the time that takes (about 70 ms
-//! for 64 MiB here). Whenever the log starts a segment and no full-size free file is left,
-//! this thread makes one ahead of the next, at a pace that leaves the disk to the commit
-//! thread's flushes (a 64 MiB spare takes a quarter of a second at least): `log/spare.tmp`, zero-filled and synced, then named
-//! `log/0000000000000000.free`. Number 0 is no segment's (they start at 1), so garbage
-//! collection never names a dead segment so, and the next segment takes it first. A spare
-//! cut short by a crash is only ever `spare.tmp`, which the next one overwrites.
+//! writing zeros there would hold up every write for the time that takes (about 70 ms for
+//! 64 MiB here). Whenever the log starts a segment and no full-size free file is left, this
+//! thread makes one ahead of the next, at a pace that leaves the disk to the commit thread's
+//! flushes (a 64 MiB spare takes a quarter of a second at least): `log/spare.tmp`,
+//! zero-filled and synced, then named `log/0000000000000000.free`. Number 0 is no segment's
+//! (they start at 1), so garbage collection never names a dead segment so, and the next
+//! segment takes it first. A spare cut short by a crash is only ever `spare.tmp`, which the
+//! next one overwrites.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -37,14 +38,14 @@ impl SpareMaker {
             .spawn(move || {
                 while asked.recv().is_ok() {
                     if let Err(e) = make_spare(&dir, segment_bytes) {
-                        tracing::warn!(error = %e, "cannot make a spare log segment file; new segments are zero-filled when they start");
+                        tracing::warn!(error = %e, "cannot make a spare log segment file; new segments are only allocated");
                     }
                 }
             })?;
         Ok(SpareMaker { ask })
     }
 
-    /// Makes a spare unless the log has a free file (without waiting for it).
+    /// Makes a spare unless the log has a full-size free file (without waiting for it).
     pub fn request(&self) {
         match self.ask.try_send(()) {
             Ok(()) | Err(TrySendError::Full(())) => {}
@@ -91,12 +92,22 @@ pub fn make_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
     let started = Instant::now();
     let mut at = 0;
     while at < segment_bytes {
-        if has_full_free(dir, segment_bytes)? {
-            return abandon(&tmp);
-        }
         let to = (at + STEP).min(segment_bytes);
-        write_zeros(&file, at, to)?;
-        file.sync_data()?;
+        let step = has_full_free(dir, segment_bytes).and_then(|freed| {
+            if !freed {
+                write_zeros(&file, at, to)?;
+                file.sync_data()?;
+            }
+            Ok(freed)
+        });
+        match step {
+            Ok(false) => {}
+            Ok(true) => return abandon(&tmp),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         at = to;
         let due = Duration::from_secs_f64(at as f64 / BYTES_PER_SEC as f64);
         if let Some(early) = due.checked_sub(started.elapsed()) {
