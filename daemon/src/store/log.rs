@@ -54,8 +54,9 @@ pub struct LogWriter {
     preallocated: bool,
     /// An fsync of this segment failed: nothing more may be written to it.
     poisoned: bool,
-    /// Asked for a spare file each time a segment starts.
+    /// Asked for a spare file once each segment is half full.
     spares: Option<SpareMaker>,
+    spare_asked: bool,
 }
 
 impl LogWriter {
@@ -88,12 +89,13 @@ impl LogWriter {
             preallocated,
             poisoned: false,
             spares: None,
+            spare_asked: false,
         })
     }
 
-    /// From now on, each new segment asks `spares` for a file for the one after; and now.
+    /// From now on, each segment asks `spares` for a file for the next one once it is half
+    /// full: a daemon that writes little never writes a spare.
     pub fn make_spares_with(&mut self, spares: SpareMaker) {
-        spares.request();
         self.spares = Some(spares);
     }
 
@@ -157,6 +159,12 @@ impl LogWriter {
         match write_all_at(&self.file, start, &mut slices) {
             Ok(()) => {
                 self.len = off;
+                if !self.spare_asked && self.len >= self.segment_bytes / 2 {
+                    if let Some(spares) = &self.spares {
+                        spares.request();
+                    }
+                    self.spare_asked = true;
+                }
                 Ok(Appended {
                     locs,
                     bytes: off - start,
@@ -502,7 +510,10 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn write_checkpoints(log: &mut LogWriter, numbers: std::ops::RangeInclusive<u64>) -> Vec<Loc> {
+    pub(crate) fn write_checkpoints(
+        log: &mut LogWriter,
+        numbers: std::ops::RangeInclusive<u64>,
+    ) -> Vec<Loc> {
         let payloads: Vec<Vec<u8>> = numbers.clone().map(|n| vec![n as u8; 3000]).collect();
         let mut pending: Vec<Pending<'_>> = numbers
             .zip(&payloads)

@@ -1,9 +1,9 @@
 //! A spare segment file, written full of zeros off the commit thread. A segment started by a
 //! rotation that finds no dead segment's file to reuse is only allocated (see [`super::log`]):
 //! writing zeros there would hold up every write for the time that takes (about 70 ms for
-//! 64 MiB here). Whenever the log starts a segment and no full-size free file is left, this
-//! thread makes one ahead of the next, at a pace that leaves the disk to the commit thread's
-//! flushes (a 64 MiB spare takes a quarter of a second at least): `log/spare.tmp`,
+//! 64 MiB here). Once the active segment is half full, and no full-size free file is left,
+//! this thread makes one for the next segment, at a pace that leaves the disk to the commit
+//! thread's flushes (a 64 MiB spare takes a quarter of a second at least): `log/spare.tmp`,
 //! zero-filled and synced, then named `log/0000000000000000.free`. Number 0 is no segment's
 //! (they start at 1), so garbage collection never names a dead segment so, and the next
 //! segment takes it first. A spare cut short by a crash is only ever `spare.tmp`, which the
@@ -129,7 +129,7 @@ pub fn make_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::log::tests::first_hole;
+    use crate::store::log::tests::{first_hole, write_checkpoints};
     use crate::store::log::LogWriter;
     use crate::store::segment::segment_path;
 
@@ -207,15 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn each_new_segment_takes_the_spare_made_for_it_and_asks_for_the_next() {
+    fn each_segment_half_full_asks_for_a_spare_that_the_next_one_takes() {
         let dir = log_dir();
         let spare = free_path(dir.path(), 0);
         let mut log = LogWriter::create(dir.path(), 1, SEG).unwrap();
         log.make_spares_with(SpareMaker::start(dir.path(), SEG).unwrap());
+        // Under half full, no spare is asked for (checkpoints of 3,000 bytes). What did not
+        // happen cannot be waited for: the thread had a tenth of a second to start one.
+        write_checkpoints(&mut log, 1..=150);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!spare.exists() && !dir.path().join(LOG_DIR).join(SPARE_TMP).exists());
+        write_checkpoints(&mut log, 151..=180);
         wait_for(&spare);
         let made = inode(&spare);
         log.rotate().unwrap();
         assert_eq!(inode(&segment_path(dir.path(), 2)), made);
+        write_checkpoints(&mut log, 181..=360);
         wait_for(&spare);
         assert_spare(&spare);
         let made = inode(&spare);
