@@ -99,7 +99,14 @@ fn open_store(
     let (table, report) = store::load(dir, cfg.default_keep)?;
     commit::release_free_memory();
     let next = report.segments.last().map_or(1, |s| s + 1);
-    let mut log = LogWriter::create(dir, next, cfg.segment_bytes).map_err(io_err(format!(
+    // Zeros once, for a new state directory; a restart does not keep recovery waiting for
+    // them (its segments after the first reuse files, or the spare, written in the background).
+    let fill = if report.segments.is_empty() {
+        store::log::Fill::Zeros
+    } else {
+        store::log::Fill::Allocate
+    };
+    let mut log = LogWriter::start(dir, next, cfg.segment_bytes, fill).map_err(io_err(format!(
         "cannot create a log segment in {}",
         log_dir.display()
     )))?;

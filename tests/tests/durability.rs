@@ -256,3 +256,18 @@ fn kill_9_under_concurrent_writers_loses_no_acknowledged_checkpoint() {
         }
     }
 }
+
+/// A new state directory's first segment is written full of zeros before the daemon serves:
+/// no block of it is only allocated (ext4 reports those as a hole), so a commit's
+/// `fdatasync` never has extents to convert.
+#[test]
+fn a_new_state_directory_starts_with_a_segment_written_through() {
+    use nix::unistd::{lseek, Whence};
+    let d = Daemon::start();
+    let segments = d.segments();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let file = std::fs::File::open(&segments[0]).unwrap();
+    let len = file.metadata().unwrap().len();
+    assert!(len >= 1 << 20, "a whole segment, not {len} bytes");
+    assert_eq!(lseek(&file, 0, Whence::SeekHole).unwrap() as u64, len);
+}

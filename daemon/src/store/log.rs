@@ -3,8 +3,9 @@
 //! before anything written to it is acknowledged.
 //!
 //! A new segment reuses a dead segment's file when garbage collection left one (`.free`), or
-//! the spare [`super::spare`] made; else the segment a start-up begins is written full of
-//! zeros, and one a rotation begins is only allocated (writes wait for a rotation). Appends
+//! the spare [`super::spare`] made; else the first segment of a new state directory is
+//! written full of zeros, and any other is only allocated (writes wait for a rotation, and
+//! recovery for a restart's first segment). Appends
 //! into a written file overwrite blocks that are already written: `fdatasync` has no file
 //! size to commit and no unwritten extents to convert. On ext4 reuse made 16 clients' durable 64 KiB
 //! checkpoints about 1.5x faster (`sessiond-bench checkpoint --clients 16 --size 65536`,
@@ -66,7 +67,8 @@ impl LogWriter {
         LogWriter::start(dir, seq, segment_bytes, Fill::Zeros)
     }
 
-    fn start(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<Self> {
+    /// As [`LogWriter::create`], with a new file extended as `fill` says.
+    pub fn start(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<Self> {
         let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
             reuse_file(dir, &free, seq, segment_bytes, fill)
                 .inspect_err(|e| {
@@ -214,7 +216,7 @@ impl LogWriter {
 
 /// How a segment's file is extended to its full size (see [`preallocate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Fill {
+pub enum Fill {
     /// Blocks allocated, then written with zeros.
     Zeros,
     /// Blocks allocated only: quick, for a rotation that writes wait for.
