@@ -5,11 +5,11 @@
 //! A new segment reuses a dead segment's file when garbage collection left one (`.free`), or
 //! the spare [`super::spare`] made; else the first segment of a new state directory is
 //! written full of zeros, and any other is only allocated (writes wait for a rotation, and
-//! recovery for a restart's first segment). Appends
-//! into a written file overwrite blocks that are already written: `fdatasync` has no file
-//! size to commit and no unwritten extents to convert. On ext4 reuse made 16 clients' durable 64 KiB
-//! checkpoints about 1.5x faster (`sessiond-bench checkpoint --clients 16 --size 65536`,
-//! median of 5 interleaved runs: 9,930/s against 6,520/s); see [`preallocate`] for 1 KiB.
+//! recovery for a restart's first segment). Appends into a written file overwrite blocks
+//! that are already written: `fdatasync` has no file size to commit and no unwritten extents
+//! to convert. On ext4 reuse made 16 clients' durable 64 KiB checkpoints about 1.5x faster
+//! (`sessiond-bench checkpoint --clients 16 --size 65536`, median of 5 interleaved runs:
+//! 9,930/s against 6,520/s); see [`preallocate`] for 1 KiB.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -219,7 +219,8 @@ impl LogWriter {
 pub enum Fill {
     /// Blocks allocated, then written with zeros.
     Zeros,
-    /// Blocks allocated only: quick, for a rotation that writes wait for.
+    /// Blocks allocated only: quick, for a rotation (writes wait) or a restart (recovery
+    /// waits).
     Allocate,
 }
 
@@ -277,7 +278,7 @@ fn reuse_file(
 }
 
 /// The oldest free file whose records all belong to segments before `seq`, a full-size one
-/// if there is one (a shorter one, trimmed at a clean stop, needs zeros written first). A
+/// if there is one (a shorter one, trimmed at a clean stop, needs its tail filled first). A
 /// free file numbered `seq` or later (left by a run that numbered segments differently) could
 /// hold records sealed for `seq`: it is deleted instead.
 fn take_free(dir: &Path, seq: u32, segment_bytes: u64) -> Option<PathBuf> {

@@ -5,13 +5,12 @@
 //! acknowledgement. A minimal server reads the bytes (no framing, parsing, index or async
 //! runtime), writes them into a file already written (the fastest kind on this disk, see
 //! `fsync`), `fdatasync`s, and only then acknowledges every write the flush covered (group
-//! commit). Its reader keeps reading while a flush runs. The load generator is one thread on
-//! epoll, as redis-benchmark is.
+//! commit). The load generator is one thread on epoll, as redis-benchmark is.
 //!
 //! Three server shapes are measured and the best one reported: one thread that reads, flushes
-//! and acknowledges in turn (as Redis does; the quickest for one client), a reader with one
-//! flush in flight on another thread at a time, and with two (acknowledged in order), which
-//! lets the device overlap flushes.
+//! and acknowledges in turn (as Redis does; the quickest for one client), a reader that keeps
+//! reading while another thread flushes, and two flushes in flight at once (acknowledged in
+//! order), which lets the device overlap them.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;

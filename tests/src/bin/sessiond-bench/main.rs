@@ -12,7 +12,6 @@
 //!   sessiond-bench fsync [--size BYTES] [--seconds S]
 //!       the disk's floor under /tmp: one write + fdatasync at a time, appending to a growing
 //!       file and overwriting a preallocated one (what one client can at best get).
-//!
 //!   sessiond-bench floor [--clients N] [--size BYTES] [--seconds S] [--fallocated]
 //!       the machine's floor for N clients' durable writes: a minimal server that writes,
 //!       `fdatasync`s and acknowledges raw bytes, with nothing of a store around it (see
