@@ -173,23 +173,14 @@ fn read_writes(
     inline: Option<(&std::fs::File, &[UnixStream])>,
 ) -> Result<u64, String> {
     let mut flushes = 0u64;
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut streams: Vec<PolledStream> = server.into_iter().map(PolledStream::from_std).collect();
-    for (i, s) in streams.iter_mut().enumerate() {
-        poll.registry()
-            .register(s, Token(i), Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-    }
+    let (mut poll, mut streams) = polled(server)?;
     let mut partial = vec![Vec::with_capacity(size); streams.len()];
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 << 10];
     let mut closed = vec![false; streams.len()];
     let (mut ready, mut from) = (Vec::new(), Vec::new());
     while closed.contains(&false) {
-        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => other.map_err(|e| e.to_string())?,
-        }
+        wait(&mut poll, &mut events)?;
         from.clear();
         for event in events.iter() {
             let i = event.token().0;
@@ -199,25 +190,8 @@ fn read_writes(
                     Ok(0) => closed[i] = true,
                     Err(e) if e.kind() == ErrorKind::ConnectionReset => closed[i] = true,
                     Ok(n) => {
-                        // One copy of each write, as a store makes: straight from the read
-                        // into the batch, unless it straddles two reads.
-                        let mut rest = &buf[..n];
-                        while !rest.is_empty() {
-                            if partial[i].is_empty() && rest.len() >= size {
-                                ready.extend_from_slice(&rest[..size]);
-                                from.push(i);
-                                rest = &rest[size..];
-                                continue;
-                            }
-                            let take = rest.len().min(size - partial[i].len());
-                            partial[i].extend_from_slice(&rest[..take]);
-                            rest = &rest[take..];
-                            if partial[i].len() == size {
-                                ready.extend_from_slice(&partial[i]);
-                                from.push(i);
-                                partial[i].clear();
-                            }
-                        }
+                        let complete = split_writes(&buf[..n], &mut partial[i], size, &mut ready);
+                        from.extend(std::iter::repeat_n(i, complete));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -243,6 +217,57 @@ fn read_writes(
         }
     }
     Ok(flushes)
+}
+
+/// Appends the complete writes of `bytes` (one client's read) to `ready`, keeping the
+/// unfinished end in `partial`; returns how many it appended. One copy of each write, as a
+/// store makes: straight from the read, unless it straddles two reads.
+fn split_writes(
+    mut bytes: &[u8],
+    partial: &mut Vec<u8>,
+    size: usize,
+    ready: &mut Vec<u8>,
+) -> usize {
+    let mut complete = 0;
+    while !bytes.is_empty() {
+        if partial.is_empty() && bytes.len() >= size {
+            ready.extend_from_slice(&bytes[..size]);
+            bytes = &bytes[size..];
+        } else {
+            let take = bytes.len().min(size - partial.len());
+            partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if partial.len() < size {
+                break;
+            }
+            ready.append(partial);
+        }
+        complete += 1;
+    }
+    complete
+}
+
+/// An epoll set over `streams`, each registered for reading under its index.
+fn polled(streams: Vec<UnixStream>) -> Result<(Poll, Vec<PolledStream>), String> {
+    let poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut streams: Vec<PolledStream> = streams.into_iter().map(PolledStream::from_std).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        poll.registry()
+            .register(s, Token(i), Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((poll, streams))
+}
+
+/// Waits up to 100 ms for readable streams (none, on an interrupted wait).
+fn wait(poll: &mut Poll, events: &mut Events) -> Result<(), String> {
+    match poll.poll(events, Some(Duration::from_millis(100))) {
+        Err(e) if e.kind() == ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// A flusher thread: flushes until the run is over. Returns the flushes it made.
@@ -316,13 +341,7 @@ fn generate(
     size: usize,
     length: Duration,
 ) -> Result<(u64, Duration), String> {
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut streams: Vec<PolledStream> = client.into_iter().map(PolledStream::from_std).collect();
-    for (i, s) in streams.iter_mut().enumerate() {
-        poll.registry()
-            .register(s, Token(i), Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-    }
+    let (mut poll, mut streams) = polled(client)?;
     let write = vec![0x5au8; size];
     let send = |s: &mut PolledStream| -> Result<(), String> {
         // A write of up to the socket's buffer goes in whole: the server reads while flushing.
@@ -347,10 +366,7 @@ fn generate(
     let mut events = Events::with_capacity(1024);
     let mut buf = [0u8; 64];
     while Instant::now() < end {
-        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => other.map_err(|e| e.to_string())?,
-        }
+        wait(&mut poll, &mut events)?;
         for event in events.iter() {
             let i = event.token().0;
             loop {
@@ -386,6 +402,18 @@ mod tests {
             assert!(r.per_flush >= 0.9, "{in_flight}: {}", r.per_flush);
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_read_is_split_into_whole_writes_and_the_rest_kept() {
+        let (mut partial, mut ready) = (Vec::new(), Vec::new());
+        // Two whole writes of 3 bytes and the start of a third.
+        assert_eq!(split_writes(b"abcdefg", &mut partial, 3, &mut ready), 2);
+        assert_eq!((&ready[..], &partial[..]), (&b"abcdef"[..], &b"g"[..]));
+        // Its end, then one more whole one.
+        assert_eq!(split_writes(b"hixyz", &mut partial, 3, &mut ready), 2);
+        assert_eq!((&ready[..], &partial[..]), (&b"abcdefghixyz"[..], &b""[..]));
+        assert_eq!(split_writes(b"q", &mut partial, 3, &mut ready), 0);
     }
 
     #[test]
