@@ -207,26 +207,50 @@ mod tests {
     }
 
     #[test]
-    fn each_segment_half_full_asks_for_a_spare_that_the_next_one_takes() {
+    fn a_segment_asks_for_a_spare_once_when_half_full() {
+        let dir = log_dir();
+        let (ask, asked) = mpsc::sync_channel(4);
+        let mut log = LogWriter::create(dir.path(), 1, SEG).unwrap();
+        log.make_spares_with(SpareMaker { ask });
+        // Checkpoints of 3,000 bytes: 150 stay under half of 1 MiB, 175 pass it.
+        write_checkpoints(&mut log, 1..=150);
+        assert!(asked.try_recv().is_err(), "asked for before half full");
+        write_checkpoints(&mut log, 151..=175);
+        assert!(asked.try_recv().is_ok());
+        write_checkpoints(&mut log, 176..=200);
+        assert!(asked.try_recv().is_err(), "asked for twice");
+        // The next segment asks again, at its own half.
+        log.rotate().unwrap();
+        write_checkpoints(&mut log, 201..=375);
+        assert!(asked.try_recv().is_ok());
+    }
+
+    #[test]
+    fn the_next_segment_takes_the_spare_the_thread_made() {
         let dir = log_dir();
         let spare = free_path(dir.path(), 0);
         let mut log = LogWriter::create(dir.path(), 1, SEG).unwrap();
         log.make_spares_with(SpareMaker::start(dir.path(), SEG).unwrap());
-        // Under half full, no spare is asked for (checkpoints of 3,000 bytes). What did not
-        // happen cannot be waited for: the thread had a tenth of a second to start one.
-        write_checkpoints(&mut log, 1..=150);
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!spare.exists() && !dir.path().join(LOG_DIR).join(SPARE_TMP).exists());
-        write_checkpoints(&mut log, 151..=180);
-        wait_for(&spare);
-        let made = inode(&spare);
-        log.rotate().unwrap();
-        assert_eq!(inode(&segment_path(dir.path(), 2)), made);
-        write_checkpoints(&mut log, 181..=360);
-        wait_for(&spare);
-        assert_spare(&spare);
-        let made = inode(&spare);
-        log.rotate().unwrap();
-        assert_eq!(inode(&segment_path(dir.path(), 3)), made);
+        for (segment, numbers) in [(2, 1..=175), (3, 176..=350)] {
+            write_checkpoints(&mut log, numbers);
+            wait_for(&spare);
+            assert_spare(&spare);
+            let made = inode(&spare);
+            log.rotate().unwrap();
+            assert_eq!(inode(&segment_path(dir.path(), segment)), made);
+        }
+    }
+
+    #[test]
+    fn a_spare_never_replaces_a_free_file_named_like_it() {
+        let dir = log_dir();
+        // A short file under the spare's name (not a whole one, so a spare is due).
+        std::fs::write(free_path(dir.path(), 0), b"not a spare").unwrap();
+        assert!(!make_spare(dir.path(), SEG).unwrap());
+        assert_eq!(
+            std::fs::read(free_path(dir.path(), 0)).unwrap(),
+            b"not a spare"
+        );
+        assert!(!dir.path().join(LOG_DIR).join(SPARE_TMP).exists());
     }
 }
