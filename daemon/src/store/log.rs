@@ -61,13 +61,14 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Creates segment `seq` (which must not exist), in a free file if there is one, else in
-    /// a new one written full of zeros, and makes it durable.
+    /// [`LogWriter::start`] with zeros: what the tests build a log with.
+    #[cfg(test)]
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
         LogWriter::start(dir, seq, segment_bytes, Fill::Zeros)
     }
 
-    /// As [`LogWriter::create`], with a new file extended as `fill` says.
+    /// Creates segment `seq` (which must not exist), in a free file if there is one, else in
+    /// a new one extended as `fill` says, and makes it durable.
     pub fn start(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<Self> {
         let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
             reuse_file(dir, &free, seq, segment_bytes, fill)
