@@ -15,8 +15,9 @@ pub mod validate;
 
 pub use types::*;
 
-/// Version of the binary protocol, exchanged in the hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the binary protocol, exchanged in the hello. 2: `stats` reports the store's
+/// health.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Version of the sessiond release these types belong to.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

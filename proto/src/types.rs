@@ -164,6 +164,28 @@ pub struct Stats {
     pub flushes: u64,
     pub log_segments: u64,
     pub log_bytes: u64,
+    /// Whether the store's disk work is failing (protocol 2).
+    pub store: StoreHealth,
+}
+
+/// The store's health: degraded while some kind of disk work fails, with what fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub degraded: bool,
+    /// Each kind of disk work failing now.
+    pub failing: Vec<FailingWork>,
+    /// Disk operations that failed since the daemon started.
+    pub disk_errors: u64,
+}
+
+/// One kind of disk work that is failing: since when, how often, and its latest error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailingWork {
+    /// What the daemon was doing: `log write`, `new log segment`, `index snapshot`, ...
+    pub work: String,
+    pub since: DateTime<Utc>,
+    pub errors: u64,
+    pub last_error: String,
 }
 
 /// What happened to a session, as `watch` reports it.

@@ -137,6 +137,16 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
         flushes: 12,
         log_segments: 1,
         log_bytes: 5000,
+        store: StoreHealth {
+            degraded: true,
+            failing: vec![FailingWork {
+                work: "log write".into(),
+                since: t0(),
+                errors: 3,
+                last_error: "Input/output error (os error 5)".into(),
+            }],
+            disk_errors: 4,
+        },
     };
     vec![
         (

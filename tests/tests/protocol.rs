@@ -333,6 +333,11 @@ fn wrong_protocol_version_and_wrong_magic_are_refused_cleanly() {
         .expect("refused");
     assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion));
     assert!(e.to_string().contains("999"), "{e}");
+    // A client of an older protocol is refused, never misread.
+    let e = Client::connect_with_version(&d.socket, 1)
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion), "{e}");
     // Not a sessiond hello at all: a clear refusal, then the connection closes.
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();

@@ -29,7 +29,7 @@ fn assert_session_shape(v: &Value) {
 fn every_verb_with_json_output() {
     let d = Daemon::start();
     let v = d.ctl(&["--json", "ping"]).ok().json();
-    assert_eq!(v["protocol"], json!(1));
+    assert_eq!(v["protocol"], json!(sessiond_proto::PROTOCOL_VERSION));
 
     // Owned by the calling process (this test), not by sessionctl itself.
     let v = d.ctl(&["--json", "create", "mine"]).ok().json();

@@ -403,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Verb::Stats => {
             let s = c.stats()?;
+            let store = s.store.clone();
             let v = wire_json::reply_body(&Reply::Stats(s))
                 .remove("stats")
                 .unwrap_or(Value::Null);
@@ -410,9 +411,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&v);
             }
             if let Value::Object(m) = v {
-                for (k, v) in m {
+                for (k, v) in m.into_iter().filter(|(k, _)| k != "store") {
                     println!("{k:>20}: {}", v.to_string().trim_matches('"'));
                 }
+            }
+            println!("{:>20}: {}", "disk_errors", store.disk_errors);
+            if store.failing.is_empty() {
+                println!("{:>20}: ok", "store");
+            }
+            for f in &store.failing {
+                println!(
+                    "{:>20}: degraded: {} failing since {}, {} errors, last: {}",
+                    "store",
+                    f.work,
+                    f.since.to_rfc3339(),
+                    f.errors,
+                    f.last_error
+                );
             }
             Ok(())
         }
