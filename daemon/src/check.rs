@@ -50,8 +50,16 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
     let ctx =
         |seq: u32| store::io_context(format!("cannot read segment {}", segment_file_name(seq)));
     let segments = list_segments(dir).map_err(store::io_context("cannot list the log"))?;
+    let cuts = store::find_cuts(dir, &segments);
     for &seq in &segments {
-        let mut scanner = match SegmentScanner::open(dir, seq, 0) {
+        let cut = cuts.get(&seq).copied();
+        if let Some(end) = cut {
+            r.note(format!(
+                "segment {}: a write failed at offset {end}; what follows was refused and is ignored",
+                segment_file_name(seq)
+            ));
+        }
+        let mut scanner = match SegmentScanner::open_until(dir, seq, 0, cut) {
             Ok(s) => s,
             Err(e) => {
                 r.problem(format!("segment {}: {e}", segment_file_name(seq)));

@@ -10,6 +10,7 @@ pub mod check;
 pub mod commit;
 pub mod config;
 pub mod conn;
+pub mod health;
 pub mod lock;
 pub mod notify;
 pub mod owner;

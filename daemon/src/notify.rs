@@ -21,19 +21,24 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// "3 sessions (2 active, 1 stale), 40 checkpoints, 1 connection".
+/// "3 sessions (2 active, 1 stale), 40 checkpoints, 1 connection", after what fails if the
+/// store is degraded.
 pub fn status_line(shared: &Shared, service: &Service) -> String {
     let (sessions, checkpoints, by_status) = {
         let t = shared.table();
         (t.session_count(), t.checkpoint_count(), t.count_by_status())
     };
     let count = |s| by_status.get(&s).copied().unwrap_or(0);
-    format!(
+    let mut line = format!(
         "{sessions} sessions ({} active, {} stale), {checkpoints} checkpoints, {} connections",
         count(Status::Active),
         count(Status::Stale),
         service.connections.load(Ordering::Relaxed)
-    )
+    );
+    if let Some(degraded) = shared.health.summary() {
+        line = format!("{degraded}; {line}");
+    }
+    line
 }
 
 pub fn ready(status: &str) {

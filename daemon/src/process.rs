@@ -4,18 +4,42 @@
 
 use crate::store::record::Owner;
 
+/// What the system says of a PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// A running (not zombie) process, with its start time in an OS-specific unit that only
+    /// needs to be stable for the process's lifetime.
+    Running { start_time: u64 },
+    /// No process runs with that PID.
+    Gone,
+    /// The system could not be asked (out of file descriptors, say): neither alive nor dead.
+    Unknown,
+}
+
 /// Asks the system about processes.
 pub trait ProcessProbe: Send + Sync {
-    /// Start time of a running (not zombie) process, in an OS-specific unit that only needs to
-    /// be stable for the process's lifetime. `None` if no such process runs.
-    fn start_time(&self, pid: u32) -> Option<u64>;
+    fn process(&self, pid: u32) -> Process;
 
     /// The user owning a process.
     fn uid_of(&self, pid: u32) -> Option<u32>;
 
-    /// Whether `owner` is still the running process it was.
+    /// Start time of a running process, `None` if none runs (or the system cannot tell).
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        match self.process(pid) {
+            Process::Running { start_time } => Some(start_time),
+            Process::Gone | Process::Unknown => None,
+        }
+    }
+
+    /// Whether `owner` may still be the running process it was: only a process seen gone, or
+    /// another one under its PID, is dead, so that a failing `/proc` read never marks a live
+    /// owner's session stale.
     fn is_alive(&self, owner: &Owner) -> bool {
-        self.start_time(owner.pid) == Some(owner.start_time)
+        match self.process(owner.pid) {
+            Process::Running { start_time } => start_time == owner.start_time,
+            Process::Gone => false,
+            Process::Unknown => true,
+        }
     }
 }
 
@@ -26,19 +50,33 @@ pub struct SystemProbe;
 #[cfg(target_os = "linux")]
 impl ProcessProbe for SystemProbe {
     /// Field 22 of `/proc/PID/stat` (clock ticks since boot); zombies count as gone.
-    fn start_time(&self, pid: u32) -> Option<u64> {
+    fn process(&self, pid: u32) -> Process {
         if pid == 0 {
-            return None;
+            return Process::Gone;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-        let state = fields.next()?;
-        if state == "Z" || state == "X" {
-            return None;
-        }
-        // Start time is field 22: 19 fields after the state (field 3).
-        fields.nth(18)?.parse().ok()
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(nix::libc::ESRCH) =>
+            {
+                return Process::Gone
+            }
+            Err(_) => return Process::Unknown,
+        };
+        let parsed = || {
+            // The command name (field 2) may hold spaces and parentheses: fields resume after
+            // the last ')'.
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            if state == "Z" || state == "X" {
+                return Some(Process::Gone);
+            }
+            // Start time is field 22: 19 fields after the state (field 3).
+            let start_time = fields.nth(18)?.parse().ok()?;
+            Some(Process::Running { start_time })
+        };
+        parsed().unwrap_or(Process::Unknown)
     }
 
     fn uid_of(&self, pid: u32) -> Option<u32> {
@@ -51,7 +89,7 @@ impl ProcessProbe for SystemProbe {
 
 #[cfg(not(target_os = "linux"))]
 impl ProcessProbe for SystemProbe {
-    fn start_time(&self, pid: u32) -> Option<u64> {
+    fn process(&self, pid: u32) -> Process {
         use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
         let mut sys = System::new();
         let pid = Pid::from_u32(pid);
@@ -60,8 +98,14 @@ impl ProcessProbe for SystemProbe {
             true,
             ProcessRefreshKind::nothing(),
         );
-        let p = sys.process(pid)?;
-        (!matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead)).then(|| p.start_time())
+        match sys.process(pid) {
+            Some(p) if !matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead) => {
+                Process::Running {
+                    start_time: p.start_time(),
+                }
+            }
+            _ => Process::Gone,
+        }
     }
 
     fn uid_of(&self, pid: u32) -> Option<u32> {
@@ -83,12 +127,14 @@ pub mod fake {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    use super::ProcessProbe;
+    use super::{Process, ProcessProbe};
 
     #[derive(Debug, Default)]
     pub struct FakeProbe {
         /// pid -> (start time, uid)
         pub procs: Mutex<HashMap<u32, (u64, u32)>>,
+        /// PIDs the system cannot be asked about.
+        pub unknown: Mutex<Vec<u32>>,
     }
 
     impl FakeProbe {
@@ -101,8 +147,14 @@ pub mod fake {
     }
 
     impl ProcessProbe for FakeProbe {
-        fn start_time(&self, pid: u32) -> Option<u64> {
-            self.procs.lock().unwrap().get(&pid).map(|p| p.0)
+        fn process(&self, pid: u32) -> Process {
+            if self.unknown.lock().unwrap().contains(&pid) {
+                return Process::Unknown;
+            }
+            match self.procs.lock().unwrap().get(&pid) {
+                Some(&(start_time, _)) => Process::Running { start_time },
+                None => Process::Gone,
+            }
         }
         fn uid_of(&self, pid: u32) -> Option<u32> {
             self.procs.lock().unwrap().get(&pid).map(|p| p.1)

@@ -26,12 +26,14 @@ use crate::cache::LatestCache;
 use crate::commit::{self, CommitConfig, Notifier, Shared};
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
+use crate::health::{Health, Work};
 use crate::lock::{LockError, StateLock};
 use crate::notify;
 use crate::owner::OwnerWatcher;
 use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
 use crate::store::log::LogWriter;
+use crate::store::reaper::Reaper;
 use crate::store::record::Owner;
 use crate::store::{self, SegmentFiles, StoreError};
 
@@ -90,12 +92,18 @@ fn open_store(
     let dir = &cfg.state_dir;
     let log_dir = dir.join(store::segment::LOG_DIR);
     ensure_private_dir(&log_dir)?;
-    // An interrupted snapshot write leaves its temp file; the snapshot itself is intact.
+    // An interrupted snapshot write leaves its temp file, an interrupted segment creation
+    // its `.new` file; neither is part of the state.
     let tmp = dir.join(store::snapshot::INDEX_TMP);
     if tmp.exists() {
         std::fs::remove_file(&tmp).map_err(io_err(format!("cannot remove {}", tmp.display())))?;
     }
-    store::delete_retired(dir);
+    store::log::remove_half_made(dir).map_err(io_err(format!(
+        "cannot remove a half-made segment in {}",
+        log_dir.display()
+    )))?;
+    let health = Arc::new(Health::new());
+    let reaper = Reaper::start(dir, health.clone());
     let (table, report) = store::load(dir, cfg.default_keep)?;
     commit::release_free_memory();
     let next = report.segments.last().map_or(1, |s| s + 1);
@@ -106,11 +114,10 @@ fn open_store(
     } else {
         store::log::Fill::Allocate
     };
-    let mut log = LogWriter::start(dir, next, cfg.segment_bytes, fill).map_err(io_err(format!(
-        "cannot create a log segment in {}",
-        log_dir.display()
-    )))?;
-    match store::spare::SpareMaker::start(dir, cfg.segment_bytes) {
+    let mut log = LogWriter::start(dir, next, cfg.segment_bytes, fill, None).map_err(io_err(
+        format!("cannot create a log segment in {}", log_dir.display()),
+    ))?;
+    match store::spare::SpareMaker::start(dir, cfg.segment_bytes, health.clone()) {
         Ok(spares) => log.make_spares_with(spares),
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are only allocated");
@@ -133,12 +140,16 @@ fn open_store(
         cache: LatestCache::new(usize::try_from(cfg.read_cache_bytes).unwrap_or(usize::MAX)),
         probe,
         notify,
+        health,
+        reaper,
         checkpoints_written: Default::default(),
         bytes_written: Default::default(),
         flushes: Default::default(),
     });
     if report.replayed_records > 0 || report.index != store::IndexState::Loaded {
-        commit::write_snapshot(&shared, &log);
+        if let Err(e) = commit::write_snapshot(&shared, &log) {
+            shared.health.failed(Work::IndexSnapshot, &e);
+        }
     }
     Ok((shared, log))
 }

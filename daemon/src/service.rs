@@ -15,8 +15,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::Cached;
 use crate::commit::{Job, Shared};
+use crate::health::Work;
 use crate::sink::DirectReply;
 use crate::store::record::{CheckedPayload, Owner, RecordHeader};
+use crate::store::segment::ReadError;
 use crate::store::CkptEntry;
 use crate::table::OwnerClaim;
 use crate::table::{micros_to_time, Key, ListFilter, Mutation};
@@ -358,7 +360,7 @@ impl Service {
             Request::History(r) => {
                 let entries = self.shared.table().checkpoints(uid, &r.name)?;
                 let shared = self.shared.clone();
-                blocking(move || history(&shared, &entries)).await
+                blocking(move || history(&shared, &r.name, &entries)).await
             }
             Request::Get(r) => self
                 .latest(uid, &r.name, r.number)
@@ -387,6 +389,7 @@ impl Service {
                     checkpoints_written: self.shared.checkpoints_written.load(Ordering::Relaxed),
                     bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
                     flushes: self.shared.flushes.load(Ordering::Relaxed),
+                    store: self.shared.health.report(),
                     ..Stats::default()
                 };
                 let dir = self.shared.dir.clone();
@@ -423,15 +426,41 @@ fn checkpoint_info(
     }
 }
 
+/// Why a checkpoint could not be read.
+enum Unreadable {
+    /// Damaged on disk: a read of the latest falls back to an older one.
+    Damaged(String),
+    /// The disk failed to read it, which may work when tried again: refused `unavailable`.
+    Failed(String),
+}
+
+impl From<ReadError> for Unreadable {
+    fn from(e: ReadError) -> Self {
+        if e.is_damage() {
+            Unreadable::Damaged(e.to_string())
+        } else {
+            Unreadable::Failed(e.to_string())
+        }
+    }
+}
+
+/// The reply to a read the disk failed, reported to the store's health.
+fn read_failed(shared: &Shared, name: &str, error: &str) -> WireError {
+    shared.health.failed(Work::Read, &error);
+    WireError::unavailable(format!(
+        "cannot read a checkpoint of session {name:?} from disk: {error}"
+    ))
+}
+
 /// Reads one checkpoint (verified), with its meta from the record header. Compaction may
 /// move a checkpoint (and delete its old segment) between the index lookup and the read: a
-/// failed read is retried once at the checkpoint's current place before it counts as damage.
+/// failed read is retried once at the checkpoint's current place before it counts.
 fn read_one(
     shared: &Shared,
     uid: u32,
     name: &str,
     entry: &CkptEntry,
-) -> Result<CheckpointInfo, String> {
+) -> Result<CheckpointInfo, Unreadable> {
     read_at(shared, entry).or_else(|e| {
         let moved = shared
             .table()
@@ -446,16 +475,15 @@ fn read_one(
     })
 }
 
-fn read_at(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, String> {
-    let (header, payload) = shared
-        .files
-        .read_record(&entry.loc())
-        .map_err(|e| e.to_string())?;
+fn read_at(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, Unreadable> {
+    let (header, payload) = shared.files.read_record(&entry.loc())?;
     match header {
         RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) if h.number == entry.number => {
             Ok(checkpoint_info(entry, h.created_at, h.meta, Some(payload)))
         }
-        _ => Err("the record at the indexed place is another record".into()),
+        _ => Err(Unreadable::Damaged(
+            "the record at the indexed place is another record".into(),
+        )),
     }
 }
 
@@ -478,21 +506,31 @@ pub fn read_checkpoint(
                 format!("session {name:?} has no checkpoint {n} ({retained})"),
             )
         })?;
-        return read_one(shared, uid, name, entry).map(Some).map_err(|e| {
-            tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
-            WireError::internal(format!(
-                "checkpoint {n} of session {name:?} is damaged on disk: {e}"
-            ))
-        });
+        return match read_one(shared, uid, name, entry) {
+            Ok(info) => {
+                shared.health.succeeded(Work::Read);
+                Ok(Some(info))
+            }
+            Err(Unreadable::Failed(e)) => Err(read_failed(shared, name, &e)),
+            Err(Unreadable::Damaged(e)) => {
+                tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
+                Err(WireError::internal(format!(
+                    "checkpoint {n} of session {name:?} is damaged on disk: {e}"
+                )))
+            }
+        };
     }
     let mut skipped = Vec::new();
     for entry in entries.iter().rev() {
         match read_one(shared, uid, name, entry) {
             Ok(mut info) => {
+                shared.health.succeeded(Work::Read);
                 info.skipped_corrupt = skipped;
                 return Ok(Some(info));
             }
-            Err(e) => {
+            // Never an older checkpoint served because the disk failed to read a newer one.
+            Err(Unreadable::Failed(e)) => return Err(read_failed(shared, name, &e)),
+            Err(Unreadable::Damaged(e)) => {
                 tracing::error!(session = %name, number = entry.number, error = %e, "damaged checkpoint; falling back to the previous one");
                 skipped.push(entry.number);
             }
@@ -507,22 +545,21 @@ pub fn read_checkpoint(
     }
 }
 
-fn history(shared: &Shared, entries: &[CkptEntry]) -> Result<Reply, WireError> {
-    let list = entries
-        .iter()
-        .map(|e| {
-            let (created_at, meta) = match shared.files.read_header(&e.loc()) {
-                Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => {
-                    (h.created_at, h.meta)
-                }
-                other => {
-                    // Listed all the same (a read of it reports the damage), without its time.
-                    tracing::warn!(number = e.number, result = ?other.map(|_| "another record"), "cannot read a checkpoint's header for history");
-                    (0, sessiond_proto::Meta::new())
-                }
-            };
-            checkpoint_info(e, created_at, meta, None)
-        })
-        .collect();
+fn history(shared: &Shared, name: &str, entries: &[CkptEntry]) -> Result<Reply, WireError> {
+    let mut list = Vec::with_capacity(entries.len());
+    for e in entries {
+        let (created_at, meta) = match shared.files.read_header(&e.loc()) {
+            Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => (h.created_at, h.meta),
+            Err(err) if !err.is_damage() => {
+                return Err(read_failed(shared, name, &err.to_string()));
+            }
+            other => {
+                // Listed all the same (a read of it reports the damage), without its time.
+                tracing::warn!(number = e.number, result = ?other.map(|_| "another record"), "cannot read a checkpoint's header for history");
+                (0, sessiond_proto::Meta::new())
+            }
+        };
+        list.push(checkpoint_info(e, created_at, meta, None));
+    }
     Ok(Reply::Checkpoints(list))
 }

@@ -13,7 +13,7 @@ use sessiond_proto::{
     CheckpointInfo, ErrorKind, Event, EventKind, Meta, Reply, SessionInfo, Status, WireError,
 };
 
-use crate::process::ProcessProbe;
+use crate::process::{Process, ProcessProbe};
 
 use crate::session_map::{Keyed, SessionMap};
 use crate::store::record::{
@@ -113,10 +113,15 @@ impl OwnerClaim {
         {
             return Err(denied(format!("owner_pid {pid} belongs to another user")));
         }
-        match probe.start_time(pid) {
-            Some(start_time) => Ok(Some(Owner { pid, start_time })),
-            None if self.named => Err(denied(format!("owner_pid {pid} is not a running process"))),
-            None => Ok(Some(Owner { pid, start_time: 0 })),
+        match probe.process(pid) {
+            Process::Running { start_time } => Ok(Some(Owner { pid, start_time })),
+            Process::Gone if self.named => {
+                Err(denied(format!("owner_pid {pid} is not a running process")))
+            }
+            Process::Gone => Ok(Some(Owner { pid, start_time: 0 })),
+            Process::Unknown => Err(WireError::unavailable(format!(
+                "cannot tell whether process {pid} runs (reading /proc failed); try again"
+            ))),
         }
     }
 }
@@ -680,6 +685,8 @@ impl SessionTable {
                     self.drop_entries(&entries);
                 }
             }
+            // Read by replay before it scans the segment it names; nothing of the table's.
+            RecordHeader::Cut { .. } => {}
         }
     }
 
@@ -939,6 +946,34 @@ mod tests {
         let e = run_with(&mut t, ck("a", None, Some(2)), &probe).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Fenced);
         run_with(&mut t, ck("a", None, Some(3)), &probe).unwrap();
+    }
+
+    #[test]
+    fn a_process_the_system_cannot_tell_about_is_neither_dead_nor_taken_as_owner() {
+        let probe = FakeProbe::default();
+        let mut t = SessionTable::new(16);
+        let create = create_owned("a", owner(&probe, 10, 100));
+        run_with(&mut t, create, &probe).unwrap();
+        // /proc cannot be read for the owner (out of descriptors, say): it may be alive.
+        probe.unknown.lock().unwrap().push(10);
+        assert!(probe.is_alive(&Owner {
+            pid: 10,
+            start_time: 100
+        }));
+        let e = run_with(&mut t, resume("a", owner(&probe, 20, 200), false), &probe).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::OwnerAlive);
+        // Nor is such a process made an owner with a guessed start time.
+        probe.unknown.lock().unwrap().push(30);
+        let e = run_with(&mut t, create_owned("b", owner_unprobed(30)), &probe).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    }
+
+    fn owner_unprobed(pid: u32) -> OwnerClaim {
+        OwnerClaim {
+            pid: Some(pid),
+            named: false,
+            caller_uid: 1000,
+        }
     }
 
     #[test]

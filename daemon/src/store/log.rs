@@ -10,6 +10,14 @@
 //! to convert. On ext4 reuse made 16 clients' durable 64 KiB checkpoints about 1.5x faster
 //! (`sessiond-bench checkpoint --clients 16 --size 65536`, median of 5 interleaved runs:
 //! 9,930/s against 6,520/s); see [`preallocate`] for 1 KiB.
+//!
+//! A failed write or flush abandons the segment: nothing more is written to it (after a
+//! failed `fdatasync` the page cache cannot be trusted), its unused tail is given back, and
+//! the next segment begins with a [`RecordHeader::Cut`] naming where its log durably ends,
+//! so that a refused batch that reached the disk anyway is never replayed. A segment is made
+//! under a temporary name (`<seq>.new`) and named only once whole, and a number whose
+//! attempt failed is never tried again: a failed attempt leaves nothing a later one trips
+//! over.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -17,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
 
-use super::record::{self, Loc, FOOTER_LEN, PREFIX_LEN};
+use super::record::{self, Loc, RecordHeader, FOOTER_LEN, PREFIX_LEN};
+use super::scope::{self, within};
 use super::segment::{
     free_path, list_free, segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN,
 };
@@ -30,6 +39,9 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Records end below this offset in a segment (the index keeps 32-bit offsets).
 pub const MAX_SEGMENT_END: u64 = u32::MAX as u64;
+
+/// Extension of a segment being made, before it is named `.seg`.
+pub const NEW_EXTENSION: &str = "new";
 
 /// What [`LogWriter::append`] wrote: where each record is, and how many bytes in all
 /// (footers included).
@@ -45,16 +57,29 @@ pub struct Pending<'a> {
     pub payload: &'a [u8],
 }
 
+/// Where an abandoned segment's log durably ends, for the next segment to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub segment: u32,
+    pub end: u64,
+}
+
 pub struct LogWriter {
     dir: PathBuf,
     seq: u32,
     file: File,
+    /// Where the next record goes.
     len: u64,
+    /// The end of what was flushed: everything before it is durable.
+    synced: u64,
     segment_bytes: u64,
     /// The file was extended to `segment_bytes` up front (zeros after `len`).
     preallocated: bool,
-    /// An fsync of this segment failed: nothing more may be written to it.
+    /// A write or flush of this segment failed: nothing more may be written to it.
     poisoned: bool,
+    /// The number the next segment gets: never one whose attempt failed, which may have left
+    /// a file under that name.
+    next_seq: u32,
     /// Asked for a spare file once each segment is half full.
     spares: Option<SpareMaker>,
     spare_asked: bool,
@@ -64,33 +89,47 @@ impl LogWriter {
     /// [`LogWriter::start`] with zeros: what the tests build a log with.
     #[cfg(test)]
     pub fn create(dir: &Path, seq: u32, segment_bytes: u64) -> io::Result<Self> {
-        LogWriter::start(dir, seq, segment_bytes, Fill::Zeros)
+        LogWriter::start(dir, seq, segment_bytes, Fill::Zeros, None)
     }
 
     /// Creates segment `seq` (which must not exist), in a free file if there is one, else in
-    /// a new one extended as `fill` says, and makes it durable.
-    pub fn start(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<Self> {
-        let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
-            reuse_file(dir, &free, seq, segment_bytes, fill)
-                .inspect_err(|e| {
-                    tracing::warn!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
-                    let _ = std::fs::remove_file(&free);
-                })
-                .ok()
-        });
-        let (file, preallocated) = match reused {
-            Some(made) => made,
-            None => new_file(dir, seq, segment_bytes, fill)?,
-        };
-        fsync_dir(&dir.join(LOG_DIR))?;
+    /// a new one extended as `fill` says, beginning with `cut` if given, and makes it durable.
+    pub fn start(
+        dir: &Path,
+        seq: u32,
+        segment_bytes: u64,
+        fill: Fill,
+        cut: Option<Cut>,
+    ) -> io::Result<Self> {
+        let next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("log segment numbers are exhausted"))?;
+        let (file, preallocated, len) = within(scope::sessiond_io_segment_create, || {
+            let reused = take_free(dir, seq, segment_bytes).and_then(|free| {
+                reuse_file(dir, &free, seq, segment_bytes, fill, cut)
+                    .inspect_err(|e| {
+                        tracing::debug!(path = %free.display(), error = %e, "cannot reuse a dead log segment; starting a new file");
+                        let _ = std::fs::remove_file(&free);
+                    })
+                    .ok()
+            });
+            let made = match reused {
+                Some(made) => made,
+                None => new_file(dir, seq, segment_bytes, fill, cut)?,
+            };
+            fsync_dir(&dir.join(LOG_DIR))?;
+            Ok(made)
+        })?;
         Ok(LogWriter {
             dir: dir.to_path_buf(),
             seq,
             file,
-            len: SEGMENT_HEADER_LEN,
+            len,
+            synced: len,
             segment_bytes,
             preallocated,
             poisoned: false,
+            next_seq,
             spares: None,
             spare_asked: false,
         })
@@ -120,18 +159,25 @@ impl LogWriter {
         (self.seq, self.len)
     }
 
+    /// Whether a write or flush failed since the active segment started: then nothing is
+    /// written until [`LogWriter::rotate`] has started another.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// Writes `records` at the end of the active segment (not yet durable), sealing each for
-    /// it ([`record::seal`]). On error the segment is cut back to where it was.
+    /// it ([`record::seal`]). On error the segment is abandoned.
     pub fn append(&mut self, records: &mut [Pending<'_>]) -> io::Result<Appended> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "the log segment was abandoned after a failed write; a new one is needed",
+            ));
+        }
         let batch: u64 = records
             .iter()
             .map(|r| (r.head.len() + r.payload.len() + FOOTER_LEN) as u64)
             .sum();
-        if self.poisoned {
-            // After a failed fsync the kernel may have dropped the dirty pages: that segment's
-            // content is unknowable, so writing resumes only in a fresh one.
-            self.rotate()?;
-        } else if self.len > SEGMENT_HEADER_LEN && self.len + batch > MAX_SEGMENT_END {
+        if self.len > SEGMENT_HEADER_LEN && self.len + batch > MAX_SEGMENT_END {
             // The index stores offsets in 32 bits.
             self.rotate()?;
         }
@@ -159,7 +205,10 @@ impl LogWriter {
             }
             slices.push(IoSlice::new(footer));
         }
-        match write_all_at(&self.file, start, &mut slices) {
+        let file = &self.file;
+        match within(scope::sessiond_io_log_write, || {
+            write_all_at(file, start, &mut slices)
+        }) {
             Ok(()) => {
                 self.len = off;
                 if !self.spare_asked && self.len >= self.segment_bytes / 2 {
@@ -174,9 +223,7 @@ impl LogWriter {
                 })
             }
             Err(e) => {
-                // Leave no partial record behind for the next batch to follow.
-                let _ = self.file.set_len(start);
-                self.preallocated = false;
+                self.abandon();
                 Err(e)
             }
         }
@@ -187,12 +234,31 @@ impl LogWriter {
     pub fn sync(&mut self) -> io::Result<()> {
         #[cfg(test)]
         if tests::FAIL_NEXT_SYNC.with(|f| f.replace(false)) {
-            self.poisoned = true;
+            self.abandon();
             return Err(io::Error::from_raw_os_error(5)); // EIO, as a failing disk reports it
         }
-        let r = self.file.sync_data();
-        self.poisoned |= r.is_err();
-        r
+        let file = &self.file;
+        match within(scope::sessiond_io_log_write, || file.sync_data()) {
+            Ok(()) => {
+                self.synced = self.len;
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failed write or flush: nothing more goes to this segment, and what it holds
+    /// after the last flush is given back (best effort: the next segment's cut is what keeps
+    /// it out of the log).
+    fn abandon(&mut self) {
+        self.poisoned = true;
+        if let Err(e) = self.file.set_len(self.synced) {
+            tracing::debug!(segment = self.seq, error = %e, "cannot give back the tail of an abandoned segment");
+        }
+        self.preallocated = false;
     }
 
     /// Whether the active segment has reached its target size.
@@ -200,12 +266,19 @@ impl LogWriter {
         self.len >= self.segment_bytes
     }
 
-    /// Starts the next segment. Used when the active one is full, and after an fsync failure,
-    /// after which nothing more is written to the old one. Writes wait meanwhile: without a
-    /// free file (or the spare) the new file is only allocated, not written with zeros.
+    /// Starts the next segment. Used when the active one is full, and after a failed write
+    /// or flush, after which nothing more is written to the old one. Writes wait meanwhile:
+    /// without a free file (or the spare) the new file is only allocated, not written with
+    /// zeros. On failure the active segment stays as it is; the next attempt takes another
+    /// number.
     pub fn rotate(&mut self) -> io::Result<()> {
-        let mut next =
-            LogWriter::start(&self.dir, self.seq + 1, self.segment_bytes, Fill::Allocate)?;
+        let cut = self.poisoned.then_some(Cut {
+            segment: self.seq,
+            end: self.synced,
+        });
+        let seq = self.next_seq;
+        self.next_seq = seq.saturating_add(1);
+        let mut next = LogWriter::start(&self.dir, seq, self.segment_bytes, Fill::Allocate, cut)?;
         self.trim();
         if let Some(spares) = self.spares.take() {
             next.make_spares_with(spares);
@@ -225,14 +298,32 @@ pub enum Fill {
     Allocate,
 }
 
-/// Writes segment `seq`'s header at the start of `file`, extends the file to the segment's
-/// size where it is shorter, and makes both durable. Returns whether the file is
-/// preallocated.
-fn initialise(file: &File, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<bool> {
+/// A made segment's file, whether it is preallocated, and where its first record goes.
+type Made = (File, bool, u64);
+
+/// Writes segment `seq`'s header (and `cut`) at the start of `file`, extends the file to the
+/// segment's size where it is shorter, and makes all of it durable.
+fn initialise(
+    file: File,
+    seq: u32,
+    segment_bytes: u64,
+    fill: Fill,
+    cut: Option<Cut>,
+) -> io::Result<Made> {
     file.write_all_at(&segment_header(seq), 0)?;
-    let preallocated = preallocate(file, segment_bytes, fill);
+    let mut len = SEGMENT_HEADER_LEN;
+    if let Some(Cut { segment, end }) = cut {
+        let header = RecordHeader::Cut { segment, end };
+        let mut head =
+            record::encode_with_crc(&header, &[], crc32c::crc32c(&[])).map_err(io::Error::other)?;
+        let footer = record::seal(&mut head, Some(seq));
+        head.extend_from_slice(&footer);
+        file.write_all_at(&head, len)?;
+        len += head.len() as u64;
+    }
+    let preallocated = preallocate(&file, segment_bytes, fill);
     file.sync_all()?;
-    Ok(preallocated)
+    Ok((file, preallocated, len))
 }
 
 /// Zeros written over `from..to` of `file`, a mebibyte at a time.
@@ -248,15 +339,33 @@ pub(super) fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A new file for segment `seq`.
-fn new_file(dir: &Path, seq: u32, segment_bytes: u64, fill: Fill) -> io::Result<(File, bool)> {
-    let file = OpenOptions::new()
+/// Where segment `seq` is made before it is named.
+fn new_path(dir: &Path, seq: u32) -> PathBuf {
+    segment_path(dir, seq).with_extension(NEW_EXTENSION)
+}
+
+/// A new file for segment `seq`, made whole under a temporary name and then named: a failure
+/// or a crash leaves at most a `.new` file, never a half-made segment.
+fn new_file(
+    dir: &Path,
+    seq: u32,
+    segment_bytes: u64,
+    fill: Fill,
+    cut: Option<Cut>,
+) -> io::Result<Made> {
+    let tmp = new_path(dir, seq);
+    let made = OpenOptions::new()
         .write(true)
         .read(true)
-        .create_new(true)
-        .open(segment_path(dir, seq))?;
-    let preallocated = initialise(&file, seq, segment_bytes, fill)?;
-    Ok((file, preallocated))
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|file| initialise(file, seq, segment_bytes, fill, cut))
+        .and_then(|made| rename_no_replace(&tmp, &segment_path(dir, seq)).map(|()| made));
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
 }
 
 /// Makes the free file `free` segment `seq`. Its old records stay after the new ones until
@@ -268,14 +377,28 @@ fn reuse_file(
     seq: u32,
     segment_bytes: u64,
     fill: Fill,
-) -> io::Result<(File, bool)> {
+    cut: Option<Cut>,
+) -> io::Result<Made> {
     let file = OpenOptions::new().read(true).write(true).open(free)?;
     // The header is durable before the file is named a segment: a crash in between leaves a
     // free file, never a segment whose header names another.
-    let preallocated = initialise(&file, seq, segment_bytes, fill)?;
+    let made = initialise(file, seq, segment_bytes, fill, cut)?;
     rename_no_replace(free, &segment_path(dir, seq))?;
     tracing::debug!(segment = seq, from = %free.display(), "reusing a dead segment's file");
-    Ok((file, preallocated))
+    Ok(made)
+}
+
+/// Removes the segments a failed attempt or a crash left half-made.
+pub fn remove_half_made(dir: &Path) -> io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir.join(LOG_DIR)) else {
+        return Ok(());
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_some_and(|x| x == NEW_EXTENSION) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The oldest free file whose records all belong to segments before `seq`, a full-size one
@@ -295,7 +418,6 @@ fn take_free(dir: &Path, seq: u32, segment_bytes: u64) -> Option<PathBuf> {
     let full = usable.iter().position(|p| is_full(p, segment_bytes));
     usable.into_iter().nth(full.unwrap_or(0))
 }
-
 /// The file at `path` is a whole segment long.
 pub(super) fn is_full(path: &Path, segment_bytes: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() >= segment_bytes)
@@ -697,23 +819,42 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn after_a_failed_fsync_the_segment_is_never_written_again() {
+    fn after_a_failed_fsync_the_segment_is_never_written_again_and_the_next_one_cuts_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = log_in(dir.path(), 1 << 20);
         append(&mut log, 1);
         log.sync().unwrap();
+        let (_, durable) = log.position();
         append(&mut log, 2);
         FAIL_NEXT_SYNC.with(|f| f.set(true));
         assert!(log.sync().is_err());
-        let len_after_failure = file_len(dir.path(), 1);
-        // The next batch goes to a fresh segment; the failed one is left as it was (not even
-        // trimmed).
+        assert!(log.is_poisoned());
+        // Nothing more is written to it, and what it held after the last flush is given back.
+        assert!(log
+            .append(&mut [Pending {
+                head: record(3),
+                payload: &[],
+            }])
+            .is_err());
+        assert_eq!(file_len(dir.path(), 1), durable);
+        // The next batch goes to a fresh segment, which begins by saying where the
+        // abandoned one's log ends.
+        log.rotate().unwrap();
         let loc = append(&mut log, 3);
         log.sync().unwrap();
-        assert_eq!(loc.segment, 2);
-        assert_eq!(log.position().0, 2);
-        assert_eq!(file_len(dir.path(), 1), len_after_failure);
+        assert_eq!((loc.segment, log.position().0), (2, 2));
+        assert_eq!(file_len(dir.path(), 1), durable);
         let mut scanner = SegmentScanner::open(dir.path(), 2, 0).unwrap();
+        let Some(ScanItem::Record { header, .. }) = scanner.next_item().unwrap() else {
+            panic!("no first record")
+        };
+        assert_eq!(
+            header,
+            RecordHeader::Cut {
+                segment: 1,
+                end: durable
+            }
+        );
         assert!(matches!(
             scanner.next_item().unwrap(),
             Some(ScanItem::Record {
@@ -721,5 +862,29 @@ pub(crate) mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_made_leaves_nothing_and_its_number_is_not_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_in(dir.path(), 1 << 20);
+        // Something (here a directory) under the next segment's name makes the attempt fail
+        // after its file was made.
+        std::fs::create_dir(segment_path(dir.path(), 2)).unwrap();
+        assert!(log.rotate().is_err());
+        assert_eq!(log.position().0, 1, "writes go on in the active segment");
+        let names: Vec<String> = std::fs::read_dir(dir.path().join(LOG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".new")),
+            "a half-made segment was left: {names:?}"
+        );
+        // The next attempt takes the next number.
+        log.rotate().unwrap();
+        assert_eq!(log.position().0, 3);
+        write_checkpoints(&mut log, 1..=2);
+        assert_eq!(scan_numbers(dir.path(), 3), ["1", "2"]);
     }
 }

@@ -9,6 +9,7 @@
 //!   and `log/0000000000000000.free`, a spare zero-filled ahead of need (see [`spare`], which
 //!   writes it as `log/spare.tmp` first);
 //! - `log/<seq>.dead`: dead segments being deleted;
+//! - `log/<seq>.new`: a segment being made (see [`log`]), removed at start-up;
 //! - `index`: the snapshot, see [`snapshot`].
 //!
 //! Invariants: a record is acknowledged only after it and its segment's directory entry are
@@ -17,7 +18,9 @@
 //! oldest-first, once the snapshot covers them and none of their records is live.
 
 pub mod log;
+pub mod reaper;
 pub mod record;
+pub mod scope;
 pub mod segment;
 pub mod snapshot;
 pub mod spare;
@@ -25,11 +28,12 @@ pub mod spare;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::table::SessionTable;
+use reaper::Reaper;
 use record::{Loc, RecordHeader};
 use segment::{list_segments, segment_path, ReadError, ScanItem, SegmentFile, SegmentScanner};
 
@@ -96,6 +100,24 @@ pub struct LoadReport {
     pub torn: Vec<(u32, u64)>,
     /// Checkpoint records whose payload checksum failed during replay: (uid, name, number).
     pub corrupt_payloads: Vec<(u32, String, u64)>,
+    /// Segments whose log ends before their last record (see [`RecordHeader::Cut`]):
+    /// (segment, end).
+    pub cuts: Vec<(u32, u64)>,
+}
+
+/// Where the log of each segment from `from` on ends, as later segments' cuts say.
+pub fn find_cuts(dir: &Path, segments: &[u32]) -> HashMap<u32, u64> {
+    let mut cuts = HashMap::new();
+    for &seq in segments {
+        let first = SegmentFile::open(dir, seq)
+            .ok()
+            .and_then(|f| f.first_header());
+        if let Some(RecordHeader::Cut { segment, end }) = first {
+            let at = cuts.entry(segment).or_insert(end);
+            *at = (*at).min(end);
+        }
+    }
+    cuts
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +160,22 @@ pub fn load(dir: &Path, default_keep: u32) -> Result<(SessionTable, LoadReport),
         damaged: Vec::new(),
         torn: Vec::new(),
         corrupt_payloads: Vec::new(),
+        cuts: Vec::new(),
     };
-    for &seq in segments.iter().filter(|&&s| s >= start.0) {
+    let replayed: Vec<u32> = segments.iter().copied().filter(|&s| s >= start.0).collect();
+    let cuts = find_cuts(dir, &replayed);
+    for &seq in &replayed {
         let from = if seq == start.0 { start.1 } else { 0 };
-        let mut scanner = match SegmentScanner::open(dir, seq, from) {
+        let cut = cuts.get(&seq).copied();
+        if let Some(end) = cut {
+            tracing::info!(
+                segment = seq,
+                end,
+                "a write to this segment failed: its log ends there and what follows was refused"
+            );
+            report.cuts.push((seq, end));
+        }
+        let mut scanner = match SegmentScanner::open_until(dir, seq, from, cut) {
             Ok(s) => s,
             // A damaged header loses that segment's records, not the daemon.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -276,131 +310,129 @@ impl SegmentFiles {
 /// live record. Returns the deleted sequence numbers.
 ///
 /// A dead segment is renamed out of the log at once. Up to `keep_free` such files are kept
-/// (`.free`) for new segments to reuse; the others (`.dead`) are unlinked on a thread of
-/// their own: freeing a large file's blocks takes tens of milliseconds, which the commit
-/// thread, and so every write, would otherwise wait for.
+/// (`.free`) for new segments to reuse; the others (`.dead`) are unlinked by the [`Reaper`]:
+/// freeing a large file's blocks takes tens of milliseconds, which the commit thread, and so
+/// every write, would otherwise wait for.
 pub fn collect_garbage(
     dir: &Path,
     covered: u32,
     table: &Mutex<SessionTable>,
     files: &SegmentFiles,
     keep_free: usize,
+    reaper: &Reaper,
 ) -> io::Result<Vec<u32>> {
-    let mut deleted = Vec::new();
-    let mut retired = Vec::new();
-    let mut result = Ok(());
-    let mut free = segment::list_free(dir)?.len();
-    for seq in list_segments(dir)? {
-        if seq >= covered {
-            break;
-        }
-        {
-            let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-            if t.live_in(seq).records > 0 {
+    scope::within(scope::sessiond_io_retire, || {
+        let mut deleted = Vec::new();
+        let mut retired = Vec::new();
+        let mut result = Ok(());
+        let mut free = segment::list_free(dir)?.len();
+        for seq in list_segments(dir)? {
+            if seq >= covered {
                 break;
             }
-            t.forget_segment(seq);
-        }
-        files.forget(seq);
-        let path = segment_path(dir, seq);
-        let reuse = free < keep_free;
-        let to = if reuse {
-            segment::free_path(dir, seq)
-        } else {
-            path.with_extension(RETIRED_EXTENSION)
-        };
-        if let Err(e) = std::fs::rename(&path, &to) {
-            result = Err(e);
-            break;
-        }
-        if reuse {
-            free += 1;
-        } else {
-            retired.push(to);
-        }
-        deleted.push(seq);
-    }
-    if !deleted.is_empty() {
-        let synced = log::fsync_dir(&dir.join(segment::LOG_DIR));
-        if !retired.is_empty() {
-            delete_in_background(retired);
-        }
-        synced?;
-        tracing::debug!(?deleted, "retired log segments holding no live record");
-    }
-    result.map(|()| deleted)
-}
-
-/// Extension of a dead segment waiting to be unlinked.
-const RETIRED_EXTENSION: &str = "dead";
-
-/// Unlinks, in the background, the dead segments a previous run left behind.
-pub fn delete_retired(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir.join(segment::LOG_DIR)) else {
-        return;
-    };
-    let dead: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == RETIRED_EXTENSION))
-        .collect();
-    if !dead.is_empty() {
-        delete_in_background(dead);
-    }
-}
-
-/// Hands dead segments to the process's one reaper thread, started on first use, so that
-/// deletions stay paced one after another however often garbage is collected. If no thread
-/// can be started, the files stay and the next start-up deletes them.
-fn delete_in_background(paths: Vec<PathBuf>) {
-    static REAPER: OnceLock<Option<Mutex<mpsc::Sender<PathBuf>>>> = OnceLock::new();
-    let reaper = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<PathBuf>();
-        let spawned = std::thread::Builder::new()
-            .name("sessiond-reaper".into())
-            .spawn(move || {
-                for p in rx {
-                    if let Err(e) = delete_gradually(&p) {
-                        tracing::warn!(path = %p.display(), error = %e, "cannot delete a dead log segment");
-                    }
+            {
+                let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+                if t.live_in(seq).records > 0 {
+                    break;
                 }
-            });
-        match spawned {
-            Ok(_) => Some(Mutex::new(tx)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start a thread to delete dead log segments; each start-up will");
-                None
+                t.forget_segment(seq);
             }
+            files.forget(seq);
+            let path = segment_path(dir, seq);
+            let reuse = free < keep_free;
+            let to = if reuse {
+                segment::free_path(dir, seq)
+            } else {
+                path.with_extension(reaper::RETIRED_EXTENSION)
+            };
+            if let Err(e) = std::fs::rename(&path, &to) {
+                result = Err(e);
+                break;
+            }
+            if reuse {
+                free += 1;
+            } else {
+                retired.push(to);
+            }
+            deleted.push(seq);
         }
-    });
-    if let Some(tx) = reaper {
-        let tx = tx.lock().unwrap_or_else(|p| p.into_inner());
-        for p in paths {
-            // The reaper never stops while the process runs.
-            let _ = tx.send(p);
+        if !deleted.is_empty() {
+            let synced = log::fsync_dir(&dir.join(segment::LOG_DIR));
+            reaper.delete(retired);
+            synced?;
+            tracing::debug!(?deleted, "retired log segments holding no live record");
         }
-    }
+        result.map(|()| deleted)
+    })
 }
 
-/// Shrinks the file a few MiB at a time before unlinking it. On a filesystem mounted with
-/// `discard`, freeing 64 MiB at once queues that much discard work on the device, and the
-/// commit thread's next `fdatasync` waits behind all of it; paced steps keep each wait short.
-fn delete_gradually(path: &Path) -> io::Result<()> {
-    const STEP: u64 = 4 << 20;
-    const PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
-    match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(file) => {
-            let mut len = file.metadata()?.len();
-            while len > STEP {
-                len -= STEP;
-                file.set_len(len)?;
-                std::thread::sleep(PAUSE);
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+#[cfg(test)]
+mod tests {
+    use sessiond_proto::{Meta, Status};
+
+    use super::log::{Cut, Fill, LogWriter, Pending};
+    use super::record::{encode, CheckpointHeader, SessionState};
+    use super::*;
+
+    fn write(log: &mut LogWriter, header: RecordHeader, payload: &[u8]) {
+        let head = encode(&header, payload).unwrap();
+        log.append(&mut [Pending { head, payload }]).unwrap();
+        log.sync().unwrap();
     }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+
+    fn checkpoint(number: u64) -> RecordHeader {
+        RecordHeader::Checkpoint(CheckpointHeader {
+            uid: 1,
+            name: "s".into(),
+            number,
+            created_at: 1,
+            meta: Meta::new(),
+        })
+    }
+
+    #[test]
+    fn replay_ignores_what_a_cut_segment_holds_past_its_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(segment::LOG_DIR)).unwrap();
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        let state = SessionState {
+            uid: 1,
+            name: "s".into(),
+            status: Status::Active,
+            owner: None,
+            epoch: 1,
+            created_at: 1,
+            updated_at: 1,
+            keep: 0,
+            meta: Meta::new(),
+            error: None,
+            last_number: 0,
+        };
+        write(&mut log, RecordHeader::Session(state), &[]);
+        write(&mut log, checkpoint(1), b"one");
+        let (_, end) = log.position();
+        // A delete that was refused (its flush failed) but reached the disk all the same,
+        // then a checkpoint acknowledged in the segment started after the failure.
+        write(
+            &mut log,
+            RecordHeader::Delete {
+                uid: 1,
+                name: "s".into(),
+            },
+            &[],
+        );
+        let cut = Cut { segment: 1, end };
+        let mut next = LogWriter::start(dir.path(), 2, 1 << 20, Fill::Allocate, Some(cut)).unwrap();
+        write(&mut next, checkpoint(2), b"two");
+        let (table, report) = load(dir.path(), 16).unwrap();
+        assert_eq!(report.cuts, vec![(1, end)]);
+        let numbers: Vec<u64> = table
+            .checkpoints(1, "s")
+            .unwrap()
+            .iter()
+            .map(|c| c.number)
+            .collect();
+        assert_eq!(numbers, vec![1, 2], "the refused delete is not replayed");
+        assert_eq!(table.session(1, "s").unwrap().status, Status::Active);
     }
 }

@@ -78,6 +78,13 @@ pub enum RecordHeader {
     },
     /// A retained checkpoint copied forward (same number and payload) by compaction.
     Relocated(CheckpointHeader),
+    /// The first record of a segment started because a write or flush of `segment` failed:
+    /// that segment's log ends at `end`. What lies after it is a refused batch that may have
+    /// reached the disk anyway, and replay ignores it.
+    Cut {
+        segment: u32,
+        end: u64,
+    },
 }
 
 /// Where a record lives.

@@ -102,6 +102,20 @@ impl SegmentFile {
         Ok((header, payload, prefix.payload_crc))
     }
 
+    /// The header of the segment's first record, if it has an intact one.
+    pub fn first_header(&self) -> Option<RecordHeader> {
+        let mut prefix = [0u8; PREFIX_LEN];
+        self.file
+            .read_exact_at(&mut prefix, SEGMENT_HEADER_LEN)
+            .ok()?;
+        let p = record::parse_prefix(&prefix).ok()?;
+        let mut header = vec![0u8; p.header_len as usize];
+        self.file
+            .read_exact_at(&mut header, SEGMENT_HEADER_LEN + PREFIX_LEN as u64)
+            .ok()?;
+        record::parse_header(&prefix, &p, &header, self.seed).ok()
+    }
+
     /// Reads and verifies a record's header only.
     pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
         let mut buf = vec![0u8; PREFIX_LEN + loc.header_len as usize];
@@ -204,8 +218,19 @@ impl SegmentScanner {
     /// Opens segment `seq` and checks its header. Scanning starts at `from` (or right after
     /// the header when `from` is 0).
     pub fn open(dir: &Path, seq: u32, from: u64) -> Result<Self, io::Error> {
+        Self::open_until(dir, seq, from, None)
+    }
+
+    /// As [`SegmentScanner::open`], reading nothing at or after `end` (a cut, see
+    /// [`RecordHeader::Cut`]).
+    pub fn open_until(
+        dir: &Path,
+        seq: u32,
+        from: u64,
+        end: Option<u64>,
+    ) -> Result<Self, io::Error> {
         let file = File::open(segment_path(dir, seq))?;
-        let len = file.metadata()?.len();
+        let len = file.metadata()?.len().min(end.unwrap_or(u64::MAX));
         let pos = from.max(SEGMENT_HEADER_LEN);
         // The index may name an offset past the end of a segment cut short since.
         let zeros_from = zero_tail_start(&file, pos.min(len), len)?;
@@ -444,6 +469,20 @@ pub enum ReadError {
     Io(io::Error),
     #[error(transparent)]
     Record(#[from] RecordError),
+}
+
+impl ReadError {
+    /// Whether the record itself is damaged (a checksum, a file cut short or gone), rather
+    /// than the disk failing to read it, which may work when tried again.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            ReadError::Record(_) => true,
+            ReadError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound | io::ErrorKind::InvalidData
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

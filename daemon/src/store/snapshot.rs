@@ -16,6 +16,7 @@ use sessiond_proto::codec;
 
 use super::log::fsync_dir;
 use super::record::{Loc, SessionState};
+use super::scope::{self, within};
 use super::CkptEntry;
 
 pub const INDEX_FILE: &str = "index";
@@ -48,20 +49,27 @@ pub enum SnapshotError {
     Damaged(String),
 }
 
+/// Replaces the index with `snap`. On error the old index stays (or, if the error came after
+/// the rename, the new one, which may not survive a crash), and no temp file is left.
 pub fn write(dir: &Path, snap: &Snapshot) -> io::Result<()> {
     let body = codec::encode(snap).map_err(io::Error::other)?;
     let tmp = dir.join(INDEX_TMP);
-    let mut f = File::create(&tmp)?;
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    header.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    f.write_all(&header)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(INDEX_FILE))?;
-    fsync_dir(dir)
+    within(scope::sessiond_io_snapshot, || {
+        let written = File::create(&tmp).and_then(|mut f| {
+            let mut header = Vec::with_capacity(HEADER_LEN);
+            header.extend_from_slice(&MAGIC);
+            header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            header.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            f.write_all(&header)?;
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, dir.join(INDEX_FILE))) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fsync_dir(dir)
+    })
 }
 
 /// The snapshot, `None` if there is none.

@@ -13,10 +13,13 @@ use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::log::{allocate, is_full, rename_no_replace, write_zeros};
+use super::scope::{self, within};
 use super::segment::{free_path, list_free, LOG_DIR};
+use crate::health::{Health, Work};
 
 /// Where a spare is written before it is named a free file.
 pub const SPARE_TMP: &str = "spare.tmp";
@@ -28,8 +31,10 @@ pub struct SpareMaker {
 }
 
 impl SpareMaker {
-    /// Starts the thread that makes spares of `segment_bytes` in `dir`'s log.
-    pub fn start(dir: &Path, segment_bytes: u64) -> io::Result<SpareMaker> {
+    /// Starts the thread that makes spares of `segment_bytes` in `dir`'s log. A failed
+    /// spare is only reported: new segments are then allocated, and the next segment asks
+    /// again.
+    pub fn start(dir: &Path, segment_bytes: u64, health: Arc<Health>) -> io::Result<SpareMaker> {
         // One request waiting is enough: each one looks at the log afresh.
         let (ask, asked) = mpsc::sync_channel::<()>(1);
         let dir = dir.to_path_buf();
@@ -37,8 +42,9 @@ impl SpareMaker {
             .name("sessiond-spare".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    if let Err(e) = make_spare(&dir, segment_bytes) {
-                        tracing::warn!(error = %e, "cannot make a spare log segment file; new segments are only allocated");
+                    match within(scope::sessiond_io_spare, || make_spare(&dir, segment_bytes)) {
+                        Ok(_) => health.succeeded(Work::SpareSegment),
+                        Err(e) => health.failed(Work::SpareSegment, &e),
                     }
                 }
             })?;
@@ -230,7 +236,7 @@ mod tests {
         let dir = log_dir();
         let spare = free_path(dir.path(), 0);
         let mut log = LogWriter::create(dir.path(), 1, SEG).unwrap();
-        log.make_spares_with(SpareMaker::start(dir.path(), SEG).unwrap());
+        log.make_spares_with(SpareMaker::start(dir.path(), SEG, Default::default()).unwrap());
         for (segment, numbers) in [(2, 1..=175), (3, 176..=350)] {
             write_checkpoints(&mut log, numbers);
             wait_for(&spare);
