@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use sessiond_client::Client;
 
+pub mod faults;
 pub mod torture;
 
 /// A built binary of this workspace (`sessiond`, `sessionctl`), up to date.
@@ -80,6 +81,8 @@ pub struct Daemon {
     pub args: Vec<String>,
     /// Extra environment of the daemon.
     pub envs: Vec<(String, String)>,
+    /// A command the daemon runs under (`fiu-run -x`), which must exec it.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -120,6 +123,7 @@ impl Daemon {
             state,
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: Vec::new(),
+            wrapper: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -137,7 +141,14 @@ impl Daemon {
 
     /// This daemon's command line with another socket or state directory.
     pub fn command_for(&self, socket: &Path, state: &Path) -> Command {
-        let mut c = Command::new(bin("sessiond"));
+        let mut c = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("sessiond"));
+                c
+            }
+            None => Command::new(bin("sessiond")),
+        };
         c.arg("--socket")
             .arg(socket)
             .arg("--state-dir")
