@@ -195,7 +195,7 @@ impl Health {
         }
         let works: Vec<String> = failing
             .iter()
-            .map(|(w, f)| format!("{w} failing since {}", f.since.format("%H:%M:%S")))
+            .map(|(w, f)| format!("{w} failing since {} UTC", f.since.format("%H:%M:%S")))
             .collect();
         Some(format!("store degraded: {}", works.join(", ")))
     }

@@ -14,6 +14,8 @@ use crate::service::Service;
 
 /// How often STATUS is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How soon a change of the store's health shows in STATUS.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -49,13 +51,15 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// Refreshes STATUS and pings the watchdog (at half its period) until `cancel`.
+/// Refreshes STATUS (at once when the store's health changes) and pings the watchdog (at
+/// half its period) until `cancel`.
 pub async fn keepalive(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
-    let period = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
+    let period = watchdog.map_or(HEALTH_EVERY, |w| (w / 2).min(HEALTH_EVERY));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = std::time::Instant::now();
+    let mut last_health = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -64,8 +68,10 @@ pub async fn keepalive(shared: Arc<Shared>, service: Arc<Service>, cancel: Cance
         if watchdog.is_some() {
             send(&[NotifyState::Watchdog]);
         }
-        if last_status.elapsed() >= STATUS_EVERY {
+        let health = shared.health.summary();
+        if last_status.elapsed() >= STATUS_EVERY || health != last_health {
             last_status = std::time::Instant::now();
+            last_health = health;
             send(&[NotifyState::Status(&status_line(&shared, &service))]);
         }
     }

@@ -93,15 +93,17 @@ fn open_store(
     let log_dir = dir.join(store::segment::LOG_DIR);
     ensure_private_dir(&log_dir)?;
     // An interrupted snapshot write leaves its temp file, an interrupted segment creation
-    // its `.new` file; neither is part of the state.
+    // its `.new` file: neither is part of the state, and the next write of either replaces
+    // it, so one that cannot be removed now is only noted.
     let tmp = dir.join(store::snapshot::INDEX_TMP);
     if tmp.exists() {
-        std::fs::remove_file(&tmp).map_err(io_err(format!("cannot remove {}", tmp.display())))?;
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            tracing::warn!(path = %tmp.display(), error = %e, "cannot remove an interrupted snapshot");
+        }
     }
-    store::log::remove_half_made(dir).map_err(io_err(format!(
-        "cannot remove a half-made segment in {}",
-        log_dir.display()
-    )))?;
+    if let Err(e) = store::log::remove_half_made(dir) {
+        tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove a half-made segment");
+    }
     let health = Arc::new(Health::new());
     let reaper = Reaper::start(dir, health.clone());
     let (table, report) = store::load(dir, cfg.default_keep)?;

@@ -503,8 +503,9 @@ pub struct RandomRun {
     pub seen: Seen,
     /// From the faults' end to every writer's next acknowledgement.
     pub recovery: Duration,
-    /// ERROR lines the daemon logged.
+    /// ERROR lines the daemon logged, and the distinct messages among them.
     pub error_lines: usize,
+    pub error_messages: Vec<String>,
     pub verified: Verified,
 }
 
@@ -570,7 +571,23 @@ pub fn random_run(
         return Err("stats never showed the store degraded while it failed".into());
     }
     let log = d.log();
-    let error_lines = log.lines().filter(|l| l.contains("ERROR")).count();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    let error_lines = errors.len();
+    let mut error_messages: Vec<String> = errors
+        .iter()
+        .map(|l| {
+            // The message without its time stamp and fields.
+            let after = l.split_once("ERROR").map_or(*l, |(_, m)| m);
+            after
+                .split(" error=")
+                .next()
+                .unwrap_or(after)
+                .trim()
+                .to_string()
+        })
+        .collect();
+    error_messages.sort();
+    error_messages.dedup();
     drop(stats);
     d.kill9();
     d.wrapper.clear();
@@ -587,6 +604,7 @@ pub fn random_run(
         seen,
         recovery,
         error_lines,
+        error_messages,
         verified,
     })
 }
@@ -695,6 +713,8 @@ pub fn targeted_run(t: &Targeted, seed: u64) -> Result<TargetedRun, String> {
     }
     // What a failed attempt left would stay for good.
     if !wait_until(Duration::from_secs(10), || leftovers(&d).is_empty()) {
+        let log = d.log();
+        let _ = std::fs::write("/tmp/faults-leftover.log", &log);
         return Err(format!("left behind: {:?}", leftovers(&d)));
     }
     drop(stats);

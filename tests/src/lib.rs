@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -469,5 +469,36 @@ impl Daemon {
 
     pub fn ctl(&self, args: &[&str]) -> Ctl {
         self.ctl_with_input(args, b"")
+    }
+}
+
+/// Datagrams the daemon sends to NOTIFY_SOCKET.
+pub struct Notifications {
+    sock: UnixDatagram,
+    deadline: Duration,
+}
+
+impl Notifications {
+    pub fn bind(path: &Path, deadline: Duration) -> Notifications {
+        let sock = UnixDatagram::bind(path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(deadline)).expect("timeout");
+        Notifications { sock, deadline }
+    }
+
+    /// The next message with a line that is or starts with `want` (others are skipped).
+    pub fn wait_for(&self, want: &str) -> String {
+        let deadline = Instant::now() + self.deadline;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {want} notification: {e}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == want || l.starts_with(want)) {
+                return msg;
+            }
+        }
+        panic!("no {want} notification within {:?}", self.deadline);
     }
 }

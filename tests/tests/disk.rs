@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sessiond_client::{CreateOptions, Error, Status};
-use sessiond_tests::{wait_until, ClientExt, Daemon, Owner};
+use sessiond_tests::{wait_until, ClientExt, Daemon, Notifications, Owner};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -61,6 +61,10 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
     d.state = state.clone();
     // Room to give back later.
     std::fs::write(state.join("filler"), vec![0u8; 1 << 20]).unwrap();
+    let notify_path = d.dir.path().join("notify.sock");
+    let notes = Notifications::bind(&notify_path, Duration::from_secs(20));
+    d.envs
+        .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
     d.restart();
     let mut c = d.client();
     c.create_keep("full", Some(0)).unwrap();
@@ -85,6 +89,17 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
     assert!(
         matches!(refusal, Error::Unavailable(ref m) if m.contains("No space left")),
         "{refusal:?}"
+    );
+    // The service manager and `stats` are told what fails.
+    notes.wait_for("STATUS=store degraded: log write failing since");
+    let store = c.stats().unwrap().store;
+    assert!(store.degraded && store.disk_errors > 0, "{store:?}");
+    assert!(
+        store
+            .failing
+            .iter()
+            .any(|f| f.work == "log write" && f.last_error.contains("No space left")),
+        "{store:?}"
     );
     assert!(acked.len() >= 5, "only {} checkpoints fitted", acked.len());
     // Still refused, and reads go on meanwhile.
@@ -131,6 +146,18 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
     let next = acked.len() as u64 + 1;
     assert_eq!(c.put("full", payload(next)).unwrap().number, next);
     acked.push(next);
+    // Healthy again once the writes have gone on working for a quiet second.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let _ = c.put("owned", Vec::new());
+            !c.stats().unwrap().store.degraded
+        }),
+        "{:?}",
+        c.stats().unwrap().store
+    );
+    let status = notes.wait_for("STATUS=");
+    assert!(!status.contains("degraded"), "{status}");
+    assert!(d.log().contains("disk work recovered"), "{}", d.log());
     // And all of it survives a crash.
     drop(c);
     d.kill9();

@@ -1,17 +1,16 @@
 //! Running as a service: unit files, systemd's readiness protocol, socket activation, clean
 //! shutdown under load, configuration layering and SIGHUP reload.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sessiond_client::{Client, CreateOptions, Error};
-use sessiond_tests::{bin, wait_until, ClientExt, Daemon};
+use sessiond_tests::{bin, wait_until, ClientExt, Daemon, Notifications};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -160,41 +159,11 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_to_systemd() {
     assert!(socket.exists(), "the daemon removed systemd's socket file");
 }
 
-/// Datagrams the daemon sends to NOTIFY_SOCKET.
-struct Notifications {
-    sock: UnixDatagram,
-}
-
-impl Notifications {
-    fn bind(path: &Path) -> Notifications {
-        let sock = UnixDatagram::bind(path).unwrap();
-        sock.set_read_timeout(Some(DEADLINE)).unwrap();
-        Notifications { sock }
-    }
-
-    /// The next message containing `want` (messages in between are skipped).
-    fn wait_for(&self, want: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            let n = self
-                .sock
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no {want} notification: {e}"));
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.lines().any(|l| l == want || l.starts_with(want)) {
-                return msg;
-            }
-        }
-        panic!("no {want} notification within {DEADLINE:?}");
-    }
-}
-
 #[test]
 fn readiness_status_watchdog_and_stopping_are_notified() {
     let mut d = Daemon::prepare(&[]);
     let notify_path = d.dir.path().join("notify.sock");
-    let notes = Notifications::bind(&notify_path);
+    let notes = Notifications::bind(&notify_path, DEADLINE);
     d.envs
         .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
     d.envs.push(("WATCHDOG_USEC".into(), "200000".into()));

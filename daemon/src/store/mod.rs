@@ -271,7 +271,14 @@ impl SegmentFiles {
         }
         // Opened outside the lock so other readers never wait on this one's I/O; if two race,
         // both handles are valid and the first one stays cached.
-        let f = Arc::new(SegmentFile::open(&self.dir, seq)?);
+        let f = Arc::new(SegmentFile::open(&self.dir, seq).map_err(|e| {
+            // A missing segment is damage; a failing disk that only says so is not.
+            if e.kind() == io::ErrorKind::NotFound && segment_path(&self.dir, seq).exists() {
+                io::Error::other(format!("opening a segment that exists failed: {e}"))
+            } else {
+                e
+            }
+        })?);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         Ok(open.entry(seq).or_insert(f).clone())
     }

@@ -122,11 +122,20 @@ fn delete_gradually(path: &Path) -> io::Result<()> {
                 std::thread::sleep(PAUSE);
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, e),
         Err(e) => return Err(e),
     }
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => gone(path, e),
+        other => other,
+    }
+}
+
+/// After a call said `path` does not exist: done if that is so (a failing disk may say it of
+/// a file that is there, which must then be tried again).
+fn gone(path: &Path, said: io::Error) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => Err(said),
     }
 }

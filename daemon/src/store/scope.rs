@@ -10,30 +10,33 @@ use std::io;
 pub type Scope = fn(&mut dyn FnMut() -> io::Result<()>) -> io::Result<()>;
 
 macro_rules! scopes {
-    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident = $id:literal;)*) => {$(
         $(#[$doc])*
         #[no_mangle]
         #[inline(never)]
         pub fn $name(work: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
-            // Used after the call, so the call is never a tail call that leaves no frame.
-            std::hint::black_box(work())
+            let done = work();
+            // After the call, so that it is never a tail call that leaves no frame; and a
+            // value of its own, so that the linker never folds two frames into one address.
+            std::hint::black_box($id);
+            done
         }
     )*};
 }
 
 scopes! {
     /// Appending records to the active segment and flushing them.
-    sessiond_io_log_write;
+    sessiond_io_log_write = 1u32;
     /// Creating a segment: a new file or a reused one, its header, its fill, its name.
-    sessiond_io_segment_create;
+    sessiond_io_segment_create = 2u32;
     /// Writing the index snapshot.
-    sessiond_io_snapshot;
+    sessiond_io_snapshot = 3u32;
     /// Writing the spare segment file.
-    sessiond_io_spare;
+    sessiond_io_spare = 4u32;
     /// Copying live records forward (compaction).
-    sessiond_io_compact;
+    sessiond_io_compact = 5u32;
     /// Retiring dead segments: renaming them out of the log and freeing their files.
-    sessiond_io_retire;
+    sessiond_io_retire = 6u32;
 }
 
 /// Runs `work` inside the frame `scope`.

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need and is missing
+# (Debian packages: systemd's tools for the service tests, libfiu's for the fault-injection
+# tests; as root, or through sudo), then runs every test: unit, protocol, end-to-end against
+# the real binaries, crash torture, fault injection. Extra arguments go to `cargo test`.
+#
+#   scripts/test.sh [CARGO TEST ARGS...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activate >/dev/null; then
+  need+=(systemd)
+fi
+command -v fiu-run >/dev/null || need+=(fiu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo=(sudo)
+  else
+    echo "the tests need: ${need[*]}; install them (sudo apt-get install ${need[*]}) and run again" >&2
+    exit 2
+  fi
+  echo "== installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo's last line is only its last test binary's).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
