@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use sessiond_proto::Meta;
 
-use crate::store::CkptEntry;
-use crate::table::Key;
+use crate::model::CkptEntry;
+use crate::model::SessionKey;
 
 /// A checkpoint as served: its index entry, meta and (acknowledged or verified) payload.
 #[derive(Debug)]
@@ -24,21 +24,21 @@ pub struct Cached {
 }
 
 /// Bytes an entry is charged: the payload dominates; the rest estimates the bookkeeping.
-fn cost(payload_len: usize, key: &Key) -> usize {
-    payload_len + key.1.len() + 128
+fn cost(payload_len: usize, key: &SessionKey) -> usize {
+    payload_len + key.name.len() + 128
 }
 
 impl Cached {
-    fn cost(&self, key: &Key) -> usize {
+    fn cost(&self, key: &SessionKey) -> usize {
         cost(self.payload.len(), key)
     }
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, Arc<Cached>>,
+    entries: HashMap<SessionKey, Arc<Cached>>,
     /// Insertion order, oldest first, for eviction; may name replaced entries (skipped).
-    order: VecDeque<(Key, CkptEntry)>,
+    order: VecDeque<(SessionKey, CkptEntry)>,
     bytes: usize,
 }
 
@@ -61,7 +61,7 @@ impl LatestCache {
     }
 
     /// The cached checkpoint of `key` if it is `latest`.
-    pub fn get(&self, key: &Key, latest: &CkptEntry) -> Option<Arc<Cached>> {
+    pub fn get(&self, key: &SessionKey, latest: &CkptEntry) -> Option<Arc<Cached>> {
         if self.budget == 0 {
             return None;
         }
@@ -73,13 +73,13 @@ impl LatestCache {
     }
 
     /// Whether a payload of `len` bytes would be kept for `key`.
-    pub fn admits(&self, key: &Key, len: usize) -> bool {
+    pub fn admits(&self, key: &SessionKey, len: usize) -> bool {
         cost(len, key) <= self.budget / 8
     }
 
     /// Caches `value` as the latest of `key`, replacing what was there; too large a payload
     /// only removes the old entry.
-    pub fn put(&self, key: Key, value: Cached) {
+    pub fn put(&self, key: SessionKey, value: Cached) {
         if self.budget == 0 {
             return;
         }
@@ -112,7 +112,7 @@ impl LatestCache {
         }
     }
 
-    pub fn remove(&self, key: &Key) {
+    pub fn remove(&self, key: &SessionKey) {
         if self.budget == 0 {
             return;
         }
@@ -132,7 +132,7 @@ impl LatestCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::record::Loc;
+    use crate::model::Loc;
 
     fn entry(number: u64, offset: u64) -> CkptEntry {
         let loc = Loc {
@@ -153,8 +153,8 @@ mod tests {
         }
     }
 
-    fn key(n: u32) -> Key {
-        (n, format!("s{n}"))
+    fn key(n: u32) -> SessionKey {
+        SessionKey::new(n, format!("s{n}"))
     }
 
     #[test]

@@ -23,15 +23,16 @@ use crate::health::{Health, Work};
 use crate::process::ProcessProbe;
 use crate::sink::DirectReply;
 
+use crate::model::{now_micros, CkptEntry, SessionKey};
 use crate::store::log::{Appended, LogWriter, Pending};
 use crate::store::reaper::Reaper;
 use crate::store::record::{self, RecordHeader};
 use crate::store::scope::{self, within};
 use crate::store::segment::list_segments;
 use crate::store::snapshot::{self, Snapshot};
-use crate::store::{collect_garbage, CkptEntry, SegmentFiles};
+use crate::store::{collect_garbage, SegmentFiles};
 pub use crate::table::OwnerChange;
-use crate::table::{now_micros, Mutation, Overlay, Planned, SessionTable};
+use crate::table::{Mutation, Overlay, Planned, SessionTable};
 
 /// State shared by the commit thread and the request handlers.
 pub struct Shared {
@@ -440,9 +441,11 @@ fn commit_batch(
                             meta: h.meta.clone(),
                             payload: payload.bytes,
                         });
-                        cache.push(((h.uid, h.name.clone()), cached));
+                        cache.push((SessionKey::new(h.uid, h.name.clone()), cached));
                     }
-                    RecordHeader::Delete { uid, name } => cache.push(((*uid, name.clone()), None)),
+                    RecordHeader::Delete { uid, name } => {
+                        cache.push((SessionKey::new(*uid, name.clone()), None))
+                    }
                     _ => {}
                 }
                 table.apply(header, loc);

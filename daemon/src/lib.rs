@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod health;
 pub mod lock;
+pub mod model;
 pub mod notify;
 pub mod owner;
 pub mod process;

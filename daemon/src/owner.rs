@@ -21,9 +21,9 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::OwnerChange;
+use crate::model::Owner;
 use crate::process::ProcessProbe;
 use crate::service::Service;
-use crate::store::record::Owner;
 
 /// Every this many sweep ticks, owners watched by a pidfd are probed too.
 pub const FULL_SWEEP_EVERY: u64 = 30;
@@ -273,7 +273,7 @@ impl OwnerWatcher {
             .await
             .unwrap_or_default();
         for (key, owner) in owned {
-            tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner exited; marking the session stale");
+            tracing::info!(session = %key.name, uid = key.uid, pid = owner.pid, "owner exited; marking the session stale");
             // The reply is not needed.
             drop(self.service.mark_stale(key, owner));
         }

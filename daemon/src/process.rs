@@ -2,7 +2,7 @@
 //! fake. An owner is a PID *and* its start time: a PID reused by another process has another
 //! start time, so it is never taken for the owner.
 
-use crate::store::record::Owner;
+use crate::model::Owner;
 
 /// What the system says of a PID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,13 +28,13 @@ use crate::config::Config;
 use crate::conn::{self, ConnLimits};
 use crate::health::{Health, Work};
 use crate::lock::{LockError, StateLock};
+use crate::model::Owner;
 use crate::notify;
 use crate::owner::OwnerWatcher;
 use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
 use crate::store::log::LogWriter;
 use crate::store::reaper::Reaper;
-use crate::store::record::Owner;
 use crate::store::{self, SegmentFiles, StoreError};
 
 /// Events buffered per watcher before it lags.
@@ -233,7 +233,7 @@ async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) -> HashM
     .unwrap_or_default();
     let mut stale = Vec::new();
     for (key, owner) in dead {
-        tracing::info!(session = %key.1, uid = key.0, pid = owner.pid, "owner died while the daemon was down");
+        tracing::info!(session = %key.name, uid = key.uid, pid = owner.pid, "owner died while the daemon was down");
         stale.push(service.mark_stale(key, owner));
     }
     for started in stale {

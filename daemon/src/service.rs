@@ -16,12 +16,14 @@ use tokio::sync::{broadcast, oneshot};
 use crate::cache::Cached;
 use crate::commit::{Job, Shared};
 use crate::health::Work;
+use crate::model::micros_to_time;
+use crate::model::SessionKey;
+use crate::model::{CkptEntry, Owner};
 use crate::sink::DirectReply;
-use crate::store::record::{CheckedPayload, Owner, RecordHeader};
+use crate::store::record::{CheckedPayload, RecordHeader};
 use crate::store::segment::ReadError;
-use crate::store::CkptEntry;
 use crate::table::OwnerClaim;
-use crate::table::{micros_to_time, Key, ListFilter, Mutation};
+use crate::table::{ListFilter, Mutation};
 
 /// Who is on the other end of a connection, from the socket's credentials.
 #[derive(Debug, Clone, Copy)]
@@ -148,13 +150,20 @@ impl Service {
     }
 
     /// The active sessions of `owners` (for the owner watcher, when they exit).
-    pub fn owned_by(&self, owners: &std::collections::HashSet<Owner>) -> Vec<(Key, Owner)> {
+    pub fn owned_by(&self, owners: &std::collections::HashSet<Owner>) -> Vec<(SessionKey, Owner)> {
         self.shared.table().owned_by(owners)
     }
 
     /// Marks `key` stale if `owner` still owns it (from the owner watcher).
-    pub fn mark_stale(&self, key: Key, owner: Owner) -> Started {
-        self.enqueue(key.0, Mutation::MarkStale { name: key.1, owner }, None)
+    pub fn mark_stale(&self, key: SessionKey, owner: Owner) -> Started {
+        self.enqueue(
+            key.uid,
+            Mutation::MarkStale {
+                name: key.name,
+                owner,
+            },
+            None,
+        )
     }
 
     /// Completes a resume: the reply carries the latest intact checkpoint, read once the
@@ -184,7 +193,7 @@ impl Service {
     ) -> Result<Option<CheckpointInfo>, WireError> {
         let latest = self.shared.table().latest_checkpoint(uid, name)?;
         if let Some(latest) = latest.filter(|l| number.is_none_or(|n| n == l.number)) {
-            let key = (uid, name.to_string());
+            let key = SessionKey::new(uid, name);
             if let Some(c) = self.shared.cache.get(&key, &latest) {
                 return Ok(Some(checkpoint_info(
                     &c.entry,
@@ -201,7 +210,7 @@ impl Service {
             let info = read_checkpoint(&shared, uid, &name, &entries, number)?;
             if let (Some(i), Some(last)) = (&info, entries.last()) {
                 let payload = i.payload.as_ref().map(|p| &p.0);
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 if let Some(p) = payload.filter(|p| {
                     i.number == last.number
                         && i.skipped_corrupt.is_empty()

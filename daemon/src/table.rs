@@ -8,22 +8,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use chrono::{DateTime, Utc};
 use sessiond_proto::{
     CheckpointInfo, ErrorKind, Event, EventKind, Meta, Reply, SessionInfo, Status, WireError,
 };
 
 use crate::process::{Process, ProcessProbe};
 
+use crate::model::{micros_to_time, CkptEntry, Loc, Owner, SessionKey, SessionState};
 use crate::session_map::{Keyed, SessionMap};
-use crate::store::record::{
-    CheckedPayload, CheckpointHeader, Loc, Owner, RecordHeader, SessionState,
-};
+use crate::store::record::{CheckedPayload, CheckpointHeader, RecordHeader};
 use crate::store::snapshot::SnapSession;
-use crate::store::CkptEntry;
 
 /// Sessions are scoped to a Unix user.
-pub type Key = (u32, String);
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -165,21 +161,13 @@ struct Staged {
 
 /// The batch's planned-but-not-durable view of the sessions it touches (`None`: deleted).
 #[derive(Debug, Default)]
-pub struct Overlay(HashMap<Key, Option<Staged>>);
-
-pub fn micros_to_time(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
+pub struct Overlay(HashMap<SessionKey, Option<Staged>>);
 
 /// The process watched for a session: its owner while it is active.
 fn active_owner(state: &SessionState) -> Option<Owner> {
     (state.status == Status::Active)
         .then_some(state.owner)
         .flatten()
-}
-
-pub fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
 }
 
 fn info(state: &SessionState, count: u64, latest: Option<u64>) -> SessionInfo {
@@ -261,10 +249,10 @@ impl SessionTable {
             .collect()
     }
 
-    fn view(&self, overlay: &Overlay, key: &Key) -> Option<Staged> {
+    fn view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Staged> {
         match overlay.0.get(key) {
             Some(staged) => staged.clone(),
-            None => self.sessions.get(key.0, &key.1).map(|s| Staged {
+            None => self.sessions.get(key.uid, &key.name).map(|s| Staged {
                 state: s.state.clone(),
                 count: s.checkpoints.len() as u64,
                 latest: s.checkpoints.back().map(|c| c.number),
@@ -300,17 +288,17 @@ impl SessionTable {
                 meta,
                 owner,
             } => {
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 if self.view(overlay, &key).is_some() {
                     return Err(WireError::new(
                         ErrorKind::AlreadyExists,
-                        format!("session {:?} already exists", key.1),
+                        format!("session {:?} already exists", key.name),
                     ));
                 }
                 let owner = owner.resolve(probe)?;
                 let state = SessionState {
                     uid,
-                    name: key.1.clone(),
+                    name: key.name.clone(),
                     status: Status::Active,
                     owner,
                     epoch: 1,
@@ -322,7 +310,7 @@ impl SessionTable {
                     last_number: 0,
                 };
                 let reply = Reply::Session(info(&state, 0, None));
-                let mut ev = event(EventKind::Created, &key.1);
+                let mut ev = event(EventKind::Created, &key.name);
                 (ev.status, ev.epoch, ev.owner_pid) =
                     (Some(Status::Active), Some(1), owner.map(|o| o.pid));
                 overlay.0.insert(
@@ -350,16 +338,16 @@ impl SessionTable {
                 expect,
                 epoch,
             } => {
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 let mut s = self
                     .view(overlay, &key)
-                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                    .ok_or_else(|| WireError::not_found(&key.name))?;
                 if s.state.status.is_finished() {
                     return Err(WireError::new(
                         ErrorKind::SessionClosed,
                         format!(
                             "session {:?} is {} and accepts no checkpoint",
-                            key.1, s.state.status
+                            key.name, s.state.status
                         ),
                     ));
                 }
@@ -369,7 +357,7 @@ impl SessionTable {
                             ErrorKind::Fenced,
                             format!(
                                 "session {:?} is at epoch {}, the write carries epoch {e}: another process resumed it",
-                                key.1, s.state.epoch
+                                key.name, s.state.epoch
                             ),
                         ));
                     }
@@ -381,7 +369,7 @@ impl SessionTable {
                             ErrorKind::Conflict,
                             format!(
                                 "session {:?}: expected latest checkpoint {x}, it is {latest}",
-                                key.1
+                                key.name
                             ),
                         ));
                     }
@@ -402,11 +390,11 @@ impl SessionTable {
                     payload: None,
                     skipped_corrupt: Vec::new(),
                 }));
-                let mut ev = event(EventKind::Checkpointed, &key.1);
+                let mut ev = event(EventKind::Checkpointed, &key.name);
                 (ev.number, ev.epoch) = (Some(number), Some(s.state.epoch));
                 let header = RecordHeader::Checkpoint(CheckpointHeader {
                     uid,
-                    name: key.1.clone(),
+                    name: key.name.clone(),
                     number,
                     created_at: now,
                     meta,
@@ -424,16 +412,16 @@ impl SessionTable {
                 status,
                 error,
             } => {
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 let mut s = self
                     .view(overlay, &key)
-                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                    .ok_or_else(|| WireError::not_found(&key.name))?;
                 if s.state.status.is_finished() && !status.is_finished() {
                     return Err(WireError::new(
                         ErrorKind::SessionClosed,
                         format!(
                             "session {:?} is {}; resume it to reopen it",
-                            key.1, s.state.status
+                            key.name, s.state.status
                         ),
                     ));
                 }
@@ -448,7 +436,7 @@ impl SessionTable {
                 Ok(self.put_state(overlay, key, s, event(EventKind::Status, "")))
             }
             Mutation::MarkStale { name, owner } => {
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 let Some(mut s) = self.view(overlay, &key) else {
                     return Ok(Planned::nothing(Reply::Deleted(false)));
                 };
@@ -468,10 +456,10 @@ impl SessionTable {
             }
             Mutation::Resume { name, owner, force } => {
                 let owner = owner.resolve(probe)?;
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 let mut s = self
                     .view(overlay, &key)
-                    .ok_or_else(|| WireError::not_found(&key.1))?;
+                    .ok_or_else(|| WireError::not_found(&key.name))?;
                 if let (Status::Active, Some(current)) = (s.state.status, s.state.owner) {
                     if !force
                         && current.pid != owner.map_or(0, |o| o.pid)
@@ -481,7 +469,7 @@ impl SessionTable {
                             kind: ErrorKind::OwnerAlive,
                             message: format!(
                                 "session {:?} is active and its owner (pid {}) is alive; use force to take it over",
-                                key.1, current.pid
+                                key.name, current.pid
                             ),
                             owner_pid: Some(current.pid),
                         });
@@ -505,16 +493,16 @@ impl SessionTable {
                 Ok(planned)
             }
             Mutation::Delete { name } => {
-                let key = (uid, name);
+                let key = SessionKey::new(uid, name);
                 if self.view(overlay, &key).is_none() {
                     return Ok(Planned::nothing(Reply::Deleted(false)));
                 }
                 let previous = self.owner_in_view(overlay, &key);
                 let record = RecordHeader::Delete {
                     uid,
-                    name: key.1.clone(),
+                    name: key.name.clone(),
                 };
-                let ev = event(EventKind::Deleted, &key.1);
+                let ev = event(EventKind::Deleted, &key.name);
                 overlay.0.insert(key.clone(), None);
                 Ok(Planned {
                     records: vec![(record, CheckedPayload::default())],
@@ -530,8 +518,14 @@ impl SessionTable {
     }
 
     /// Plans writing a session's new state, with the event announcing it.
-    fn put_state(&self, overlay: &mut Overlay, key: Key, s: Staged, mut ev: Event) -> Planned {
-        ev.name = key.1.clone();
+    fn put_state(
+        &self,
+        overlay: &mut Overlay,
+        key: SessionKey,
+        s: Staged,
+        mut ev: Event,
+    ) -> Planned {
+        ev.name = key.name.clone();
         ev.status = Some(s.state.status);
         ev.epoch = Some(s.state.epoch);
         if ev.owner_pid.is_none() {
@@ -565,21 +559,21 @@ impl SessionTable {
 
     /// The active sessions of the given owners. A scan of every session: it runs when owners
     /// exit, which is rare, instead of an index of sessions by owner kept in memory.
-    pub fn owned_by(&self, owners: &HashSet<Owner>) -> Vec<(Key, Owner)> {
+    pub fn owned_by(&self, owners: &HashSet<Owner>) -> Vec<(SessionKey, Owner)> {
         self.sessions
             .values()
             .filter_map(|s| {
                 let owner = active_owner(&s.state).filter(|o| owners.contains(o))?;
-                Some(((s.state.uid, s.state.name.clone()), owner))
+                Some((s.state.key(), owner))
             })
             .collect()
     }
 
     /// The owner watched for `key` as the batch stands (without copying its state).
-    fn owner_in_view(&self, overlay: &Overlay, key: &Key) -> Option<Owner> {
+    fn owner_in_view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Owner> {
         let state = match overlay.0.get(key) {
             Some(staged) => staged.as_ref().map(|s| &s.state),
-            None => self.sessions.get(key.0, &key.1).map(|s| &s.state),
+            None => self.sessions.get(key.uid, &key.name).map(|s| &s.state),
         };
         state.and_then(active_owner)
     }
@@ -1062,7 +1056,7 @@ mod tests {
             pid: 10,
             start_time: 100,
         }]);
-        let owned: Vec<String> = t.owned_by(&ten).into_iter().map(|(k, _)| k.1).collect();
+        let owned: Vec<String> = t.owned_by(&ten).into_iter().map(|(k, _)| k.name).collect();
         assert_eq!(owned, vec!["a".to_string()]);
         for name in ["a", "b", "c"] {
             run_with(

@@ -25,12 +25,13 @@ use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
 
-use super::record::{self, Loc, RecordHeader, FOOTER_LEN, PREFIX_LEN};
+use super::record::{self, RecordHeader, FOOTER_LEN, PREFIX_LEN};
 use super::scope::{self, within};
 use super::segment::{
     free_path, list_free, segment_header, segment_path, LOG_DIR, SEGMENT_HEADER_LEN,
 };
 use super::spare::SpareMaker;
+use crate::model::Loc;
 
 /// Makes a directory's entries durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {

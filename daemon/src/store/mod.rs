@@ -30,55 +30,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
+use crate::model::Loc;
 use crate::table::SessionTable;
 use reaper::Reaper;
-use record::{Loc, RecordHeader};
+use record::RecordHeader;
 use segment::{list_segments, segment_path, ReadError, ScanItem, SegmentFile, SegmentScanner};
-
-/// A retained checkpoint in the index: its number and where its record is. The index holds
-/// one per retained checkpoint (a million for 100,000 sessions keeping 10), so it is kept to
-/// 24 bytes: offsets fit 32 bits (the writer starts a new segment before 4 GiB) and the
-/// creation time is read from the record's header, as its meta is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CkptEntry {
-    pub number: u64,
-    segment: u32,
-    offset: u32,
-    header_len: u32,
-    payload_len: u32,
-}
-
-impl CkptEntry {
-    /// `None` for a record beyond 4 GiB into its segment, which this daemon never writes.
-    pub fn new(number: u64, loc: Loc) -> Option<Self> {
-        Some(CkptEntry {
-            number,
-            segment: loc.segment,
-            offset: u32::try_from(loc.offset).ok()?,
-            header_len: loc.header_len,
-            payload_len: loc.payload_len,
-        })
-    }
-
-    pub fn loc(&self) -> Loc {
-        Loc {
-            segment: self.segment,
-            offset: u64::from(self.offset),
-            header_len: self.header_len,
-            payload_len: self.payload_len,
-        }
-    }
-
-    pub fn segment(&self) -> u32 {
-        self.segment
-    }
-
-    pub fn payload_len(&self) -> u32 {
-        self.payload_len
-    }
-}
 
 /// How the index snapshot looked at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,8 +334,9 @@ mod tests {
     use sessiond_proto::{Meta, Status};
 
     use super::log::{Cut, Fill, LogWriter, Pending};
-    use super::record::{encode, CheckpointHeader, SessionState};
+    use super::record::{encode, CheckpointHeader};
     use super::*;
+    use crate::model::SessionState;
 
     fn write(log: &mut LogWriter, header: RecordHeader, payload: &[u8]) {
         let head = encode(&header, payload).unwrap();

@@ -23,7 +23,9 @@
 //!   written (footer intact, payload checksum wrong), which is reported, not forgotten.
 
 use serde::{Deserialize, Serialize};
-use sessiond_proto::{codec, Meta, Status};
+use sessiond_proto::{codec, Meta};
+
+use crate::model::{Loc, SessionState};
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
@@ -31,32 +33,6 @@ pub const PREFIX_LEN: usize = 20;
 pub const FOOTER_LEN: usize = 4;
 /// Sanity bound on a header; anything larger is damage.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
-
-/// The process owning an active session: its PID and start time (defeats PID reuse).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22); 0 when unknown.
-    pub start_time: u64,
-}
-
-/// Everything about a session except its checkpoints. Written whole on every change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionState {
-    pub uid: u32,
-    pub name: String,
-    pub status: Status,
-    pub owner: Option<Owner>,
-    pub epoch: u64,
-    /// Microseconds since the Unix epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub keep: u32,
-    pub meta: Meta,
-    pub error: Option<String>,
-    /// Highest checkpoint number ever assigned; numbers are never reused.
-    pub last_number: u64,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointHeader {
@@ -87,15 +63,7 @@ pub enum RecordHeader {
     },
 }
 
-/// Where a record lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Loc {
-    pub segment: u32,
-    pub offset: u64,
-    pub header_len: u32,
-    pub payload_len: u32,
-}
-
+// The log's lengths of a record at a place.
 impl Loc {
     pub fn record_len(&self) -> u64 {
         PREFIX_LEN as u64 + u64::from(self.header_len) + u64::from(self.payload_len)

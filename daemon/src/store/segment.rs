@@ -13,7 +13,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::record::{self, Loc, Prefix, RecordError, RecordHeader, PREFIX_LEN};
+use super::record::{self, Prefix, RecordError, RecordHeader, PREFIX_LEN};
+use crate::model::Loc;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SSNDLOG1";
 pub const SEGMENT_HEADER_LEN: u64 = 16;

@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 use sessiond_proto::codec;
 
 use super::log::fsync_dir;
-use super::record::{Loc, SessionState};
 use super::scope::{self, within};
-use super::CkptEntry;
+use crate::model::{CkptEntry, Loc, SessionState};
 
 pub const INDEX_FILE: &str = "index";
 pub const INDEX_TMP: &str = "index.tmp";
@@ -108,8 +107,7 @@ mod v1 {
     use serde::Deserialize;
 
     use super::{SnapSession, Snapshot, SnapshotError};
-    use crate::store::record::{Loc, SessionState};
-    use crate::store::CkptEntry;
+    use crate::model::{CkptEntry, Loc, SessionState};
 
     #[derive(Deserialize)]
     struct Entry {
