@@ -16,10 +16,10 @@ pub mod model;
 pub mod notify;
 pub mod owner;
 pub mod process;
+pub mod reads;
 pub mod server;
 pub mod service;
-pub mod session_map;
-pub mod sink;
+pub mod state;
 pub mod store;
 pub mod table;
 

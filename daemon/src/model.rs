@@ -1,6 +1,6 @@
 //! The domain model, as the session table, the stores, the owner watcher and the request
 //! handlers all see it: a session's key and state, its owner, its checkpoints' entries and
-//! where a store keeps them.
+//! where a store keeps them, and the durable changes a store records and the table applies.
 //!
 //! Several of these types are also part of the log's on-disk records and index snapshot
 //! (bincode, no field names): their fields are never reordered or retyped.
@@ -75,6 +75,21 @@ pub struct CheckpointMeta {
     pub meta: Meta,
 }
 
+/// A payload with its checksum, computed where the request was decoded: the commit thread,
+/// which every write waits on, then only copies it into the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckedPayload {
+    pub bytes: Vec<u8>,
+    pub crc: u32,
+}
+
+impl CheckedPayload {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let crc = crc32c::crc32c(&bytes);
+        CheckedPayload { bytes, crc }
+    }
+}
+
 /// Where a store keeps a record: for the log, a segment and an offset in it, with the
 /// lengths of the record's header and payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +141,34 @@ impl CkptEntry {
     pub fn payload_len(&self) -> u32 {
         self.payload_len
     }
+}
+
+/// A durable change, as a store records it and the table applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A session's whole new state (created, or changed).
+    Session(SessionState),
+    /// A new checkpoint.
+    Checkpoint(CheckpointMeta),
+    /// A retained checkpoint the store wrote again elsewhere (same number and payload).
+    Relocated(CheckpointMeta),
+    Delete(SessionKey),
+}
+
+/// A session as the table indexes it: its state, where its state record is, and its
+/// retained checkpoints, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedSession {
+    pub state: SessionState,
+    pub state_loc: Loc,
+    pub checkpoints: Vec<CkptEntry>,
+}
+
+/// The records of one segment that are still live, to copy forward before it can go.
+#[derive(Debug, Default)]
+pub struct LiveRecords {
+    pub states: Vec<SessionState>,
+    pub checkpoints: Vec<(SessionKey, CkptEntry)>,
 }
 
 pub fn micros_to_time(us: i64) -> DateTime<Utc> {

@@ -9,8 +9,8 @@ use sd_notify::NotifyState;
 use sessiond_proto::Status;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::Shared;
 use crate::service::Service;
+use crate::state::DaemonState;
 
 /// How often STATUS is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -25,9 +25,9 @@ fn send(states: &[NotifyState<'_>]) {
 
 /// "3 sessions (2 active, 1 stale), 40 checkpoints, 1 connection", after what fails if the
 /// store is degraded.
-pub fn status_line(shared: &Shared, service: &Service) -> String {
+pub fn status_line(state: &DaemonState, service: &Service) -> String {
     let (sessions, checkpoints, by_status) = {
-        let t = shared.table();
+        let t = state.table();
         (t.session_count(), t.checkpoint_count(), t.count_by_status())
     };
     let count = |s| by_status.get(&s).copied().unwrap_or(0);
@@ -37,7 +37,7 @@ pub fn status_line(shared: &Shared, service: &Service) -> String {
         count(Status::Stale),
         service.connections.load(Ordering::Relaxed)
     );
-    if let Some(degraded) = shared.health.summary() {
+    if let Some(degraded) = state.health.summary() {
         line = format!("{degraded}; {line}");
     }
     line
@@ -53,7 +53,7 @@ pub fn stopping() {
 
 /// Refreshes STATUS (at once when the store's health changes) and pings the watchdog (at
 /// half its period) until `cancel`.
-pub async fn keepalive(shared: Arc<Shared>, service: Arc<Service>, cancel: CancellationToken) {
+pub async fn keepalive(state: Arc<DaemonState>, service: Arc<Service>, cancel: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(HEALTH_EVERY, |w| (w / 2).min(HEALTH_EVERY));
     let mut tick = tokio::time::interval(period);
@@ -68,11 +68,11 @@ pub async fn keepalive(shared: Arc<Shared>, service: Arc<Service>, cancel: Cance
         if watchdog.is_some() {
             send(&[NotifyState::Watchdog]);
         }
-        let health = shared.health.summary();
+        let health = state.health.summary();
         if last_status.elapsed() >= STATUS_EVERY || health != last_health {
             last_status = std::time::Instant::now();
             last_health = health;
-            send(&[NotifyState::Status(&status_line(&shared, &service))]);
+            send(&[NotifyState::Status(&status_line(&state, &service))]);
         }
     }
 }

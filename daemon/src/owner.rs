@@ -1,7 +1,7 @@
 //! The owner watcher: notices that a session's owner process has exited and has the session
 //! marked stale.
 //!
-//! On Linux every distinct owner gets one pidfd registered with tokio, shared by all of its
+//! On Linux every distinct owner gets one pidfd registered with tokio, state by all of its
 //! sessions: an exit wakes us within milliseconds, without polling. A periodic sweep is the
 //! fallback where no pidfd could be had (another OS, out of descriptors) and, every
 //! [`FULL_SWEEP_EVERY`] ticks, the safety net over every owner.
@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::OwnerChange;
 use crate::model::Owner;
 use crate::process::ProcessProbe;
 use crate::service::Service;
+use crate::table::OwnerChange;
 
 /// Every this many sweep ticks, owners watched by a pidfd are probed too.
 pub const FULL_SWEEP_EVERY: u64 = 30;

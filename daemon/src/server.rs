@@ -23,19 +23,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::LatestCache;
-use crate::commit::{self, CommitConfig, Notifier, Shared};
+use crate::commit;
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
-use crate::health::{Health, Work};
+use crate::health::Health;
 use crate::lock::{LockError, StateLock};
 use crate::model::Owner;
 use crate::notify;
 use crate::owner::OwnerWatcher;
 use crate::process::{ProcessProbe, SystemProbe};
 use crate::service::{Limits, Service};
-use crate::store::log::LogWriter;
-use crate::store::reaper::Reaper;
-use crate::store::{self, SegmentFiles, StoreError};
+use crate::state::{Counters, DaemonState, Notifier};
+use crate::store::log::files::create_private_dir;
+use crate::store::log::{LogConfig, LogStore};
+use crate::store::Store;
+use crate::store::StoreError;
+use crate::table::SessionTable;
 
 /// Events buffered per watcher before it lags.
 const EVENT_BUFFER: usize = 4096;
@@ -66,107 +69,49 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 
 /// Creates `dir` (and parents) if missing, private to the daemon's user.
 fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .map_err(io_err(format!("cannot create directory {}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(
-            format!("cannot set permissions of {}", dir.display()),
-        ))?;
-        // The new directory's entry must survive a power cut like what goes into it.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            store::log::fsync_dir(parent).map_err(io_err(format!(
-                "cannot sync directory {}",
-                parent.display()
-            )))?;
-        }
-    }
-    Ok(())
+    create_private_dir(dir).map_err(io_err(format!("cannot create directory {}", dir.display())))
 }
 
-/// Opens the state directory: recovery, a fresh segment, a snapshot if anything was replayed.
+/// Opens the store (recovery into a new table) and builds the daemon's state around it.
 fn open_store(
     cfg: &Config,
     probe: Arc<dyn ProcessProbe>,
     notify: Notifier,
-) -> Result<(Arc<Shared>, LogWriter), StartError> {
-    let dir = &cfg.state_dir;
-    let log_dir = dir.join(store::segment::LOG_DIR);
-    ensure_private_dir(&log_dir)?;
-    // An interrupted snapshot write leaves its temp file, an interrupted segment creation
-    // its `.new` file: neither is part of the state, and the next write of either replaces
-    // it, so one that cannot be removed now is only noted.
-    let tmp = dir.join(store::snapshot::INDEX_TMP);
-    if tmp.exists() {
-        if let Err(e) = std::fs::remove_file(&tmp) {
-            tracing::warn!(path = %tmp.display(), error = %e, "cannot remove an interrupted snapshot");
-        }
-    }
-    if let Err(e) = store::log::remove_half_made(dir) {
-        tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove a half-made segment");
-    }
+) -> Result<(Arc<DaemonState>, Box<dyn Store>), StartError> {
     let health = Arc::new(Health::new());
-    let reaper = Reaper::start(dir, health.clone());
-    let (table, report) = store::load(dir, cfg.default_keep)?;
-    commit::release_free_memory();
-    let next = report.segments.last().map_or(1, |s| s + 1);
-    // Zeros once, for a new state directory; a restart does not keep recovery waiting for
-    // them (its segments after the first reuse files, or the spare, written in the background).
-    let fill = if report.segments.is_empty() {
-        store::log::Fill::Zeros
-    } else {
-        store::log::Fill::Allocate
+    let table = std::sync::Mutex::new(SessionTable::new(cfg.default_keep));
+    let log = LogConfig {
+        dir: cfg.state_dir.clone(),
+        segment_bytes: cfg.segment_bytes,
+        snapshot_every_bytes: cfg.snapshot_every_bytes,
     };
-    let mut log = LogWriter::start(dir, next, cfg.segment_bytes, fill, None).map_err(io_err(
-        format!("cannot create a log segment in {}", log_dir.display()),
-    ))?;
-    match store::spare::SpareMaker::start(dir, cfg.segment_bytes, health.clone()) {
-        Ok(spares) => log.make_spares_with(spares),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are only allocated");
-        }
+    let (store, reads, report) = LogStore::open(log, &table, health.clone())?;
+    {
+        let t = table.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(
+            sessions = t.session_count(),
+            checkpoints = t.checkpoint_count(),
+            replayed = report.replayed_records,
+            index = ?report.index,
+            damaged = report.damaged.len(),
+            corrupt_payloads = report.corrupt_payloads.len(),
+            "state recovered"
+        );
     }
-    tracing::info!(
-        sessions = table.session_count(),
-        checkpoints = table.checkpoint_count(),
-        replayed = report.replayed_records,
-        index = ?report.index,
-        damaged = report.damaged.len(),
-        corrupt_payloads = report.corrupt_payloads.len(),
-        "state recovered"
-    );
-    let shared = Arc::new(Shared {
-        dir: dir.clone(),
-        table: std::sync::Mutex::new(table),
-        files: SegmentFiles::new(dir),
-        free_segments: free_segments(cfg),
+    let state = Arc::new(DaemonState {
+        table,
+        reads,
         cache: LatestCache::new(usize::try_from(cfg.read_cache_bytes).unwrap_or(usize::MAX)),
         probe,
         notify,
         health,
-        reaper,
-        checkpoints_written: Default::default(),
-        bytes_written: Default::default(),
-        flushes: Default::default(),
+        counters: Counters::default(),
     });
-    if report.replayed_records > 0 || report.index != store::IndexState::Loaded {
-        if let Err(e) = commit::write_snapshot(&shared, &log) {
-            shared.health.failed(Work::IndexSnapshot, &e);
-        }
-    }
-    Ok((shared, log))
-}
-
-/// Dead segment files to keep for reuse: as many as the log fills between two snapshots,
-/// which is when garbage collection frees them, so that every new segment can reuse one.
-fn free_segments(cfg: &Config) -> usize {
-    let per_snapshot = cfg.snapshot_every_bytes.div_ceil(cfg.segment_bytes.max(1));
-    usize::try_from(per_snapshot)
-        .unwrap_or(usize::MAX)
-        .clamp(1, 16)
+    Ok((state, Box::new(store)))
 }
 
 /// Applies what can change while running; says what needs a restart.
-fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Shared) {
+fn apply_reload(cfg: &mut Config, new: Config, service: &Service, state: &DaemonState) {
     let mut restart = Vec::new();
     if new.socket != cfg.socket {
         restart.push("socket");
@@ -202,7 +147,7 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
         max_checkpoint_bytes: cfg.max_checkpoint_bytes,
         meta: cfg.meta_limits,
     });
-    shared.table().set_default_keep(cfg.default_keep);
+    state.table().set_default_keep(cfg.default_keep);
     tracing::info!(
         max_checkpoint_bytes = cfg.max_checkpoint_bytes,
         default_keep = cfg.default_keep,
@@ -213,8 +158,11 @@ fn apply_reload(cfg: &mut Config, new: Config, service: &Service, shared: &Share
 
 /// Marks stale the active sessions whose owner is gone; returns the live owners and how many
 /// sessions each has, for the watcher.
-async fn check_owners_at_start(shared: &Arc<Shared>, service: &Service) -> HashMap<Owner, usize> {
-    let probing = shared.clone();
+async fn check_owners_at_start(
+    state: &Arc<DaemonState>,
+    service: &Service,
+) -> HashMap<Owner, usize> {
+    let probing = state.clone();
     // One /proc read per distinct owner, and a scan of the table: off the async workers.
     let (alive, dead) = tokio::task::spawn_blocking(move || {
         let counts = probing.table().active_owner_counts();
@@ -300,27 +248,23 @@ pub async fn run(
         owners: owners_tx,
     };
     let open_probe = probe.clone();
-    let (shared, log) =
+    let (state, store) =
         tokio::task::spawn_blocking(move || open_store(&open_cfg, open_probe, notify))
             .await
             .map_err(|e| io_err("recovery task failed")(io::Error::other(e)))??;
     let (jobs_tx, jobs_rx) = mpsc::channel();
-    let commit_shared = shared.clone();
-    let commit_cfg = CommitConfig {
-        snapshot_every_bytes: cfg.snapshot_every_bytes,
-        segment_bytes: cfg.segment_bytes,
-    };
+    let commit_state = state.clone();
     // Dropped when the commit thread ends, which before shutdown means it died.
     let (commit_alive, mut commit_ended) = tokio::sync::oneshot::channel::<()>();
     let committer = std::thread::Builder::new()
         .name("sessiond-commit".into())
         .spawn(move || {
             let _alive = commit_alive;
-            commit::run(commit_shared, log, jobs_rx, commit_cfg)
+            commit::run(commit_state, store, jobs_rx)
         })
         .map_err(io_err("cannot start the commit thread"))?;
     let service = Arc::new(Service::new(
-        shared.clone(),
+        state.clone(),
         jobs_tx,
         Limits {
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
@@ -330,7 +274,7 @@ pub async fn run(
 
     // Owners that died while the daemon was down are found before it reports ready.
     let watcher_cancel = CancellationToken::new();
-    let alive = check_owners_at_start(&shared, &service).await;
+    let alive = check_owners_at_start(&state, &service).await;
     let watcher = OwnerWatcher::new(service.clone(), probe.clone(), cfg.use_pidfd, alive);
     let watcher =
         tokio::spawn(watcher.run(owners_rx, cfg.stale_check_interval, watcher_cancel.clone()));
@@ -361,12 +305,12 @@ pub async fn run(
         })
         .flatten();
     tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), activated = socket_id.is_none(), "sessiond ready");
-    notify::ready(&notify::status_line(&shared, &service));
+    notify::ready(&notify::status_line(&state, &service));
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(notify::keepalive(
-        shared.clone(),
+        state.clone(),
         service.clone(),
         cancel.child_token(),
     ));
@@ -381,7 +325,7 @@ pub async fn run(
                 failed = true;
                 break;
             }
-            Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &shared),
+            Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &state),
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
                     if service.connections.fetch_add(1, Ordering::Relaxed) >= cfg.max_connections as u64 {

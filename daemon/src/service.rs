@@ -8,22 +8,17 @@ use std::time::Instant;
 
 use sessiond_proto::validate::{self, MetaLimits};
 use sessiond_proto::{
-    CheckpointInfo, ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError,
-    PROTOCOL_VERSION, VERSION,
+    ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError, PROTOCOL_VERSION,
+    VERSION,
 };
 use tokio::sync::{broadcast, oneshot};
 
-use crate::cache::Cached;
-use crate::commit::{Job, Shared};
-use crate::health::Work;
-use crate::model::micros_to_time;
-use crate::model::SessionKey;
-use crate::model::{CkptEntry, Owner};
-use crate::sink::DirectReply;
-use crate::store::record::{CheckedPayload, RecordHeader};
-use crate::store::segment::ReadError;
-use crate::table::OwnerClaim;
-use crate::table::{ListFilter, Mutation};
+use crate::commit::Job;
+use crate::conn::replies::DirectReply;
+use crate::model::{CheckedPayload, Owner, SessionKey};
+use crate::reads::{self, blocking};
+use crate::state::DaemonState;
+use crate::table::{ListFilter, Mutation, OwnerClaim};
 
 /// Who is on the other end of a connection, from the socket's credentials.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +34,7 @@ pub struct Limits {
 }
 
 pub struct Service {
-    shared: Arc<Shared>,
+    state: Arc<DaemonState>,
     jobs: Mutex<Option<Sender<Job>>>,
     limits: std::sync::RwLock<Limits>,
     started: Instant,
@@ -81,9 +76,9 @@ fn closing() -> WireError {
 }
 
 impl Service {
-    pub fn new(shared: Arc<Shared>, jobs: Sender<Job>, limits: Limits) -> Self {
+    pub fn new(state: Arc<DaemonState>, jobs: Sender<Job>, limits: Limits) -> Self {
         Service {
-            shared,
+            state,
             jobs: Mutex::new(Some(jobs)),
             limits: std::sync::RwLock::new(limits),
             started: Instant::now(),
@@ -151,7 +146,7 @@ impl Service {
 
     /// The active sessions of `owners` (for the owner watcher, when they exit).
     pub fn owned_by(&self, owners: &std::collections::HashSet<Owner>) -> Vec<(SessionKey, Owner)> {
-        self.shared.table().owned_by(owners)
+        self.state.table().owned_by(owners)
     }
 
     /// Marks `key` stale if `owner` still owns it (from the owner watcher).
@@ -176,58 +171,11 @@ impl Service {
         let Reply::Resumed { session, .. } = committed? else {
             return Err(WireError::internal("resume committed without a session"));
         };
-        let checkpoint = self.latest(uid, &session.name, None).await?;
+        let checkpoint = reads::latest(&self.state, uid, &session.name, None).await?;
         Ok(Reply::Resumed {
             session,
             checkpoint,
         })
-    }
-
-    /// The latest checkpoint (or checkpoint `number`): from the cache when it holds it, which
-    /// needs no disk and no thread hop, else read and verified on the blocking pool.
-    async fn latest(
-        &self,
-        uid: u32,
-        name: &str,
-        number: Option<u64>,
-    ) -> Result<Option<CheckpointInfo>, WireError> {
-        let latest = self.shared.table().latest_checkpoint(uid, name)?;
-        if let Some(latest) = latest.filter(|l| number.is_none_or(|n| n == l.number)) {
-            let key = SessionKey::new(uid, name);
-            if let Some(c) = self.shared.cache.get(&key, &latest) {
-                return Ok(Some(checkpoint_info(
-                    &c.entry,
-                    c.created_at,
-                    c.meta.clone(),
-                    Some(c.payload.clone()),
-                )));
-            }
-        }
-        let entries = self.shared.table().checkpoints(uid, name)?;
-        let shared = self.shared.clone();
-        let name = name.to_string();
-        blocking(move || {
-            let info = read_checkpoint(&shared, uid, &name, &entries, number)?;
-            if let (Some(i), Some(last)) = (&info, entries.last()) {
-                let payload = i.payload.as_ref().map(|p| &p.0);
-                let key = SessionKey::new(uid, name);
-                if let Some(p) = payload.filter(|p| {
-                    i.number == last.number
-                        && i.skipped_corrupt.is_empty()
-                        && shared.cache.admits(&key, p.len())
-                }) {
-                    let cached = Cached {
-                        entry: *last,
-                        created_at: i.created_at.timestamp_micros(),
-                        meta: i.meta.clone(),
-                        payload: p.clone(),
-                    };
-                    shared.cache.put(key, cached);
-                }
-            }
-            Ok(info)
-        })
-        .await
     }
 
     /// Validates a request and starts it: answered at once, queued for commit, or a read to
@@ -338,7 +286,7 @@ impl Service {
                 });
             }
             Request::Watch(r) => {
-                let events = self.shared.notify.events.subscribe();
+                let events = self.state.notify.events.subscribe();
                 return Ok(Started::Watch {
                     uid,
                     name: r.name,
@@ -353,7 +301,7 @@ impl Service {
     pub async fn read(&self, uid: u32, request: Request) -> Result<Reply, WireError> {
         match request {
             Request::Show(r) => self
-                .shared
+                .state
                 .table()
                 .session(uid, &r.name)
                 .map(Reply::Session)
@@ -364,22 +312,22 @@ impl Service {
                     status: r.status,
                     meta: r.meta,
                 };
-                Ok(Reply::Sessions(self.shared.table().list(&filter)))
+                Ok(Reply::Sessions(self.state.table().list(&filter)))
             }
             Request::History(r) => {
-                let entries = self.shared.table().checkpoints(uid, &r.name)?;
-                let shared = self.shared.clone();
-                blocking(move || history(&shared, &r.name, &entries)).await
+                let entries = self.state.table().checkpoints(uid, &r.name)?;
+                let state = self.state.clone();
+                blocking(move || reads::history(&state, &r.name, &entries)).await
             }
-            Request::Get(r) => self
-                .latest(uid, &r.name, r.number)
+            Request::Get(r) => reads::latest(&self.state, uid, &r.name, r.number)
                 .await
                 .map(Reply::Checkpoint),
             Request::Stats => {
                 let (sessions, checkpoints, by_status) = {
-                    let t = self.shared.table();
+                    let t = self.state.table();
                     (t.session_count(), t.checkpoint_count(), t.count_by_status())
                 };
+                let counters = &self.state.counters;
                 let mut stats = Stats {
                     version: VERSION.to_string(),
                     uptime_secs: self.started.elapsed().as_secs(),
@@ -395,180 +343,18 @@ impl Service {
                         .collect(),
                     checkpoints,
                     connections: self.connections.load(Ordering::Relaxed),
-                    checkpoints_written: self.shared.checkpoints_written.load(Ordering::Relaxed),
-                    bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
-                    flushes: self.shared.flushes.load(Ordering::Relaxed),
-                    store: self.shared.health.report(),
+                    checkpoints_written: counters.checkpoints_written.load(Ordering::Relaxed),
+                    bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+                    flushes: counters.flushes.load(Ordering::Relaxed),
+                    store: self.state.health.report(),
                     ..Stats::default()
                 };
-                let dir = self.shared.dir.clone();
-                let (segments, bytes) = blocking(move || Ok(crate::store::log_size(&dir))).await?;
-                (stats.log_segments, stats.log_bytes) = (segments, bytes);
+                let state = self.state.clone();
+                let usage = blocking(move || Ok(state.reads.usage())).await?;
+                (stats.log_segments, stats.log_bytes) = (usage.files, usage.bytes);
                 Ok(Reply::Stats(stats))
             }
             other => Err(WireError::internal(format!("{} is not a read", other.op()))),
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
-) -> Result<T, WireError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| WireError::internal(format!("read task failed: {e}")))?
-}
-
-fn checkpoint_info(
-    entry: &CkptEntry,
-    created_at: i64,
-    meta: sessiond_proto::Meta,
-    payload: Option<Vec<u8>>,
-) -> CheckpointInfo {
-    CheckpointInfo {
-        number: entry.number,
-        size: u64::from(entry.payload_len()),
-        created_at: micros_to_time(created_at),
-        meta,
-        payload: payload.map(sessiond_proto::Payload),
-        skipped_corrupt: Vec::new(),
-    }
-}
-
-/// Why a checkpoint could not be read.
-enum Unreadable {
-    /// Damaged on disk: a read of the latest falls back to an older one.
-    Damaged(String),
-    /// The disk failed to read it, which may work when tried again: refused `unavailable`.
-    Failed(String),
-}
-
-impl From<ReadError> for Unreadable {
-    fn from(e: ReadError) -> Self {
-        if e.is_damage() {
-            Unreadable::Damaged(e.to_string())
-        } else {
-            Unreadable::Failed(e.to_string())
-        }
-    }
-}
-
-/// The reply to a read the disk failed, reported to the store's health.
-fn read_failed(shared: &Shared, name: &str, error: &str) -> WireError {
-    shared.health.failed(Work::Read, &error);
-    WireError::unavailable(format!(
-        "cannot read a checkpoint of session {name:?} from disk: {error}"
-    ))
-}
-
-/// Reads one checkpoint (verified), with its meta from the record header. Compaction may
-/// move a checkpoint (and delete its old segment) between the index lookup and the read: a
-/// failed read is retried once at the checkpoint's current place before it counts.
-fn read_one(
-    shared: &Shared,
-    uid: u32,
-    name: &str,
-    entry: &CkptEntry,
-) -> Result<CheckpointInfo, Unreadable> {
-    read_at(shared, entry).or_else(|e| {
-        let moved = shared
-            .table()
-            .checkpoints(uid, name)
-            .ok()
-            .and_then(|all| all.into_iter().find(|c| c.number == entry.number))
-            .filter(|c| c.loc() != entry.loc());
-        match moved {
-            Some(current) => read_at(shared, &current),
-            None => Err(e),
-        }
-    })
-}
-
-fn read_at(shared: &Shared, entry: &CkptEntry) -> Result<CheckpointInfo, Unreadable> {
-    let (header, payload) = shared.files.read_record(&entry.loc())?;
-    match header {
-        RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) if h.number == entry.number => {
-            Ok(checkpoint_info(entry, h.created_at, h.meta, Some(payload)))
-        }
-        _ => Err(Unreadable::Damaged(
-            "the record at the indexed place is another record".into(),
-        )),
-    }
-}
-
-/// The latest intact checkpoint (reporting the damaged ones passed over), or a given number.
-pub fn read_checkpoint(
-    shared: &Shared,
-    uid: u32,
-    name: &str,
-    entries: &[CkptEntry],
-    number: Option<u64>,
-) -> Result<Option<CheckpointInfo>, WireError> {
-    if let Some(n) = number {
-        let entry = entries.iter().find(|e| e.number == n).ok_or_else(|| {
-            let retained = match (entries.first(), entries.last()) {
-                (Some(a), Some(b)) => format!("retained: {} to {}", a.number, b.number),
-                _ => "it has none".to_string(),
-            };
-            WireError::new(
-                ErrorKind::NotFound,
-                format!("session {name:?} has no checkpoint {n} ({retained})"),
-            )
-        })?;
-        return match read_one(shared, uid, name, entry) {
-            Ok(info) => {
-                shared.health.succeeded(Work::Read);
-                Ok(Some(info))
-            }
-            Err(Unreadable::Failed(e)) => Err(read_failed(shared, name, &e)),
-            Err(Unreadable::Damaged(e)) => {
-                tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
-                Err(WireError::internal(format!(
-                    "checkpoint {n} of session {name:?} is damaged on disk: {e}"
-                )))
-            }
-        };
-    }
-    let mut skipped = Vec::new();
-    for entry in entries.iter().rev() {
-        match read_one(shared, uid, name, entry) {
-            Ok(mut info) => {
-                shared.health.succeeded(Work::Read);
-                info.skipped_corrupt = skipped;
-                return Ok(Some(info));
-            }
-            // Never an older checkpoint served because the disk failed to read a newer one.
-            Err(Unreadable::Failed(e)) => return Err(read_failed(shared, name, &e)),
-            Err(Unreadable::Damaged(e)) => {
-                tracing::error!(session = %name, number = entry.number, error = %e, "damaged checkpoint; falling back to the previous one");
-                skipped.push(entry.number);
-            }
-        }
-    }
-    if skipped.is_empty() {
-        Ok(None)
-    } else {
-        Err(WireError::internal(format!(
-            "every retained checkpoint of session {name:?} is damaged on disk: {skipped:?}"
-        )))
-    }
-}
-
-fn history(shared: &Shared, name: &str, entries: &[CkptEntry]) -> Result<Reply, WireError> {
-    let mut list = Vec::with_capacity(entries.len());
-    for e in entries {
-        let (created_at, meta) = match shared.files.read_header(&e.loc()) {
-            Ok(RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h)) => (h.created_at, h.meta),
-            Err(err) if !err.is_damage() => {
-                return Err(read_failed(shared, name, &err.to_string()));
-            }
-            other => {
-                // Listed all the same (a read of it reports the damage), without its time.
-                tracing::warn!(number = e.number, result = ?other.map(|_| "another record"), "cannot read a checkpoint's header for history");
-                (0, sessiond_proto::Meta::new())
-            }
-        };
-        list.push(checkpoint_info(e, created_at, meta, None));
-    }
-    Ok(Reply::Checkpoints(list))
 }

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sessiond::store::segment::{
+use sessiond::store::log::segment::{
     segment_header, segment_path, ScanItem, SegmentFile, SegmentScanner, LOG_DIR,
 };
-use sessiond::store::snapshot;
+use sessiond::store::log::snapshot;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::Builder::new().tempdir_in(shm()).expect("tempdir");

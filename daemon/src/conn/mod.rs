@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::service::{Peer, Service, Started};
-use crate::sink::{DirectReply, ReplySink, Turn};
+
+pub mod replies;
+use replies::{DirectReply, ReplySink, Turn};
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;

@@ -1,13 +1,14 @@
-//! A binary connection's socket as the commit thread sees it. The reply to a committed
-//! mutation is written straight from the commit thread when it is the next reply the
-//! connection owes, instead of waking the connection's task to write it: one thread hand-off
-//! fewer on every durable write.
+//! Reply ordering: every reply of a connection goes out in request order, whichever thread
+//! writes it.
 //!
-//! Replies keep their request order. Each request of the connection gets a sequence number;
-//! the commit thread writes reply `seq` only while `next == seq` (every earlier reply is fully
-//! on the socket) and nothing it wrote is still unfinished. Otherwise, or when the socket
-//! would block, the reply goes the usual way, through the connection's writer, which asks
-//! [`ReplySink::turn`] what is left to do for each reply and reports each one it writes.
+//! Each request gets a sequence number from the connection's [`Outbox`]. The reply to a
+//! committed mutation is written straight from the commit thread when it is the next reply
+//! the connection owes, instead of waking the connection's task to write it: one thread
+//! hand-off fewer on every durable write ([`deliver`] decides when). The commit thread writes
+//! reply `seq` only while `next == seq` (every earlier reply is fully on the socket) and
+//! nothing it wrote is still unfinished. Otherwise, or when the socket would block, the reply
+//! goes the usual way, through the connection's writer, which asks [`ReplySink::turn`] what is
+//! left to do for each reply and reports each one it writes.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +16,31 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
 use sessiond_proto::{frame, Reply, ResponseFrame, WireError};
+use tokio::sync::oneshot;
+
+/// Batches up to this many replies have them written by the commit thread: more would hold
+/// up the next flush, while the connections' tasks, woken once, write them on the other core.
+const MAX_DIRECT_REPLIES: usize = 2;
+
+/// Where a mutation's reply goes: to the connection's writer, and maybe straight to its
+/// socket.
+pub type ReplyTo = (
+    oneshot::Sender<Result<Reply, WireError>>,
+    Option<DirectReply>,
+);
+
+/// A committed batch's replies: each to its connection's writer, and, for a small batch,
+/// straight to its socket when it is its turn.
+pub fn deliver(replies: Vec<(Reply, ReplyTo)>) {
+    let direct_ok = replies.len() <= MAX_DIRECT_REPLIES;
+    for (r, (tx, direct)) in replies {
+        let result = match direct {
+            Some(d) if direct_ok => d.sink.try_send(d.seq, d.id, Ok(r)),
+            _ => Ok(r),
+        };
+        let _ = tx.send(result);
+    }
+}
 
 pub struct ReplySink {
     /// A duplicate of the connection's socket: it stays valid (never a reused descriptor

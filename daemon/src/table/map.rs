@@ -104,10 +104,6 @@ impl<T: Keyed> SessionMap<T> {
     pub fn len(&self) -> usize {
         self.table.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
-//! `sessiond check`: verifies a state directory offline and lists what is damaged.
+//! The log's offline check: the index, every record's checksums, and that every retained
+//! checkpoint can be served.
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use crate::store::segment::{list_segments, segment_file_name, ScanItem, SegmentScanner};
-use crate::store::{self, snapshot, SegmentFiles, StoreError};
-use crate::table::ListFilter;
+use super::reads::SegmentFiles;
+use super::recovery::{find_cuts, load};
+use super::segment::{list_segments, segment_file_name, ScanItem, SegmentScanner};
+use super::snapshot;
+use crate::store::{io_context, Index, StoreError};
 
 /// The findings, printable line by line.
 #[derive(Debug, Default)]
@@ -26,7 +30,8 @@ impl CheckReport {
     }
 }
 
-pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
+/// Checks the state directory `dir`, loading it into `index` (which must be empty).
+pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreError> {
     let mut r = CheckReport::default();
     if !dir.is_dir() {
         return Err(StoreError::Io {
@@ -47,10 +52,9 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
             "index: {e} (the daemon rebuilds it from the log at start-up)"
         )),
     }
-    let ctx =
-        |seq: u32| store::io_context(format!("cannot read segment {}", segment_file_name(seq)));
-    let segments = list_segments(dir).map_err(store::io_context("cannot list the log"))?;
-    let cuts = store::find_cuts(dir, &segments);
+    let ctx = |seq: u32| io_context(format!("cannot read segment {}", segment_file_name(seq)));
+    let segments = list_segments(dir).map_err(io_context("cannot list the log"))?;
+    let cuts = find_cuts(dir, &segments);
     for &seq in &segments {
         let cut = cuts.get(&seq).copied();
         if let Some(end) = cut {
@@ -96,20 +100,24 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
         }
     }
     // What the daemon would serve: every retained checkpoint must read back intact.
-    let (table, _) = store::load(dir, 16)?;
+    let sessions = {
+        let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+        load(dir, &mut *index)?;
+        index.export()
+    };
     let files = SegmentFiles::new(dir);
-    let sessions = table.list(&ListFilter::default());
     let mut retained = 0u64;
     for s in &sessions {
-        for entry in table.checkpoints(s.uid, &s.name).unwrap_or_default() {
+        let (uid, name) = (s.state.uid, &s.state.name);
+        for entry in &s.checkpoints {
             retained += 1;
             if let Err(e) = files.read_record(&entry.loc()) {
                 r.problem(format!(
-                    "session {:?} (uid {}): checkpoint {} cannot be served: {e}",
-                    s.name, s.uid, entry.number
+                    "session {name:?} (uid {uid}): checkpoint {} cannot be served: {e}",
+                    entry.number
                 ));
                 r.damaged_checkpoints
-                    .push((s.uid, s.name.clone(), entry.number));
+                    .push((uid, name.clone(), entry.number));
             }
         }
     }

@@ -23,9 +23,9 @@
 //!   written (footer intact, payload checksum wrong), which is reported, not forgotten.
 
 use serde::{Deserialize, Serialize};
-use sessiond_proto::{codec, Meta};
+use sessiond_proto::codec;
 
-use crate::model::{Loc, SessionState};
+use crate::model::{Change, CheckpointMeta, Loc, SessionKey, SessionState};
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
@@ -34,26 +34,17 @@ pub const FOOTER_LEN: usize = 4;
 /// Sanity bound on a header; anything larger is damage.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointHeader {
-    pub uid: u32,
-    pub name: String,
-    pub number: u64,
-    pub created_at: i64,
-    pub meta: Meta,
-}
-
 /// What a record says. Append-only enum: new kinds go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordHeader {
-    Checkpoint(CheckpointHeader),
+    Checkpoint(CheckpointMeta),
     Session(SessionState),
     Delete {
         uid: u32,
         name: String,
     },
     /// A retained checkpoint copied forward (same number and payload) by compaction.
-    Relocated(CheckpointHeader),
+    Relocated(CheckpointMeta),
     /// The first record of a segment started because a write or flush of `segment` failed:
     /// that segment's log ends at `end`. What lies after it is a refused batch that may have
     /// reached the disk anyway, and replay ignores it.
@@ -61,6 +52,44 @@ pub enum RecordHeader {
         segment: u32,
         end: u64,
     },
+}
+
+/// A record's header to write, borrowed from the change it expresses: it encodes as the
+/// [`RecordHeader`] it decodes to (same variants in the same order), with nothing cloned.
+#[derive(Debug, Serialize)]
+pub enum RecordRef<'a> {
+    Checkpoint(&'a CheckpointMeta),
+    Session(&'a SessionState),
+    Delete { uid: u32, name: &'a str },
+    Relocated(&'a CheckpointMeta),
+    Cut { segment: u32, end: u64 },
+}
+
+impl<'a> From<&'a Change> for RecordRef<'a> {
+    fn from(c: &'a Change) -> Self {
+        match c {
+            Change::Session(s) => RecordRef::Session(s),
+            Change::Checkpoint(h) => RecordRef::Checkpoint(h),
+            Change::Relocated(h) => RecordRef::Relocated(h),
+            Change::Delete(k) => RecordRef::Delete {
+                uid: k.uid,
+                name: &k.name,
+            },
+        }
+    }
+}
+
+impl RecordHeader {
+    /// The change this record expresses; `None` for the log's own records (cuts).
+    pub fn into_change(self) -> Option<Change> {
+        Some(match self {
+            RecordHeader::Checkpoint(h) => Change::Checkpoint(h),
+            RecordHeader::Session(s) => Change::Session(s),
+            RecordHeader::Delete { uid, name } => Change::Delete(SessionKey { uid, name }),
+            RecordHeader::Relocated(h) => Change::Relocated(h),
+            RecordHeader::Cut { .. } => return None,
+        })
+    }
 }
 
 // The log's lengths of a record at a place.
@@ -91,24 +120,9 @@ pub enum RecordError {
     PayloadTooLarge(usize),
 }
 
-/// A payload with its checksum, computed where the request was decoded: the commit thread,
-/// which every write waits on, then only copies it into the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckedPayload {
-    pub bytes: Vec<u8>,
-    pub crc: u32,
-}
-
-impl CheckedPayload {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        let crc = crc32c::crc32c(&bytes);
-        CheckedPayload { bytes, crc }
-    }
-}
-
 /// As [`encode_with_crc`], computing the payload's checksum (tests write records this way).
 #[cfg(test)]
-pub fn encode(header: &RecordHeader, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
+pub fn encode<H: Serialize>(header: &H, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
     encode_with_crc(header, payload, crc32c::crc32c(payload))
 }
 
@@ -137,8 +151,8 @@ pub fn footer_matches(prefix_bytes: &[u8; PREFIX_LEN], footer: &[u8]) -> bool {
 /// checksum is given: computed where the request was decoded ([`CheckedPayload`]), or, for a
 /// copied record, its original one, so that a payload damaged before the copy stays
 /// detectably damaged after it.
-pub fn encode_with_crc(
-    header: &RecordHeader,
+pub fn encode_with_crc<H: Serialize>(
+    header: &H,
     payload: &[u8],
     payload_crc: u32,
 ) -> Result<Vec<u8>, RecordError> {
@@ -203,4 +217,58 @@ pub fn verify_payload(prefix: &Prefix, payload: &[u8]) -> Result<(), RecordError
         return Err(RecordError::PayloadCrc);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_proto::{Meta, Status};
+
+    use super::*;
+
+    #[test]
+    fn a_change_encodes_as_the_record_header_it_decodes_to() {
+        let meta: Meta = [("k".to_string(), "v".to_string())].into();
+        let checkpoint = CheckpointMeta {
+            uid: 7,
+            name: "s".into(),
+            number: 3,
+            created_at: 11,
+            meta,
+        };
+        let state = SessionState {
+            uid: 7,
+            name: "s".into(),
+            status: Status::Stale,
+            owner: None,
+            epoch: 2,
+            created_at: 1,
+            updated_at: 2,
+            keep: 4,
+            meta: Meta::new(),
+            error: Some("e".into()),
+            last_number: 3,
+        };
+        for change in [
+            Change::Session(state),
+            Change::Checkpoint(checkpoint.clone()),
+            Change::Relocated(checkpoint),
+            Change::Delete(SessionKey::new(7, "s")),
+        ] {
+            let bytes = codec::encode(&RecordRef::from(&change)).unwrap();
+            let header: RecordHeader = codec::decode(&bytes).unwrap();
+            assert_eq!(header.into_change(), Some(change));
+        }
+        let cut = RecordRef::Cut {
+            segment: 5,
+            end: 99,
+        };
+        let header: RecordHeader = codec::decode(&codec::encode(&cut).unwrap()).unwrap();
+        assert_eq!(
+            header,
+            RecordHeader::Cut {
+                segment: 5,
+                end: 99
+            }
+        );
+    }
 }

@@ -491,11 +491,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::CheckpointMeta;
+    use crate::store::log::record::encode;
     use crate::store::log::{LogWriter, Pending};
-    use crate::store::record::{encode, CheckpointHeader};
 
     fn header(n: u64, meta_len: usize) -> RecordHeader {
-        RecordHeader::Checkpoint(CheckpointHeader {
+        RecordHeader::Checkpoint(CheckpointMeta {
             uid: 7,
             name: "s".into(),
             number: n,
@@ -676,8 +677,8 @@ mod tests {
         #[test]
         fn any_index_file_loads_or_is_reported_damaged(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
             let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join(crate::store::snapshot::INDEX_FILE), &bytes).unwrap();
-            let _ = crate::store::snapshot::read(dir.path());
+            std::fs::write(dir.path().join(crate::store::log::snapshot::INDEX_FILE), &bytes).unwrap();
+            let _ = crate::store::log::snapshot::read(dir.path());
         }
     }
 }

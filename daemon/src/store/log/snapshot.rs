@@ -14,9 +14,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sessiond_proto::codec;
 
-use super::log::fsync_dir;
+use super::files::fsync_dir;
 use super::scope::{self, within};
-use crate::model::{CkptEntry, Loc, SessionState};
+use crate::model::{CkptEntry, IndexedSession, Loc, SessionState};
 
 pub const INDEX_FILE: &str = "index";
 pub const INDEX_TMP: &str = "index.tmp";
@@ -30,6 +30,26 @@ pub struct SnapSession {
     /// Where the session's latest state record is.
     pub state_loc: Loc,
     pub checkpoints: Vec<CkptEntry>,
+}
+
+impl From<SnapSession> for IndexedSession {
+    fn from(s: SnapSession) -> Self {
+        IndexedSession {
+            state: s.state,
+            state_loc: s.state_loc,
+            checkpoints: s.checkpoints,
+        }
+    }
+}
+
+impl From<IndexedSession> for SnapSession {
+    fn from(s: IndexedSession) -> Self {
+        SnapSession {
+            state: s.state,
+            state_loc: s.state_loc,
+            checkpoints: s.checkpoints,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::log::{allocate, is_full, rename_no_replace, write_zeros};
+use super::files::{allocate, is_full, rename_no_replace, write_zeros};
 use super::scope::{self, within};
 use super::segment::{free_path, list_free, LOG_DIR};
 use crate::health::{Health, Work};
@@ -135,9 +135,9 @@ pub fn make_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::log::tests::{first_hole, write_checkpoints};
-    use crate::store::log::LogWriter;
-    use crate::store::segment::segment_path;
+    use crate::store::log::segment::segment_path;
+    use crate::store::log::writer::tests::{first_hole, write_checkpoints};
+    use crate::store::log::writer::LogWriter;
 
     const SEG: u64 = 1 << 20;
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
 
+use super::files::{allocate, fsync_dir, is_full, rename_no_replace, write_zeros};
 use super::record::{self, RecordHeader, FOOTER_LEN, PREFIX_LEN};
 use super::scope::{self, within};
 use super::segment::{
@@ -32,11 +33,6 @@ use super::segment::{
 };
 use super::spare::SpareMaker;
 use crate::model::Loc;
-
-/// Makes a directory's entries durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 /// Records end below this offset in a segment (the index keeps 32-bit offsets).
 pub const MAX_SEGMENT_END: u64 = u32::MAX as u64;
@@ -327,19 +323,6 @@ fn initialise(
     Ok((file, preallocated, len))
 }
 
-/// Zeros written over `from..to` of `file`, a mebibyte at a time.
-pub(super) fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK as usize];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(CHUNK);
-        file.write_all_at(&zeros[..n as usize], at)?;
-        at += n;
-    }
-    Ok(())
-}
-
 /// Where segment `seq` is made before it is named.
 fn new_path(dir: &Path, seq: u32) -> PathBuf {
     segment_path(dir, seq).with_extension(NEW_EXTENSION)
@@ -419,32 +402,6 @@ fn take_free(dir: &Path, seq: u32, segment_bytes: u64) -> Option<PathBuf> {
     let full = usable.iter().position(|p| is_full(p, segment_bytes));
     usable.into_iter().nth(full.unwrap_or(0))
 }
-/// The file at `path` is a whole segment long.
-pub(super) fn is_full(path: &Path, segment_bytes: u64) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.len() >= segment_bytes)
-}
-
-/// Renames `from` to `to`, failing if `to` exists: a segment is never replaced.
-pub(super) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-        renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)?;
-        Ok(())
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        // The daemon holds the state directory's lock: nothing else creates segments.
-        if to.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", to.display()),
-            ));
-        }
-        std::fs::rename(from, to)
-    }
-}
-
 /// Extends a segment's file to its full size with blocks that are allocated and written
 /// (zeros), so that appends overwrite blocks the file already has: `fdatasync` then has no
 /// file size to commit, and no unwritten extents to convert either, each of which costs a
@@ -480,23 +437,6 @@ pub(super) fn preallocate(file: &File, segment_bytes: u64, fill: Fill) -> bool {
     }
 }
 
-/// Reserves the blocks of `0..segment_bytes` (unwritten), or fails if the disk has no room.
-pub(super) fn allocate(file: &File, segment_bytes: u64) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::fcntl::{fallocate, FallocateFlags};
-        let len =
-            i64::try_from(segment_bytes).map_err(|_| io::Error::other("segment too large"))?;
-        fallocate(file, FallocateFlags::empty(), 0, len)?;
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (file, segment_bytes);
-        Err(io::Error::other("no fallocate here"))
-    }
-}
-
 /// Most slices one `pwritev` takes (Linux's `UIO_MAXIOV`; more is `EINVAL`).
 const IOV_MAX: usize = 1024;
 
@@ -529,8 +469,8 @@ pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::store::record::{encode, RecordHeader};
-    use crate::store::segment::{ScanItem, SegmentScanner};
+    use crate::store::log::record::{encode, RecordHeader};
+    use crate::store::log::segment::{ScanItem, SegmentScanner};
 
     thread_local! {
         /// Makes this thread's next `sync` fail: a real fsync error cannot be provoked on a
@@ -625,7 +565,7 @@ pub(crate) mod tests {
 
     fn checkpoint(n: u64, payload: &[u8]) -> Vec<u8> {
         encode(
-            &RecordHeader::Checkpoint(crate::store::record::CheckpointHeader {
+            &RecordHeader::Checkpoint(crate::model::CheckpointMeta {
                 uid: 1,
                 name: "s".into(),
                 number: n,
@@ -710,7 +650,7 @@ pub(crate) mod tests {
         assert_eq!(scan_numbers(dir.path(), 5), ["torn"]);
         // And new records read back whole, from the scanner's index and directly.
         let locs = write_checkpoints(&mut log, 84..=84);
-        let file = crate::store::segment::SegmentFile::open(dir.path(), 5).unwrap();
+        let file = crate::store::log::segment::SegmentFile::open(dir.path(), 5).unwrap();
         assert_eq!(file.read_record(&locs[0]).unwrap().1, vec![84u8; 3000]);
     }
 

@@ -1,0 +1,268 @@
+//! Start-up: the index rebuilt from the snapshot and the log written after it, which is all
+//! start-up reads (never a payload the snapshot covers), and what it found on the way.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+use super::live::LiveSegments;
+use super::record::RecordHeader;
+use super::segment::{self, list_segments, segment_path, ScanItem, SegmentFile, SegmentScanner};
+use super::snapshot;
+use crate::model::{Change, Loc};
+use crate::store::{io_context, Index, StoreError};
+
+/// How the index snapshot looked at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexState {
+    Loaded,
+    Missing,
+    Damaged(String),
+}
+
+/// What loading the state directory found.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub index: IndexState,
+    pub segments: Vec<u32>,
+    pub replayed_records: u64,
+    /// Unreadable stretches in segments: (segment, offset, length, reason).
+    pub damaged: Vec<(u32, u64, u64, String)>,
+    /// Interrupted writes at a segment's end: (segment, offset).
+    pub torn: Vec<(u32, u64)>,
+    /// Checkpoint records whose payload checksum failed during replay: (uid, name, number).
+    pub corrupt_payloads: Vec<(u32, String, u64)>,
+    /// Segments whose log ends before their last record (see [`RecordHeader::Cut`]):
+    /// (segment, end).
+    pub cuts: Vec<(u32, u64)>,
+}
+
+/// Where the log of each segment from `from` on ends, as later segments' cuts say.
+pub fn find_cuts(dir: &Path, segments: &[u32]) -> HashMap<u32, u64> {
+    let mut cuts = HashMap::new();
+    for &seq in segments {
+        let first = SegmentFile::open(dir, seq)
+            .ok()
+            .and_then(|f| f.first_header());
+        if let Some(RecordHeader::Cut { segment, end }) = first {
+            let at = cuts.entry(segment).or_insert(end);
+            *at = (*at).min(end);
+        }
+    }
+    cuts
+}
+
+/// Rebuilds `index` from the snapshot and the log after it, and counts the live records.
+/// Reads only; changes nothing.
+pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegments), StoreError> {
+    let segments = list_segments(dir).map_err(io_context(format!(
+        "cannot list {}",
+        dir.join(segment::LOG_DIR).display()
+    )))?;
+    let (state, start, mut live) = match snapshot::read(dir) {
+        Ok(Some(s)) => {
+            let sessions = s.sessions.into_iter().map(Into::into).collect::<Vec<_>>();
+            let live = LiveSegments::of(&sessions);
+            index.restore(sessions);
+            (IndexState::Loaded, (s.segment, s.offset), live)
+        }
+        Ok(None) => (IndexState::Missing, (0, 0), LiveSegments::default()),
+        Err(e) => {
+            tracing::warn!(error = %e, "index snapshot unusable; rebuilding it from the log");
+            (
+                IndexState::Damaged(e.to_string()),
+                (0, 0),
+                LiveSegments::default(),
+            )
+        }
+    };
+    let mut report = LoadReport {
+        index: state,
+        segments: segments.clone(),
+        replayed_records: 0,
+        damaged: Vec::new(),
+        torn: Vec::new(),
+        corrupt_payloads: Vec::new(),
+        cuts: Vec::new(),
+    };
+    let replayed: Vec<u32> = segments.iter().copied().filter(|&s| s >= start.0).collect();
+    let cuts = find_cuts(dir, &replayed);
+    for &seq in &replayed {
+        let from = if seq == start.0 { start.1 } else { 0 };
+        let cut = cuts.get(&seq).copied();
+        if let Some(end) = cut {
+            tracing::info!(
+                segment = seq,
+                end,
+                "a write to this segment failed: its log ends there and what follows was refused"
+            );
+            report.cuts.push((seq, end));
+        }
+        let mut scanner = match SegmentScanner::open_until(dir, seq, from, cut) {
+            Ok(s) => s,
+            // A damaged header loses that segment's records, not the daemon.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::error!(segment = seq, error = %e, "skipping a segment with a damaged header");
+                report.damaged.push((seq, 0, 0, e.to_string()));
+                continue;
+            }
+            Err(e) => {
+                return Err(io_context(format!(
+                    "cannot read segment {}",
+                    segment_path(dir, seq).display()
+                ))(e))
+            }
+        };
+        while let Some(item) = scanner.next_item().map_err(io_context(format!(
+            "cannot read segment {}",
+            segment_path(dir, seq).display()
+        )))? {
+            match item {
+                ScanItem::Record {
+                    header,
+                    loc,
+                    payload_ok,
+                } => {
+                    if let (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), false) =
+                        (&header, payload_ok)
+                    {
+                        tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
+                        report
+                            .corrupt_payloads
+                            .push((h.uid, h.name.clone(), h.number));
+                    }
+                    report.replayed_records += 1;
+                    if let Some(change) = header.into_change() {
+                        apply(index, &mut live, change, loc);
+                    }
+                }
+                ScanItem::Damaged {
+                    offset,
+                    len,
+                    reason,
+                } => {
+                    tracing::warn!(segment = seq, offset, len, %reason, "skipping a damaged stretch of the log");
+                    report.damaged.push((seq, offset, len, reason));
+                }
+                ScanItem::Torn { offset } => {
+                    tracing::info!(
+                        segment = seq,
+                        offset,
+                        "segment ends before an interrupted write or what an earlier use of its file left; ignoring the rest"
+                    );
+                    report.torn.push((seq, offset));
+                }
+            }
+        }
+    }
+    Ok((report, live))
+}
+
+/// Applies a durable change kept at `loc` to `index`, and counts what is live: the record,
+/// unless it is a deletion (which nothing indexes), less what it made dead.
+pub fn apply(index: &mut dyn Index, live: &mut LiveSegments, change: Change, loc: Loc) {
+    if !matches!(change, Change::Delete(_)) {
+        live.add(&loc);
+    }
+    for dead in index.apply(change, loc) {
+        live.remove(&dead);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_proto::{Meta, Status};
+
+    use super::*;
+    use crate::model::{CheckpointMeta, SessionState};
+    use crate::model::{IndexedSession, LiveRecords};
+    use crate::store::log::record::encode;
+    use crate::store::log::writer::{Cut, Fill, LogWriter, Pending};
+
+    /// An index that only notes what it is given.
+    #[derive(Default)]
+    struct Applied(Vec<Change>);
+
+    impl Index for Applied {
+        fn restore(&mut self, _: Vec<IndexedSession>) {}
+        fn apply(&mut self, change: Change, _: Loc) -> Vec<Loc> {
+            self.0.push(change);
+            Vec::new()
+        }
+        fn export(&self) -> Vec<IndexedSession> {
+            Vec::new()
+        }
+        fn records_in(&self, _: u32) -> LiveRecords {
+            LiveRecords::default()
+        }
+    }
+
+    fn write(log: &mut LogWriter, header: RecordHeader, payload: &[u8]) {
+        let head = encode(&header, payload).unwrap();
+        log.append(&mut [Pending { head, payload }]).unwrap();
+        log.sync().unwrap();
+    }
+
+    fn checkpoint(number: u64) -> RecordHeader {
+        RecordHeader::Checkpoint(CheckpointMeta {
+            uid: 1,
+            name: "s".into(),
+            number,
+            created_at: 1,
+            meta: Meta::new(),
+        })
+    }
+
+    #[test]
+    fn replay_ignores_what_a_cut_segment_holds_past_its_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(segment::LOG_DIR)).unwrap();
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        let state = SessionState {
+            uid: 1,
+            name: "s".into(),
+            status: Status::Active,
+            owner: None,
+            epoch: 1,
+            created_at: 1,
+            updated_at: 1,
+            keep: 0,
+            meta: Meta::new(),
+            error: None,
+            last_number: 0,
+        };
+        write(&mut log, RecordHeader::Session(state), &[]);
+        write(&mut log, checkpoint(1), b"one");
+        let (_, end) = log.position();
+        // A delete that was refused (its flush failed) but reached the disk all the same,
+        // then a checkpoint acknowledged in the segment started after the failure.
+        write(
+            &mut log,
+            RecordHeader::Delete {
+                uid: 1,
+                name: "s".into(),
+            },
+            &[],
+        );
+        let cut = Cut { segment: 1, end };
+        let mut next = LogWriter::start(dir.path(), 2, 1 << 20, Fill::Allocate, Some(cut)).unwrap();
+        write(&mut next, checkpoint(2), b"two");
+        let mut applied = Applied::default();
+        let (report, _) = load(dir.path(), &mut applied).unwrap();
+        assert_eq!(report.cuts, vec![(1, end)]);
+        let kinds: Vec<String> = applied
+            .0
+            .iter()
+            .map(|c| match c {
+                Change::Session(_) => "session".to_string(),
+                Change::Checkpoint(h) => format!("checkpoint {}", h.number),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["session", "checkpoint 1", "checkpoint 2"],
+            "the refused delete is not replayed"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The log's maintenance between batches: index snapshots, garbage collection of the segments
+//! they make dead, and compaction of the old segments a few long-lived records pin.
+
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::files::fsync_dir;
+use super::live::LiveSegments;
+use super::reads::{log_size, SegmentFiles};
+use super::reaper::{self, Reaper};
+use super::record::{self, RecordHeader, RecordRef};
+use super::scope::{self, within};
+use super::segment::{self, list_segments, segment_path};
+use super::snapshot::{self, Snapshot};
+use super::writer::{LogWriter, Pending};
+use crate::model::Change;
+use crate::store::Index;
+
+/// Hands memory freed in bulk (a snapshot's copy of the index, start-up's decoded snapshot)
+/// back to the system, so an idle daemon's resident size is its table, not its peak.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Writes an index snapshot as of the log's position.
+pub fn write_snapshot(dir: &Path, log: &LogWriter, index: &Mutex<dyn Index>) -> io::Result<()> {
+    let (segment, offset) = log.position();
+    let sessions = lock(index).export().into_iter().map(Into::into).collect();
+    let snap = Snapshot {
+        segment,
+        offset,
+        sessions,
+    };
+    let written = snapshot::write(dir, &snap);
+    drop(snap);
+    release_free_memory();
+    written
+}
+
+fn lock(index: &Mutex<dyn Index>) -> std::sync::MutexGuard<'_, dyn Index + 'static> {
+    // A panic while holding the lock cannot leave the table half-updated in a way that
+    // matters more than refusing service would.
+    index.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Deletes the oldest segments that are below `covered` (the snapshot's segment) and hold no
+/// live record. Returns the deleted sequence numbers.
+///
+/// A dead segment is renamed out of the log at once. Up to `keep_free` such files are kept
+/// (`.free`) for new segments to reuse; the others (`.dead`) are unlinked by the [`Reaper`]:
+/// freeing a large file's blocks takes tens of milliseconds, which the commit thread, and so
+/// every write, would otherwise wait for.
+pub fn collect_garbage(
+    dir: &Path,
+    covered: u32,
+    live: &mut LiveSegments,
+    files: &SegmentFiles,
+    keep_free: usize,
+    reaper: &Reaper,
+) -> io::Result<Vec<u32>> {
+    within(scope::sessiond_io_retire, || {
+        let mut deleted = Vec::new();
+        let mut retired = Vec::new();
+        let mut result = Ok(());
+        let mut free = segment::list_free(dir)?.len();
+        for seq in list_segments(dir)? {
+            if seq >= covered || live.in_segment(seq).records > 0 {
+                break;
+            }
+            live.forget(seq);
+            files.forget(seq);
+            let path = segment_path(dir, seq);
+            let reuse = free < keep_free;
+            let to = if reuse {
+                segment::free_path(dir, seq)
+            } else {
+                path.with_extension(reaper::RETIRED_EXTENSION)
+            };
+            if let Err(e) = std::fs::rename(&path, &to) {
+                result = Err(e);
+                break;
+            }
+            if reuse {
+                free += 1;
+            } else {
+                retired.push(to);
+            }
+            deleted.push(seq);
+        }
+        if !deleted.is_empty() {
+            let synced = fsync_dir(&dir.join(segment::LOG_DIR));
+            reaper.delete(retired);
+            synced?;
+            tracing::debug!(?deleted, "retired log segments holding no live record");
+        }
+        result.map(|()| deleted)
+    })
+}
+
+/// What compaction needs of the log.
+pub struct Compacting<'a> {
+    pub dir: &'a Path,
+    pub log: &'a mut LogWriter,
+    pub live: &'a mut LiveSegments,
+    pub files: &'a SegmentFiles,
+    pub segment_bytes: u64,
+}
+
+impl Compacting<'_> {
+    /// Copies the live records of the oldest segments to the head of the log while the log
+    /// is more than twice its live data (plus two segments of slack), or has many more
+    /// segments than its size needs (small ones, left by failed writes), so that garbage
+    /// collection, which deletes segments oldest first, is never pinned by a few long-lived
+    /// records (an idle session's checkpoints, a session's first state record). Copies at
+    /// most one segment's worth per call. Returns whether anything moved; fails if the disk
+    /// does, leaving the index as it was (the copies written so far are dead records).
+    pub fn run(&mut self, index: &Mutex<dyn Index>) -> io::Result<bool> {
+        let (active, _) = self.log.position();
+        let segments = list_segments(self.dir)?;
+        let (_, log_bytes) = log_size(self.dir);
+        let crowded =
+            segments.len() as u64 > 16 + 2 * log_bytes.div_ceil(self.segment_bytes.max(1));
+        if log_bytes <= 2 * self.live.bytes() + 2 * self.segment_bytes && !crowded {
+            return Ok(false);
+        }
+        within(scope::sessiond_io_compact, || {
+            self.copy_forward(index, &segments, active)
+        })
+    }
+
+    fn copy_forward(
+        &mut self,
+        index: &Mutex<dyn Index>,
+        segments: &[u32],
+        active: u32,
+    ) -> io::Result<bool> {
+        let mut moved = 0u64;
+        let mut any = false;
+        for &seq in segments.iter().filter(|&&s| s < active) {
+            if moved >= self.segment_bytes {
+                break;
+            }
+            let live = lock(index).records_in(seq);
+            let states: Vec<Change> = live.states.into_iter().map(Change::Session).collect();
+            let mut copies: Vec<(Change, Vec<u8>, u32)> = states
+                .into_iter()
+                .map(|c| (c, Vec::new(), crc32c::crc32c(&[])))
+                .collect();
+            for (key, entry) in live.checkpoints {
+                match self.files.read_record_raw(&entry.loc()) {
+                    Ok((
+                        RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h),
+                        payload,
+                        crc,
+                    )) if h.number == entry.number => {
+                        copies.push((Change::Relocated(h), payload, crc));
+                    }
+                    // The disk failing to read is not damage: try again later.
+                    Err(e) if !e.is_damage() => return Err(io::Error::other(e)),
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(session = %key.name, number = entry.number, segment = seq, "cannot copy a damaged checkpoint forward; its segment stays");
+                    }
+                }
+            }
+            if copies.is_empty() {
+                continue;
+            }
+            let mut pending = Vec::with_capacity(copies.len());
+            for (change, payload, crc) in &copies {
+                let head = record::encode_with_crc(&RecordRef::from(change), payload, *crc)
+                    .map_err(io::Error::other)?;
+                pending.push(Pending { head, payload });
+            }
+            let appended = self.log.append(&mut pending)?;
+            self.log.sync()?;
+            moved += appended.bytes;
+            drop(pending);
+            let mut index = lock(index);
+            for ((change, _, _), loc) in copies.into_iter().zip(appended.locs) {
+                super::recovery::apply(&mut *index, self.live, change, loc);
+            }
+            any = true;
+            tracing::debug!(segment = seq, "copied live records forward");
+        }
+        Ok(any)
+    }
+}

@@ -1,0 +1,114 @@
+//! Storage engines behind one interface. The commit thread plans every mutation against the
+//! session table, then hands the changes to a [`Store`] to make durable as one unit (a group
+//! commit); once they are, it applies them to the table and tells the store which records
+//! they made dead. Readers fetch payloads through [`Reads`]. Recovery replays what the store
+//! holds into an [`Index`] (the table), and maintenance (snapshots, compaction, garbage
+//! collection) runs between batches on the commit thread through [`Store::upkeep`].
+//!
+//! Today's engine is the local log ([`log`]). A second engine plugs in by implementing the
+//! three traits: `write` becomes one transaction per batch (every change of the batch, then
+//! COMMIT; acknowledged means committed), `Loc` names where the engine keeps a checkpoint
+//! (a row's key, say) so that `Reads::read` is a read by key, `ready` reconnects after a
+//! failure (the commit thread refuses writes meanwhile), `release` may do nothing (the
+//! engine deletes rows in `write`), and recovery loads its rows into the index through
+//! `Index::restore`. The table, the planning, the commit thread and the readers stay the
+//! same.
+
+pub mod backoff;
+pub mod log;
+
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::model::{Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+pub fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// What [`Store::write`] made durable: where each change went, and the bytes it took.
+#[derive(Debug)]
+pub struct Written {
+    pub locs: Vec<Loc>,
+    pub bytes: u64,
+}
+
+/// The durable side of the daemon: written by the commit thread alone.
+pub trait Store: Send {
+    /// Whether writes may go ahead now. After a failure the store recovers by itself (a new
+    /// segment, a new connection) once its back-off allows, and says meanwhile why writes are
+    /// refused.
+    fn ready(&mut self) -> Result<(), String>;
+
+    /// Makes `changes` durable, in order, as one unit; each checkpoint change comes with its
+    /// payload. On error nothing of it counts as written.
+    fn write(&mut self, changes: &[(&Change, &CheckedPayload)]) -> Result<Written, String>;
+
+    /// These records (dropped by retention, a deletion, a newer state) are dead.
+    fn release(&mut self, released: &[Loc]);
+
+    /// Work between batches (for the log: a full segment's rotation, snapshots, compaction,
+    /// garbage collection). `index` is locked only briefly.
+    fn upkeep(&mut self, index: &Mutex<dyn Index>);
+
+    /// How long the commit thread may wait for work before [`Store::upkeep`] is due anyway
+    /// (`None`: until the next batch).
+    fn idle_wait(&self) -> Option<Duration>;
+
+    /// The last work of a clean stop.
+    fn finish(&mut self, index: &Mutex<dyn Index>);
+}
+
+/// Why a record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Damaged (a checksum, a record cut short, a file gone): a read of the latest falls back
+    /// to an older checkpoint.
+    #[error("{0}")]
+    Damaged(String),
+    /// The disk failed to read it, which may work when tried again.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Disk use of a store, for `stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Reads of what a store holds, from any thread.
+pub trait Reads: Send + Sync {
+    /// A checkpoint's meta and payload, verified.
+    fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), ReadError>;
+
+    /// A checkpoint's meta alone (no payload read).
+    fn read_meta(&self, at: &Loc) -> Result<CheckpointMeta, ReadError>;
+
+    fn usage(&self) -> Usage;
+}
+
+/// What a store needs of the in-memory index it recovers into and maintains: the session
+/// table implements it.
+pub trait Index: Send {
+    /// Starts over from a snapshot of the index.
+    fn restore(&mut self, sessions: Vec<IndexedSession>);
+
+    /// Applies a durable change kept `at`; returns the records it made dead.
+    fn apply(&mut self, change: Change, at: Loc) -> Vec<Loc>;
+
+    /// Every session as indexed now.
+    fn export(&self) -> Vec<IndexedSession>;
+
+    /// The live records kept in `segment`.
+    fn records_in(&self, segment: u32) -> LiveRecords;
+}
