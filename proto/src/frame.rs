@@ -203,12 +203,29 @@ impl LineDecoder {
     }
 
     pub fn push(&mut self, data: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Drops consumed bytes once they are half the buffer.
+    fn compact(&mut self) {
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        self.buf.extend_from_slice(data);
     }
+
+    /// The buffer to read the peer's next bytes into, straight after what is buffered, with
+    /// room for at least `reserve` more (as [`FrameDecoder::read_buffer`]).
+    pub fn read_buffer(&mut self, reserve: usize) -> &mut Vec<u8> {
+        self.compact();
+        self.buf.reserve(reserve);
+        &mut self.buf
+    }
+
+    /// Accounts for bytes appended to [`LineDecoder::read_buffer`]: nothing to do, lines are
+    /// looked for as they are asked for.
+    pub fn appended(&mut self, _from: usize) {}
 
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
@@ -220,6 +237,15 @@ impl LineDecoder {
     }
 
     pub fn next_line(&mut self) -> Option<Line<'_>> {
+        self.next(false)
+    }
+
+    /// As [`LineDecoder::next_line`], passing over lines of nothing but white space.
+    pub fn next_nonblank_line(&mut self) -> Option<Line<'_>> {
+        self.next(true)
+    }
+
+    fn next(&mut self, skip_blank: bool) -> Option<Line<'_>> {
         loop {
             let avail = &self.buf[self.pos..];
             match avail[self.scanned..].iter().position(|&b| b == b'\n') {
@@ -232,14 +258,18 @@ impl LineDecoder {
                         self.discarding = false;
                         continue;
                     }
-                    let mut line = &self.buf[start..end];
-                    if line.last() == Some(&b'\r') {
-                        line = &line[..line.len() - 1];
-                    }
-                    if line.len() > self.max {
+                    let end = if end > start && self.buf[end - 1] == b'\r' {
+                        end - 1
+                    } else {
+                        end
+                    };
+                    if end - start > self.max {
                         return Some(Line::TooLong);
                     }
-                    return Some(Line::Text(line));
+                    if skip_blank && self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some(Line::Text(&self.buf[start..end]));
                 }
                 None => {
                     if self.discarding {

@@ -12,6 +12,7 @@ pub mod json;
 pub mod paths;
 pub mod types;
 pub mod validate;
+pub mod wire;
 
 pub use types::*;
 

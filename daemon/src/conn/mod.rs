@@ -7,12 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use interprocess::os::unix::uds_local_socket::tokio::Stream;
-use serde_json::Value;
-use sessiond_proto::frame::{self, Frame, FrameDecoder, Line, LineDecoder};
-use sessiond_proto::{
-    codec, hello, json, ErrorKind, Event, EventKind, Reply, RequestFrame, ResponseFrame, WireError,
-    PROTOCOL_VERSION, VERSION,
-};
+use sessiond_proto::wire::{self, Encoding, Next, Opening, RequestId, Requests};
+use sessiond_proto::{Event, EventKind, Reply, RequestFrame, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
@@ -24,7 +20,7 @@ use tracing::Instrument;
 use crate::service::{Peer, Service, Started};
 
 pub mod replies;
-use replies::{DirectReply, ReplySink, Turn};
+use replies::{Outbox, ReplySink, Turn};
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
@@ -40,52 +36,9 @@ pub struct ConnLimits {
     pub request_timeout: std::time::Duration,
 }
 
-enum Id {
-    Bin(u64),
-    Json(Value),
-}
-
-type Outcome = Started;
-
-enum Decoder {
-    Binary(FrameDecoder),
-    Json(LineDecoder),
-}
-
-/// A request on its way to the reply writer, with its share of the connection's byte budget
-/// and its sequence number on the connection.
-type Queued = (Id, Outcome, Option<OwnedSemaphorePermit>, u64);
-
-/// The reader's side of the reply queue: numbers each request it passes on.
-struct Outbox {
-    queue: mpsc::Sender<Queued>,
-    /// Binary connections: the socket as the commit thread may write to it.
-    sink: Option<Arc<ReplySink>>,
-    next_seq: u64,
-}
-
-impl Outbox {
-    /// Where the commit thread may write the reply to the request about to be pushed.
-    fn direct(&self, id: u64) -> Option<DirectReply> {
-        self.sink.as_ref().map(|sink| DirectReply {
-            sink: sink.clone(),
-            seq: self.next_seq,
-            id,
-        })
-    }
-
-    /// `false` once the reply side is gone.
-    async fn push(
-        &mut self,
-        id: Id,
-        outcome: Outcome,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> bool {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.send((id, outcome, permit, seq)).await.is_ok()
-    }
-}
+/// A request on its way to the reply writer: how it proceeds, and its share of the
+/// connection's byte budget.
+type Queued = (RequestId, Started, Option<OwnedSemaphorePermit>);
 
 /// Serves one connection. The caller has counted it in `service.connections`; this uncounts
 /// it at the end.
@@ -129,17 +82,15 @@ pub async fn serve(
 /// Turns away a connection over `--max-connections` with an `unavailable` error in the
 /// client's own encoding, then closes it.
 pub async fn refuse(stream: Stream, limit: usize) {
-    let message = format!("unavailable: the daemon is serving its maximum of {limit} connections (--max-connections); try again later");
+    let error = WireError::unavailable(format!("the daemon is serving its maximum of {limit} connections (--max-connections); try again later"));
     let mut first = vec![0u8; 4096];
     let mut s = &stream;
     let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut first)).await;
     let reply = match read {
-        Ok(Ok(n)) if n > 0 && first[0] == b'{' => {
-            json::encode_response(&Value::Null, &Err(WireError::unavailable(message)))
-        }
-        Ok(Ok(n)) if n > 0 => hello::server_hello(false, &message),
-        _ => return,
+        Ok(Ok(n)) => wire::refusal(&first[..n], error),
+        _ => None,
     };
+    let Some(reply) = reply else { return };
     let _ = s.write_all(&reply).await;
     // Closing with unread input would reset the connection and lose the reply: drain briefly.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
@@ -191,9 +142,13 @@ async fn serve_peer(
     peer: Peer,
 ) -> std::io::Result<()> {
     let mut start = Vec::with_capacity(4096);
+    let wire_limits = wire::Limits {
+        max_frame_bytes: limits.max_frame_bytes,
+        max_line_bytes: limits.max_line_bytes,
+    };
     // Enough bytes to choose the encoding (and, for binary, the whole hello), within the
     // idle timeout before the first byte and the request timeout after it.
-    loop {
+    let (reply, requests) = loop {
         let limit = if start.is_empty() {
             limits.idle_timeout
         } else {
@@ -214,54 +169,32 @@ async fn serve_peer(
                 return Ok(());
             }
         }
-        if start[0] == b'{' || start.len() >= hello::CLIENT_HELLO_LEN {
-            break;
+        if let Opening::Speak { reply, requests } = wire::open(&start, wire_limits) {
+            break (reply, requests);
         }
-    }
-    let (mut r, mut w) = stream.split();
-    let decoder = if start[0] == b'{' {
-        let mut d = LineDecoder::new(limits.max_line_bytes);
-        d.push(&start);
-        Decoder::Json(d)
-    } else {
-        let mut hello_bytes = [0u8; hello::CLIENT_HELLO_LEN];
-        hello_bytes.copy_from_slice(&start[..hello::CLIENT_HELLO_LEN]);
-        let refusal = match hello::parse_client_hello(&hello_bytes) {
-            Ok(PROTOCOL_VERSION) => None,
-            Ok(v) => Some(format!(
-                "unsupported_version: this daemon (sessiond {VERSION}) speaks protocol {PROTOCOL_VERSION}, the client speaks {v}"
-            )),
-            Err(e) => Some(format!("unsupported_version: {e}; send a JSON object or the sessiond hello")),
-        };
-        if let Some(msg) = refusal {
-            tracing::info!(%msg, "refusing a client");
-            w.write_all(&hello::server_hello(false, &msg)).await?;
-            return Ok(());
-        }
-        w.write_all(&hello::server_hello(true, &format!("sessiond {VERSION}")))
-            .await?;
-        let mut d = FrameDecoder::new(limits.max_frame_bytes);
-        d.push(&start[hello::CLIENT_HELLO_LEN..]);
-        Decoder::Binary(d)
     };
-    let sink = match &decoder {
-        Decoder::Binary(_) => ReplySink::new(w.as_ref())
+    drop(start);
+    let (mut r, mut w) = stream.split();
+    w.write_all(&reply).await?;
+    let Some(requests) = requests else {
+        tracing::info!(reply = %String::from_utf8_lossy(&reply), "refusing a client");
+        return Ok(());
+    };
+    // The commit thread writes replies itself to binary clients only.
+    let sink = match requests.encoding() {
+        Encoding::Binary => ReplySink::new(w.as_ref())
             .inspect_err(
                 |e| tracing::debug!(error = %e, "replies go through the connection's task only"),
             )
             .ok(),
-        Decoder::Json(_) => None,
+        Encoding::Json => None,
     };
     let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
-    let out = Outbox {
-        queue,
-        sink: sink.clone(),
-        next_seq: 0,
-    };
+    let out = Outbox::new(queue, sink.clone());
     // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
     let closed = cancel.child_token();
     let reader = async {
-        let r = read_requests(&mut r, service, cancel, peer, decoder, out, limits).await;
+        let r = read_requests(&mut r, service, cancel, peer, requests, out, limits).await;
         closed.cancel();
         r
     };
@@ -276,11 +209,10 @@ async fn read_requests(
     service: &Arc<Service>,
     cancel: &CancellationToken,
     peer: Peer,
-    mut decoder: Decoder,
-    mut out: Outbox,
+    mut requests: Requests,
+    mut out: Outbox<Queued>,
     limits: ConnLimits,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::new();
     let mut watching = false;
     let mut partial_since: Option<Instant> = None;
     // Requests held at once are bounded in bytes too: two maximal ones.
@@ -290,7 +222,7 @@ async fn read_requests(
     loop {
         let mut answerable = false;
         if !drain(
-            &mut decoder,
+            &mut requests,
             service,
             peer,
             &mut out,
@@ -307,11 +239,7 @@ async fn read_requests(
             // the socket, which would most often only find it empty.
             tokio::task::yield_now().await;
         }
-        let in_progress = match &decoder {
-            Decoder::Binary(d) => d.in_progress(),
-            Decoder::Json(d) => d.in_progress(),
-        };
-        partial_since = if in_progress {
+        partial_since = if requests.in_progress() {
             partial_since.or_else(|| Some(Instant::now()))
         } else {
             None
@@ -323,28 +251,13 @@ async fn read_requests(
                 .idle_timeout
                 .map(|d| (Instant::now() + d, Timeout::Idle)),
         };
-        // Binary frames are read straight into the decoder; JSON goes through `buf`.
-        let (target, from) = match &mut decoder {
-            Decoder::Binary(d) => {
-                let b = d.read_buffer(READ_CHUNK);
-                let from = b.len();
-                (b, from)
-            }
-            Decoder::Json(_) => {
-                buf.clear();
-                buf.reserve(READ_CHUNK);
-                (&mut buf, 0)
-            }
-        };
+        let target = requests.read_buffer(READ_CHUNK);
+        let from = target.len();
         let n = match read_some(stream, target, cancel, deadline.map(|(at, _)| at)).await? {
             Read::Bytes(n) => n,
             Read::Cancelled => return Ok(()),
             Read::TimedOut => {
                 let why = deadline.map_or(Timeout::Idle, |(_, why)| why);
-                let id = match decoder {
-                    Decoder::Binary(_) => Id::Bin(0),
-                    Decoder::Json(_) => Id::Json(Value::Null),
-                };
                 let message = match why {
                     Timeout::Request => format!(
                         "request not completed within {:?} of its first byte (--request-timeout); closing",
@@ -356,36 +269,26 @@ async fn read_requests(
                     ),
                 };
                 tracing::debug!(%message, "closing a connection");
-                let _ = out
-                    .push(
-                        id,
-                        Started::Done(Err(WireError::unavailable(message))),
-                        None,
-                    )
-                    .await;
+                let id = RequestId::none(requests.encoding());
+                let done = Started::Done(Err(WireError::unavailable(message)));
+                let _ = out.push((id, done, None)).await;
                 return Ok(());
             }
         };
         if n == 0 {
-            match &mut decoder {
-                Decoder::Binary(d) => {
-                    if let Err(e) = d.finish() {
-                        tracing::debug!(error = %e, "client closed mid-frame");
-                    }
+            match requests.finish() {
+                Ok(Some(last)) => {
+                    let (id, parsed) = last.decode();
+                    let _ = out
+                        .push((id, dispatch(service, peer, parsed, &out), None))
+                        .await;
                 }
-                Decoder::Json(d) => {
-                    if let Some(line) = d.finish() {
-                        let (id, outcome) = json_item(line, service, peer);
-                        let _ = out.push(id, outcome, None).await;
-                    }
-                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "client closed mid-frame"),
             }
             return Ok(());
         }
-        match &mut decoder {
-            Decoder::Binary(d) => d.appended(from),
-            Decoder::Json(d) => d.push(&buf[..n]),
-        }
+        requests.appended(from);
     }
 }
 
@@ -398,10 +301,10 @@ enum Timeout {
 /// Dispatches every complete request buffered; `answerable` is set if one can be answered
 /// without waiting for a commit. `false` once the reply side is gone.
 async fn drain(
-    decoder: &mut Decoder,
+    requests: &mut Requests,
     service: &Arc<Service>,
     peer: Peer,
-    out: &mut Outbox,
+    out: &mut Outbox<Queued>,
     watching: &mut bool,
     budget: &Arc<Semaphore>,
     answerable: &mut bool,
@@ -410,63 +313,23 @@ async fn drain(
         if *watching {
             // The connection now carries events only; anything else sent on it is dropped
             // unread, never executed without an answer.
-            match decoder {
-                Decoder::Binary(d) => while d.next_frame().is_some() {},
-                Decoder::Json(d) => while d.next_line().is_some() {},
-            }
+            requests.discard_all();
             return true;
         }
-        let mut permit = None;
-        let max_frame = match decoder {
-            Decoder::Binary(d) => d.max(),
-            Decoder::Json(d) => d.max(),
-        };
-        let item = match decoder {
-            Decoder::Binary(d) => match d.next_frame() {
-                None => return true,
-                Some(Frame::TooLarge { len, id }) => (
-                    Id::Bin(id.unwrap_or(0)),
-                    Started::Done(Err(WireError::new(
-                        ErrorKind::TooLarge,
-                        format!("request frame of {len} bytes exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes plus 1 MiB)"),
-                    ))),
-                ),
-                Some(Frame::Body(body)) => match take_budget(budget, body.len()).await {
-                    None => return false,
-                    Some(p) => {
-                        permit = Some(p);
-                        match codec::decode::<RequestFrame>(body) {
-                    Ok(req) => {
-                        let direct = out.direct(req.id);
-                        (Id::Bin(req.id), dispatch(service, peer, req, direct))
-                    }
-                    Err(e) => (Id::Bin(0), Started::Done(Err(WireError::invalid(format!("undecodable request frame: {e}"))))),
-                        }
-                    }
-                },
-            },
-            Decoder::Json(d) => match d.next_line() {
-                None => return true,
-                Some(Line::TooLong) => (
-                    Id::Json(Value::Null),
-                    Started::Done(Err(WireError::new(
-                        ErrorKind::TooLarge,
-                        format!("request line exceeds the limit of {max_frame} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
-                    ))),
-                ),
-                Some(Line::Text(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Some(Line::Text(line)) => match take_budget(budget, line.len()).await {
-                    None => return false,
-                    Some(p) => {
-                        permit = Some(p);
-                        json_item(line, service, peer)
-                    }
-                },
+        let (id, started, permit) = match requests.next_request() {
+            None => return true,
+            Some(Next::Refused(id, e)) => (id, Started::Done(Err(e)), None),
+            Some(Next::Request(pending)) => match take_budget(budget, pending.len()).await {
+                None => return false,
+                Some(permit) => {
+                    let (id, parsed) = pending.decode();
+                    (id, dispatch(service, peer, parsed, out), Some(permit))
+                }
             },
         };
-        *watching |= matches!(item.1, Started::Watch { .. });
-        *answerable |= matches!(item.1, Started::Done(_) | Started::Read { .. });
-        if !out.push(item.0, item.1, permit).await {
+        *watching |= matches!(started, Started::Watch { .. });
+        *answerable |= matches!(started, Started::Done(_) | Started::Read { .. });
+        if !out.push((id, started, permit)).await {
             return false;
         }
     }
@@ -481,21 +344,18 @@ async fn take_budget(budget: &Arc<Semaphore>, len: usize) -> Option<OwnedSemapho
         .ok()
 }
 
-fn json_item(line: &[u8], service: &Arc<Service>, peer: Peer) -> (Id, Outcome) {
-    let (id, parsed) = json::decode_request(line);
-    match parsed {
-        Ok(req) => (Id::Json(id), dispatch(service, peer, req, None)),
-        Err(e) => (Id::Json(id), Started::Done(Err(e))),
-    }
-}
-
 fn dispatch(
     service: &Arc<Service>,
     peer: Peer,
-    req: RequestFrame,
-    direct: Option<DirectReply>,
-) -> Outcome {
+    parsed: Result<RequestFrame, WireError>,
+    out: &Outbox<Queued>,
+) -> Started {
+    let req = match parsed {
+        Ok(req) => req,
+        Err(e) => return Started::Done(Err(e)),
+    };
     let op = req.request.op();
+    let direct = out.direct(req.id);
     let started = service.start(&peer, req, direct);
     if let Started::Done(Err(e)) = &started {
         tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");
@@ -506,12 +366,12 @@ fn dispatch(
 async fn write_replies(
     w: &mut WriteHalf<'_>,
     service: &Service,
-    mut replies: mpsc::Receiver<Queued>,
+    mut replies: mpsc::Receiver<(Queued, u64)>,
     sink: Option<&ReplySink>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
-    while let Some((id, outcome, _permit, seq)) = replies.recv().await {
-        let result = match outcome {
+    while let Some(((id, started, _permit), seq)) = replies.recv().await {
+        let result = match started {
             Started::Done(r) => r,
             Started::Committing(rx) => committed(rx).await,
             Started::Read { uid, request } => service.read(uid, request).await,
@@ -519,7 +379,8 @@ async fn write_replies(
                 service.finish_resume(uid, committed(rx).await).await
             }
             Started::Watch { uid, name, events } => {
-                w.write_all(&encode(&id, Ok(Reply::Watching))?).await?;
+                w.write_all(&wire::encode_reply(&id, Ok(Reply::Watching)))
+                    .await?;
                 // The connection now carries this watch's events until the client leaves.
                 return stream_events(w, &id, uid, name, events, closed).await;
             }
@@ -527,7 +388,7 @@ async fn write_replies(
         match sink.map_or(Turn::Write, |s| s.turn(seq)) {
             Turn::Sent => {}
             Turn::Rest(rest) => w.write_all(&rest).await?,
-            Turn::Write => w.write_all(&encode(&id, result)?).await?,
+            Turn::Write => w.write_all(&wire::encode_reply(&id, result)).await?,
         }
         if let Some(s) = sink {
             s.wrote(seq);
@@ -541,23 +402,9 @@ async fn committed(rx: oneshot::Receiver<Result<Reply, WireError>>) -> Result<Re
         .unwrap_or_else(|_| Err(WireError::internal("the commit thread stopped")))
 }
 
-fn encode(id: &Id, result: Result<Reply, WireError>) -> std::io::Result<Vec<u8>> {
-    Ok(match id {
-        Id::Json(id) => json::encode_response(id, &result),
-        Id::Bin(id) => match frame::encode_frame(&ResponseFrame { id: *id, result }) {
-            Ok(b) => b,
-            Err(e) => frame::encode_frame(&ResponseFrame {
-                id: *id,
-                result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
-            })
-            .map_err(std::io::Error::other)?,
-        },
-    })
-}
-
 async fn stream_events(
     w: &mut (impl AsyncWrite + Unpin),
-    id: &Id,
+    id: &RequestId,
     uid: u32,
     name: Option<String>,
     mut events: broadcast::Receiver<Arc<(u32, Event)>>,
@@ -583,6 +430,7 @@ async fn stream_events(
             },
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
-        w.write_all(&encode(id, Ok(Reply::Event(event)))?).await?;
+        w.write_all(&wire::encode_reply(id, Ok(Reply::Event(event))))
+            .await?;
     }
 }

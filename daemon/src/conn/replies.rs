@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
 use sessiond_proto::{frame, Reply, ResponseFrame, WireError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Batches up to this many replies have them written by the commit thread: more would hold
 /// up the next flush, while the connections' tasks, woken once, write them on the other core.
@@ -39,6 +39,41 @@ pub fn deliver(replies: Vec<(Reply, ReplyTo)>) {
             _ => Ok(r),
         };
         let _ = tx.send(result);
+    }
+}
+
+/// The reader's side of a connection's reply queue: numbers each request it passes on.
+pub struct Outbox<T> {
+    queue: mpsc::Sender<(T, u64)>,
+    /// Binary connections: the socket as the commit thread may write to it.
+    sink: Option<Arc<ReplySink>>,
+    next_seq: u64,
+}
+
+impl<T> Outbox<T> {
+    pub fn new(queue: mpsc::Sender<(T, u64)>, sink: Option<Arc<ReplySink>>) -> Self {
+        Outbox {
+            queue,
+            sink,
+            next_seq: 0,
+        }
+    }
+
+    /// Where the commit thread may write the reply to the request about to be pushed (its
+    /// frame carries `id`).
+    pub fn direct(&self, id: u64) -> Option<DirectReply> {
+        self.sink.as_ref().map(|sink| DirectReply {
+            sink: sink.clone(),
+            seq: self.next_seq,
+            id,
+        })
+    }
+
+    /// `false` once the reply side is gone.
+    pub async fn push(&mut self, item: T) -> bool {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.send((item, seq)).await.is_ok()
     }
 }
 

@@ -1,0 +1,338 @@
+//! One connection's bytes, whichever encoding it speaks: the first byte chooses (`{` is
+//! JSON lines, anything else the binary protocol's hello, then frames). A server hands the
+//! connection's first bytes to [`open`], then reads into [`Requests::read_buffer`], takes
+//! requests from [`Requests::next_request`] and writes each reply as [`encode_reply`] makes it,
+//! never matching on the encoding itself.
+
+use serde_json::Value;
+
+use crate::frame::{self, Frame, FrameDecoder, Line, LineDecoder};
+use crate::{codec, hello, json};
+use crate::{ErrorKind, Reply, RequestFrame, ResponseFrame, WireError, PROTOCOL_VERSION, VERSION};
+
+/// The byte that starts a JSON-lines connection; no binary hello starts with it.
+pub const JSON_START: u8 = b'{';
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Binary,
+    Json,
+}
+
+/// A request's id as its client gave it, echoed on the reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestId {
+    Binary(u64),
+    Json(Value),
+}
+
+impl RequestId {
+    /// The id of a reply to no request in particular (a timeout, a refusal).
+    pub fn none(encoding: Encoding) -> RequestId {
+        match encoding {
+            Encoding::Binary => RequestId::Binary(0),
+            Encoding::Json => RequestId::Json(Value::Null),
+        }
+    }
+}
+
+/// Bounds on what one request may take on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_line_bytes: usize,
+}
+
+/// What a connection's first bytes say.
+pub enum Opening {
+    /// Not enough bytes yet to tell.
+    NeedMore,
+    /// Send `reply` (empty for JSON lines, which has no hello), then serve `requests`, or, if
+    /// there are none (an unsupported version or not a client of ours), close.
+    Speak {
+        reply: Vec<u8>,
+        requests: Option<Requests>,
+    },
+}
+
+/// Reads the start of a connection: the encoding, and for binary the hello.
+pub fn open(start: &[u8], limits: Limits) -> Opening {
+    match start.first() {
+        None => Opening::NeedMore,
+        Some(&JSON_START) => {
+            let mut lines = LineDecoder::new(limits.max_line_bytes);
+            lines.push(start);
+            Opening::Speak {
+                reply: Vec::new(),
+                requests: Some(Requests::Json(lines)),
+            }
+        }
+        Some(_) if start.len() < hello::CLIENT_HELLO_LEN => Opening::NeedMore,
+        Some(_) => {
+            let mut hello_bytes = [0u8; hello::CLIENT_HELLO_LEN];
+            hello_bytes.copy_from_slice(&start[..hello::CLIENT_HELLO_LEN]);
+            let refusal = match hello::parse_client_hello(&hello_bytes) {
+                Ok(PROTOCOL_VERSION) => None,
+                Ok(v) => Some(format!(
+                    "unsupported_version: this daemon (sessiond {VERSION}) speaks protocol {PROTOCOL_VERSION}, the client speaks {v}"
+                )),
+                Err(e) => Some(format!(
+                    "unsupported_version: {e}; send a JSON object or the sessiond hello"
+                )),
+            };
+            match refusal {
+                Some(message) => Opening::Speak {
+                    reply: hello::server_hello(false, &message),
+                    requests: None,
+                },
+                None => {
+                    let mut frames = FrameDecoder::new(limits.max_frame_bytes);
+                    frames.push(&start[hello::CLIENT_HELLO_LEN..]);
+                    Opening::Speak {
+                        reply: hello::server_hello(true, &format!("sessiond {VERSION}")),
+                        requests: Some(Requests::Binary(frames)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What to send a client that is turned away before it is served (too many connections), in
+/// its own encoding as its first bytes show it.
+pub fn refusal(start: &[u8], error: WireError) -> Option<Vec<u8>> {
+    match start.first()? {
+        &JSON_START => Some(json::encode_response(&Value::Null, &Err(error))),
+        _ => Some(hello::server_hello(false, &error.to_string())),
+    }
+}
+
+/// A connection's requests as their bytes arrive.
+pub enum Requests {
+    Binary(FrameDecoder),
+    Json(LineDecoder),
+}
+
+/// The next request of a connection: its wire length, to be decoded once the server is ready
+/// to hold it.
+pub enum Next<'a> {
+    Request(Pending<'a>),
+    /// A request that could not be taken (too large: dropped as it arrives).
+    Refused(RequestId, WireError),
+}
+
+/// A whole request's bytes, not decoded yet.
+pub struct Pending<'a> {
+    bytes: &'a [u8],
+    encoding: Encoding,
+}
+
+impl Pending<'_> {
+    /// Bytes the request takes on the wire.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn decode(self) -> (RequestId, Result<RequestFrame, WireError>) {
+        match self.encoding {
+            Encoding::Binary => match codec::decode::<RequestFrame>(self.bytes) {
+                Ok(req) => (RequestId::Binary(req.id), Ok(req)),
+                Err(e) => (
+                    RequestId::Binary(0),
+                    Err(WireError::invalid(format!(
+                        "undecodable request frame: {e}"
+                    ))),
+                ),
+            },
+            Encoding::Json => {
+                let (id, parsed) = json::decode_request(self.bytes);
+                (RequestId::Json(id), parsed)
+            }
+        }
+    }
+}
+
+impl Requests {
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            Requests::Binary(_) => Encoding::Binary,
+            Requests::Json(_) => Encoding::Json,
+        }
+    }
+
+    /// The buffer to read the peer's next bytes into, after what is buffered, with room for
+    /// `reserve` more; then [`Requests::appended`] with the length it had before.
+    pub fn read_buffer(&mut self, reserve: usize) -> &mut Vec<u8> {
+        match self {
+            Requests::Binary(d) => d.read_buffer(reserve),
+            Requests::Json(d) => d.read_buffer(reserve),
+        }
+    }
+
+    pub fn appended(&mut self, from: usize) {
+        match self {
+            Requests::Binary(d) => d.appended(from),
+            Requests::Json(d) => d.appended(from),
+        }
+    }
+
+    /// Whether a request has begun and not ended.
+    pub fn in_progress(&self) -> bool {
+        match self {
+            Requests::Binary(d) => d.in_progress(),
+            Requests::Json(d) => d.in_progress(),
+        }
+    }
+
+    /// The next whole request buffered, if any (blank JSON lines are skipped).
+    pub fn next_request(&mut self) -> Option<Next<'_>> {
+        let encoding = self.encoding();
+        match self {
+            Requests::Binary(d) => {
+                let max = d.max();
+                match d.next_frame()? {
+                    Frame::TooLarge { len, id } => Some(Next::Refused(
+                        RequestId::Binary(id.unwrap_or(0)),
+                        WireError::new(
+                            ErrorKind::TooLarge,
+                            format!("request frame of {len} bytes exceeds the limit of {max} bytes (--max-checkpoint-bytes plus 1 MiB)"),
+                        ),
+                    )),
+                    Frame::Body(bytes) => Some(Next::Request(Pending { bytes, encoding })),
+                }
+            }
+            Requests::Json(d) => {
+                let max = d.max();
+                match d.next_nonblank_line()? {
+                    Line::TooLong => Some(Next::Refused(
+                        RequestId::Json(Value::Null),
+                        WireError::new(
+                            ErrorKind::TooLarge,
+                            format!("request line exceeds the limit of {max} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
+                        ),
+                    )),
+                    Line::Text(bytes) => Some(Next::Request(Pending { bytes, encoding })),
+                }
+            }
+        }
+    }
+
+    /// Drops every request buffered (a watching connection carries events only).
+    pub fn discard_all(&mut self) {
+        while self.next_request().is_some() {}
+    }
+
+    /// At the end of the peer's stream: a last JSON line without its newline, if any; an
+    /// error if the stream ended in the middle of a frame.
+    pub fn finish(&mut self) -> Result<Option<Pending<'_>>, frame::FrameError> {
+        match self {
+            Requests::Binary(d) => d.finish().map(|()| None),
+            Requests::Json(d) => Ok(d.finish().map(|bytes| Pending {
+                bytes,
+                encoding: Encoding::Json,
+            })),
+        }
+    }
+}
+
+/// A reply in the encoding of the request it answers. A reply that cannot be encoded (it
+/// never happens with these types) is answered as an internal error.
+pub fn encode_reply(id: &RequestId, result: Result<Reply, WireError>) -> Vec<u8> {
+    match id {
+        RequestId::Json(id) => json::encode_response(id, &result),
+        RequestId::Binary(id) => frame::encode_frame(&ResponseFrame { id: *id, result })
+            .or_else(|e| {
+                frame::encode_frame(&ResponseFrame {
+                    id: *id,
+                    result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
+                })
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Request;
+
+    const LIMITS: Limits = Limits {
+        max_frame_bytes: 1 << 20,
+        max_line_bytes: 1 << 20,
+    };
+
+    fn speak(start: &[u8]) -> (Vec<u8>, Option<Requests>) {
+        match open(start, LIMITS) {
+            Opening::Speak { reply, requests } => (reply, requests),
+            Opening::NeedMore => panic!("needs more than {start:?}"),
+        }
+    }
+
+    fn requests(r: &mut Requests) -> Vec<(RequestId, Result<RequestFrame, WireError>)> {
+        let mut out = Vec::new();
+        while let Some(next) = r.next_request() {
+            out.push(match next {
+                Next::Request(p) => p.decode(),
+                Next::Refused(id, e) => (id, Err(e)),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_brace_opens_json_lines_and_anything_else_the_binary_hello() {
+        assert!(matches!(open(b"", LIMITS), Opening::NeedMore));
+        let (reply, r) = speak(b"{\"op\":\"ping\",\"id\":7}\n\n  \n{\"op\":\"stats\"}\n");
+        assert!(reply.is_empty(), "JSON lines have no hello");
+        let mut r = r.unwrap();
+        assert_eq!(r.encoding(), Encoding::Json);
+        let got = requests(&mut r);
+        assert_eq!(got.len(), 2, "blank lines are passed over");
+        assert_eq!(got[0].0, RequestId::Json(serde_json::json!(7)));
+        assert_eq!(got[1].1.as_ref().unwrap().request, Request::Stats);
+
+        let hello = hello::client_hello();
+        assert!(matches!(open(&hello[..5], LIMITS), Opening::NeedMore));
+        let mut bytes = hello.to_vec();
+        bytes.extend(
+            frame::encode_frame(&RequestFrame {
+                id: 9,
+                uid: None,
+                request: Request::Ping,
+            })
+            .unwrap(),
+        );
+        let (reply, r) = speak(&bytes);
+        let fixed: [u8; hello::SERVER_HELLO_LEN] =
+            reply[..hello::SERVER_HELLO_LEN].try_into().unwrap();
+        assert!(hello::parse_server_hello(&fixed).unwrap().accepted);
+        let mut r = r.unwrap();
+        let got = requests(&mut r);
+        assert_eq!(got[0].0, RequestId::Binary(9));
+        assert_eq!(got[0].1.as_ref().unwrap().request, Request::Ping);
+
+        let (reply, r) = speak(&hello::client_hello_for(PROTOCOL_VERSION + 1));
+        assert!(r.is_none(), "another version is not served");
+        let fixed: [u8; hello::SERVER_HELLO_LEN] =
+            reply[..hello::SERVER_HELLO_LEN].try_into().unwrap();
+        assert!(!hello::parse_server_hello(&fixed).unwrap().accepted);
+        assert!(String::from_utf8_lossy(&reply).contains("unsupported_version"));
+    }
+
+    #[test]
+    fn a_refusal_speaks_the_clients_encoding() {
+        let e = WireError::unavailable("full");
+        let json = refusal(b"{", e.clone()).unwrap();
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["error"]["kind"], "unavailable");
+        let binary = refusal(&hello::client_hello(), e).unwrap();
+        let fixed: [u8; hello::SERVER_HELLO_LEN] =
+            binary[..hello::SERVER_HELLO_LEN].try_into().unwrap();
+        assert!(!hello::parse_server_hello(&fixed).unwrap().accepted);
+        assert!(refusal(b"", WireError::unavailable("x")).is_none());
+    }
+}
