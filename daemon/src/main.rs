@@ -34,80 +34,8 @@ struct Cli {
     #[arg(long, env = "SESSIOND_CONFIG", global = true)]
     config: Option<PathBuf>,
 
-    /// Socket path. Default: /run/sessiond/sessiond.sock as root, else
-    /// $XDG_RUNTIME_DIR/sessiond/sessiond.sock or /tmp/sessiond-$UID/sessiond.sock.
-    #[arg(long, env = paths::SOCKET_ENV, global = true)]
-    socket: Option<PathBuf>,
-
-    /// State directory. Default: $STATE_DIRECTORY (systemd), else /var/lib/sessiond as root,
-    /// else $XDG_STATE_HOME/sessiond or ~/.local/state/sessiond.
-    #[arg(long, env = paths::STATE_DIR_ENV, global = true)]
-    state_dir: Option<PathBuf>,
-
-    /// Permission bits of the socket file, in octal [default: 600, only this user may
-    /// connect; 666 for a system-wide daemon, where the UID check isolates users].
-    #[arg(long, env = "SESSIOND_SOCKET_MODE")]
-    socket_mode: Option<String>,
-
-    /// Largest checkpoint payload accepted, in bytes; larger ones get `too_large`
-    /// [default: 67108864 (64 MiB), at most 1 GiB].
-    #[arg(long, env = "SESSIOND_MAX_CHECKPOINT_BYTES")]
-    max_checkpoint_bytes: Option<u64>,
-
-    /// Checkpoints a session keeps when `create` does not say; 0 keeps all [default: 16].
-    #[arg(long, env = "SESSIOND_DEFAULT_KEEP")]
-    default_keep: Option<u32>,
-
-    /// Target size of a log segment file, in bytes [default: 67108864 (64 MiB), at most
-    /// 1 GiB].
-    #[arg(long, env = "SESSIOND_SEGMENT_BYTES")]
-    segment_bytes: Option<u64>,
-
-    /// Log bytes written between two index snapshots, bounding the log replayed at start-up
-    /// [default: 268435456 (256 MiB)].
-    #[arg(long, env = "SESSIOND_SNAPSHOT_EVERY_BYTES")]
-    snapshot_every_bytes: Option<u64>,
-
-    /// How often the owner sweep runs (e.g. 1s, 250ms). On Linux owner exits are seen at once
-    /// through pidfds; the sweep is the fallback and safety net [default: 1s].
-    #[arg(long, env = "SESSIOND_STALE_CHECK_INTERVAL")]
-    stale_check_interval: Option<String>,
-
-    /// Most entries in a meta map [default: 64].
-    #[arg(long, env = "SESSIOND_MAX_META_ENTRIES")]
-    max_meta_entries: Option<usize>,
-
-    /// Longest meta key, in bytes [default: 128].
-    #[arg(long, env = "SESSIOND_MAX_META_KEY_BYTES")]
-    max_meta_key_bytes: Option<usize>,
-
-    /// Longest meta value (and `fail --error` text), in bytes [default: 4096].
-    #[arg(long, env = "SESSIOND_MAX_META_VALUE_BYTES")]
-    max_meta_value_bytes: Option<usize>,
-
-    /// Connections served at once; more are refused with `unavailable` [default: 1024].
-    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-
-    /// Close a connection that sends nothing for this long (e.g. 10m); 0 never does
-    /// [default: 0]. Watch connections are exempt.
-    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT")]
-    idle_timeout: Option<String>,
-
-    /// A request must arrive whole within this long of its first byte, else the connection is
-    /// closed with an error (slow or stuck clients) [default: 30s].
-    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT")]
-    request_timeout: Option<String>,
-
-    /// Memory, in bytes, for the latest checkpoint of recently written or read sessions, so
-    /// that `get` and `resume` answer without reading the disk; 0 turns it off
-    /// [default: 33554432 (32 MiB)].
-    #[arg(long, env = "SESSIOND_READ_CACHE_BYTES")]
-    read_cache_bytes: Option<u64>,
-
-    /// Log level or tracing filter (RUST_LOG wins) [default: info].
-    #[arg(long, env = "SESSIOND_LOG_LEVEL", global = true)]
-    log_level: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
 
     /// More logging (-v: debug, -vv: trace); overrides --log-level.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -131,29 +59,13 @@ enum Command {
 impl Cli {
     /// The flags and environment as a settings layer.
     fn settings(&self) -> Settings {
-        let log_level = match self.verbose {
-            0 => self.log_level.clone(),
-            1 => Some("debug".into()),
-            _ => Some("trace".into()),
-        };
-        Settings {
-            socket: self.socket.clone(),
-            state_dir: self.state_dir.clone(),
-            socket_mode: self.socket_mode.clone(),
-            max_checkpoint_bytes: self.max_checkpoint_bytes,
-            default_keep: self.default_keep,
-            segment_bytes: self.segment_bytes,
-            snapshot_every_bytes: self.snapshot_every_bytes,
-            stale_check_interval: self.stale_check_interval.clone(),
-            max_meta_entries: self.max_meta_entries,
-            max_meta_key_bytes: self.max_meta_key_bytes,
-            max_meta_value_bytes: self.max_meta_value_bytes,
-            log_level,
-            max_connections: self.max_connections,
-            idle_timeout: self.idle_timeout.clone(),
-            request_timeout: self.request_timeout.clone(),
-            read_cache_bytes: self.read_cache_bytes,
+        let mut settings = self.settings.clone();
+        match self.verbose {
+            0 => {}
+            1 => settings.log_level = Some("debug".into()),
+            _ => settings.log_level = Some("trace".into()),
         }
+        settings
     }
 
     /// The config file to read: the one named (which must exist), else the default if present.
@@ -228,7 +140,7 @@ fn main() -> ExitCode {
 
 fn check(cli: &Cli) -> Result<ExitCode> {
     init_tracing(cli.settings().log_level.as_deref().or(Some("warn")));
-    let dir = paths::state_dir(cli.state_dir.clone()).context(
+    let dir = paths::state_dir(cli.settings.state_dir.clone()).context(
         "no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)",
     )?;
     let report = sessiond::check::check(&dir)?;

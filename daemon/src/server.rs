@@ -112,46 +112,19 @@ fn open_store(
 
 /// Applies what can change while running; says what needs a restart.
 fn apply_reload(cfg: &mut Config, new: Config, service: &Service, state: &DaemonState) {
-    let mut restart = Vec::new();
-    if new.socket != cfg.socket {
-        restart.push("socket");
+    let later = cfg.reload(&new);
+    if !later.is_empty() {
+        tracing::warn!(settings = ?later, "these settings change only at the next start");
     }
-    if new.state_dir != cfg.state_dir {
-        restart.push("state_dir");
-    }
-    if new.socket_mode != cfg.socket_mode {
-        restart.push("socket_mode");
-    }
-    if new.segment_bytes != cfg.segment_bytes {
-        restart.push("segment_bytes");
-    }
-    if new.snapshot_every_bytes != cfg.snapshot_every_bytes {
-        restart.push("snapshot_every_bytes");
-    }
-    if new.stale_check_interval != cfg.stale_check_interval {
-        restart.push("stale_check_interval");
-    }
-    if new.read_cache_bytes != cfg.read_cache_bytes {
-        restart.push("read_cache_bytes");
-    }
-    if !restart.is_empty() {
-        tracing::warn!(settings = ?restart, "these settings change only at the next start");
-    }
-    cfg.max_checkpoint_bytes = new.max_checkpoint_bytes;
-    cfg.max_connections = new.max_connections;
-    cfg.idle_timeout = new.idle_timeout;
-    cfg.request_timeout = new.request_timeout;
-    cfg.meta_limits = new.meta_limits;
-    cfg.default_keep = new.default_keep;
     service.set_limits(Limits {
         max_checkpoint_bytes: cfg.max_checkpoint_bytes,
-        meta: cfg.meta_limits,
+        meta: cfg.meta_limits(),
     });
     state.table().set_default_keep(cfg.default_keep);
     tracing::info!(
         max_checkpoint_bytes = cfg.max_checkpoint_bytes,
         default_keep = cfg.default_keep,
-        meta_limits = ?cfg.meta_limits,
+        meta_limits = ?cfg.meta_limits(),
         "configuration reloaded"
     );
 }
@@ -268,7 +241,7 @@ pub async fn run(
         jobs_tx,
         Limits {
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
-            meta: cfg.meta_limits,
+            meta: cfg.meta_limits(),
         },
     ));
 
