@@ -1,28 +1,23 @@
-//! The blocking client: std only, no runtime, usable from any synchronous program.
+//! The blocking client: std only, no runtime, usable from any synchronous program. Its bytes
+//! are [`crate::connection`]'s; this file is its I/O.
 
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use sessiond_proto::frame::FrameDecoder;
 use sessiond_proto::{hello, paths, Event, Request, ResponseFrame, SessionInfo};
 
+use crate::connection::{Connection, READ_CHUNK};
 use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
-use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT, MAX_REPLY_BYTES};
+use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT};
 use crate::{CheckpointInfo, FailRequest, GetRequest, ListRequest, Stats};
 
 /// A connection to sessiond.
 pub struct Client {
-    path: PathBuf,
+    core: Connection,
     stream: UnixStream,
-    decoder: FrameDecoder,
-    next_id: u64,
     buf: Vec<u8>,
-    timeout: Option<Duration>,
-    uid: Option<u32>,
-    /// A request timed out: its late reply would be taken for the next one's.
-    broken: bool,
 }
 
 impl Client {
@@ -37,124 +32,93 @@ impl Client {
 
     /// Connects with a request timeout (`None`: wait forever), the handshake included.
     pub fn connect_with(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Self> {
-        Self::open(path.as_ref(), timeout, sessiond_proto::PROTOCOL_VERSION)
+        Self::open(
+            Connection::new(path.as_ref().to_path_buf(), timeout),
+            sessiond_proto::PROTOCOL_VERSION,
+        )
     }
 
     /// Connects claiming protocol `version` (for testing version negotiation).
     pub fn connect_with_version(path: impl AsRef<Path>, version: u32) -> Result<Self> {
-        Self::open(path.as_ref(), Some(DEFAULT_TIMEOUT), version)
+        Self::open(
+            Connection::new(path.as_ref().to_path_buf(), Some(DEFAULT_TIMEOUT)),
+            version,
+        )
     }
 
-    fn open(path: &Path, timeout: Option<Duration>, version: u32) -> Result<Self> {
-        let path = path.to_path_buf();
-        let stream = UnixStream::connect(&path).map_err(|error| Error::Connect {
-            path: path.clone(),
-            error,
-        })?;
+    fn open(core: Connection, version: u32) -> Result<Self> {
+        let stream = UnixStream::connect(&core.path).map_err(|e| core.connect_error(e))?;
         let mut c = Client {
-            path,
+            core,
             stream,
-            decoder: FrameDecoder::new(MAX_REPLY_BYTES),
-            next_id: 1,
-            buf: vec![0; 256 << 10],
-            timeout,
-            uid: None,
-            broken: false,
+            buf: vec![0; READ_CHUNK],
         };
         c.apply_timeout()?;
-        c.handshake(version)?;
+        c.write(&hello::client_hello_for(version))?;
+        let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
+        c.read_exact(&mut fixed)?;
+        let mut message = vec![0u8; c.core.hello_message_len(&fixed)?];
+        c.read_exact(&mut message)?;
+        c.core.hello_done(&fixed, &message)?;
         Ok(c)
     }
 
     /// Sets how long a request may take (`None`: forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.timeout = timeout;
+        self.core.timeout = timeout;
         self.apply_timeout()
     }
 
     /// Root only: act on this user's sessions.
     pub fn act_as_uid(&mut self, uid: Option<u32>) {
-        self.uid = uid;
+        self.core.uid = uid;
     }
 
     /// Connects again to the same socket (after the daemon restarted).
     pub fn reconnect(&mut self) -> Result<()> {
-        let mut fresh = Client::connect_with(&self.path, self.timeout)?;
-        fresh.uid = self.uid;
+        let mut fresh = Client::connect_with(&self.core.path, self.core.timeout)?;
+        fresh.core.uid = self.core.uid;
         *self = fresh;
         Ok(())
     }
 
     fn apply_timeout(&mut self) -> Result<()> {
+        let t = self.core.timeout;
         self.stream
-            .set_read_timeout(self.timeout)
-            .map_err(Error::Disconnected)?;
-        self.stream
-            .set_write_timeout(self.timeout)
+            .set_read_timeout(t)
+            .and_then(|()| self.stream.set_write_timeout(t))
             .map_err(Error::Disconnected)
     }
 
-    fn io_error(&mut self, e: std::io::Error) -> Error {
-        self.broken = true;
-        match e.kind() {
-            IoKind::WouldBlock | IoKind::TimedOut => {
-                Error::Timeout(self.timeout.unwrap_or_default())
-            }
-            _ => Error::Disconnected(e),
-        }
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| self.core.failed(e))
     }
 
-    fn handshake(&mut self, version: u32) -> Result<()> {
-        self.stream
-            .write_all(&hello::client_hello_for(version))
-            .map_err(|e| self.io_error(e))?;
-        let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
-        self.stream
-            .read_exact(&mut fixed)
-            .map_err(|e| self.io_error(e))?;
-        let h = hello::parse_server_hello(&fixed).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut msg = vec![0u8; h.message_len];
-        self.stream
-            .read_exact(&mut msg)
-            .map_err(|e| self.io_error(e))?;
-        if !h.accepted {
-            return Err(crate::error::refusal(&msg));
-        }
-        Ok(())
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.stream.read_exact(buf).map_err(|e| self.core.failed(e))
     }
 
     /// Sends a request without waiting; returns its id.
     pub fn send(&mut self, request: Request) -> Result<u64> {
-        if self.broken {
-            return Err(Error::Disconnected(std::io::Error::other(
-                "an earlier request failed on this connection",
-            )));
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = ops::encode_request(id, self.uid, request)?;
-        self.stream
-            .write_all(&bytes)
-            .map_err(|e| self.io_error(e))?;
+        let (id, bytes) = self.core.request(request)?;
+        self.write(&bytes)?;
         Ok(id)
     }
 
     /// Reads the next reply (replies come in request order).
     pub fn recv(&mut self) -> Result<ResponseFrame> {
         loop {
-            if let Some(reply) = ops::next_reply(&mut self.decoder) {
+            if let Some(reply) = self.core.reply() {
                 return reply;
             }
-            let n = match self.stream.read(&mut self.buf) {
-                Ok(0) => {
-                    self.broken = true;
-                    return Err(Error::Disconnected(IoKind::UnexpectedEof.into()));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == IoKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e)),
-            };
-            self.decoder.push(&self.buf[..n]);
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => return Err(self.core.closed()),
+                Ok(n) => self.core.received(&self.buf[..n]),
+                Err(e) if e.kind() == IoKind::Interrupted => {}
+                Err(e) => return Err(self.core.failed(e)),
+            }
         }
     }
 
@@ -162,14 +126,7 @@ impl Client {
     pub fn call(&mut self, request: Request) -> Result<crate::Reply> {
         let id = self.send(request)?;
         let resp = self.recv()?;
-        if resp.id != id {
-            self.broken = true;
-            return Err(Error::Protocol(format!(
-                "reply for request {} while waiting for {id}",
-                resp.id
-            )));
-        }
-        Ok(resp.result?)
+        self.core.answer(id, resp)
     }
 
     /// Turns this connection into a stream of events for the caller's sessions (or one).

@@ -32,6 +32,7 @@
 //! ```
 
 mod blocking;
+mod connection;
 mod error;
 mod nonblocking;
 mod ops;

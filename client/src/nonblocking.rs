@@ -1,27 +1,23 @@
-//! The async client, on tokio.
+//! The async client, on tokio. Its bytes are [`crate::connection`]'s; this file is its I/O, each
+//! request bounded by the timeout.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use sessiond_proto::frame::FrameDecoder;
 use sessiond_proto::{hello, paths, Event, Request, ResponseFrame, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::connection::{Connection, READ_CHUNK};
 use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
-use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT, MAX_REPLY_BYTES};
+use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT};
 use crate::{CheckpointInfo, FailRequest, GetRequest, ListRequest, Stats};
 
 /// A connection to sessiond, for async programs.
 pub struct AsyncClient {
-    path: PathBuf,
+    core: Connection,
     stream: UnixStream,
-    decoder: FrameDecoder,
-    next_id: u64,
     buf: Vec<u8>,
-    timeout: Option<Duration>,
-    uid: Option<u32>,
-    broken: bool,
 }
 
 impl AsyncClient {
@@ -31,99 +27,89 @@ impl AsyncClient {
     }
 
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let stream = UnixStream::connect(&path)
+        Self::connect_with(path, Some(DEFAULT_TIMEOUT)).await
+    }
+
+    /// Connects with a request timeout (`None`: wait forever), the handshake included.
+    pub async fn connect_with(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<Self> {
+        let core = Connection::new(path.as_ref().to_path_buf(), timeout);
+        Self::open(core, sessiond_proto::PROTOCOL_VERSION).await
+    }
+
+    /// Connects claiming protocol `version` (for testing version negotiation).
+    pub async fn connect_with_version(path: impl AsRef<Path>, version: u32) -> Result<Self> {
+        let core = Connection::new(path.as_ref().to_path_buf(), Some(DEFAULT_TIMEOUT));
+        Self::open(core, version).await
+    }
+
+    async fn open(core: Connection, version: u32) -> Result<Self> {
+        let stream = UnixStream::connect(&core.path)
             .await
-            .map_err(|error| Error::Connect {
-                path: path.clone(),
-                error,
-            })?;
+            .map_err(|e| core.connect_error(e))?;
         let mut c = AsyncClient {
-            path,
+            core,
             stream,
-            decoder: FrameDecoder::new(MAX_REPLY_BYTES),
-            next_id: 1,
-            buf: vec![0; 256 << 10],
-            timeout: Some(DEFAULT_TIMEOUT),
-            uid: None,
-            broken: false,
+            buf: vec![0; READ_CHUNK],
         };
-        c.bounded(Self::handshake).await?;
+        c.bounded(async move |c: &mut Self| {
+            c.write(&hello::client_hello_for(version)).await?;
+            let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
+            c.read_exact(&mut fixed).await?;
+            let mut message = vec![0u8; c.core.hello_message_len(&fixed)?];
+            c.read_exact(&mut message).await?;
+            c.core.hello_done(&fixed, &message)
+        })
+        .await?;
         Ok(c)
     }
 
     /// Sets how long a request may take (`None`: forever).
-    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.timeout = timeout;
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.core.timeout = timeout;
+        Ok(())
     }
 
     /// Root only: act on this user's sessions.
     pub fn act_as_uid(&mut self, uid: Option<u32>) {
-        self.uid = uid;
+        self.core.uid = uid;
     }
 
     /// Connects again to the same socket (after the daemon restarted).
     pub async fn reconnect(&mut self) -> Result<()> {
-        let mut fresh = AsyncClient::connect(&self.path).await?;
-        fresh.timeout = self.timeout;
-        fresh.uid = self.uid;
+        let mut fresh = AsyncClient::connect_with(&self.core.path, self.core.timeout).await?;
+        fresh.core.uid = self.core.uid;
         *self = fresh;
         Ok(())
     }
 
     /// Runs `f` within the timeout; a timed-out connection is not reused.
     async fn bounded<T>(&mut self, f: impl AsyncFnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let Some(limit) = self.timeout else {
+        let Some(limit) = self.core.timeout else {
             return f(self).await;
         };
         match tokio::time::timeout(limit, f(self)).await {
             Ok(r) => r,
-            Err(_) => {
-                self.broken = true;
-                Err(Error::Timeout(limit))
-            }
+            Err(_) => Err(self.core.timed_out()),
         }
-    }
-
-    async fn handshake(&mut self) -> Result<()> {
-        self.write(&hello::client_hello()).await?;
-        let mut fixed = [0u8; hello::SERVER_HELLO_LEN];
-        self.read_exact(&mut fixed).await?;
-        let h = hello::parse_server_hello(&fixed).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut msg = vec![0u8; h.message_len];
-        self.read_exact(&mut msg).await?;
-        if !h.accepted {
-            return Err(crate::error::refusal(&msg));
-        }
-        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        if let Err(e) = self.stream.write_all(bytes).await {
-            self.broken = true;
-            return Err(Error::Disconnected(e));
+        match self.stream.write_all(bytes).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.core.failed(e)),
         }
-        Ok(())
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
-        if let Err(e) = self.stream.read_exact(buf).await {
-            self.broken = true;
-            return Err(Error::Disconnected(e));
+        match self.stream.read_exact(buf).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.core.failed(e)),
         }
-        Ok(())
     }
 
     /// Sends a request without waiting; returns its id.
     pub async fn send(&mut self, request: Request) -> Result<u64> {
-        if self.broken {
-            return Err(Error::Disconnected(std::io::Error::other(
-                "an earlier request failed on this connection",
-            )));
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = ops::encode_request(id, self.uid, request)?;
+        let (id, bytes) = self.core.request(request)?;
         self.write(&bytes).await?;
         Ok(id)
     }
@@ -131,21 +117,13 @@ impl AsyncClient {
     /// Reads the next reply (replies come in request order).
     pub async fn recv(&mut self) -> Result<ResponseFrame> {
         loop {
-            if let Some(reply) = ops::next_reply(&mut self.decoder) {
+            if let Some(reply) = self.core.reply() {
                 return reply;
             }
             match self.stream.read(&mut self.buf).await {
-                Ok(0) => {
-                    self.broken = true;
-                    return Err(Error::Disconnected(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-                Ok(n) => self.decoder.push(&self.buf[..n]),
-                Err(e) => {
-                    self.broken = true;
-                    return Err(Error::Disconnected(e));
-                }
+                Ok(0) => return Err(self.core.closed()),
+                Ok(n) => self.core.received(&self.buf[..n]),
+                Err(e) => return Err(self.core.failed(e)),
             }
         }
     }
@@ -155,14 +133,7 @@ impl AsyncClient {
         self.bounded(async move |c: &mut Self| {
             let id = c.send(request).await?;
             let resp = c.recv().await?;
-            if resp.id != id {
-                c.broken = true;
-                return Err(Error::Protocol(format!(
-                    "reply for request {} while waiting for {id}",
-                    resp.id
-                )));
-            }
-            Ok(resp.result?)
+            c.core.answer(id, resp)
         })
         .await
     }
@@ -175,6 +146,7 @@ impl AsyncClient {
             }))
             .await?;
         ops::watching(r)?;
+        self.set_timeout(None)?;
         Ok(AsyncWatch { client: self })
     }
 
