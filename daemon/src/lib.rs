@@ -5,23 +5,24 @@
 //! driven by the commit thread ([`commit`]) over the on-disk [`store`]; [`server`] and
 //! [`conn`] are the socket layer around it.
 
-pub mod cache;
+mod cache;
 pub mod check;
-pub mod commit;
+mod commit;
 pub mod config;
-pub mod conn;
-pub mod health;
-pub mod lock;
-pub mod model;
-pub mod notify;
-pub mod owner;
-pub mod process;
-pub mod reads;
-pub mod server;
-pub mod service;
-pub mod state;
+mod conn;
+mod health;
+mod lock;
+mod model;
+mod notify;
+mod owner;
+mod process;
+mod reads;
+mod server;
+mod service;
+mod state;
+/// The storage engines; the log's segment and snapshot readers are public for the fuzzers.
 pub mod store;
-pub mod table;
+mod table;
 
 pub use config::Config;
 pub use server::{run, Listen, StartError};

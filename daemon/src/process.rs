@@ -23,14 +23,6 @@ pub trait ProcessProbe: Send + Sync {
     /// The user owning a process.
     fn uid_of(&self, pid: u32) -> Option<u32>;
 
-    /// Start time of a running process, `None` if none runs (or the system cannot tell).
-    fn start_time(&self, pid: u32) -> Option<u64> {
-        match self.process(pid) {
-            Process::Running { start_time } => Some(start_time),
-            Process::Gone | Process::Unknown => None,
-        }
-    }
-
     /// Whether `owner` may still be the running process it was: only a process seen gone, or
     /// another one under its PID, is dead, so that a failing `/proc` read never marks a live
     /// owner's session stale.
@@ -141,9 +133,6 @@ pub mod fake {
         pub fn set(&self, pid: u32, start_time: u64, uid: u32) {
             self.procs.lock().unwrap().insert(pid, (start_time, uid));
         }
-        pub fn kill(&self, pid: u32) {
-            self.procs.lock().unwrap().remove(&pid);
-        }
     }
 
     impl ProcessProbe for FakeProbe {
@@ -170,8 +159,14 @@ mod tests {
     fn our_own_process_is_alive_and_a_reused_pid_is_not() {
         let p = SystemProbe;
         let me = std::process::id();
-        let t = p.start_time(me).expect("own start time");
-        assert_eq!(p.start_time(me), Some(t), "stable across reads");
+        let Process::Running { start_time: t } = p.process(me) else {
+            panic!("no start time of our own")
+        };
+        assert_eq!(
+            p.process(me),
+            Process::Running { start_time: t },
+            "stable across reads"
+        );
         assert_eq!(p.uid_of(me), Some(nix::unistd::getuid().as_raw()));
         assert!(p.is_alive(&Owner {
             pid: me,
@@ -184,7 +179,7 @@ mod tests {
             }),
             "same PID, other start time"
         );
-        assert_eq!(p.start_time(u32::MAX), None);
+        assert_eq!(p.process(u32::MAX), Process::Gone);
     }
 
     #[test]
@@ -193,7 +188,7 @@ mod tests {
         let pid = child.id();
         // Until we reap it, the exited child is a zombie; poll for its exit with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while SystemProbe.start_time(pid).is_some() {
+        while SystemProbe.process(pid) != Process::Gone {
             assert!(std::time::Instant::now() < deadline, "child never exited");
             std::thread::sleep(std::time::Duration::from_millis(2));
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-use interprocess::os::unix::uds_local_socket::tokio::Listener;
+use interprocess::os::unix::uds_local_socket::tokio::{Listener, Stream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -192,7 +192,35 @@ fn bind(cfg: &Config) -> Result<Listener, StartError> {
     Ok(listener)
 }
 
-/// Runs the daemon until `shutdown` resolves. Returns once everything acknowledged is on disk.
+/// Serves an accepted connection, or turns it away over `--max-connections`.
+fn admit(
+    stream: Stream,
+    cfg: &Config,
+    service: &Arc<Service>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let limit = cfg.max_connections;
+    if service.connections.fetch_add(1, Ordering::Relaxed) >= limit as u64 {
+        service.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(limit, "connection refused: too many connections");
+        tracker.spawn(conn::refuse(stream, limit));
+        return;
+    }
+    let limits = ConnLimits {
+        max_frame_bytes: cfg.max_frame_bytes(),
+        max_line_bytes: cfg.max_line_bytes(),
+        idle_timeout: cfg.idle_timeout,
+        request_timeout: cfg.request_timeout,
+    };
+    tracker.spawn(conn::serve(
+        stream,
+        service.clone(),
+        cancel.child_token(),
+        limits,
+    ));
+}
+
 /// Where the daemon's listening socket comes from.
 #[derive(Debug)]
 pub enum Listen {
@@ -300,21 +328,7 @@ pub async fn run(
             }
             Some(new) = reloads.recv() => apply_reload(&mut cfg, new, &service, &state),
             accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    if service.connections.fetch_add(1, Ordering::Relaxed) >= cfg.max_connections as u64 {
-                        service.connections.fetch_sub(1, Ordering::Relaxed);
-                        tracing::warn!(limit = cfg.max_connections, "connection refused: too many connections");
-                        tracker.spawn(conn::refuse(stream, cfg.max_connections));
-                        continue;
-                    }
-                    let limits = ConnLimits {
-                        max_frame_bytes: cfg.max_frame_bytes(),
-                        max_line_bytes: cfg.max_line_bytes(),
-                        idle_timeout: cfg.idle_timeout,
-                        request_timeout: cfg.request_timeout,
-                    };
-                    tracker.spawn(conn::serve(stream, service.clone(), cancel.child_token(), limits));
-                }
+                Ok(stream) => admit(stream, &cfg, &service, &tracker, &cancel),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     // Out of file descriptors and the like: do not spin.

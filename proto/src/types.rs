@@ -1,7 +1,8 @@
 //! Requests, replies, events and errors shared by both encodings.
 //!
 //! Invariant: no serde attribute that bincode cannot honour (`flatten`,
-//! `skip_serializing_if`, `untagged`, internal tags). JSON-only niceties live in [`crate::json`].
+//! `skip_serializing_if`, `untagged`, internal tags). JSON-only niceties live in the JSON
+//! codec, which builds on these types.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -14,7 +14,7 @@
 //! `Index::restore`. The table, the planning, the commit thread and the readers stay the
 //! same.
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod log;
 
 use std::io;

@@ -71,24 +71,34 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
             }
         };
         let (mut records, mut bad) = (0u64, 0usize);
+        let file = segment_file_name(seq);
         while let Some(item) = scanner.next_item().map_err(ctx(seq))? {
             match item {
-                ScanItem::Record { payload_ok: false, header, loc } => {
+                ScanItem::Record {
+                    payload_ok: false,
+                    header,
+                    loc,
+                } => {
                     records += 1;
                     bad += 1;
-                    r.problem(format!("segment {} offset {}: payload checksum mismatch in {header:?}", segment_file_name(seq), loc.offset)
-                        .chars()
-                        .take(300)
-                        .collect());
+                    let what: String = format!("{header:?}").chars().take(200).collect();
+                    let offset = loc.offset;
+                    r.problem(format!(
+                        "segment {file} offset {offset}: payload checksum mismatch in {what}"
+                    ));
                 }
                 ScanItem::Record { .. } => records += 1,
-                ScanItem::Damaged { offset, len, reason } => {
+                ScanItem::Damaged {
+                    offset,
+                    len,
+                    reason,
+                } => {
                     bad += 1;
-                    r.problem(format!("segment {} bytes {offset}..{}: {reason}", segment_file_name(seq), offset + len));
+                    let end = offset + len;
+                    r.problem(format!("segment {file} bytes {offset}..{end}: {reason}"));
                 }
                 ScanItem::Torn { offset } => r.note(format!(
-                    "segment {}: ends at offset {offset}, before an interrupted write or what an earlier use of the file left (never acknowledged; ignored)",
-                    segment_file_name(seq)
+                    "segment {file}: ends at offset {offset}, before an interrupted write or what an earlier use of the file left (never acknowledged; ignored)"
                 )),
             }
         }

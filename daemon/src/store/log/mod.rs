@@ -22,19 +22,19 @@
 //! are refused without touching the disk, so a failing disk costs neither a busy loop nor a
 //! log line per batch ([`crate::health`]). Snapshots that fail are retried the same way.
 
-pub mod check;
-pub mod files;
+pub(crate) mod check;
+pub(crate) mod files;
 mod live;
-pub mod reads;
+pub(crate) mod reads;
 mod reaper;
 pub mod record;
 mod recovery;
-pub mod scope;
+pub(crate) mod scope;
 pub mod segment;
 pub mod snapshot;
 mod spare;
 mod upkeep;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
