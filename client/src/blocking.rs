@@ -11,7 +11,11 @@ use sessiond_proto::{hello, paths, Event, Request, ResponseFrame, SessionInfo};
 use crate::connection::{Connection, READ_CHUNK};
 use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
 use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT};
-use crate::{CheckpointInfo, FailRequest, GetRequest, ListRequest, Stats};
+use crate::{
+    AttachInfo, AttachRequest, BatchRequest, CheckpointInfo, CheckpointRef, CopyRequest,
+    DeleteCheckpointsRequest, FailRequest, GetRequest, HistoryRequest, ListRequest, Meta, Payload,
+    PruneRequest, Reply, ResumeRequest, Stats, Target,
+};
 
 /// A connection to sessiond.
 pub struct Client {

@@ -42,9 +42,11 @@ pub use error::{Error, Result};
 pub use nonblocking::{AsyncClient, AsyncSession, AsyncWatch};
 pub use ops::{CheckpointOptions, CreateOptions, Resumed};
 pub use sessiond_proto::{
-    CheckpointInfo, CheckpointRequest, CreateRequest, ErrorKind, Event, EventKind, FailRequest,
-    GetRequest, ListRequest, Meta, NameRequest, Payload, Reply, Request, RequestFrame,
-    ResponseFrame, SessionInfo, Stats, Status, WireError,
+    AttachInfo, AttachRequest, Attachment, BatchRequest, CheckpointInfo, CheckpointRef,
+    CheckpointRequest, CopyRequest, CreateRequest, DeleteCheckpointsRequest, ErrorKind, Event,
+    EventKind, FailRequest, GetRequest, HistoryRequest, ListRequest, Meta, NameRequest, Payload,
+    PruneRequest, Reply, Request, RequestFrame, ResponseFrame, ResumeRequest, SessionInfo, Stats,
+    Status, Target, WireError,
 };
 
 use std::time::Duration;
@@ -64,7 +66,8 @@ macro_rules! typed_ops {
             ops::pong(self.call(Request::Ping)$($await)*?)
         }
 
-        /// Creates a session owned by the calling process.
+        /// Creates a session owned by the calling process (or as the options say: another
+        /// owner, its parent, none).
         pub $($async)* fn create(&mut self, name: &str, options: CreateOptions) -> Result<SessionInfo> {
             ops::session(self.call(ops::create(name, options))$($await)*?)
         }
@@ -76,13 +79,53 @@ macro_rules! typed_ops {
 
         /// Takes a session over (stale, paused, finished; or active with `force`).
         pub $($async)* fn resume(&mut self, name: &str, owner_pid: Option<u32>, force: bool) -> Result<Resumed> {
-            ops::resumed(self.call(ops::resume(name, owner_pid, force))$($await)*?)
+            let req = ResumeRequest { name: name.into(), owner_pid, force, ..Default::default() };
+            self.resume_with(req)$($await)*
+        }
+
+        /// `resume` with every option (the latest checkpoint's attachments, the caller's
+        /// parent as owner).
+        pub $($async)* fn resume_with(&mut self, request: ResumeRequest) -> Result<Resumed> {
+            ops::resumed(self.call(Request::Resume(request))$($await)*?)
         }
 
         /// The latest intact checkpoint (or `number`) with its payload, without taking the session.
         pub $($async)* fn get(&mut self, name: &str, number: Option<u64>) -> Result<Option<CheckpointInfo>> {
-            let req = Request::Get(GetRequest { name: name.into(), number });
-            ops::maybe_checkpoint(self.call(req)$($await)*?)
+            self.get_with(GetRequest { name: name.into(), number, ..Default::default() })$($await)*
+        }
+
+        /// `get` by number or key, with the checkpoint's attachments if asked.
+        pub $($async)* fn get_with(&mut self, request: GetRequest) -> Result<Option<CheckpointInfo>> {
+            ops::maybe_checkpoint(self.call(Request::Get(request))$($await)*?)
+        }
+
+        /// Attaches a record to a retained checkpoint (the first write under an attach key
+        /// wins unless `replace`).
+        pub $($async)* fn attach(&mut self, request: AttachRequest) -> Result<AttachInfo> {
+            ops::attached(self.call(Request::Attach(request))$($await)*?)
+        }
+
+        /// Removes checkpoints (by number, key or meta) of one session or of those matching
+        /// a meta; returns how many.
+        pub $($async)* fn delete_checkpoints(&mut self, request: DeleteCheckpointsRequest) -> Result<u64> {
+            ops::count(self.call(Request::DeleteCheckpoints(request))$($await)*?)
+        }
+
+        /// Keeps only the newest `keep` checkpoints of the targeted sessions; returns how many
+        /// went.
+        pub $($async)* fn prune(&mut self, target: Target, keep: u32) -> Result<u64> {
+            ops::count(self.call(Request::Prune(PruneRequest { target, keep }))$($await)*?)
+        }
+
+        /// A new session `to` holding `name`'s retained checkpoints and attachments.
+        pub $($async)* fn copy(&mut self, name: &str, to: &str, meta: Meta) -> Result<SessionInfo> {
+            let req = Request::Copy(CopyRequest { name: name.into(), to: to.into(), meta });
+            ops::session(self.call(req)$($await)*?)
+        }
+
+        /// Mutations applied in order, all or none, in one commit: one reply per op.
+        pub $($async)* fn batch(&mut self, ops: Vec<Request>) -> Result<Vec<Reply>> {
+            ops::batch(self.call(Request::Batch(BatchRequest { ops }))$($await)*?)
         }
 
         pub $($async)* fn show(&mut self, name: &str) -> Result<SessionInfo> {
@@ -93,9 +136,14 @@ macro_rules! typed_ops {
             ops::sessions(self.call(Request::List(filter))$($await)*?)
         }
 
-        /// The retained checkpoints' numbers, sizes, times and meta (no payloads).
+        /// The retained checkpoints' numbers, keys, sizes, times and meta (no payloads).
         pub $($async)* fn history(&mut self, name: &str) -> Result<Vec<CheckpointInfo>> {
-            ops::checkpoints(self.call(ops::named(Request::History, name))$($await)*?)
+            self.history_with(HistoryRequest { name: name.into(), ..Default::default() })$($await)*
+        }
+
+        /// `history` with filters (meta, bounds, limit, order) and payloads or attachments.
+        pub $($async)* fn history_with(&mut self, request: HistoryRequest) -> Result<Vec<CheckpointInfo>> {
+            ops::checkpoints(self.call(Request::History(request))$($await)*?)
         }
 
         pub $($async)* fn pause(&mut self, name: &str) -> Result<SessionInfo> {
@@ -117,7 +165,15 @@ macro_rules! typed_ops {
 
         /// Deletes a session; `false` if there was none.
         pub $($async)* fn delete(&mut self, name: &str) -> Result<bool> {
-            ops::deleted(self.call(ops::named(Request::Delete, name))$($await)*?)
+            let req = Request::Delete(Target { name: Some(name.into()), session_meta: None });
+            ops::deleted(self.call(req)$($await)*?)
+        }
+
+        /// Deletes every session of the caller whose meta has every pair of `session_meta`;
+        /// returns how many.
+        pub $($async)* fn delete_matching(&mut self, session_meta: Meta) -> Result<u64> {
+            let req = Request::Delete(Target { name: None, session_meta: Some(session_meta) });
+            ops::count(self.call(req)$($await)*?)
         }
 
         pub $($async)* fn stats(&mut self) -> Result<Stats> {
@@ -153,6 +209,20 @@ macro_rules! handle_ops {
             options.epoch = Some(self.info.epoch);
             let name = self.info.name.clone();
             self.client.checkpoint(&name, payload, options)$($await)*
+        }
+
+        /// Attaches a record to a retained checkpoint at this handle's epoch.
+        pub $($async)* fn attach(&mut self, checkpoint: CheckpointRef, attach_key: &str, payload: Vec<u8>, meta: Meta) -> Result<AttachInfo> {
+            let req = AttachRequest {
+                name: self.info.name.clone(),
+                checkpoint,
+                attach_key: attach_key.into(),
+                payload: Payload(payload),
+                meta,
+                replace: false,
+                epoch: Some(self.info.epoch),
+            };
+            self.client.attach(req)$($await)*
         }
 
         pub $($async)* fn pause(&mut self) -> Result<SessionInfo> {

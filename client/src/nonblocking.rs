@@ -11,7 +11,11 @@ use tokio::net::UnixStream;
 use crate::connection::{Connection, READ_CHUNK};
 use crate::ops::{self, CheckpointOptions, CreateOptions, Resumed};
 use crate::{handle_ops, typed_ops, Error, Result, DEFAULT_TIMEOUT};
-use crate::{CheckpointInfo, FailRequest, GetRequest, ListRequest, Stats};
+use crate::{
+    AttachInfo, AttachRequest, BatchRequest, CheckpointInfo, CheckpointRef, CopyRequest,
+    DeleteCheckpointsRequest, FailRequest, GetRequest, HistoryRequest, ListRequest, Meta, Payload,
+    PruneRequest, Reply, ResumeRequest, Stats, Target,
+};
 
 /// A connection to sessiond, for async programs.
 pub struct AsyncClient {

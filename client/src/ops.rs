@@ -12,6 +12,11 @@ pub struct CreateOptions {
     pub meta: Meta,
     /// Owner other than the calling process (a live process of the same user).
     pub owner_pid: Option<u32>,
+    /// No owner: never marked stale (a framework's thread).
+    pub detached: bool,
+    /// The owner is the calling process's parent (its nearest ancestor of the same user), as
+    /// the daemon sees it; none if there is no such process.
+    pub owner_parent: bool,
 }
 
 /// Options of `checkpoint`.
@@ -22,6 +27,9 @@ pub struct CheckpointOptions {
     pub expect: Option<u64>,
     /// Accept only at this epoch (the session handle always sends its own).
     pub epoch: Option<u64>,
+    /// A name for it, unique among the session's retained checkpoints: the same key with the
+    /// same bytes again answers the existing checkpoint (`existing`).
+    pub key: Option<String>,
 }
 
 /// What `resume` returns: the session, now owned by the caller, and its latest intact
@@ -57,6 +65,8 @@ pub(crate) fn create(name: &str, o: CreateOptions) -> Request {
         owner_pid: o.owner_pid,
         keep: o.keep,
         meta: o.meta,
+        detached: o.detached,
+        owner_parent: o.owner_parent,
     })
 }
 
@@ -67,14 +77,7 @@ pub(crate) fn checkpoint(name: &str, payload: Vec<u8>, o: CheckpointOptions) -> 
         meta: o.meta,
         expect: o.expect,
         epoch: o.epoch,
-    })
-}
-
-pub(crate) fn resume(name: &str, owner_pid: Option<u32>, force: bool) -> Request {
-    Request::Resume(ResumeRequest {
-        name: name.into(),
-        owner_pid,
-        force,
+        key: o.key,
     })
 }
 
@@ -137,6 +140,27 @@ pub(crate) fn sessions(r: Reply) -> Result<Vec<SessionInfo>> {
 pub(crate) fn checkpoints(r: Reply) -> Result<Vec<CheckpointInfo>> {
     match r {
         Reply::Checkpoints(c) => Ok(c),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn attached(r: Reply) -> Result<AttachInfo> {
+    match r {
+        Reply::Attached(a) => Ok(a),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn count(r: Reply) -> Result<u64> {
+    match r {
+        Reply::Count(n) => Ok(n),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn batch(r: Reply) -> Result<Vec<Reply>> {
+    match r {
+        Reply::Batch(replies) => Ok(replies),
         other => Err(unexpected(&other)),
     }
 }

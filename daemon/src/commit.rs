@@ -15,7 +15,7 @@ use crate::conn::replies::{self, DirectReply, ReplyTo};
 use crate::model::{now_micros, Change, CkptEntry, Loc};
 use crate::state::DaemonState;
 use crate::store::Store;
-use crate::table::{Mutation, Overlay, Planned};
+use crate::table::{Mutation, Overlay, PlanContext, Planned};
 
 /// One mutation waiting for the commit thread.
 pub struct Job {
@@ -28,10 +28,7 @@ pub struct Job {
 
 impl Job {
     fn bytes(&self) -> usize {
-        match &self.mutation {
-            Mutation::Checkpoint { payload, .. } => payload.bytes.len(),
-            _ => 0,
-        }
+        self.mutation.payload_bytes()
     }
 }
 
@@ -74,31 +71,49 @@ pub fn run(state: Arc<DaemonState>, mut store: Box<dyn Store>, jobs: Receiver<Jo
 }
 
 /// Commits one batch: plans every job, has the store write what needs writing (or refuses
-/// it when the store is not ready), applies it, then answers.
+/// it when the store is not ready), applies it, then answers. A job that reads payloads the
+/// batch has not written yet (a copy of a session written in it) starts the next batch.
 pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
+    let mut jobs = batch.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let writes = plan(state, &mut jobs);
+        if !writes.is_empty() {
+            write(state, store, writes);
+        }
+    }
+}
+
+/// Plans jobs until one must wait for those before it to be durable; answers those that
+/// need no write; returns the others.
+fn plan(
+    state: &DaemonState,
+    jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
+) -> Vec<(Planned, ReplyTo, u32)> {
     let now = now_micros();
-    let mut planned: Vec<(Planned, ReplyTo, u32)> = Vec::with_capacity(batch.len());
+    let mut writes = Vec::new();
+    let table = state.table();
+    let mut overlay = Overlay::default();
+    let ctx = PlanContext {
+        probe: &*state.probe,
+        reads: &*state.reads,
+    };
+    while let Some(job) =
+        jobs.next_if(|j| writes.is_empty() || !j.mutation.waits_for(j.uid, &overlay))
     {
-        let table = state.table();
-        let mut overlay = Overlay::default();
-        for job in batch {
-            match table.plan(&mut overlay, job.uid, now, job.mutation, &*state.probe) {
-                Ok(p) => planned.push((p, (job.reply, job.direct), job.uid)),
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
-                }
+        match table.plan(&mut overlay, job.uid, now, job.mutation, ctx) {
+            Ok(p) if p.changes.is_empty() => {
+                let _ = job.reply.send(Ok(p.reply));
+            }
+            Ok(p) => writes.push((p, (job.reply, job.direct), job.uid)),
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
             }
         }
     }
-    let (writes, answers): (Vec<_>, Vec<_>) = planned
-        .into_iter()
-        .partition(|(p, _, _)| !p.changes.is_empty());
-    for (p, (reply, _), _) in answers {
-        let _ = reply.send(Ok(p.reply));
-    }
-    if writes.is_empty() {
-        return;
-    }
+    writes
+}
+
+fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, ReplyTo, u32)>) {
     let written = store.ready().and_then(|()| {
         let changes: Vec<(&Change, &_)> = writes
             .iter()
@@ -142,7 +157,7 @@ fn apply(
             for (change, payload) in p.changes {
                 let Some(loc) = locs.next() else { break };
                 match &change {
-                    Change::Checkpoint(h) => {
+                    Change::Checkpoint { meta: h, .. } => {
                         state
                             .counters
                             .checkpoints_written
@@ -156,8 +171,14 @@ fn apply(
                         });
                         cache.push((crate::model::SessionKey::new(h.uid, h.name.clone()), cached));
                     }
-                    Change::Delete(key) => cache.push((key.clone(), None)),
-                    Change::Session(_) | Change::Relocated(_) => {}
+                    // The latest may be among those dropped: read again when asked.
+                    Change::Delete(key) | Change::DropCheckpoints { session: key, .. } => {
+                        cache.push((key.clone(), None))
+                    }
+                    Change::Session(_)
+                    | Change::Relocated(_)
+                    | Change::Attach(_)
+                    | Change::RelocatedAttach(_) => {}
                 }
                 dead.extend(table.apply(change, loc));
             }
@@ -165,7 +186,7 @@ fn apply(
                 // No receiver is fine: nobody is watching.
                 let _ = state.notify.events.send(Arc::new((uid, event)));
             }
-            if let Some(change) = p.ownership {
+            for change in p.ownership {
                 let _ = state.notify.owners.send(change);
             }
             replies.push((p.reply, reply));
@@ -245,6 +266,7 @@ mod tests {
             meta: Meta::new(),
             expect: None,
             epoch: None,
+            key: None,
         }
     }
 
@@ -257,7 +279,7 @@ mod tests {
             name: "s".into(),
             keep: None,
             meta: Meta::new(),
-            owner: OwnerClaim::default(),
+            owner: Some(OwnerClaim::default()),
         };
         assert!(run(&state, &mut store, create).is_ok());
         // Counted as written: every byte the record took in the segment, footer included.

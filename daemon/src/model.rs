@@ -56,6 +56,10 @@ impl SessionState {
         SessionKey::new(self.uid, self.name.clone())
     }
 
+    pub fn owner_pid(&self) -> Option<u32> {
+        self.owner.map(|o| o.pid)
+    }
+
     /// The process watched for the session: its owner while it is active.
     pub fn active_owner(&self) -> Option<Owner> {
         (self.status == Status::Active)
@@ -73,6 +77,51 @@ pub struct CheckpointMeta {
     /// Microseconds since the Unix epoch.
     pub created_at: i64,
     pub meta: Meta,
+    /// The name its writer gave it, unique among the session's retained checkpoints.
+    pub key: Option<String>,
+}
+
+/// A record attached to a retained checkpoint (a framework's pending writes), without its
+/// payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachMeta {
+    pub uid: u32,
+    pub name: String,
+    /// The checkpoint it belongs to.
+    pub number: u64,
+    pub attach_key: String,
+    pub meta: Meta,
+}
+
+/// What a keyed checkpoint is known by, to tell a retry of the same write (answered with the
+/// checkpoint there) from another write under the same key (refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub number: u64,
+    /// Microseconds since the Unix epoch.
+    pub created_at: i64,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+    /// crc32c of the meta's encoding.
+    pub meta_crc: u32,
+}
+
+/// The checksum of a meta map that [`KeyEntry`] compares.
+pub fn meta_crc(meta: &Meta) -> u32 {
+    let mut crc = 0;
+    for (k, v) in meta {
+        for part in [k.as_bytes(), &[0], v.as_bytes(), &[0]] {
+            crc = crc32c::crc32c_append(crc, part);
+        }
+    }
+    crc
+}
+
+/// An attachment in the table: its key and where its record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachEntry {
+    pub attach_key: String,
+    pub loc: Loc,
 }
 
 /// A payload with its checksum, computed where the request was decoded: the commit thread,
@@ -148,20 +197,44 @@ impl CkptEntry {
 pub enum Change {
     /// A session's whole new state (created, or changed).
     Session(SessionState),
-    /// A new checkpoint.
-    Checkpoint(CheckpointMeta),
+    /// A new checkpoint, with its payload's checksum (which a keyed one is known by).
+    Checkpoint {
+        meta: CheckpointMeta,
+        payload_crc: u32,
+    },
     /// A retained checkpoint the store wrote again elsewhere (same number and payload).
     Relocated(CheckpointMeta),
     Delete(SessionKey),
+    /// A record attached to a retained checkpoint (replacing one under its key).
+    Attach(AttachMeta),
+    /// A retained attachment the store wrote again elsewhere.
+    RelocatedAttach(AttachMeta),
+    /// These checkpoints of the session go, with their attachments (numbers are never
+    /// reused: the holes stay).
+    DropCheckpoints {
+        session: SessionKey,
+        numbers: Vec<u64>,
+    },
 }
 
-/// A session as the table indexes it: its state, where its state record is, and its
-/// retained checkpoints, oldest first.
+impl Change {
+    /// Whether the table keeps the record of this change as long as it holds (a deletion's
+    /// or a drop's record is read at replay only).
+    pub fn is_kept(&self) -> bool {
+        !matches!(self, Change::Delete(_) | Change::DropCheckpoints { .. })
+    }
+}
+
+/// A session as the table indexes it: its state, where its state record is, its retained
+/// checkpoints oldest first, their keys, and their attachments (by checkpoint number, each
+/// list in the order first written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedSession {
     pub state: SessionState,
     pub state_loc: Loc,
     pub checkpoints: Vec<CkptEntry>,
+    pub keys: Vec<(String, KeyEntry)>,
+    pub attachments: Vec<(u64, Vec<AttachEntry>)>,
 }
 
 /// The records of one segment that are still live, to copy forward before it can go.
@@ -169,6 +242,8 @@ pub struct IndexedSession {
 pub struct LiveRecords {
     pub states: Vec<SessionState>,
     pub checkpoints: Vec<(SessionKey, CkptEntry)>,
+    /// (session, checkpoint number, attach key, where).
+    pub attachments: Vec<(SessionKey, u64, String, Loc)>,
 }
 
 pub fn micros_to_time(us: i64) -> DateTime<Utc> {

@@ -23,6 +23,16 @@ pub trait ProcessProbe: Send + Sync {
     /// The user owning a process.
     fn uid_of(&self, pid: u32) -> Option<u32>;
 
+    /// A process's parent (`None`: gone, or none).
+    fn parent_of(&self, pid: u32) -> Option<u32>;
+
+    /// Whether a process lives in another PID namespace than ours (`None`: cannot tell).
+    fn in_other_namespace(&self, pid: u32) -> Option<bool>;
+
+    /// The process (as we number it) that `peer`'s PID namespace numbers `pid`, if one of
+    /// that namespace has that number.
+    fn in_namespace_of(&self, peer: u32, pid: u32) -> Option<u32>;
+
     /// Whether `owner` may still be the running process it was: only a process seen gone, or
     /// another one under its PID, is dead, so that a failing `/proc` read never marks a live
     /// owner's session stale.
@@ -77,6 +87,66 @@ impl ProcessProbe for SystemProbe {
             .ok()
             .map(|m| m.uid())
     }
+
+    /// Field 4 of `/proc/PID/stat`.
+    fn parent_of(&self, pid: u32) -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+        fields.nth(1)?.parse().ok().filter(|&p| p != 0)
+    }
+
+    fn in_other_namespace(&self, pid: u32) -> Option<bool> {
+        Some(linux::pid_namespace(pid)? != linux::pid_namespace(std::process::id())?)
+    }
+
+    fn in_namespace_of(&self, peer: u32, pid: u32) -> Option<u32> {
+        linux::in_namespace_of(peer, pid)
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    //! PID namespaces, as `/proc` tells them: `/proc/PID/ns/pid` names a process's namespace
+    //! (its inode), the `NSpid` line of `/proc/PID/status` gives its number in each
+    //! namespace it is in, innermost last.
+
+    use std::os::unix::fs::MetadataExt;
+
+    use super::ProcessProbe;
+
+    pub fn pid_namespace(pid: u32) -> Option<u64> {
+        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// A process's number in its own (innermost) PID namespace.
+    fn own_number(pid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+        line.split_whitespace().last()?.parse().ok()
+    }
+
+    /// The peer itself and its ancestors first (the owner a client names is most often one
+    /// of them), then every process.
+    pub fn in_namespace_of(peer: u32, pid: u32) -> Option<u32> {
+        let ns = pid_namespace(peer)?;
+        let is_it = |p: u32| own_number(p) == Some(pid) && pid_namespace(p) == Some(ns);
+        let mut p = peer;
+        for _ in 0..64 {
+            if is_it(p) {
+                return Some(p);
+            }
+            match super::SystemProbe.parent_of(p) {
+                Some(parent) if parent > 1 => p = parent,
+                _ => break,
+            }
+        }
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&p| is_it(p))
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -111,6 +181,27 @@ impl ProcessProbe for SystemProbe {
         );
         sys.process(pid)?.user_id().map(|u| **u)
     }
+
+    fn parent_of(&self, pid: u32) -> Option<u32> {
+        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+        let mut sys = System::new();
+        let pid = Pid::from_u32(pid);
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing(),
+        );
+        Some(sys.process(pid)?.parent()?.as_u32())
+    }
+
+    /// No PID namespaces here.
+    fn in_other_namespace(&self, _pid: u32) -> Option<bool> {
+        Some(false)
+    }
+
+    fn in_namespace_of(&self, _peer: u32, pid: u32) -> Option<u32> {
+        Some(pid)
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +216,8 @@ pub mod fake {
     pub struct FakeProbe {
         /// pid -> (start time, uid)
         pub procs: Mutex<HashMap<u32, (u64, u32)>>,
+        /// pid -> parent
+        pub parents: Mutex<HashMap<u32, u32>>,
         /// PIDs the system cannot be asked about.
         pub unknown: Mutex<Vec<u32>>,
     }
@@ -132,6 +225,10 @@ pub mod fake {
     impl FakeProbe {
         pub fn set(&self, pid: u32, start_time: u64, uid: u32) {
             self.procs.lock().unwrap().insert(pid, (start_time, uid));
+        }
+
+        pub fn set_parent(&self, pid: u32, parent: u32) {
+            self.parents.lock().unwrap().insert(pid, parent);
         }
     }
 
@@ -147,6 +244,15 @@ pub mod fake {
         }
         fn uid_of(&self, pid: u32) -> Option<u32> {
             self.procs.lock().unwrap().get(&pid).map(|p| p.1)
+        }
+        fn parent_of(&self, pid: u32) -> Option<u32> {
+            self.parents.lock().unwrap().get(&pid).copied()
+        }
+        fn in_other_namespace(&self, _pid: u32) -> Option<bool> {
+            Some(false)
+        }
+        fn in_namespace_of(&self, _peer: u32, pid: u32) -> Option<u32> {
+            Some(pid)
         }
     }
 }
@@ -180,6 +286,16 @@ mod tests {
             "same PID, other start time"
         );
         assert_eq!(p.process(u32::MAX), Process::Gone);
+        assert_eq!(
+            p.parent_of(me),
+            Some(nix::unistd::getppid().as_raw() as u32)
+        );
+        assert_eq!(p.in_other_namespace(me), Some(false));
+        assert_eq!(
+            p.in_namespace_of(me, me),
+            Some(me),
+            "one namespace: the same number"
+        );
     }
 
     #[test]

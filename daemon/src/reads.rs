@@ -1,61 +1,72 @@
-//! Reads: checkpoints and their history, from the cache of latest checkpoints when it holds
-//! them, else through the store's reads on the blocking pool (never on an async worker).
-//! A checkpoint damaged on disk is passed over for the newest intact one (and reported); one
-//! the disk fails to read is refused `unavailable`, never answered with an older one.
+//! Reads: checkpoints, their attachments and their history, from the cache of latest
+//! checkpoints when it holds them, else through the store's reads on the blocking pool (never
+//! on an async worker). A checkpoint damaged on disk is passed over for the newest intact one
+//! (and reported); one the disk fails to read is refused `unavailable`, never answered with
+//! an older one.
 
 use std::sync::Arc;
 
-use sessiond_proto::{CheckpointInfo, ErrorKind, Reply, WireError};
+use sessiond_proto::{
+    Attachment, CheckpointInfo, CheckpointRef, HistoryRequest, Meta, Payload, Reply, WireError,
+};
 
 use crate::cache::Cached;
 use crate::health::Work;
-use crate::model::{micros_to_time, CkptEntry, SessionKey};
+use crate::model::{micros_to_time, SessionKey};
 use crate::state::DaemonState;
 use crate::store::ReadError;
+use crate::table::{meta_matches, Retained};
 
-/// The latest checkpoint (or checkpoint `number`): from the cache when it holds it, which
-/// needs no disk and no thread hop, else read and verified on the blocking pool.
-pub async fn latest(
+/// A checkpoint (`None`: the latest intact one) with, if asked, its attachments: from the
+/// cache when it holds it and there are no attachments to read, which needs no disk and no
+/// thread hop, else read and verified on the blocking pool.
+pub async fn get(
     state: &Arc<DaemonState>,
     uid: u32,
     name: &str,
-    number: Option<u64>,
+    which: Option<CheckpointRef>,
+    attachments: bool,
 ) -> Result<Option<CheckpointInfo>, WireError> {
-    let latest = state.table().latest_checkpoint(uid, name)?;
-    if let Some(latest) = latest.filter(|l| number.is_none_or(|n| n == l.number)) {
-        let key = SessionKey::new(uid, name);
-        if let Some(c) = state.cache.get(&key, &latest) {
-            return Ok(Some(checkpoint_info(
-                &c.entry,
+    let Some(found) = state.table().find(uid, name, which.as_ref(), attachments)? else {
+        return Ok(None);
+    };
+    let key = SessionKey::new(uid, name);
+    if found.attachments.is_empty() {
+        if let Some(c) = state.cache.get(&key, &found.entry) {
+            let mut info = info_of(
+                &found,
                 c.created_at,
                 c.meta.clone(),
                 Some(c.payload.clone()),
-            )));
+            );
+            info.attachments = attachments.then(Vec::new);
+            return Ok(Some(info));
         }
     }
-    let entries = state.table().checkpoints(uid, name)?;
     let shared = state.clone();
-    let name = name.to_string();
     blocking(move || {
-        let info = read_checkpoint(&shared, uid, &name, &entries, number)?;
-        if let (Some(i), Some(last)) = (&info, entries.last()) {
-            let payload = i.payload.as_ref().map(|p| &p.0);
-            let key = SessionKey::new(uid, name);
-            if let Some(p) = payload.filter(|p| {
-                i.number == last.number
-                    && i.skipped_corrupt.is_empty()
-                    && shared.cache.admits(&key, p.len())
-            }) {
+        let Some(info) = (match which {
+            Some(_) => read_named(&shared, &key, &found, attachments).map(Some)?,
+            None => read_latest(&shared, &key, attachments)?,
+        }) else {
+            return Ok(None);
+        };
+        let last = shared.table().find(uid, &key.name, None, false)?;
+        if let (Some(last), Some(p)) = (last, &info.payload) {
+            if info.number == last.entry.number
+                && info.skipped_corrupt.is_empty()
+                && shared.cache.admits(&key, p.0.len())
+            {
                 let cached = Cached {
-                    entry: *last,
-                    created_at: i.created_at.timestamp_micros(),
-                    meta: i.meta.clone(),
-                    payload: p.clone(),
+                    entry: last.entry,
+                    created_at: info.created_at.timestamp_micros(),
+                    meta: info.meta.clone(),
+                    payload: p.0.clone(),
                 };
                 shared.cache.put(key, cached);
             }
         }
-        Ok(info)
+        Ok(Some(info))
     })
     .await
 }
@@ -68,19 +79,17 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| WireError::internal(format!("read task failed: {e}")))?
 }
 
-fn checkpoint_info(
-    entry: &CkptEntry,
-    created_at: i64,
-    meta: sessiond_proto::Meta,
-    payload: Option<Vec<u8>>,
-) -> CheckpointInfo {
+fn info_of(r: &Retained, created_at: i64, meta: Meta, payload: Option<Vec<u8>>) -> CheckpointInfo {
     CheckpointInfo {
-        number: entry.number,
-        size: u64::from(entry.payload_len()),
+        number: r.entry.number,
+        size: u64::from(r.entry.payload_len()),
         created_at: micros_to_time(created_at),
         meta,
-        payload: payload.map(sessiond_proto::Payload),
+        payload: payload.map(Payload),
         skipped_corrupt: Vec::new(),
+        key: r.key.clone(),
+        existing: false,
+        attachments: None,
     }
 }
 
@@ -92,85 +101,122 @@ fn read_failed(shared: &DaemonState, name: &str, error: &str) -> WireError {
     ))
 }
 
-/// Reads one checkpoint (verified), with its meta from the record header. Compaction may
-/// move a checkpoint (and delete its old segment) between the index lookup and the read: a
-/// failed read is retried once at the checkpoint's current place before it counts.
+fn damaged(name: &str, number: u64, error: &str) -> WireError {
+    tracing::error!(session = %name, number, error = %error, "damaged checkpoint");
+    WireError::internal(format!(
+        "checkpoint {number} of session {name:?} is damaged on disk: {error}"
+    ))
+}
+
+/// How one retained checkpoint is read.
+#[derive(Clone, Copy)]
+struct Wanted {
+    payload: bool,
+    attachments: bool,
+}
+
+/// Reads one checkpoint (verified), with its meta from the record. Compaction may move a
+/// record (and delete its old segment) between the index lookup and the read: a failed read
+/// is retried once at the checkpoint's current place before it counts.
 fn read_one(
     shared: &DaemonState,
-    uid: u32,
-    name: &str,
-    entry: &CkptEntry,
+    key: &SessionKey,
+    r: &Retained,
+    wanted: Wanted,
 ) -> Result<CheckpointInfo, ReadError> {
-    read_at(shared, entry).or_else(|e| {
+    read_at(shared, r, wanted).or_else(|e| {
+        let which = CheckpointRef::Number(r.entry.number);
         let moved = shared
             .table()
-            .checkpoints(uid, name)
+            .find(key.uid, &key.name, Some(&which), wanted.attachments)
             .ok()
-            .and_then(|all| all.into_iter().find(|c| c.number == entry.number))
-            .filter(|c| c.loc() != entry.loc());
+            .flatten()
+            .filter(|now| now != r);
         match moved {
-            Some(current) => read_at(shared, &current),
+            Some(current) => read_at(shared, &current, wanted),
             None => Err(e),
         }
     })
 }
 
-fn read_at(shared: &DaemonState, entry: &CkptEntry) -> Result<CheckpointInfo, ReadError> {
-    let (h, payload) = shared.reads.read(&entry.loc())?;
-    if h.number != entry.number {
+fn read_at(
+    shared: &DaemonState,
+    r: &Retained,
+    wanted: Wanted,
+) -> Result<CheckpointInfo, ReadError> {
+    let (h, payload) = if wanted.payload {
+        let (h, p) = shared.reads.read(&r.entry.loc())?;
+        (h, Some(p))
+    } else {
+        (shared.reads.read_meta(&r.entry.loc())?, None)
+    };
+    if h.number != r.entry.number {
         return Err(ReadError::Damaged(
             "the record at the indexed place is another checkpoint".into(),
         ));
     }
-    Ok(checkpoint_info(entry, h.created_at, h.meta, Some(payload)))
+    let mut info = info_of(r, h.created_at, h.meta, payload);
+    if wanted.attachments {
+        let mut list = Vec::with_capacity(r.attachments.len());
+        for a in &r.attachments {
+            let (meta, payload) = shared.reads.read_attachment(&a.loc)?;
+            list.push(Attachment {
+                attach_key: a.attach_key.clone(),
+                meta: meta.meta,
+                size: payload.len() as u64,
+                payload: Some(Payload(payload)),
+            });
+        }
+        info.attachments = Some(list);
+    }
+    Ok(info)
 }
 
-/// The latest intact checkpoint (reporting the damaged ones passed over), or a given number.
-pub fn read_checkpoint(
+/// A checkpoint named by number or key.
+fn read_named(
     shared: &DaemonState,
-    uid: u32,
-    name: &str,
-    entries: &[CkptEntry],
-    number: Option<u64>,
-) -> Result<Option<CheckpointInfo>, WireError> {
-    if let Some(n) = number {
-        let entry = entries.iter().find(|e| e.number == n).ok_or_else(|| {
-            let retained = match (entries.first(), entries.last()) {
-                (Some(a), Some(b)) => format!("retained: {} to {}", a.number, b.number),
-                _ => "it has none".to_string(),
-            };
-            WireError::new(
-                ErrorKind::NotFound,
-                format!("session {name:?} has no checkpoint {n} ({retained})"),
-            )
-        })?;
-        return match read_one(shared, uid, name, entry) {
-            Ok(info) => {
-                shared.health.succeeded(Work::Read);
-                Ok(Some(info))
-            }
-            Err(ReadError::Failed(e)) => Err(read_failed(shared, name, &e)),
-            Err(ReadError::Damaged(e)) => {
-                tracing::error!(session = %name, number = n, error = %e, "damaged checkpoint");
-                Err(WireError::internal(format!(
-                    "checkpoint {n} of session {name:?} is damaged on disk: {e}"
-                )))
-            }
-        };
+    key: &SessionKey,
+    r: &Retained,
+    attachments: bool,
+) -> Result<CheckpointInfo, WireError> {
+    let wanted = Wanted {
+        payload: true,
+        attachments,
+    };
+    match read_one(shared, key, r, wanted) {
+        Ok(info) => {
+            shared.health.succeeded(Work::Read);
+            Ok(info)
+        }
+        Err(ReadError::Failed(e)) => Err(read_failed(shared, &key.name, &e)),
+        Err(ReadError::Damaged(e)) => Err(damaged(&key.name, r.entry.number, &e)),
     }
+}
+
+/// The latest intact checkpoint, reporting the damaged ones passed over.
+pub fn read_latest(
+    shared: &DaemonState,
+    key: &SessionKey,
+    attachments: bool,
+) -> Result<Option<CheckpointInfo>, WireError> {
+    let retained = shared.table().retained(key.uid, &key.name, attachments)?;
+    let wanted = Wanted {
+        payload: true,
+        attachments,
+    };
     let mut skipped = Vec::new();
-    for entry in entries.iter().rev() {
-        match read_one(shared, uid, name, entry) {
+    for r in retained.iter().rev() {
+        match read_one(shared, key, r, wanted) {
             Ok(mut info) => {
                 shared.health.succeeded(Work::Read);
                 info.skipped_corrupt = skipped;
                 return Ok(Some(info));
             }
             // Never an older checkpoint served because the disk failed to read a newer one.
-            Err(ReadError::Failed(e)) => return Err(read_failed(shared, name, &e)),
+            Err(ReadError::Failed(e)) => return Err(read_failed(shared, &key.name, &e)),
             Err(ReadError::Damaged(e)) => {
-                tracing::error!(session = %name, number = entry.number, error = %e, "damaged checkpoint; falling back to the previous one");
-                skipped.push(entry.number);
+                tracing::error!(session = %key.name, number = r.entry.number, error = %e, "damaged checkpoint; falling back to the previous one");
+                skipped.push(r.entry.number);
             }
         }
     }
@@ -178,28 +224,76 @@ pub fn read_checkpoint(
         Ok(None)
     } else {
         Err(WireError::internal(format!(
-            "every retained checkpoint of session {name:?} is damaged on disk: {skipped:?}"
+            "every retained checkpoint of session {:?} is damaged on disk: {skipped:?}",
+            key.name
         )))
     }
 }
 
-pub fn history(
-    shared: &DaemonState,
+/// Where a `before`/`after` bound falls: a number, or a key of a retained checkpoint.
+fn bound(
+    retained: &[Retained],
     name: &str,
-    entries: &[CkptEntry],
-) -> Result<Reply, WireError> {
-    let mut list = Vec::with_capacity(entries.len());
-    for e in entries {
-        let (created_at, meta) = match shared.reads.read_meta(&e.loc()) {
-            Ok(h) => (h.created_at, h.meta),
-            Err(ReadError::Failed(err)) => return Err(read_failed(shared, name, &err)),
+    which: &Option<CheckpointRef>,
+) -> Result<Option<u64>, WireError> {
+    match which {
+        None => Ok(None),
+        Some(CheckpointRef::Number(n)) => Ok(Some(*n)),
+        Some(CheckpointRef::Key(k)) => retained
+            .iter()
+            .find(|r| r.key.as_deref() == Some(k))
+            .map(|r| Some(r.entry.number))
+            .ok_or_else(|| {
+                WireError::new(
+                    sessiond_proto::ErrorKind::NotFound,
+                    format!("session {name:?} retains no checkpoint with key {k:?}"),
+                )
+            }),
+    }
+}
+
+/// `history`: the retained checkpoints between the bounds, in the order asked, those whose
+/// meta matches, up to the limit. Each entry's meta is read from its record (the table keeps
+/// none); payloads and attachments only when asked for.
+pub fn history(shared: &DaemonState, uid: u32, r: &HistoryRequest) -> Result<Reply, WireError> {
+    let key = SessionKey::new(uid, r.name.clone());
+    let retained = shared.table().retained(uid, &r.name, r.attachments)?;
+    let before = bound(&retained, &r.name, &r.before)?;
+    let after = bound(&retained, &r.name, &r.after)?;
+    let in_range = |c: &&Retained| {
+        before.is_none_or(|b| c.entry.number < b) && after.is_none_or(|a| c.entry.number > a)
+    };
+    let ordered: Box<dyn Iterator<Item = &Retained>> = if r.reverse {
+        Box::new(retained.iter().rev().filter(in_range))
+    } else {
+        Box::new(retained.iter().filter(in_range))
+    };
+    let limit = r.limit.map_or(usize::MAX, |l| l as usize);
+    let wanted = Wanted {
+        payload: r.payloads,
+        attachments: r.attachments,
+    };
+    let mut list = Vec::new();
+    for c in ordered {
+        if list.len() >= limit {
+            break;
+        }
+        let info = match read_one(shared, &key, c, wanted) {
+            Ok(info) => info,
+            Err(ReadError::Failed(err)) => return Err(read_failed(shared, &r.name, &err)),
             Err(ReadError::Damaged(err)) => {
-                // Listed all the same (a read of it reports the damage), without its time.
-                tracing::warn!(number = e.number, error = %err, "cannot read a checkpoint's header for history");
-                (0, sessiond_proto::Meta::new())
+                // Listed all the same (a read of it reports the damage), without its time,
+                // meta or payload; never as matching a filter.
+                tracing::warn!(number = c.entry.number, error = %err, "cannot read a checkpoint for history");
+                if !r.meta.is_empty() {
+                    continue;
+                }
+                info_of(c, 0, Meta::new(), None)
             }
         };
-        list.push(checkpoint_info(e, created_at, meta, None));
+        if meta_matches(&info.meta, &r.meta) {
+            list.push(info);
+        }
     }
     Ok(Reply::Checkpoints(list))
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use sessiond_proto::validate::{self, MetaLimits};
 use sessiond_proto::{
-    ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError, PROTOCOL_VERSION,
-    VERSION,
+    CheckpointRef, ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, Target,
+    WireError, PROTOCOL_VERSION, VERSION,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -18,7 +18,7 @@ use crate::conn::replies::DirectReply;
 use crate::model::{CheckedPayload, Owner, SessionKey};
 use crate::reads::{self, blocking};
 use crate::state::DaemonState;
-use crate::table::{ListFilter, Mutation, OwnerClaim};
+use crate::table::{Claimant, ListFilter, Mutation, OwnerClaim, Selection, Which};
 
 /// Who is on the other end of a connection, from the socket's credentials.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +53,7 @@ pub enum Started {
     /// A resume being committed; then [`Service::finish_resume`].
     Resuming {
         uid: u32,
+        attachments: bool,
         committed: oneshot::Receiver<Result<Reply, WireError>>,
     },
     /// A watch: the `Watching` reply, then the events for this user (and session).
@@ -69,6 +70,179 @@ fn set_status(name: String, status: Status, error: Option<String>) -> Mutation {
         status,
         error,
     }
+}
+
+fn checkpoint_ref(r: &CheckpointRef) -> Result<(), WireError> {
+    match r {
+        CheckpointRef::Number(_) => Ok(()),
+        CheckpointRef::Key(k) => validate::key("key", k),
+    }
+}
+
+fn payload(
+    what: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    limits: &Limits,
+) -> Result<CheckedPayload, WireError> {
+    let size = bytes.len() as u64;
+    if size > limits.max_checkpoint_bytes {
+        return Err(WireError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "{what} of {size} bytes for session {name:?} exceeds the limit of {} bytes (--max-checkpoint-bytes)",
+                limits.max_checkpoint_bytes
+            ),
+        ));
+    }
+    Ok(CheckedPayload::new(bytes))
+}
+
+/// The sessions a request's target names: one by name, or those matching a meta (which must
+/// name a pair: an empty one would be every session of the caller).
+fn selection(target: Target, limits: &Limits) -> Result<Selection, WireError> {
+    match (target.name, target.session_meta) {
+        (Some(name), None) => Ok(Selection::Name(name)),
+        (None, Some(meta)) if meta.is_empty() => Err(WireError::invalid(
+            "session_meta must hold at least one pair (an empty one would match every session)",
+        )),
+        (None, Some(meta)) => {
+            validate::meta(&meta, &limits.meta)?;
+            Ok(Selection::Meta(meta))
+        }
+        (Some(_), Some(_)) => Err(WireError::invalid("give name or session_meta, not both")),
+        (None, None) => Err(WireError::invalid("give name or session_meta")),
+    }
+}
+
+/// The mutation a request asks for, validated.
+fn mutation(peer: &Peer, request: Request, limits: &Limits) -> Result<Mutation, WireError> {
+    Ok(match request {
+        Request::Create(r) => {
+            validate::meta(&r.meta, &limits.meta)?;
+            if r.detached && (r.owner_pid.is_some() || r.owner_parent) {
+                return Err(WireError::invalid(
+                    "a detached session has no owner: drop owner_pid and owner_parent",
+                ));
+            }
+            let owner = if r.detached {
+                None
+            } else {
+                Some(Service::owner_claim(peer, r.owner_pid, r.owner_parent)?)
+            };
+            Mutation::Create {
+                name: r.name,
+                keep: r.keep,
+                meta: r.meta,
+                owner,
+            }
+        }
+        Request::Checkpoint(r) => {
+            validate::meta(&r.meta, &limits.meta)?;
+            if let Some(k) = &r.key {
+                validate::key("key", k)?;
+            }
+            Mutation::Checkpoint {
+                payload: payload("checkpoint", &r.name, r.payload.0, limits)?,
+                name: r.name,
+                meta: r.meta,
+                expect: r.expect,
+                epoch: r.epoch,
+                key: r.key,
+            }
+        }
+        Request::Pause(r) => set_status(r.name, Status::Paused, None),
+        Request::Complete(r) => set_status(r.name, Status::Completed, None),
+        Request::Cancel(r) => set_status(r.name, Status::Cancelled, None),
+        Request::Fail(r) => {
+            if let Some(e) = &r.error {
+                if e.len() > limits.meta.max_value_len {
+                    return Err(WireError::invalid(format!(
+                        "error text is {} bytes; at most {} are allowed",
+                        e.len(),
+                        limits.meta.max_value_len
+                    )));
+                }
+            }
+            set_status(r.name, Status::Failed, r.error)
+        }
+        Request::Delete(t) => match selection(t, limits)? {
+            Selection::Name(name) => Mutation::Delete { name },
+            Selection::Meta(session_meta) => Mutation::DeleteMatching { session_meta },
+        },
+        Request::Attach(r) => {
+            validate::meta(&r.meta, &limits.meta)?;
+            validate::key("attach_key", &r.attach_key)?;
+            checkpoint_ref(&r.checkpoint)?;
+            Mutation::Attach {
+                payload: payload("attachment", &r.name, r.payload.0, limits)?,
+                name: r.name,
+                checkpoint: r.checkpoint,
+                attach_key: r.attach_key,
+                meta: r.meta,
+                replace: r.replace,
+                epoch: r.epoch,
+            }
+        }
+        Request::DeleteCheckpoints(r) => {
+            if r.numbers.is_empty() && r.keys.is_empty() && r.meta.is_none() {
+                return Err(WireError::invalid(
+                    "name the checkpoints to delete: numbers, keys or meta",
+                ));
+            }
+            for k in &r.keys {
+                validate::key("key", k)?;
+            }
+            if let Some(m) = &r.meta {
+                validate::meta(m, &limits.meta)?;
+            }
+            Mutation::DeleteCheckpoints {
+                sessions: selection(r.target, limits)?,
+                which: Which {
+                    numbers: r.numbers,
+                    keys: r.keys,
+                    meta: r.meta,
+                },
+            }
+        }
+        Request::Prune(r) => Mutation::Prune {
+            sessions: selection(r.target, limits)?,
+            keep: r.keep,
+        },
+        Request::Copy(r) => {
+            validate::meta(&r.meta, &limits.meta)?;
+            Mutation::Copy {
+                name: r.name,
+                to: r.to,
+                meta: r.meta,
+            }
+        }
+        Request::Batch(b) => {
+            let mut ops = Vec::with_capacity(b.ops.len());
+            for (i, op) in b.ops.into_iter().enumerate() {
+                let m = if op.is_mutation() {
+                    mutation(peer, op, limits)
+                } else {
+                    Err(WireError::invalid(format!(
+                        "{} cannot be in a batch (only create, checkpoint, attach, pause, complete, fail, cancel, delete, delete_checkpoints, prune and copy)",
+                        op.op()
+                    )))
+                };
+                ops.push(m.map_err(|mut e| {
+                    e.message = format!("op {i} of the batch: {}", e.message);
+                    e.index = Some(i as u32);
+                    e
+                })?);
+            }
+            Mutation::Batch(ops)
+        }
+        other => {
+            return Err(WireError::internal(format!(
+                "{} is not a mutation",
+                other.op()
+            )))
+        }
+    })
 }
 
 fn closing() -> WireError {
@@ -134,14 +308,25 @@ impl Service {
         }
     }
 
-    /// Who asks to own a session: the peer itself, or a process it names. Checked and
-    /// resolved to a PID and start time by the commit thread (`/proc` is read there, not here).
-    fn owner_claim(peer: &Peer, named: Option<u32>) -> OwnerClaim {
-        OwnerClaim {
-            pid: named.or(peer.pid),
-            named: named.is_some(),
+    /// Who asks to own a session: the peer itself, a process it names, or its parent as we
+    /// see it. Checked and resolved to a PID and start time by the commit thread (`/proc` is
+    /// read there, not here).
+    fn owner_claim(peer: &Peer, named: Option<u32>, parent: bool) -> Result<OwnerClaim, WireError> {
+        let claimant = match (named, parent) {
+            (Some(_), true) => {
+                return Err(WireError::invalid(
+                    "owner_pid and owner_parent exclude each other",
+                ))
+            }
+            (Some(pid), false) => Claimant::Named(pid),
+            (None, true) => Claimant::Parent,
+            (None, false) => Claimant::Peer,
+        };
+        Ok(OwnerClaim {
+            peer: peer.pid,
+            claimant,
             caller_uid: peer.uid,
-        }
+        })
     }
 
     /// The active sessions of `owners` (for the owner watcher, when they exit).
@@ -161,17 +346,18 @@ impl Service {
         )
     }
 
-    /// Completes a resume: the reply carries the latest intact checkpoint, read once the
-    /// resume is durable.
+    /// Completes a resume: the reply carries the latest intact checkpoint (with its
+    /// attachments if asked), read once the resume is durable.
     pub async fn finish_resume(
         &self,
         uid: u32,
+        attachments: bool,
         committed: Result<Reply, WireError>,
     ) -> Result<Reply, WireError> {
         let Reply::Resumed { session, .. } = committed? else {
             return Err(WireError::internal("resume committed without a session"));
         };
-        let checkpoint = reads::latest(&self.state, uid, &session.name, None).await?;
+        let checkpoint = reads::get(&self.state, uid, &session.name, None, attachments).await?;
         Ok(Reply::Resumed {
             session,
             checkpoint,
@@ -197,62 +383,14 @@ impl Service {
     ) -> Result<Started, WireError> {
         let limits = self.limits();
         let uid = Self::acting_uid(peer, frame.uid)?;
-        if let Some(name) = frame.request.session_name() {
+        for name in frame.request.session_names() {
             validate::session_name(name)?;
         }
-        let mutation = match frame.request {
-            Request::Ping => {
-                return Ok(Started::Done(Ok(Reply::Pong {
-                    version: VERSION.to_string(),
-                    protocol: PROTOCOL_VERSION,
-                })))
-            }
-            Request::Create(r) => {
-                validate::meta(&r.meta, &limits.meta)?;
-                let owner = Self::owner_claim(peer, r.owner_pid);
-                Mutation::Create {
-                    name: r.name,
-                    keep: r.keep,
-                    meta: r.meta,
-                    owner,
-                }
-            }
-            Request::Checkpoint(r) => {
-                validate::meta(&r.meta, &limits.meta)?;
-                let size = r.payload.0.len() as u64;
-                if size > limits.max_checkpoint_bytes {
-                    return Err(WireError::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "checkpoint of {size} bytes for session {:?} exceeds the limit of {} bytes (--max-checkpoint-bytes)",
-                            r.name, limits.max_checkpoint_bytes
-                        ),
-                    ));
-                }
-                Mutation::Checkpoint {
-                    name: r.name,
-                    payload: CheckedPayload::new(r.payload.0),
-                    meta: r.meta,
-                    expect: r.expect,
-                    epoch: r.epoch,
-                }
-            }
-            Request::Pause(r) => set_status(r.name, Status::Paused, None),
-            Request::Complete(r) => set_status(r.name, Status::Completed, None),
-            Request::Cancel(r) => set_status(r.name, Status::Cancelled, None),
-            Request::Fail(r) => {
-                if let Some(e) = &r.error {
-                    if e.len() > limits.meta.max_value_len {
-                        return Err(WireError::invalid(format!(
-                            "error text is {} bytes; at most {} are allowed",
-                            e.len(),
-                            limits.meta.max_value_len
-                        )));
-                    }
-                }
-                set_status(r.name, Status::Failed, r.error)
-            }
-            Request::Delete(r) => Mutation::Delete { name: r.name },
+        match frame.request {
+            Request::Ping => Ok(Started::Done(Ok(Reply::Pong {
+                version: VERSION.to_string(),
+                protocol: PROTOCOL_VERSION,
+            }))),
             Request::List(ref r) => {
                 if r.all_users && peer.uid != 0 {
                     return Err(WireError::new(
@@ -261,40 +399,59 @@ impl Service {
                     ));
                 }
                 validate::meta(&r.meta, &limits.meta)?;
-                return Ok(Started::Read {
-                    uid,
-                    request: frame.request,
-                });
+                Ok(self.read_later(uid, frame.request))
             }
-            Request::Show(_) | Request::History(_) | Request::Get(_) | Request::Stats => {
-                return Ok(Started::Read {
-                    uid,
-                    request: frame.request,
-                })
+            Request::History(ref r) => {
+                validate::meta(&r.meta, &limits.meta)?;
+                for bound in [&r.before, &r.after].into_iter().flatten() {
+                    checkpoint_ref(bound)?;
+                }
+                Ok(self.read_later(uid, frame.request))
             }
+            Request::Get(ref r) => {
+                if r.number.is_some() && r.key.is_some() {
+                    return Err(WireError::invalid("get takes a number or a key, not both"));
+                }
+                if let Some(k) = &r.key {
+                    validate::key("key", k)?;
+                }
+                Ok(self.read_later(uid, frame.request))
+            }
+            Request::Show(_) | Request::Stats => Ok(self.read_later(uid, frame.request)),
             Request::Resume(r) => {
-                let owner = Self::owner_claim(peer, r.owner_pid);
+                let owner = Self::owner_claim(peer, r.owner_pid, r.owner_parent)?;
                 let resume = Mutation::Resume {
                     name: r.name,
                     owner,
                     force: r.force,
                 };
                 // Its reply needs a read after the commit: never written by the commit thread.
-                return Ok(match self.enqueue(uid, resume, None) {
-                    Started::Committing(committed) => Started::Resuming { uid, committed },
+                Ok(match self.enqueue(uid, resume, None) {
+                    Started::Committing(committed) => Started::Resuming {
+                        uid,
+                        attachments: r.attachments,
+                        committed,
+                    },
                     other => other,
-                });
+                })
             }
             Request::Watch(r) => {
                 let events = self.state.notify.events.subscribe();
-                return Ok(Started::Watch {
+                Ok(Started::Watch {
                     uid,
                     name: r.name,
                     events,
-                });
+                })
             }
-        };
-        Ok(self.enqueue(uid, mutation, direct))
+            request => {
+                let mutation = mutation(peer, request, &limits)?;
+                Ok(self.enqueue(uid, mutation, direct))
+            }
+        }
+    }
+
+    fn read_later(&self, uid: u32, request: Request) -> Started {
+        Started::Read { uid, request }
     }
 
     /// Runs a read started by [`Service::start`].
@@ -311,17 +468,26 @@ impl Service {
                     uid: (!r.all_users).then_some(uid),
                     status: r.status,
                     meta: r.meta,
+                    prefix: r.prefix,
+                    after: r.after,
+                    limit: r.limit.map(|l| l as usize),
                 };
                 Ok(Reply::Sessions(self.state.table().list(&filter)))
             }
             Request::History(r) => {
-                let entries = self.state.table().checkpoints(uid, &r.name)?;
                 let state = self.state.clone();
-                blocking(move || reads::history(&state, &r.name, &entries)).await
+                blocking(move || reads::history(&state, uid, &r)).await
             }
-            Request::Get(r) => reads::latest(&self.state, uid, &r.name, r.number)
-                .await
-                .map(Reply::Checkpoint),
+            Request::Get(r) => {
+                let which = match (r.number, r.key) {
+                    (Some(n), _) => Some(CheckpointRef::Number(n)),
+                    (None, Some(k)) => Some(CheckpointRef::Key(k)),
+                    (None, None) => None,
+                };
+                reads::get(&self.state, uid, &r.name, which, r.attachments)
+                    .await
+                    .map(Reply::Checkpoint)
+            }
             Request::Stats => {
                 let (sessions, checkpoints, by_status) = {
                     let t = self.state.table();

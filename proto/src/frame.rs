@@ -166,7 +166,8 @@ impl FrameDecoder {
 }
 
 /// Splits newline-terminated lines with a length cap (for JSON lines). A longer line is
-/// reported once and dropped up to its newline without being buffered.
+/// dropped as it arrives, never buffered, and reported once its newline has come, with the
+/// request id it held if one could be read from it on the way ([`IdScan`]).
 #[derive(Debug)]
 pub struct LineDecoder {
     max: usize,
@@ -174,7 +175,10 @@ pub struct LineDecoder {
     pos: usize,
     /// Bytes already searched for a newline, from `pos`.
     scanned: usize,
-    discarding: bool,
+    /// Dropping a line longer than `max`, looking for its id as it goes.
+    discarding: Option<IdScan>,
+    /// Bytes still to drop that are no line (raw payload bytes of a refused request).
+    skipping: u64,
 }
 
 /// What [`LineDecoder::next_line`] found.
@@ -182,8 +186,9 @@ pub struct LineDecoder {
 pub enum Line<'a> {
     /// A line without its newline (and without a trailing `\r`).
     Text(&'a [u8]),
-    /// A line longer than the cap, dropped.
-    TooLong,
+    /// A line longer than the cap, dropped, with the JSON text of its top-level `id` if it
+    /// had one (at most [`IdScan::MAX_ID`] bytes of it).
+    TooLong { id: Option<Vec<u8>> },
 }
 
 impl LineDecoder {
@@ -193,7 +198,8 @@ impl LineDecoder {
             buf: Vec::new(),
             pos: 0,
             scanned: 0,
-            discarding: false,
+            discarding: None,
+            skipping: 0,
         }
     }
 
@@ -231,9 +237,31 @@ impl LineDecoder {
         self.buf.len() - self.pos
     }
 
-    /// Whether a line has begun and not ended (including one being discarded).
+    /// Whether a line has begun and not ended (including one being dropped).
     pub fn in_progress(&self) -> bool {
-        self.buffered() > 0 || self.discarding
+        self.buffered() > 0 || self.discarding.is_some() || self.skipping > 0
+    }
+
+    /// The next `n` bytes as they are, which must be buffered (raw payload after a line).
+    pub fn take(&mut self, n: usize) -> &[u8] {
+        let start = self.pos;
+        let end = (start + n).min(self.buf.len());
+        self.pos = end;
+        self.scanned = 0;
+        &self.buf[start..end]
+    }
+
+    /// Drops the next `n` bytes, as far as they have arrived and then as they arrive.
+    pub fn skip(&mut self, n: u64) {
+        self.skipping += n;
+        self.drop_skipped();
+    }
+
+    fn drop_skipped(&mut self) {
+        let now = self.skipping.min(self.buffered() as u64) as usize;
+        self.pos += now;
+        self.skipping -= now as u64;
+        self.scanned = 0;
     }
 
     pub fn next_line(&mut self) -> Option<Line<'_>> {
@@ -247,24 +275,42 @@ impl LineDecoder {
 
     fn next(&mut self, skip_blank: bool) -> Option<Line<'_>> {
         loop {
+            if self.skipping > 0 {
+                self.drop_skipped();
+                if self.skipping > 0 {
+                    return None;
+                }
+            }
             let avail = &self.buf[self.pos..];
-            match avail[self.scanned..].iter().position(|&b| b == b'\n') {
+            let newline = avail[self.scanned..].iter().position(|&b| b == b'\n');
+            if let Some(scan) = &mut self.discarding {
+                let upto = newline.map_or(avail.len(), |i| self.scanned + i);
+                scan.feed(&avail[self.scanned..upto]);
+                let Some(i) = newline else {
+                    self.pos = self.buf.len();
+                    self.scanned = 0;
+                    return None;
+                };
+                self.pos += self.scanned + i + 1;
+                self.scanned = 0;
+                let id = self.discarding.take().and_then(IdScan::id);
+                return Some(Line::TooLong { id });
+            }
+            match newline {
                 Some(i) => {
                     let end = self.pos + self.scanned + i;
                     let start = self.pos;
                     self.pos = end + 1;
                     self.scanned = 0;
-                    if self.discarding {
-                        self.discarding = false;
-                        continue;
-                    }
                     let end = if end > start && self.buf[end - 1] == b'\r' {
                         end - 1
                     } else {
                         end
                     };
                     if end - start > self.max {
-                        return Some(Line::TooLong);
+                        let mut scan = IdScan::default();
+                        scan.feed(&self.buf[start..end]);
+                        return Some(Line::TooLong { id: scan.id() });
                     }
                     if skip_blank && self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -272,17 +318,14 @@ impl LineDecoder {
                     return Some(Line::Text(&self.buf[start..end]));
                 }
                 None => {
-                    if self.discarding {
+                    if avail.len() > self.max {
+                        // Drop what we have, reading its id, until the newline.
+                        let mut scan = IdScan::default();
+                        scan.feed(avail);
+                        self.discarding = Some(scan);
                         self.pos = self.buf.len();
                         self.scanned = 0;
                         return None;
-                    }
-                    if avail.len() > self.max {
-                        // Drop what we have; keep dropping until the newline.
-                        self.discarding = true;
-                        self.pos = self.buf.len();
-                        self.scanned = 0;
-                        return Some(Line::TooLong);
                     }
                     self.scanned = avail.len();
                     return None;
@@ -293,12 +336,114 @@ impl LineDecoder {
 
     /// Call at end of stream: the unterminated last line, if any.
     pub fn finish(&mut self) -> Option<&[u8]> {
-        if self.discarding || self.buffered() == 0 {
+        if self.discarding.is_some() || self.buffered() == 0 {
             return None;
         }
         let start = self.pos;
         self.pos = self.buf.len();
         let line = &self.buf[start..];
         (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+    }
+}
+
+/// Reads a JSON object's top-level `"id"` value out of its text as the text goes by, without
+/// keeping the rest: what a line too long to buffer still tells of the request it was.
+#[derive(Debug, Default)]
+pub struct IdScan {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The next string at depth 1 is a key.
+    expect_key: bool,
+    /// The key being read (only its first bytes matter).
+    key: Vec<u8>,
+    reading_key: bool,
+    /// The last key read at depth 1 was `id`, and its value has not begun.
+    id_next: bool,
+    /// The id's text so far, while it is being read; `None` once it ended.
+    value: Option<Vec<u8>>,
+    reading_value: bool,
+    /// The id found, complete.
+    found: Option<Vec<u8>>,
+}
+
+impl IdScan {
+    /// Longest id kept.
+    pub const MAX_ID: usize = 1024;
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.found.is_some() {
+                return;
+            }
+            self.step(b);
+        }
+    }
+
+    fn step(&mut self, b: u8) {
+        if self.reading_value {
+            // The value ends at a comma or the closing brace of the top-level object.
+            if !self.in_string && self.depth == 1 && (b == b',' || b == b'}') {
+                self.reading_value = false;
+                self.found = self.value.take();
+                return;
+            }
+            if let Some(v) = &mut self.value {
+                if v.len() < Self::MAX_ID {
+                    v.push(b);
+                } else {
+                    self.value = None;
+                }
+            }
+        }
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if self.reading_key {
+                    self.reading_key = false;
+                    self.id_next = self.key == b"id";
+                }
+            } else if self.reading_key && self.key.len() < 3 {
+                // Enough to tell `id` from any other key.
+                self.key.push(b);
+            }
+            return;
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                if self.depth == 1 && self.expect_key {
+                    self.expect_key = false;
+                    self.reading_key = true;
+                    self.key.clear();
+                }
+            }
+            b'{' | b'[' => {
+                self.depth += 1;
+                if self.depth == 1 {
+                    self.expect_key = true;
+                }
+            }
+            b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+            b',' if self.depth == 1 => self.expect_key = true,
+            b':' if self.depth == 1 && self.id_next => {
+                self.id_next = false;
+                self.reading_value = true;
+                self.value = Some(Vec::new());
+            }
+            _ => {}
+        }
+    }
+
+    /// The id's JSON text, trimmed, if the object had one (and it was not too long).
+    pub fn id(self) -> Option<Vec<u8>> {
+        let text = self.found?;
+        let start = text.iter().position(|b| !b.is_ascii_whitespace())?;
+        let end = text.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+        Some(text[start..end].to_vec())
     }
 }

@@ -149,6 +149,38 @@ pub struct CheckpointInfo {
     /// Newer checkpoints passed over because they are damaged on disk.
     #[serde(default)]
     pub skipped_corrupt: Vec<u64>,
+    /// The name its writer gave it (protocol 3).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A checkpoint written again under its key with the same bytes: nothing was written.
+    #[serde(default)]
+    pub existing: bool,
+    /// The records attached to it, when asked for (`attachments: true`), in the order they
+    /// were first written.
+    #[serde(default)]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+/// A record attached to a checkpoint (a framework's pending writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub attach_key: String,
+    pub meta: Meta,
+    pub size: u64,
+    #[serde(rename = "payload_b64")]
+    pub payload: Option<Payload>,
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachInfo {
+    /// The checkpoint it is attached to.
+    pub number: u64,
+    pub key: Option<String>,
+    pub attach_key: String,
+    pub size: u64,
+    /// One was there under this attach key and stays (first write wins): nothing written.
+    pub existing: bool,
 }
 
 /// Counters reported by `stats`.
@@ -268,6 +300,9 @@ pub struct WireError {
     pub message: String,
     /// For `owner_alive`: the live owner's PID.
     pub owner_pid: Option<u32>,
+    /// For a `batch`: which of its ops failed (counted from 0).
+    #[serde(default)]
+    pub index: Option<u32>,
 }
 
 impl WireError {
@@ -276,6 +311,7 @@ impl WireError {
             kind,
             message: message.into(),
             owner_pid: None,
+            index: None,
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -300,13 +336,18 @@ pub struct NameRequest {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub name: String,
     pub owner_pid: Option<u32>,
     /// Checkpoints to retain; `None` takes the daemon's default, 0 keeps all.
     pub keep: Option<u32>,
     pub meta: Meta,
+    /// No owner: never marked stale (a framework's thread, not a process's job).
+    pub detached: bool,
+    /// The owner is the connecting process's parent (or its nearest ancestor of the same
+    /// user), as the daemon sees it: what `sessionctl` asks for.
+    pub owner_parent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,20 +359,36 @@ pub struct CheckpointRequest {
     pub expect: Option<u64>,
     /// Accept only if this is the session's current epoch.
     pub epoch: Option<u64>,
+    /// A name for it, unique among the session's retained checkpoints; the same key with the
+    /// same bytes again answers the existing one.
+    pub key: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResumeRequest {
     pub name: String,
     pub owner_pid: Option<u32>,
     pub force: bool,
+    /// Return the latest checkpoint's attachments too.
+    pub attachments: bool,
+    /// As [`CreateRequest::owner_parent`].
+    pub owner_parent: bool,
 }
 
+/// A checkpoint named by its number or by its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointRef {
+    Number(u64),
+    Key(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GetRequest {
     pub name: String,
-    /// A specific checkpoint; `None` is the latest intact one.
+    /// A specific checkpoint; `None` (and no key) is the latest intact one.
     pub number: Option<u64>,
+    pub key: Option<String>,
+    pub attachments: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -341,6 +398,79 @@ pub struct ListRequest {
     pub meta: Meta,
     /// Root only: list every user's sessions.
     pub all_users: bool,
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Only names after this one (in name order): the next page.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// `history`'s filters: which retained checkpoints, in which order, with what.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub name: String,
+    /// Every pair must match the checkpoint's meta.
+    pub meta: Meta,
+    /// Only checkpoints older than this one (exclusive).
+    pub before: Option<CheckpointRef>,
+    /// Only checkpoints newer than this one (exclusive).
+    pub after: Option<CheckpointRef>,
+    pub limit: Option<u32>,
+    /// Newest first.
+    pub reverse: bool,
+    /// Each entry with its payload (read from disk; without it, none is).
+    pub payloads: bool,
+    pub attachments: bool,
+}
+
+/// The sessions an op applies to: one by name, or every one of the caller's whose meta has
+/// every pair of `session_meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Target {
+    pub name: Option<String>,
+    pub session_meta: Option<Meta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub name: String,
+    pub checkpoint: CheckpointRef,
+    pub attach_key: String,
+    pub payload: Payload,
+    pub meta: Meta,
+    /// Replace one already attached under this key (else the first write wins).
+    pub replace: bool,
+    pub epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeleteCheckpointsRequest {
+    pub target: Target,
+    pub numbers: Vec<u64>,
+    pub keys: Vec<String>,
+    /// Every checkpoint whose meta has every pair.
+    pub meta: Option<Meta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PruneRequest {
+    pub target: Target,
+    /// Checkpoints each session keeps, the newest (0: none).
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CopyRequest {
+    pub name: String,
+    pub to: String,
+    /// The new session's meta.
+    pub meta: Meta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// Mutations, applied in order, all or none.
+    pub ops: Vec<Request>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,14 +495,19 @@ pub enum Request {
     Get(GetRequest),
     Show(NameRequest),
     List(ListRequest),
-    History(NameRequest),
+    History(HistoryRequest),
     Pause(NameRequest),
     Complete(NameRequest),
     Fail(FailRequest),
     Cancel(NameRequest),
-    Delete(NameRequest),
+    Delete(Target),
     Watch(WatchRequest),
     Stats,
+    Attach(AttachRequest),
+    DeleteCheckpoints(DeleteCheckpointsRequest),
+    Prune(PruneRequest),
+    Copy(CopyRequest),
+    Batch(BatchRequest),
 }
 
 impl Request {
@@ -394,25 +529,61 @@ impl Request {
             Request::Delete(_) => "delete",
             Request::Watch(_) => "watch",
             Request::Stats => "stats",
+            Request::Attach(_) => "attach",
+            Request::DeleteCheckpoints(_) => "delete_checkpoints",
+            Request::Prune(_) => "prune",
+            Request::Copy(_) => "copy",
+            Request::Batch(_) => "batch",
         }
     }
 
-    /// The session the request names, if any.
+    /// Whether the op changes state (what a `batch` may hold).
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Request::Create(_)
+                | Request::Checkpoint(_)
+                | Request::Pause(_)
+                | Request::Complete(_)
+                | Request::Fail(_)
+                | Request::Cancel(_)
+                | Request::Delete(_)
+                | Request::Attach(_)
+                | Request::DeleteCheckpoints(_)
+                | Request::Prune(_)
+                | Request::Copy(_)
+        )
+    }
+
+    /// The session the request names, if any (for a copy, its source; see
+    /// [`Request::session_names`] for all).
     pub fn session_name(&self) -> Option<&str> {
+        self.session_names().next()
+    }
+
+    /// Every session name the request holds (a batch's ops' included).
+    pub fn session_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        fn one(n: &str) -> Box<dyn Iterator<Item = &str> + '_> {
+            Box::new(std::iter::once(n))
+        }
         match self {
-            Request::Ping | Request::Stats | Request::List(_) => None,
-            Request::Create(r) => Some(&r.name),
-            Request::Checkpoint(r) => Some(&r.name),
-            Request::Resume(r) => Some(&r.name),
-            Request::Get(r) => Some(&r.name),
-            Request::Fail(r) => Some(&r.name),
-            Request::Watch(r) => r.name.as_deref(),
-            Request::Show(r)
-            | Request::History(r)
-            | Request::Pause(r)
-            | Request::Complete(r)
-            | Request::Cancel(r)
-            | Request::Delete(r) => Some(&r.name),
+            Request::Ping | Request::Stats | Request::List(_) => Box::new(std::iter::empty()),
+            Request::Create(r) => one(&r.name),
+            Request::Checkpoint(r) => one(&r.name),
+            Request::Resume(r) => one(&r.name),
+            Request::Get(r) => one(&r.name),
+            Request::History(r) => one(&r.name),
+            Request::Fail(r) => one(&r.name),
+            Request::Attach(r) => one(&r.name),
+            Request::Watch(r) => Box::new(r.name.as_deref().into_iter()),
+            Request::Delete(t) => Box::new(t.name.as_deref().into_iter()),
+            Request::DeleteCheckpoints(r) => Box::new(r.target.name.as_deref().into_iter()),
+            Request::Prune(r) => Box::new(r.target.name.as_deref().into_iter()),
+            Request::Copy(r) => Box::new([r.name.as_str(), r.to.as_str()].into_iter()),
+            Request::Batch(b) => Box::new(b.ops.iter().flat_map(Request::session_names)),
+            Request::Show(r) | Request::Pause(r) | Request::Complete(r) | Request::Cancel(r) => {
+                one(&r.name)
+            }
         }
     }
 }
@@ -446,6 +617,11 @@ pub enum Reply {
     /// First reply of a `watch`; events follow with the same id.
     Watching,
     Event(Event),
+    /// How many were deleted (`delete_checkpoints`, `prune`, `delete` by `session_meta`).
+    Count(u64),
+    Attached(AttachInfo),
+    /// One reply per op of a `batch`, in order.
+    Batch(Vec<Reply>),
 }
 
 /// A reply (or a watch event) to the request with the same id.

@@ -49,6 +49,27 @@ pub fn session_name(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+pub const MAX_KEY_LEN: usize = 256;
+
+/// A checkpoint's `key` or an attachment's `attach_key` (`what` says which): 1–256 bytes of
+/// UTF-8 without control characters.
+pub fn key(what: &str, key: &str) -> Result<(), WireError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(WireError::invalid(format!(
+            "{what} must be 1 to {MAX_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(WireError::invalid(format!(
+            "{what} {:?} contains the control character {:?}",
+            key.escape_debug().to_string(),
+            c
+        )));
+    }
+    Ok(())
+}
+
 pub fn meta(meta: &Meta, limits: &MetaLimits) -> Result<(), WireError> {
     if meta.len() > limits.max_entries {
         return Err(WireError::invalid(format!(
@@ -97,6 +118,17 @@ mod tests {
         ] {
             let err = session_name(bad).unwrap_err();
             assert_eq!(err.kind, crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        for ok in ["a", "1ef3-…", "thread:1/ns 2", &"k".repeat(256)] {
+            assert!(key("key", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a\0b", "a\nb", "\u{7f}", &"k".repeat(257)] {
+            let e = key("key", bad).unwrap_err();
+            assert_eq!(e.kind, crate::ErrorKind::InvalidArgument, "{bad:?}");
         }
     }
 

@@ -1,8 +1,10 @@
 //! One connection's bytes, whichever encoding it speaks: the first byte chooses (`{` is
 //! JSON lines, anything else the binary protocol's hello, then frames). A server hands the
 //! connection's first bytes to [`open`], then reads into [`Requests::read_buffer`], takes
-//! requests from [`Requests::next_request`] and writes each reply as [`encode_reply`] makes it,
-//! never matching on the encoding itself.
+//! requests from [`Requests::next_request`] and writes each reply as [`encode_reply`] makes
+//! it, never matching on the encoding itself.
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 
@@ -19,11 +21,12 @@ pub enum Encoding {
     Json,
 }
 
-/// A request's id as its client gave it, echoed on the reply.
+/// A request's id as its client gave it, echoed on the reply (and, for JSON lines, whether
+/// the reply's payloads go raw after its line).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestId {
     Binary(u64),
-    Json(Value),
+    Json { id: Value, raw: bool },
 }
 
 impl RequestId {
@@ -31,7 +34,10 @@ impl RequestId {
     pub fn none(encoding: Encoding) -> RequestId {
         match encoding {
             Encoding::Binary => RequestId::Binary(0),
-            Encoding::Json => RequestId::Json(Value::Null),
+            Encoding::Json => RequestId::Json {
+                id: Value::Null,
+                raw: false,
+            },
         }
     }
 }
@@ -64,7 +70,11 @@ pub fn open(start: &[u8], limits: Limits) -> Opening {
             lines.push(start);
             Opening::Speak {
                 reply: Vec::new(),
-                requests: Some(Requests::Json(lines)),
+                requests: Some(Requests::Json(Box::new(JsonRequests {
+                    lines,
+                    awaiting: None,
+                    max_raw: limits.max_frame_bytes,
+                }))),
             }
         }
         Some(_) if start.len() < hello::CLIENT_HELLO_LEN => Opening::NeedMore,
@@ -103,14 +113,27 @@ pub fn open(start: &[u8], limits: Limits) -> Opening {
 pub fn refusal(start: &[u8], error: WireError) -> Option<Vec<u8>> {
     match start.first()? {
         &JSON_START => Some(json::encode_response(&Value::Null, &Err(error))),
-        _ => Some(hello::server_hello(false, &error.to_string())),
+        _ => Some(hello::server_hello(
+            false,
+            &format!("{}: {}", error.kind, error.message),
+        )),
     }
 }
 
 /// A connection's requests as their bytes arrive.
 pub enum Requests {
     Binary(FrameDecoder),
-    Json(LineDecoder),
+    /// Boxed: it holds a request awaiting its raw bytes.
+    Json(Box<JsonRequests>),
+}
+
+/// JSON lines, each maybe followed by the raw payload bytes it announces.
+pub struct JsonRequests {
+    lines: LineDecoder,
+    /// A line whose raw payload bytes have not all arrived: the line, and their number.
+    awaiting: Option<(Vec<u8>, usize)>,
+    /// The most raw bytes one request may announce.
+    max_raw: usize,
 }
 
 /// The next request of a connection: its wire length, to be decoded once the server is ready
@@ -123,23 +146,25 @@ pub enum Next<'a> {
 
 /// A whole request's bytes, not decoded yet.
 pub struct Pending<'a> {
-    bytes: &'a [u8],
+    bytes: Cow<'a, [u8]>,
+    /// Raw payload bytes after a JSON line.
+    raw: &'a [u8],
     encoding: Encoding,
 }
 
 impl Pending<'_> {
     /// Bytes the request takes on the wire.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() + self.raw.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 
     pub fn decode(self) -> (RequestId, Result<RequestFrame, WireError>) {
         match self.encoding {
-            Encoding::Binary => match codec::decode::<RequestFrame>(self.bytes) {
+            Encoding::Binary => match codec::decode::<RequestFrame>(&self.bytes) {
                 Ok(req) => (RequestId::Binary(req.id), Ok(req)),
                 Err(e) => (
                     RequestId::Binary(0),
@@ -149,8 +174,14 @@ impl Pending<'_> {
                 ),
             },
             Encoding::Json => {
-                let (id, parsed) = json::decode_request(self.bytes);
-                (RequestId::Json(id), parsed)
+                let d = json::decode_request_with(&self.bytes, self.raw);
+                (
+                    RequestId::Json {
+                        id: d.id,
+                        raw: d.raw,
+                    },
+                    d.request,
+                )
             }
         }
     }
@@ -169,14 +200,14 @@ impl Requests {
     pub fn read_buffer(&mut self, reserve: usize) -> &mut Vec<u8> {
         match self {
             Requests::Binary(d) => d.read_buffer(reserve),
-            Requests::Json(d) => d.read_buffer(reserve),
+            Requests::Json(d) => d.lines.read_buffer(reserve),
         }
     }
 
     pub fn appended(&mut self, from: usize) {
         match self {
             Requests::Binary(d) => d.appended(from),
-            Requests::Json(d) => d.appended(from),
+            Requests::Json(d) => d.lines.appended(from),
         }
     }
 
@@ -184,13 +215,12 @@ impl Requests {
     pub fn in_progress(&self) -> bool {
         match self {
             Requests::Binary(d) => d.in_progress(),
-            Requests::Json(d) => d.in_progress(),
+            Requests::Json(d) => d.awaiting.is_some() || d.lines.in_progress(),
         }
     }
 
     /// The next whole request buffered, if any (blank JSON lines are skipped).
     pub fn next_request(&mut self) -> Option<Next<'_>> {
-        let encoding = self.encoding();
         match self {
             Requests::Binary(d) => {
                 let max = d.max();
@@ -202,22 +232,14 @@ impl Requests {
                             format!("request frame of {len} bytes exceeds the limit of {max} bytes (--max-checkpoint-bytes plus 1 MiB)"),
                         ),
                     )),
-                    Frame::Body(bytes) => Some(Next::Request(Pending { bytes, encoding })),
+                    Frame::Body(bytes) => Some(Next::Request(Pending {
+                        bytes: bytes.into(),
+                        raw: &[],
+                        encoding: Encoding::Binary,
+                    })),
                 }
             }
-            Requests::Json(d) => {
-                let max = d.max();
-                match d.next_nonblank_line()? {
-                    Line::TooLong => Some(Next::Refused(
-                        RequestId::Json(Value::Null),
-                        WireError::new(
-                            ErrorKind::TooLarge,
-                            format!("request line exceeds the limit of {max} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
-                        ),
-                    )),
-                    Line::Text(bytes) => Some(Next::Request(Pending { bytes, encoding })),
-                }
-            }
+            Requests::Json(d) => d.next_request(),
         }
     }
 
@@ -227,23 +249,89 @@ impl Requests {
     }
 
     /// At the end of the peer's stream: a last JSON line without its newline, if any; an
-    /// error if the stream ended in the middle of a frame.
+    /// error if the stream ended in the middle of a request.
     pub fn finish(&mut self) -> Result<Option<Pending<'_>>, frame::FrameError> {
         match self {
             Requests::Binary(d) => d.finish().map(|()| None),
-            Requests::Json(d) => Ok(d.finish().map(|bytes| Pending {
-                bytes,
+            Requests::Json(d) if d.awaiting.is_some() => Err(frame::FrameError::Truncated {
+                buffered: d.lines.buffered(),
+            }),
+            Requests::Json(d) => Ok(d.lines.finish().map(|bytes| Pending {
+                bytes: bytes.into(),
+                raw: &[],
                 encoding: Encoding::Json,
             })),
         }
     }
 }
 
+impl JsonRequests {
+    fn next_request(&mut self) -> Option<Next<'_>> {
+        if self.awaiting.is_none() {
+            let max = self.lines.max();
+            let (line, id) = match self.lines.next_nonblank_line()? {
+                Line::TooLong { id } => (None, id),
+                Line::Text(line) => (Some(line.to_vec()), None),
+            };
+            let Some(line) = line else {
+                let id = id
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or(Value::Null);
+                return Some(Next::Refused(
+                    RequestId::Json { id, raw: false },
+                    WireError::new(
+                        ErrorKind::TooLarge,
+                        format!("request line exceeds the limit of {max} bytes (--max-checkpoint-bytes as base64 plus 1 MiB)"),
+                    ),
+                ));
+            };
+            // Only a line that says so is parsed here (a quick look, then the real parse).
+            let announced = if contains(&line, b"\"payload_len\"") {
+                json::raw_len(&line).unwrap_or(0)
+            } else {
+                0
+            };
+            if announced > self.max_raw as u64 {
+                let id = serde_json::from_slice::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                self.lines.skip(announced);
+                let max = self.max_raw;
+                return Some(Next::Refused(
+                    RequestId::Json { id, raw: false },
+                    WireError::new(
+                        ErrorKind::TooLarge,
+                        format!("a request of {announced} raw payload bytes exceeds the limit of {max} bytes (--max-checkpoint-bytes plus 1 MiB)"),
+                    ),
+                ));
+            }
+            self.awaiting = Some((line, announced as usize));
+        }
+        let need = self.awaiting.as_ref().map_or(0, |(_, n)| *n);
+        if self.lines.buffered() < need {
+            return None;
+        }
+        let (line, _) = self.awaiting.take()?;
+        let raw = self.lines.take(need);
+        Some(Next::Request(Pending {
+            bytes: line.into(),
+            raw,
+            encoding: Encoding::Json,
+        }))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A reply in the encoding of the request it answers. A reply that cannot be encoded (it
 /// never happens with these types) is answered as an internal error.
 pub fn encode_reply(id: &RequestId, result: Result<Reply, WireError>) -> Vec<u8> {
     match id {
-        RequestId::Json(id) => json::encode_response(id, &result),
+        RequestId::Json { id, raw: false } => json::encode_response(id, &result),
+        RequestId::Json { id, raw: true } => json::encode_response_raw(id, &result),
         RequestId::Binary(id) => frame::encode_frame(&ResponseFrame { id: *id, result })
             .or_else(|e| {
                 frame::encode_frame(&ResponseFrame {
@@ -292,7 +380,13 @@ mod tests {
         assert_eq!(r.encoding(), Encoding::Json);
         let got = requests(&mut r);
         assert_eq!(got.len(), 2, "blank lines are passed over");
-        assert_eq!(got[0].0, RequestId::Json(serde_json::json!(7)));
+        assert_eq!(
+            got[0].0,
+            RequestId::Json {
+                id: serde_json::json!(7),
+                raw: false
+            }
+        );
         assert_eq!(got[1].1.as_ref().unwrap().request, Request::Stats);
 
         let hello = hello::client_hello();

@@ -26,6 +26,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     meta,
                     expect,
                     epoch,
+                    key: None,
                 }
             )),
         (
@@ -39,16 +40,22 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     name,
                     owner_pid,
                     keep,
-                    meta
+                    meta,
+                    ..Default::default()
                 })
             ),
-        ("[a-z0-9]{1,20}", any::<Option<u64>>())
-            .prop_map(|(name, number)| Request::Get(GetRequest { name, number })),
+        ("[a-z0-9]{1,20}", any::<Option<u64>>()).prop_map(|(name, number)| Request::Get(
+            GetRequest {
+                name,
+                number,
+                ..Default::default()
+            }
+        )),
         ("[a-z0-9]{1,20}", any::<bool>()).prop_map(|(name, force)| Request::Resume(
             ResumeRequest {
                 name,
-                owner_pid: None,
-                force
+                force,
+                ..Default::default()
             }
         )),
     ]

@@ -47,6 +47,9 @@ fn checkpoint(payload: Option<&[u8]>, skipped: Vec<u64>) -> CheckpointInfo {
         meta: meta(),
         payload: payload.map(|p| Payload(p.to_vec())),
         skipped_corrupt: skipped,
+        key: Some("cp-12".into()),
+        existing: false,
+        attachments: None,
     }
 }
 
@@ -61,6 +64,8 @@ fn requests() -> Vec<(&'static str, Request)> {
                 owner_pid: Some(77),
                 keep: Some(4),
                 meta: meta(),
+                detached: true,
+                owner_parent: true,
             }),
         ),
         (
@@ -71,6 +76,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 meta: meta(),
                 expect: Some(11),
                 epoch: Some(3),
+                key: Some("cp-12".into()),
             }),
         ),
         (
@@ -79,6 +85,8 @@ fn requests() -> Vec<(&'static str, Request)> {
                 name: name(),
                 owner_pid: None,
                 force: true,
+                attachments: true,
+                owner_parent: false,
             }),
         ),
         (
@@ -86,6 +94,8 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::Get(GetRequest {
                 name: name(),
                 number: Some(9),
+                key: None,
+                attachments: true,
             }),
         ),
         ("show", Request::Show(NameRequest { name: name() })),
@@ -95,9 +105,24 @@ fn requests() -> Vec<(&'static str, Request)> {
                 status: Some(Status::Stale),
                 meta: meta(),
                 all_users: true,
+                prefix: Some("job-".into()),
+                after: Some("job-0".into()),
+                limit: Some(10),
             }),
         ),
-        ("history", Request::History(NameRequest { name: name() })),
+        (
+            "history",
+            Request::History(HistoryRequest {
+                name: name(),
+                meta: meta(),
+                before: Some(CheckpointRef::Key("cp-12".into())),
+                after: Some(CheckpointRef::Number(2)),
+                limit: Some(5),
+                reverse: true,
+                payloads: true,
+                attachments: true,
+            }),
+        ),
         ("pause", Request::Pause(NameRequest { name: name() })),
         ("complete", Request::Complete(NameRequest { name: name() })),
         (
@@ -108,9 +133,77 @@ fn requests() -> Vec<(&'static str, Request)> {
             }),
         ),
         ("cancel", Request::Cancel(NameRequest { name: name() })),
-        ("delete", Request::Delete(NameRequest { name: name() })),
+        (
+            "delete",
+            Request::Delete(Target {
+                name: Some(name()),
+                session_meta: None,
+            }),
+        ),
         ("watch", Request::Watch(WatchRequest { name: Some(name()) })),
         ("stats", Request::Stats),
+        (
+            "attach",
+            Request::Attach(AttachRequest {
+                name: name(),
+                checkpoint: CheckpointRef::Key("cp-12".into()),
+                attach_key: "task-1/0".into(),
+                payload: Payload(vec![9, 8, 7]),
+                meta: meta(),
+                replace: true,
+                epoch: Some(3),
+            }),
+        ),
+        (
+            "delete_checkpoints",
+            Request::DeleteCheckpoints(DeleteCheckpointsRequest {
+                target: Target {
+                    name: None,
+                    session_meta: Some(meta()),
+                },
+                numbers: vec![1, 2],
+                keys: vec!["cp-12".into()],
+                meta: Some(meta()),
+            }),
+        ),
+        (
+            "prune",
+            Request::Prune(PruneRequest {
+                target: Target {
+                    name: Some(name()),
+                    session_meta: None,
+                },
+                keep: 1,
+            }),
+        ),
+        (
+            "copy",
+            Request::Copy(CopyRequest {
+                name: name(),
+                to: "job-2".into(),
+                meta: meta(),
+            }),
+        ),
+        (
+            "batch",
+            Request::Batch(BatchRequest {
+                ops: vec![
+                    Request::Create(CreateRequest {
+                        name: name(),
+                        detached: true,
+                        ..Default::default()
+                    }),
+                    Request::Checkpoint(CheckpointRequest {
+                        name: name(),
+                        payload: Payload(b"x".to_vec()),
+                        meta: Meta::new(),
+                        expect: None,
+                        epoch: None,
+                        key: None,
+                    }),
+                ],
+            }),
+        ),
     ]
 }
 
@@ -184,6 +277,32 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
         ("deleted", Ok(Reply::Deleted(true))),
         ("stats", Ok(Reply::Stats(stats))),
         ("watching", Ok(Reply::Watching)),
+        ("count", Ok(Reply::Count(3))),
+        (
+            "attached",
+            Ok(Reply::Attached(AttachInfo {
+                number: 12,
+                key: Some("cp-12".into()),
+                attach_key: "task-1/0".into(),
+                size: 3,
+                existing: true,
+            })),
+        ),
+        (
+            "batch",
+            Ok(Reply::Batch(vec![
+                Reply::Session(session()),
+                Reply::Checkpoint(Some(CheckpointInfo {
+                    attachments: Some(vec![Attachment {
+                        attach_key: "task-1/0".into(),
+                        meta: meta(),
+                        size: 3,
+                        payload: Some(Payload(vec![9, 8, 7])),
+                    }]),
+                    ..checkpoint(Some(b"hello"), vec![])
+                })),
+            ])),
+        ),
         ("event", Ok(Reply::Event(event))),
         (
             "error",
@@ -191,6 +310,7 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
                 kind: ErrorKind::OwnerAlive,
                 message: "owner 42 is alive".into(),
                 owner_pid: Some(42),
+                index: Some(1),
             }),
         ),
         (
@@ -454,6 +574,7 @@ fn frames_split_joined_empty_oversized_and_truncated() {
             meta: Meta::new(),
             expect: None,
             epoch: None,
+            key: None,
         }),
     })
     .unwrap();
@@ -565,23 +686,91 @@ fn lines_split_long_and_unterminated() {
     d.push(b":2}\n");
     assert_eq!(d.next_line(), Some(Line::Text(b"{\"b\":2}")));
 
-    // Too long: reported once, dropped up to its newline without buffering, then fine.
+    // Too long: dropped as it arrives without buffering, reported once its newline has come,
+    // then fine.
     d.push(b"0123456789abcdef");
-    assert_eq!(d.next_line(), Some(Line::TooLong));
+    assert_eq!(d.next_line(), None);
     for _ in 0..100 {
         d.push(b"xxxxxxxxxxxxxxxxxxxx");
         assert_eq!(d.next_line(), None);
         assert!(d.buffered() <= 20);
     }
     d.push(b"yy\n{}\n");
+    assert_eq!(d.next_line(), Some(Line::TooLong { id: None }));
     assert_eq!(d.next_line(), Some(Line::Text(b"{}")));
 
     // A long line that arrives whole.
     d.push(b"0123456789abcdef\n{}\n");
-    assert_eq!(d.next_line(), Some(Line::TooLong));
+    assert_eq!(d.next_line(), Some(Line::TooLong { id: None }));
     assert_eq!(d.next_line(), Some(Line::Text(b"{}")));
+
+    // The id of a line too long to keep is read on the way, wherever it is in the line.
+    let mut d = LineDecoder::new(40);
+    d.push(br#"{"op":"checkpoint","payload_b64":""#);
+    d.push(&[b'A'; 500]);
+    d.push(br#"","meta":{"id":"not this"},"id":{"n":[1,"a,}"]} }"#);
+    d.push(b"\n");
+    assert_eq!(
+        d.next_line(),
+        Some(Line::TooLong {
+            id: Some(br#"{"n":[1,"a,}"]}"#.to_vec())
+        })
+    );
+    d.push(br#"{"id": 7, "payload_b64": ""#);
+    d.push(&[b'A'; 500]);
+    d.push(b"\"}\n");
+    assert_eq!(
+        d.next_line(),
+        Some(Line::TooLong {
+            id: Some(b"7".to_vec())
+        })
+    );
 
     d.push(b"{\"op\":1}");
     assert_eq!(d.next_line(), None);
     assert_eq!(d.finish(), Some(&b"{\"op\":1}"[..]));
+}
+
+#[test]
+fn raw_payloads_follow_their_lines_in_both_directions() {
+    // A request: its payload after the line, a batch's ops' one after the other.
+    let line = br#"{"op":"batch","id":5,"raw":true,"ops":[{"op":"checkpoint","name":"a","payload_len":3},{"op":"attach","name":"a","key":"k","attach_key":"t/0","payload_len":2}]}"#;
+    assert_eq!(json::raw_len(line), Some(5));
+    let d = json::decode_request_with(line, b"abcde");
+    assert!(d.raw);
+    assert_eq!(d.id, json!(5));
+    let Request::Batch(b) = d.request.unwrap().request else {
+        panic!()
+    };
+    let Request::Checkpoint(c) = &b.ops[0] else {
+        panic!()
+    };
+    assert_eq!(c.payload.0, b"abc");
+    let Request::Attach(a) = &b.ops[1] else {
+        panic!()
+    };
+    assert_eq!(a.payload.0, b"de");
+    // Bytes missing or left over are errors, never misread.
+    let d = json::decode_request_with(line, b"abcd");
+    assert!(d.request.is_err());
+    let d = json::decode_request_with(line, b"abcdef");
+    assert!(d.request.unwrap_err().message.contains("beyond"));
+
+    // A reply: payload_len in place of payload_b64, the bytes after the line, walked in order.
+    let cp = CheckpointInfo {
+        attachments: Some(vec![Attachment {
+            attach_key: "t/0".into(),
+            meta: Meta::new(),
+            size: 2,
+            payload: Some(Payload(b"de".to_vec())),
+        }]),
+        ..checkpoint(Some(b"abc"), vec![])
+    };
+    let result = Ok(Reply::Checkpoints(vec![cp.clone(), cp]));
+    let bytes = json::encode_response_raw(&json!(1), &result);
+    let end = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let v: Value = serde_json::from_slice(&bytes[..end]).unwrap();
+    assert!(v["checkpoints"][0].get("payload_b64").is_none());
+    assert_eq!(json::raw_payloads(&v), vec![3, 2, 3, 2]);
+    assert_eq!(&bytes[end + 1..], b"abcdeabcde");
 }

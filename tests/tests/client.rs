@@ -20,7 +20,7 @@ fn blocking_round_trips_and_typed_errors() {
             CreateOptions {
                 keep: Some(2),
                 meta,
-                owner_pid: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -123,6 +123,7 @@ fn blocking_pipelining_keeps_order() {
                 meta: Default::default(),
                 expect: None,
                 epoch: None,
+                key: None,
             }))
             .unwrap()
         })
@@ -225,6 +226,7 @@ async fn async_client_round_trips_pipelines_and_watches() {
             c.send(Request::Get(sessiond_client::GetRequest {
                 name: "a".into(),
                 number: Some(n),
+                ..Default::default()
             }))
             .await
             .unwrap(),

@@ -116,6 +116,7 @@ fn generate_current_state_dir() {
             owner_pid: None,
             keep: Some(3),
             meta: [("team".to_string(), "blue".to_string())].into(),
+            ..Default::default()
         },
     ))
     .unwrap();

@@ -164,6 +164,7 @@ fn a_pipelining_client_cannot_make_the_daemon_hold_unbounded_requests() {
                         meta: Default::default(),
                         expect: None,
                         epoch: None,
+                        key: None,
                     },
                 ))
                 .unwrap();

@@ -272,6 +272,7 @@ fn a_slow_watcher_lags_instead_of_slowing_writers() {
                     meta: Default::default(),
                     expect: None,
                     epoch: None,
+                    key: None,
                 },
             ))
             .unwrap();

@@ -283,6 +283,7 @@ fn binary_bad_frames_get_errors_and_the_connection_survives() {
             meta: Meta::new(),
             expect: None,
             epoch: None,
+            key: None,
         }),
     })
     .unwrap();
@@ -307,9 +308,8 @@ fn binary_bad_frames_get_errors_and_the_connection_survives() {
         uid: Some(4321),
         request: Request::Create(CreateRequest {
             name: "s".into(),
-            owner_pid: None,
-            keep: None,
             meta: Meta::new(),
+            ..Default::default()
         }),
     };
     s.write_all(&frame::encode_frame(&req).unwrap()).unwrap();
@@ -363,6 +363,7 @@ fn binary_requests_pipeline_in_order() {
                 meta: Meta::new(),
                 expect: None,
                 epoch: None,
+                key: None,
             }))
             .unwrap()
         })
@@ -467,6 +468,7 @@ fn binary_replies_keep_request_order_across_commits_reads_refusals_and_large_rep
                     meta: Meta::new(),
                     expect: None,
                     epoch: None,
+                    key: None,
                 })
             }
             2 => {
@@ -474,6 +476,7 @@ fn binary_replies_keep_request_order_across_commits_reads_refusals_and_large_rep
                 Request::Get(GetRequest {
                     name: "o".into(),
                     number: Some(1),
+                    ..Default::default()
                 })
             }
             3 => {
@@ -489,6 +492,7 @@ fn binary_replies_keep_request_order_across_commits_reads_refusals_and_large_rep
                     meta: Meta::new(),
                     expect: Some(0),
                     epoch: None,
+                    key: None,
                 })
             }
         };

@@ -307,7 +307,11 @@ fn owner_pid_and_help() {
         .json();
     assert_eq!(v["owner_pid"], json!(owner.pid()));
     let help = d.ctl(&["--help"]).ok().text();
-    for &verb in sessiond_proto::json::OPS {
+    for verb in sessiond_proto::json::OPS
+        .iter()
+        .map(|op| op.replace('_', "-"))
+    {
+        let verb = verb.as_str();
         assert!(help.contains(verb), "--help lacks {verb}");
         let sub = d.ctl(&[verb, "--help"]).ok().text();
         assert!(

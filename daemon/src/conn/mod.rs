@@ -375,8 +375,14 @@ async fn write_replies(
             Started::Done(r) => r,
             Started::Committing(rx) => committed(rx).await,
             Started::Read { uid, request } => service.read(uid, request).await,
-            Started::Resuming { uid, committed: rx } => {
-                service.finish_resume(uid, committed(rx).await).await
+            Started::Resuming {
+                uid,
+                attachments,
+                committed: rx,
+            } => {
+                service
+                    .finish_resume(uid, attachments, committed(rx).await)
+                    .await
             }
             Started::Watch { uid, name, events } => {
                 w.write_all(&wire::encode_reply(&id, Ok(Reply::Watching)))

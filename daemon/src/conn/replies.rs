@@ -270,6 +270,9 @@ mod tests {
             meta: Default::default(),
             payload: Some(sessiond_proto::Payload(vec![7; 4 << 20])),
             skipped_corrupt: Vec::new(),
+            key: None,
+            existing: false,
+            attachments: None,
         })));
         sink.try_send(0, 5, big).unwrap();
         let Turn::Rest(rest) = sink.turn(0) else {

@@ -21,7 +21,9 @@ use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::model::{Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc};
+use crate::model::{
+    AttachMeta, Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,6 +95,9 @@ pub trait Reads: Send + Sync {
 
     /// A checkpoint's meta alone (no payload read).
     fn read_meta(&self, at: &Loc) -> Result<CheckpointMeta, ReadError>;
+
+    /// An attachment's meta and payload, verified.
+    fn read_attachment(&self, at: &Loc) -> Result<(AttachMeta, Vec<u8>), ReadError>;
 
     fn usage(&self) -> Usage;
 }

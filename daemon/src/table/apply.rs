@@ -1,17 +1,21 @@
 //! Applying durable changes: live commits and start-up's replay alike go through
 //! [`SessionTable::apply`], so that what is served after a restart is what was acknowledged
 //! before it. Retention happens here, and every apply says which records it made dead (a
-//! dropped checkpoint, a session's older state record) for the store to count.
+//! dropped checkpoint with its attachments, a session's older state record) for the store to
+//! count.
 
 use std::collections::VecDeque;
 
 use sessiond_proto::{Meta, Status};
 
 use super::{Session, SessionTable};
-use crate::model::{Change, CheckpointMeta, CkptEntry, Loc, SessionState};
+use crate::model::{
+    AttachEntry, AttachMeta, Change, CheckpointMeta, CkptEntry, KeyEntry, Loc, SessionKey,
+    SessionState,
+};
 
 /// A state record's place when a session had to be recreated without one: no record.
-const NO_RECORD: Loc = Loc {
+pub(super) const NO_RECORD: Loc = Loc {
     segment: 0,
     offset: 0,
     header_len: 0,
@@ -30,55 +34,127 @@ impl SessionTable {
                     s.state = state;
                     s.state.last_number = last;
                 }
-                None => self.sessions.insert(Session {
-                    state,
-                    state_loc: at,
-                    checkpoints: VecDeque::new(),
-                }),
+                None => self.sessions.insert(Session::new(state, at)),
             },
-            Change::Checkpoint(h) => {
-                let Some(entry) = Self::entry(&h, at, &mut dead) else {
-                    return dead;
-                };
-                let s = self.session_for_checkpoint(&h);
-                let mut dropped = Vec::new();
-                // A record numbered N replaces any N' >= N (only after an unacknowledged write).
-                while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
-                    dropped.extend(s.checkpoints.pop_back());
-                }
-                Self::make_room(s, &mut dropped);
-                s.checkpoints.push_back(entry);
-                s.state.last_number = s.state.last_number.max(h.number);
-                s.state.updated_at = s.state.updated_at.max(h.created_at);
-                self.checkpoints += 1;
-                self.drop_entries(&dropped, &mut dead);
+            Change::Checkpoint { meta, payload_crc } => {
+                self.add_checkpoint(meta, payload_crc, at, &mut dead)
             }
-            Change::Relocated(h) => {
-                // A copy of a retained checkpoint, written so that its old segment can go.
-                let Some(entry) = Self::entry(&h, at, &mut dead) else {
-                    return dead;
-                };
-                let s = self.session_for_checkpoint(&h);
-                let mut dropped = Vec::new();
-                match s.checkpoints.binary_search_by_key(&h.number, |c| c.number) {
-                    Ok(i) => dropped.push(std::mem::replace(&mut s.checkpoints[i], entry)),
-                    Err(i) => s.checkpoints.insert(i, entry),
-                }
-                s.state.last_number = s.state.last_number.max(h.number);
-                dropped.extend(Self::retain(s));
-                self.checkpoints += 1;
-                self.drop_entries(&dropped, &mut dead);
-            }
+            Change::Relocated(h) => self.relocate_checkpoint(h, at, &mut dead),
             Change::Delete(key) => {
                 if let Some(s) = self.sessions.remove(key.uid, &key.name) {
                     dead.push(s.state_loc);
-                    let entries: Vec<CkptEntry> = s.checkpoints.into_iter().collect();
-                    self.drop_entries(&entries, &mut dead);
+                    self.checkpoints -= s.checkpoints.len() as u64;
+                    dead.extend(s.checkpoints.iter().map(CkptEntry::loc));
+                    if let Some(extra) = s.extra {
+                        dead.extend(extra.attachments.into_values().flatten().map(|a| a.loc));
+                    }
                 }
+            }
+            Change::Attach(a) => self.attach(a, at, false, &mut dead),
+            Change::RelocatedAttach(a) => self.attach(a, at, true, &mut dead),
+            Change::DropCheckpoints { session, numbers } => {
+                self.drop_checkpoints(&session, &numbers, &mut dead)
             }
         }
         dead.retain(|loc| *loc != NO_RECORD);
         dead
+    }
+
+    fn add_checkpoint(
+        &mut self,
+        h: CheckpointMeta,
+        payload_crc: u32,
+        at: Loc,
+        dead: &mut Vec<Loc>,
+    ) {
+        let Some(entry) = Self::entry(&h, at, dead) else {
+            return;
+        };
+        let s = self.session_for_checkpoint(&h);
+        let mut dropped = Vec::new();
+        // A record numbered N replaces any N' >= N (only after an unacknowledged write).
+        while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
+            dropped.extend(s.checkpoints.pop_back());
+        }
+        Self::make_room(s, &mut dropped);
+        s.checkpoints.push_back(entry);
+        s.state.last_number = s.state.last_number.max(h.number);
+        s.state.updated_at = s.state.updated_at.max(h.created_at);
+        s.forget(&dropped, dead);
+        if let Some(key) = h.key {
+            let known = KeyEntry {
+                number: h.number,
+                created_at: h.created_at,
+                payload_len: u64::from(at.payload_len),
+                payload_crc,
+                meta_crc: crate::model::meta_crc(&h.meta),
+            };
+            let extra = s.extra_mut();
+            extra.key_of.insert(h.number, key.clone());
+            extra.keys.insert(key, known);
+        }
+        self.checkpoints += 1;
+        self.checkpoints -= dropped.len() as u64;
+        dead.extend(dropped.iter().map(CkptEntry::loc));
+    }
+
+    /// A copy of a retained checkpoint, written so that its old segment can go.
+    fn relocate_checkpoint(&mut self, h: CheckpointMeta, at: Loc, dead: &mut Vec<Loc>) {
+        let Some(entry) = Self::entry(&h, at, dead) else {
+            return;
+        };
+        let s = self.session_for_checkpoint(&h);
+        let mut added = 0;
+        match s.checkpoints.binary_search_by_key(&h.number, |c| c.number) {
+            Ok(i) => dead.push(std::mem::replace(&mut s.checkpoints[i], entry).loc()),
+            Err(i) => {
+                s.checkpoints.insert(i, entry);
+                added = 1;
+            }
+        }
+        s.state.last_number = s.state.last_number.max(h.number);
+        let dropped = Self::retain(s);
+        s.forget(&dropped, dead);
+        self.checkpoints += added;
+        self.checkpoints -= dropped.len() as u64;
+        dead.extend(dropped.iter().map(CkptEntry::loc));
+    }
+
+    /// An attachment to a retained checkpoint: added, or replacing the one under its key (a
+    /// relocated one only takes its own place). One to a checkpoint no longer retained is
+    /// dead at once.
+    fn attach(&mut self, a: AttachMeta, at: Loc, relocated: bool, dead: &mut Vec<Loc>) {
+        let Some(s) = self.sessions.get_mut(a.uid, &a.name) else {
+            dead.push(at);
+            return;
+        };
+        if !s.retains(a.number) {
+            dead.push(at);
+            return;
+        }
+        let list = s.extra_mut().attachments.entry(a.number).or_default();
+        match list.iter_mut().find(|e| e.attach_key == a.attach_key) {
+            Some(e) => dead.push(std::mem::replace(&mut e.loc, at)),
+            None if relocated => dead.push(at),
+            None => list.push(AttachEntry {
+                attach_key: a.attach_key,
+                loc: at,
+            }),
+        }
+    }
+
+    fn drop_checkpoints(&mut self, key: &SessionKey, numbers: &[u64], dead: &mut Vec<Loc>) {
+        let Some(s) = self.sessions.get_mut(key.uid, &key.name) else {
+            return;
+        };
+        let (dropped, kept): (Vec<CkptEntry>, Vec<CkptEntry>) = s
+            .checkpoints
+            .iter()
+            .partition(|c| numbers.contains(&c.number));
+        s.checkpoints = kept.into();
+        s.forget(&dropped, dead);
+        self.checkpoints -= dropped.len() as u64;
+        dead.extend(dropped.iter().map(CkptEntry::loc));
     }
 
     /// The session of a checkpoint record, recreated as paused if its state record is lost
@@ -87,23 +163,20 @@ impl SessionTable {
         let default_keep = self.default_keep;
         self.sessions.get_or_insert_with(h.uid, &h.name, || {
             tracing::warn!(session = %h.name, uid = h.uid, "checkpoint of an unknown session; recreating it as paused");
-            Session {
-                state: SessionState {
-                    uid: h.uid,
-                    name: h.name.clone(),
-                    status: Status::Paused,
-                    owner: None,
-                    epoch: 1,
-                    created_at: h.created_at,
-                    updated_at: h.created_at,
-                    keep: default_keep,
-                    meta: Meta::new(),
-                    error: None,
-                    last_number: 0,
-                },
-                state_loc: NO_RECORD,
-                checkpoints: VecDeque::new(),
-            }
+            let state = SessionState {
+                uid: h.uid,
+                name: h.name.clone(),
+                status: Status::Paused,
+                owner: None,
+                epoch: 1,
+                created_at: h.created_at,
+                updated_at: h.created_at,
+                keep: default_keep,
+                meta: Meta::new(),
+                error: None,
+                last_number: 0,
+            };
+            Session::new(state, NO_RECORD)
         })
     }
 
@@ -142,9 +215,44 @@ impl SessionTable {
         }
         out
     }
+}
 
-    fn drop_entries(&mut self, entries: &[CkptEntry], dead: &mut Vec<Loc>) {
-        dead.extend(entries.iter().map(CkptEntry::loc));
-        self.checkpoints -= entries.len() as u64;
+impl Session {
+    pub(super) fn new(state: SessionState, state_loc: Loc) -> Self {
+        Session {
+            state,
+            state_loc,
+            checkpoints: VecDeque::new(),
+            extra: None,
+        }
+    }
+
+    fn extra_mut(&mut self) -> &mut super::Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn retains(&self, number: u64) -> bool {
+        self.checkpoints
+            .binary_search_by_key(&number, |c| c.number)
+            .is_ok()
+    }
+
+    /// Forgets the keys and attachments of checkpoints no longer retained; their
+    /// attachments' records are dead.
+    fn forget(&mut self, dropped: &[CkptEntry], dead: &mut Vec<Loc>) {
+        let Some(extra) = &mut self.extra else {
+            return;
+        };
+        for c in dropped {
+            if let Some(key) = extra.key_of.remove(&c.number) {
+                extra.keys.remove(&key);
+            }
+            if let Some(list) = extra.attachments.remove(&c.number) {
+                dead.extend(list.into_iter().map(|a| a.loc));
+            }
+        }
+        if extra.keys.is_empty() && extra.attachments.is_empty() {
+            self.extra = None;
+        }
     }
 }

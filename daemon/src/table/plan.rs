@@ -1,18 +1,23 @@
 //! Planning: a mutation validated against the table plus the batch's earlier, not yet
 //! durable changes (an [`Overlay`]), and turned into the changes that express it, the reply
-//! to send once they are durable, the events to announce and the owner to watch. One
-//! function per mutation.
-
-use std::collections::HashMap;
+//! to send once they are durable, the events to announce and the owners to watch. One
+//! function per mutation; the ops made for frameworks (SPEC section 9) are in
+//! [`super::framework`].
 
 use chrono::{DateTime, Utc};
 use sessiond_proto::{CheckpointInfo, ErrorKind, Event, EventKind, Meta, Reply, Status, WireError};
 
+use super::overlay::{Staged, StagedCkpt, View};
 use super::{info, SessionTable};
 use crate::model::{
-    micros_to_time, Change, CheckedPayload, CheckpointMeta, Owner, SessionKey, SessionState,
+    micros_to_time, Change, CheckedPayload, CheckpointMeta, KeyEntry, Owner, SessionKey,
+    SessionState,
 };
 use crate::process::{Process, ProcessProbe};
+use crate::store::Reads;
+
+pub use super::framework::{Selection, Which};
+pub use super::overlay::Overlay;
 
 /// A change to make, decided by a request handler.
 #[derive(Debug)]
@@ -21,7 +26,8 @@ pub enum Mutation {
         name: String,
         keep: Option<u32>,
         meta: Meta,
-        owner: OwnerClaim,
+        /// `None`: detached, no owner ever.
+        owner: Option<OwnerClaim>,
     },
     Checkpoint {
         name: String,
@@ -29,6 +35,7 @@ pub enum Mutation {
         meta: Meta,
         expect: Option<u64>,
         epoch: Option<u64>,
+        key: Option<String>,
     },
     SetStatus {
         name: String,
@@ -48,43 +55,171 @@ pub enum Mutation {
         owner: OwnerClaim,
         force: bool,
     },
+    Attach {
+        name: String,
+        checkpoint: sessiond_proto::CheckpointRef,
+        attach_key: String,
+        payload: CheckedPayload,
+        meta: Meta,
+        replace: bool,
+        epoch: Option<u64>,
+    },
+    /// Every session of the caller whose meta has these pairs.
+    DeleteMatching {
+        session_meta: Meta,
+    },
+    DeleteCheckpoints {
+        sessions: Selection,
+        which: Which,
+    },
+    Prune {
+        sessions: Selection,
+        keep: u32,
+    },
+    Copy {
+        name: String,
+        to: String,
+        meta: Meta,
+    },
+    /// All or none, in order, each seeing what the ones before it did.
+    Batch(Vec<Mutation>),
+}
+
+impl Mutation {
+    /// Payload bytes it carries (what a commit batch is bounded by).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Mutation::Checkpoint { payload, .. } | Mutation::Attach { payload, .. } => {
+                payload.bytes.len()
+            }
+            Mutation::Batch(ops) => ops.iter().map(Mutation::payload_bytes).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Whether it reads payloads that `overlay` has not yet written (a copy of a session the
+    /// commit batch wrote): it must be planned after that batch is durable.
+    pub fn waits_for(&self, uid: u32, overlay: &Overlay) -> bool {
+        match self {
+            Mutation::Copy { name, .. } => {
+                overlay.has_unwritten_payloads(&SessionKey::new(uid, name.clone()))
+            }
+            Mutation::Batch(ops) => ops.iter().any(|m| m.waits_for(uid, overlay)),
+            _ => false,
+        }
+    }
+}
+
+/// Who asks to own a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimant {
+    /// The connecting process.
+    Peer,
+    /// A process the request names (`owner_pid`), numbered in the peer's PID namespace.
+    Named(u32),
+    /// The connecting process's nearest ancestor of the caller's user (`owner_parent`).
+    Parent,
 }
 
 /// A request to own a session, as the connection saw it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct OwnerClaim {
-    /// The process (`None`: unknown, the session gets no owner).
-    pub pid: Option<u32>,
-    /// Named by the request (`owner_pid`) rather than the peer itself.
-    pub named: bool,
+    /// The connecting process, from the socket's credentials (`None`: unknown).
+    pub peer: Option<u32>,
+    pub claimant: Claimant,
     /// The connecting user, from the socket's credentials.
     pub caller_uid: u32,
 }
 
+impl Default for OwnerClaim {
+    fn default() -> Self {
+        OwnerClaim {
+            peer: None,
+            claimant: Claimant::Peer,
+            caller_uid: 0,
+        }
+    }
+}
+
+/// How far up the process tree `owner_parent` looks for a process of the caller's user.
+const MAX_ANCESTORS: usize = 64;
+
 impl OwnerClaim {
     /// The owner this claim gives: a named process must run and belong to the caller (root
-    /// may name any). The peer itself is taken even if it already exited (start time 0 then:
-    /// never alive, so the session soon goes stale).
+    /// may name any); one named from another PID namespace is found by its number there. The
+    /// peer itself is taken even if it already exited (start time 0 then: never alive, so the
+    /// session soon goes stale). A parent is the nearest ancestor of the caller's user but
+    /// init; with none, no owner.
     pub fn resolve(&self, probe: &dyn ProcessProbe) -> Result<Option<Owner>, WireError> {
-        let Some(pid) = self.pid else { return Ok(None) };
         let denied = |why: String| WireError::new(ErrorKind::PermissionDenied, why);
-        if self.named
-            && self.caller_uid != 0
-            && probe.uid_of(pid).is_some_and(|u| u != self.caller_uid)
-        {
-            return Err(denied(format!("owner_pid {pid} belongs to another user")));
-        }
+        let pid = match self.claimant {
+            Claimant::Peer => match self.peer {
+                Some(pid) => pid,
+                None => return Ok(None),
+            },
+            Claimant::Parent => return self.ancestor(probe),
+            Claimant::Named(asked) => {
+                let pid = self.translate(probe, asked)?;
+                if self.caller_uid != 0 && probe.uid_of(pid).is_some_and(|u| u != self.caller_uid) {
+                    return Err(denied(format!("owner_pid {asked} belongs to another user")));
+                }
+                pid
+            }
+        };
         match probe.process(pid) {
             Process::Running { start_time } => Ok(Some(Owner { pid, start_time })),
-            Process::Gone if self.named => {
+            Process::Gone if self.claimant != Claimant::Peer => {
                 Err(denied(format!("owner_pid {pid} is not a running process")))
             }
             Process::Gone => Ok(Some(Owner { pid, start_time: 0 })),
-            Process::Unknown => Err(WireError::unavailable(format!(
-                "cannot tell whether process {pid} runs (reading /proc failed); try again"
+            Process::Unknown => Err(unknowable(pid)),
+        }
+    }
+
+    /// A PID the peer named, as we number it.
+    fn translate(&self, probe: &dyn ProcessProbe, asked: u32) -> Result<u32, WireError> {
+        let Some(peer) = self.peer else {
+            return Ok(asked);
+        };
+        match probe.in_other_namespace(peer) {
+            Some(false) => Ok(asked),
+            Some(true) => probe.in_namespace_of(peer, asked).ok_or_else(|| {
+                WireError::invalid(format!(
+                    "owner_pid {asked} names no process of the caller's PID namespace"
+                ))
+            }),
+            None => Err(WireError::unavailable(format!(
+                "cannot tell the PID namespace of the caller (pid {peer}) to read owner_pid {asked}; try again"
             ))),
         }
     }
+
+    fn ancestor(&self, probe: &dyn ProcessProbe) -> Result<Option<Owner>, WireError> {
+        let Some(mut pid) = self.peer else {
+            return Ok(None);
+        };
+        for _ in 0..MAX_ANCESTORS {
+            match probe.parent_of(pid) {
+                Some(parent) if parent > 1 => pid = parent,
+                _ => return Ok(None),
+            }
+            if probe.uid_of(pid) != Some(self.caller_uid) {
+                continue;
+            }
+            match probe.process(pid) {
+                Process::Running { start_time } => return Ok(Some(Owner { pid, start_time })),
+                Process::Gone => return Ok(None),
+                Process::Unknown => return Err(unknowable(pid)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unknowable(pid: u32) -> WireError {
+    WireError::unavailable(format!(
+        "cannot tell whether process {pid} runs (reading /proc failed); try again"
+    ))
 }
 
 /// A session's active owner changed from `previous` to `owner` (`None`: none), for the owner
@@ -96,41 +231,45 @@ pub struct OwnerChange {
     pub previous: Option<Owner>,
 }
 
-/// A planned mutation: the changes to make durable (each with its payload; empty but for a
-/// checkpoint), then the reply to send, the events to announce and the session's new owner.
+/// A planned mutation: the changes to make durable (each with its payload; empty but for
+/// checkpoints and attachments), then the reply to send, the events to announce and the
+/// ownership changes.
 #[derive(Debug)]
 pub struct Planned {
     pub changes: Vec<(Change, CheckedPayload)>,
     pub reply: Reply,
     pub events: Vec<Event>,
-    pub ownership: Option<OwnerChange>,
+    pub ownership: Vec<OwnerChange>,
 }
 
 impl Planned {
-    fn nothing(reply: Reply) -> Self {
+    pub(super) fn nothing(reply: Reply) -> Self {
         Planned {
             changes: Vec::new(),
             reply,
             events: Vec::new(),
-            ownership: None,
+            ownership: Vec::new(),
         }
+    }
+
+    /// Another op's plan after this one's (in a batch, or over several sessions).
+    pub(super) fn extend(&mut self, other: Planned) {
+        self.changes.extend(other.changes);
+        self.events.extend(other.events);
+        self.ownership.extend(other.ownership);
     }
 }
 
-/// A session as the batch sees it: its state, and how many checkpoints it retains.
-#[derive(Debug, Clone)]
-pub(super) struct Staged {
-    state: SessionState,
-    count: u64,
-    latest: Option<u64>,
+/// What planning may consult besides the table: the processes, and (for the ops that match
+/// checkpoints' meta or copy them) what the store holds.
+#[derive(Clone, Copy)]
+pub struct PlanContext<'a> {
+    pub probe: &'a dyn ProcessProbe,
+    pub reads: &'a dyn Reads,
 }
 
-/// The batch's planned-but-not-durable view of the sessions it touches (`None`: deleted).
-#[derive(Debug, Default)]
-pub struct Overlay(HashMap<SessionKey, Option<Staged>>);
-
 /// An event about `name` at `at`, with nothing else said yet.
-fn event(kind: EventKind, name: &str, at: DateTime<Utc>) -> Event {
+pub(super) fn event(kind: EventKind, name: &str, at: DateTime<Utc>) -> Event {
     Event {
         kind,
         name: name.to_string(),
@@ -143,25 +282,42 @@ fn event(kind: EventKind, name: &str, at: DateTime<Utc>) -> Event {
     }
 }
 
-fn exists(name: &str) -> WireError {
+pub(super) fn exists(name: &str) -> WireError {
     WireError::new(
         ErrorKind::AlreadyExists,
         format!("session {name:?} already exists"),
     )
 }
 
+pub(super) fn closed(name: &str, status: Status, what: &str) -> WireError {
+    WireError::new(
+        ErrorKind::SessionClosed,
+        format!("session {name:?} is {status} and accepts no {what}"),
+    )
+}
+
+pub(super) fn fenced(name: &str, current: u64, sent: u64) -> WireError {
+    WireError::new(
+        ErrorKind::Fenced,
+        format!(
+            "session {name:?} is at epoch {current}, the write carries epoch {sent}: another process resumed it"
+        ),
+    )
+}
+
 impl SessionTable {
-    /// Validates `m` for user `uid` and returns what expresses it. `probe` answers whether an
-    /// owner still runs (resume looks at the owner itself, never waits for a sweep).
+    /// Validates `m` for user `uid` and returns what expresses it. The probe answers whether
+    /// an owner still runs (resume looks at the owner itself, never waits for a sweep).
     pub fn plan(
         &self,
         overlay: &mut Overlay,
         uid: u32,
         now: i64,
         m: Mutation,
-        probe: &dyn ProcessProbe,
+        ctx: PlanContext<'_>,
     ) -> Result<Planned, WireError> {
         let at = micros_to_time(now);
+        let key = |name: String| SessionKey::new(uid, name);
         match m {
             Mutation::Create {
                 name,
@@ -169,8 +325,11 @@ impl SessionTable {
                 meta,
                 owner,
             } => {
-                let key = SessionKey::new(uid, name);
-                self.plan_create(overlay, key, keep, meta, (owner, probe), now)
+                let owner = match owner {
+                    Some(claim) => claim.resolve(ctx.probe)?,
+                    None => None,
+                };
+                self.plan_create(overlay, key(name), keep, meta, owner, now)
             }
             Mutation::Checkpoint {
                 name,
@@ -178,26 +337,60 @@ impl SessionTable {
                 meta,
                 expect,
                 epoch,
+                key: ckpt_key,
             } => {
-                let key = SessionKey::new(uid, name);
-                self.plan_checkpoint(overlay, key, payload, meta, (expect, epoch), now)
+                let write = CheckpointWrite {
+                    payload,
+                    meta,
+                    expect,
+                    epoch,
+                    key: ckpt_key,
+                };
+                self.plan_checkpoint(overlay, key(name), write, now)
             }
             Mutation::SetStatus {
                 name,
                 status,
                 error,
-            } => self.plan_status(overlay, SessionKey::new(uid, name), status, error, now),
+            } => self.plan_status(overlay, key(name), status, error, now),
             Mutation::MarkStale { name, owner } => {
-                Ok(self.plan_stale(overlay, SessionKey::new(uid, name), owner, now))
+                Ok(self.plan_stale(overlay, key(name), owner, now))
             }
             Mutation::Resume { name, owner, force } => {
-                let owner = owner.resolve(probe)?;
-                let key = SessionKey::new(uid, name);
-                self.plan_resume(overlay, key, owner, force, probe, now)
+                let owner = owner.resolve(ctx.probe)?;
+                self.plan_resume(overlay, key(name), owner, force, ctx.probe, now)
             }
-            Mutation::Delete { name } => {
-                Ok(self.plan_delete(overlay, SessionKey::new(uid, name), at))
+            Mutation::Delete { name } => Ok(self.plan_delete(overlay, key(name), at)),
+            Mutation::Attach {
+                name,
+                checkpoint,
+                attach_key,
+                payload,
+                meta,
+                replace,
+                epoch,
+            } => {
+                let a = super::framework::AttachWrite {
+                    checkpoint,
+                    attach_key,
+                    payload,
+                    meta,
+                    replace,
+                    epoch,
+                };
+                self.plan_attach(overlay, key(name), a)
             }
+            Mutation::DeleteMatching { session_meta } => {
+                Ok(self.plan_delete_matching(overlay, uid, &session_meta, at))
+            }
+            Mutation::DeleteCheckpoints { sessions, which } => {
+                self.plan_delete_checkpoints(overlay, uid, sessions, &which, ctx)
+            }
+            Mutation::Prune { sessions, keep } => self.plan_prune(overlay, uid, sessions, keep),
+            Mutation::Copy { name, to, meta } => {
+                self.plan_copy(overlay, key(name), key(to), meta, ctx, now)
+            }
+            Mutation::Batch(ops) => self.plan_batch(overlay, uid, now, ops, ctx),
         }
     }
 
@@ -207,13 +400,12 @@ impl SessionTable {
         key: SessionKey,
         keep: Option<u32>,
         meta: Meta,
-        (claim, probe): (OwnerClaim, &dyn ProcessProbe),
+        owner: Option<Owner>,
         now: i64,
     ) -> Result<Planned, WireError> {
-        if self.view(overlay, &key).is_some() {
+        if self.exists(overlay, &key) {
             return Err(exists(&key.name));
         }
-        let owner = claim.resolve(probe)?;
         let state = SessionState {
             uid: key.uid,
             name: key.name.clone(),
@@ -227,58 +419,71 @@ impl SessionTable {
             error: None,
             last_number: 0,
         };
+        Ok(self.put_new(overlay, key, state, now))
+    }
+
+    /// Plans a session that does not exist yet.
+    pub(super) fn put_new(
+        &self,
+        overlay: &mut Overlay,
+        key: SessionKey,
+        state: SessionState,
+        now: i64,
+    ) -> Planned {
         let reply = Reply::Session(info(&state, 0, None));
         let mut ev = event(EventKind::Created, &key.name, micros_to_time(now));
-        (ev.status, ev.epoch, ev.owner_pid) = (Some(Status::Active), Some(1), owner.map(|o| o.pid));
-        let staged = Staged {
-            state: state.clone(),
-            count: 0,
-            latest: None,
-        };
-        overlay.0.insert(key, Some(staged));
-        Ok(Planned {
+        (ev.status, ev.epoch, ev.owner_pid) = (Some(state.status), Some(1), state.owner_pid());
+        let owner = state.active_owner();
+        overlay.put(key, Some(Staged::fresh(state.clone())));
+        Planned {
             changes: vec![(Change::Session(state), CheckedPayload::default())],
             reply,
             events: vec![ev],
-            ownership: Some(OwnerChange {
+            ownership: vec![OwnerChange {
                 owner,
                 previous: None,
-            }),
-        })
+            }],
+        }
     }
 
     fn plan_checkpoint(
         &self,
         overlay: &mut Overlay,
         key: SessionKey,
-        payload: CheckedPayload,
-        meta: Meta,
-        (expect, epoch): (Option<u64>, Option<u64>),
+        w: CheckpointWrite,
         now: i64,
     ) -> Result<Planned, WireError> {
-        let mut s = self
-            .view(overlay, &key)
-            .ok_or_else(|| WireError::not_found(&key.name))?;
+        let base = self.base(&key);
+        let Some(s) = self.staged(overlay, &key) else {
+            return Err(WireError::not_found(&key.name));
+        };
+        let view = View {
+            staged: s,
+            base: base.filter(|_| !s.fresh),
+        };
+        if let Some(e) = w.epoch.filter(|&e| e != s.state.epoch) {
+            return Err(fenced(&key.name, s.state.epoch, e));
+        }
+        let known = w.key.as_ref().map(|k| {
+            let entry = KeyEntry {
+                number: 0,
+                created_at: now,
+                payload_len: w.payload.bytes.len() as u64,
+                payload_crc: w.payload.crc,
+                meta_crc: crate::model::meta_crc(&w.meta),
+            };
+            (k, entry)
+        });
+        if let Some((k, mine)) = &known {
+            if let Some(there) = view.by_key(k) {
+                return w.retried(&key.name, k, mine, &there).map(Planned::nothing);
+            }
+        }
         if s.state.status.is_finished() {
-            return Err(WireError::new(
-                ErrorKind::SessionClosed,
-                format!(
-                    "session {:?} is {} and accepts no checkpoint",
-                    key.name, s.state.status
-                ),
-            ));
+            return Err(closed(&key.name, s.state.status, "checkpoint"));
         }
-        if let Some(e) = epoch.filter(|&e| e != s.state.epoch) {
-            return Err(WireError::new(
-                ErrorKind::Fenced,
-                format!(
-                    "session {:?} is at epoch {}, the write carries epoch {e}: another process resumed it",
-                    key.name, s.state.epoch
-                ),
-            ));
-        }
-        let latest = s.latest.unwrap_or(0);
-        if let Some(x) = expect.filter(|&x| x != latest) {
+        let latest = view.latest().unwrap_or(0);
+        if let Some(x) = w.expect.filter(|&x| x != latest) {
             return Err(WireError::new(
                 ErrorKind::Conflict,
                 format!(
@@ -288,37 +493,46 @@ impl SessionTable {
             ));
         }
         let number = s.state.last_number + 1;
+        let known = known.map(|(k, e)| (k.clone(), KeyEntry { number, ..e }));
+        let staged_ckpt = StagedCkpt {
+            number,
+            key: known,
+            meta: w.meta.clone(),
+        };
+        let epoch = s.state.epoch;
         s.state.last_number = number;
         s.state.updated_at = now;
-        s.latest = Some(number);
-        s.count = match s.state.keep {
-            0 => s.count + 1,
-            keep => (s.count + 1).min(u64::from(keep)),
-        };
+        s.add(base.filter(|_| !s.fresh), staged_ckpt);
         let at = micros_to_time(now);
         let reply = Reply::Checkpoint(Some(CheckpointInfo {
             number,
-            size: payload.bytes.len() as u64,
+            size: w.payload.bytes.len() as u64,
             created_at: at,
-            meta: meta.clone(),
+            meta: w.meta.clone(),
             payload: None,
             skipped_corrupt: Vec::new(),
+            key: w.key.clone(),
+            existing: false,
+            attachments: None,
         }));
         let mut ev = event(EventKind::Checkpointed, &key.name, at);
-        (ev.number, ev.epoch) = (Some(number), Some(s.state.epoch));
-        let change = Change::Checkpoint(CheckpointMeta {
-            uid: key.uid,
-            name: key.name.clone(),
-            number,
-            created_at: now,
-            meta,
-        });
-        overlay.0.insert(key, Some(s));
+        (ev.number, ev.epoch) = (Some(number), Some(epoch));
+        let change = Change::Checkpoint {
+            meta: CheckpointMeta {
+                uid: key.uid,
+                name: key.name,
+                number,
+                created_at: now,
+                meta: w.meta,
+                key: w.key,
+            },
+            payload_crc: w.payload.crc,
+        };
         Ok(Planned {
-            changes: vec![(change, payload)],
+            changes: vec![(change, w.payload)],
             reply,
             events: vec![ev],
-            ownership: None,
+            ownership: Vec::new(),
         })
     }
 
@@ -330,9 +544,10 @@ impl SessionTable {
         error: Option<String>,
         now: i64,
     ) -> Result<Planned, WireError> {
-        let mut s = self
-            .view(overlay, &key)
-            .ok_or_else(|| WireError::not_found(&key.name))?;
+        let previous = self.owner_in_view(overlay, &key);
+        let Some(s) = self.staged(overlay, &key) else {
+            return Err(WireError::not_found(&key.name));
+        };
         if s.state.status.is_finished() && !status.is_finished() {
             return Err(WireError::new(
                 ErrorKind::SessionClosed,
@@ -351,7 +566,8 @@ impl SessionTable {
         };
         s.state.updated_at = now;
         let ev = event(EventKind::Status, "", micros_to_time(now));
-        Ok(self.put_state(overlay, key, s, ev))
+        let latest = self.view_latest(&key, s);
+        Ok(state_written(key, s, latest, previous, ev))
     }
 
     fn plan_stale(
@@ -361,20 +577,22 @@ impl SessionTable {
         owner: Owner,
         now: i64,
     ) -> Planned {
-        let Some(mut s) = self.view(overlay, &key) else {
+        let Some(s) = self.staged(overlay, &key) else {
             return Planned::nothing(Reply::Deleted(false));
         };
         // Only if it is still that owner's active session: a resume or status change since the
         // owner died wins.
         if s.state.status != Status::Active || s.state.owner != Some(owner) {
-            return Planned::nothing(Reply::Session(info(&s.state, s.count, s.latest)));
+            let latest = self.view_latest(&key, s);
+            return Planned::nothing(Reply::Session(info(&s.state, s.count, latest)));
         }
         s.state.status = Status::Stale;
         s.state.owner = None;
         s.state.updated_at = now;
         let mut ev = event(EventKind::Stale, "", micros_to_time(now));
         ev.owner_pid = Some(owner.pid);
-        self.put_state(overlay, key, s, ev)
+        let latest = self.view_latest(&key, s);
+        state_written(key, s, latest, Some(owner), ev)
     }
 
     fn plan_resume(
@@ -386,9 +604,10 @@ impl SessionTable {
         probe: &dyn ProcessProbe,
         now: i64,
     ) -> Result<Planned, WireError> {
-        let mut s = self
-            .view(overlay, &key)
-            .ok_or_else(|| WireError::not_found(&key.name))?;
+        let previous = self.owner_in_view(overlay, &key);
+        let Some(s) = self.staged(overlay, &key) else {
+            return Err(WireError::not_found(&key.name));
+        };
         if let (Status::Active, Some(current)) = (s.state.status, s.state.owner) {
             if !force && current.pid != owner.map_or(0, |o| o.pid) && probe.is_alive(&current) {
                 return Err(WireError {
@@ -398,6 +617,7 @@ impl SessionTable {
                         key.name, current.pid
                     ),
                     owner_pid: Some(current.pid),
+                    index: None,
                 });
             }
         }
@@ -408,7 +628,8 @@ impl SessionTable {
         s.state.updated_at = now;
         let mut ev = event(EventKind::Resumed, "", micros_to_time(now));
         ev.owner_pid = owner.map(|o| o.pid);
-        let mut planned = self.put_state(overlay, key, s, ev);
+        let latest = self.view_latest(&key, s);
+        let mut planned = state_written(key, s, latest, previous, ev);
         if let Reply::Session(session) = planned.reply {
             // The checkpoint is read once the resume is durable.
             planned.reply = Reply::Resumed {
@@ -419,69 +640,139 @@ impl SessionTable {
         Ok(planned)
     }
 
-    fn plan_delete(&self, overlay: &mut Overlay, key: SessionKey, at: DateTime<Utc>) -> Planned {
-        if self.view(overlay, &key).is_none() {
+    pub(super) fn plan_delete(
+        &self,
+        overlay: &mut Overlay,
+        key: SessionKey,
+        at: DateTime<Utc>,
+    ) -> Planned {
+        if !self.exists(overlay, &key) {
             return Planned::nothing(Reply::Deleted(false));
         }
         let previous = self.owner_in_view(overlay, &key);
         let ev = event(EventKind::Deleted, &key.name, at);
-        overlay.0.insert(key.clone(), None);
+        overlay.put(key.clone(), None);
         Planned {
             changes: vec![(Change::Delete(key), CheckedPayload::default())],
             reply: Reply::Deleted(true),
             events: vec![ev],
-            ownership: Some(OwnerChange {
+            ownership: vec![OwnerChange {
                 owner: None,
                 previous,
-            }),
+            }],
         }
     }
 
-    /// The session as the batch stands.
-    fn view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Staged> {
-        match overlay.0.get(key) {
-            Some(staged) => staged.clone(),
-            None => self.sessions.get(key.uid, &key.name).map(|s| Staged {
-                state: s.state.clone(),
-                count: s.checkpoints.len() as u64,
-                latest: s.checkpoints.back().map(|c| c.number),
-            }),
+    /// The table's session under `key`.
+    pub(super) fn base(&self, key: &SessionKey) -> Option<&super::Session> {
+        self.sessions.get(key.uid, &key.name)
+    }
+
+    pub(super) fn exists(&self, overlay: &Overlay, key: &SessionKey) -> bool {
+        match overlay.get(key) {
+            Some(staged) => staged.is_some(),
+            None => self.base(key).is_some(),
         }
     }
 
-    /// Plans writing a session's new state, with the event announcing it.
-    fn put_state(
+    /// The session as the batch stands, to change (`None`: there is none).
+    pub(super) fn staged<'o>(
         &self,
-        overlay: &mut Overlay,
-        key: SessionKey,
-        s: Staged,
-        mut ev: Event,
-    ) -> Planned {
-        ev.name = key.name.clone();
-        ev.status = Some(s.state.status);
-        ev.epoch = Some(s.state.epoch);
-        if ev.owner_pid.is_none() {
-            ev.owner_pid = s.state.owner.map(|o| o.pid);
+        overlay: &'o mut Overlay,
+        key: &SessionKey,
+    ) -> Option<&'o mut Staged> {
+        overlay
+            .entry(key, || self.base(key).map(Staged::of_table))
+            .as_mut()
+    }
+
+    /// The session's retained checkpoints as the batch stands.
+    pub(super) fn view<'a>(&'a self, key: &SessionKey, s: &'a Staged) -> View<'a> {
+        View {
+            staged: s,
+            base: self.base(key).filter(|_| !s.fresh),
         }
-        let reply = Reply::Session(info(&s.state, s.count, s.latest));
-        let change = Change::Session(s.state.clone());
-        let owner = s.state.active_owner();
-        let previous = self.owner_in_view(overlay, &key);
-        overlay.0.insert(key, Some(s));
-        Planned {
-            changes: vec![(change, CheckedPayload::default())],
-            reply,
-            events: vec![ev],
-            ownership: Some(OwnerChange { owner, previous }),
-        }
+    }
+
+    fn view_latest(&self, key: &SessionKey, s: &Staged) -> Option<u64> {
+        self.view(key, s).latest()
     }
 
     /// The owner watched for `key` as the batch stands (without copying its state).
-    fn owner_in_view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Owner> {
-        let state = match overlay.0.get(key) {
+    pub(super) fn owner_in_view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Owner> {
+        let state = match overlay.get(key) {
             Some(staged) => staged.as_ref().map(|s| &s.state),
-            None => self.sessions.get(key.uid, &key.name).map(|s| &s.state),
+            None => self.base(key).map(|s| &s.state),
         };
         state.and_then(SessionState::active_owner)
+    }
+}
+
+/// A checkpoint request's parts beyond its session.
+struct CheckpointWrite {
+    payload: CheckedPayload,
+    meta: Meta,
+    expect: Option<u64>,
+    epoch: Option<u64>,
+    key: Option<String>,
+}
+
+impl CheckpointWrite {
+    /// A write under a key a retained checkpoint has: the same bytes again is a retry, whose
+    /// answer is the checkpoint there; other bytes are another checkpoint, refused.
+    fn retried(
+        &self,
+        name: &str,
+        key: &str,
+        mine: &KeyEntry,
+        there: &KeyEntry,
+    ) -> Result<Reply, WireError> {
+        let same = (mine.payload_len, mine.payload_crc, mine.meta_crc)
+            == (there.payload_len, there.payload_crc, there.meta_crc);
+        if !same {
+            return Err(WireError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "session {name:?} has checkpoint {} under key {key:?}, with other bytes or meta",
+                    there.number
+                ),
+            ));
+        }
+        Ok(Reply::Checkpoint(Some(CheckpointInfo {
+            number: there.number,
+            size: there.payload_len,
+            created_at: micros_to_time(there.created_at),
+            meta: self.meta.clone(),
+            payload: None,
+            skipped_corrupt: Vec::new(),
+            key: Some(key.to_string()),
+            existing: true,
+            attachments: None,
+        })))
+    }
+}
+
+/// Plans writing a session's new state (already staged), with the event announcing it.
+fn state_written(
+    key: SessionKey,
+    s: &Staged,
+    latest: Option<u64>,
+    previous: Option<Owner>,
+    mut ev: Event,
+) -> Planned {
+    ev.name = key.name;
+    ev.status = Some(s.state.status);
+    ev.epoch = Some(s.state.epoch);
+    if ev.owner_pid.is_none() {
+        ev.owner_pid = s.state.owner_pid();
+    }
+    Planned {
+        changes: vec![(Change::Session(s.state.clone()), CheckedPayload::default())],
+        reply: Reply::Session(info(&s.state, s.count, latest)),
+        events: vec![ev],
+        ownership: vec![OwnerChange {
+            owner: s.state.active_owner(),
+            previous,
+        }],
     }
 }

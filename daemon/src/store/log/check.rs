@@ -1,6 +1,7 @@
 //! The log's offline check: the index, every record's checksums, and that every retained
 //! checkpoint can be served.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -78,6 +79,7 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
                     payload_ok: false,
                     header,
                     loc,
+                    ..
                 } => {
                     records += 1;
                     bad += 1;
@@ -116,23 +118,61 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
         index.export()
     };
     let files = SegmentFiles::new(dir);
-    let mut retained = 0u64;
+    let (mut retained, mut attached) = (0u64, 0u64);
     for s in &sessions {
         let (uid, name) = (s.state.uid, &s.state.name);
+        let key_of: HashMap<u64, &str> =
+            s.keys.iter().map(|(k, e)| (e.number, k.as_str())).collect();
         for entry in &s.checkpoints {
             retained += 1;
-            if let Err(e) = files.read_record(&entry.loc()) {
+            let n = entry.number;
+            match files.read_record(&entry.loc()) {
+                Err(e) => {
+                    r.problem(format!(
+                        "session {name:?} (uid {uid}): checkpoint {n} cannot be served: {e}"
+                    ));
+                    r.damaged_checkpoints.push((uid, name.clone(), n));
+                }
+                Ok((header, _)) => {
+                    let stored = header.checkpoint().and_then(|h| h.key);
+                    if stored.as_deref() != key_of.get(&n).copied() {
+                        r.problem(format!(
+                            "session {name:?} (uid {uid}): checkpoint {n} is indexed under key {:?}, its record says {stored:?}",
+                            key_of.get(&n)
+                        ));
+                    }
+                }
+            }
+        }
+        for (k, e) in &s.keys {
+            if s.checkpoints
+                .binary_search_by_key(&e.number, |c| c.number)
+                .is_err()
+            {
                 r.problem(format!(
-                    "session {name:?} (uid {uid}): checkpoint {} cannot be served: {e}",
-                    entry.number
+                    "session {name:?} (uid {uid}): key {k:?} names checkpoint {}, which is not retained",
+                    e.number
                 ));
-                r.damaged_checkpoints
-                    .push((uid, name.clone(), entry.number));
+            }
+        }
+        for (n, list) in &s.attachments {
+            for a in list {
+                attached += 1;
+                let read = files.read_record(&a.loc).map(|(h, _)| h.attachment());
+                let problem = match read {
+                    Err(e) => format!("cannot be served: {e}"),
+                    Ok(Some(h)) if h.number == *n && h.attach_key == a.attach_key => continue,
+                    Ok(_) => "is indexed at a record that is another one".to_string(),
+                };
+                r.problem(format!(
+                    "session {name:?} (uid {uid}): attachment {:?} of checkpoint {n} {problem}",
+                    a.attach_key
+                ));
             }
         }
     }
     r.note(format!(
-        "{} sessions, {retained} retained checkpoints, {} damaged; {} problem(s)",
+        "{} sessions, {retained} retained checkpoints, {attached} attachments, {} damaged; {} problem(s)",
         sessions.len(),
         r.damaged_checkpoints.len(),
         r.problems

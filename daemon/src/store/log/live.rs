@@ -27,6 +27,9 @@ impl LiveSegments {
             for c in &s.checkpoints {
                 l.add(&c.loc());
             }
+            for a in s.attachments.iter().flat_map(|(_, list)| list) {
+                l.add(&a.loc);
+            }
         }
         l
     }

@@ -310,8 +310,8 @@ impl Store for LogStore {
         self.health.succeeded(Work::LogWrite);
         self.since_snapshot += appended.bytes;
         for (loc, (change, _)) in appended.locs.iter().zip(changes) {
-            // A deletion is indexed nowhere: never live.
-            if !matches!(change, Change::Delete(_)) {
+            // A deletion's or a drop's record is indexed nowhere: never live.
+            if change.is_kept() {
                 self.live.add(loc);
             }
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::record::RecordHeader;
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
-use crate::model::{CheckpointMeta, Loc};
+use crate::model::{AttachMeta, CheckpointMeta, Loc};
 use crate::store::{self, Reads, Usage};
 
 /// Segments in the log and their total size in bytes.
@@ -93,17 +93,18 @@ impl SegmentFiles {
 
 impl Reads for SegmentFiles {
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), store::ReadError> {
-        match self.read_record(at).map_err(damage_or_failure)? {
-            (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), payload) => Ok((h, payload)),
-            _ => Err(another_record()),
-        }
+        let (header, payload) = self.read_record(at).map_err(damage_or_failure)?;
+        Ok((header.checkpoint().ok_or_else(another_record)?, payload))
     }
 
     fn read_meta(&self, at: &Loc) -> Result<CheckpointMeta, store::ReadError> {
-        match self.read_header(at).map_err(damage_or_failure)? {
-            RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) => Ok(h),
-            _ => Err(another_record()),
-        }
+        let header = self.read_header(at).map_err(damage_or_failure)?;
+        header.checkpoint().ok_or_else(another_record)
+    }
+
+    fn read_attachment(&self, at: &Loc) -> Result<(AttachMeta, Vec<u8>), store::ReadError> {
+        let (header, payload) = self.read_record(at).map_err(damage_or_failure)?;
+        Ok((header.attachment().ok_or_else(another_record)?, payload))
     }
 
     fn usage(&self) -> Usage {

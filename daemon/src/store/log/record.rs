@@ -25,7 +25,9 @@
 use serde::{Deserialize, Serialize};
 use sessiond_proto::codec;
 
-use crate::model::{Change, CheckpointMeta, Loc, SessionKey, SessionState};
+use sessiond_proto::Meta;
+
+use crate::model::{AttachMeta, Change, CheckpointMeta, Loc, SessionKey, SessionState};
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
@@ -34,17 +36,42 @@ pub const FOOTER_LEN: usize = 4;
 /// Sanity bound on a header; anything larger is damage.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 
+/// A checkpoint's header as the first records wrote it, before checkpoints had keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointHeaderV1 {
+    pub uid: u32,
+    pub name: String,
+    pub number: u64,
+    pub created_at: i64,
+    pub meta: Meta,
+}
+
+impl From<CheckpointHeaderV1> for CheckpointMeta {
+    fn from(h: CheckpointHeaderV1) -> Self {
+        CheckpointMeta {
+            uid: h.uid,
+            name: h.name,
+            number: h.number,
+            created_at: h.created_at,
+            meta: h.meta,
+            key: None,
+        }
+    }
+}
+
 /// What a record says. Append-only enum: new kinds go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordHeader {
-    Checkpoint(CheckpointMeta),
+    /// A checkpoint as written before keys (read, never written now).
+    Checkpoint(CheckpointHeaderV1),
     Session(SessionState),
     Delete {
         uid: u32,
         name: String,
     },
-    /// A retained checkpoint copied forward (same number and payload) by compaction.
-    Relocated(CheckpointMeta),
+    /// A retained checkpoint copied forward (same number and payload) by compaction (read,
+    /// never written now).
+    Relocated(CheckpointHeaderV1),
     /// The first record of a segment started because a write or flush of `segment` failed:
     /// that segment's log ends at `end`. What lies after it is a refused batch that may have
     /// reached the disk anyway, and replay ignores it.
@@ -52,41 +79,109 @@ pub enum RecordHeader {
         segment: u32,
         end: u64,
     },
+    /// A checkpoint, with its key if it has one.
+    Checkpoint2(CheckpointMeta),
+    Relocated2(CheckpointMeta),
+    /// A record attached to a checkpoint; its payload is the attachment's.
+    Attach(AttachMeta),
+    /// A retained attachment copied forward by compaction.
+    RelocatedAttach(AttachMeta),
+    /// Checkpoints of a session removed (`delete_checkpoints`, `prune`).
+    DropCheckpoints {
+        uid: u32,
+        name: String,
+        numbers: Vec<u64>,
+    },
+}
+
+impl RecordHeader {
+    /// A checkpoint's header, whichever record kind holds it.
+    pub fn checkpoint(self) -> Option<CheckpointMeta> {
+        match self {
+            RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) => Some(h.into()),
+            RecordHeader::Checkpoint2(h) | RecordHeader::Relocated2(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// An attachment's header, whichever record kind holds it.
+    pub fn attachment(self) -> Option<AttachMeta> {
+        match self {
+            RecordHeader::Attach(a) | RecordHeader::RelocatedAttach(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// A record's header to write, borrowed from the change it expresses: it encodes as the
 /// [`RecordHeader`] it decodes to (same variants in the same order), with nothing cloned.
 #[derive(Debug, Serialize)]
 pub enum RecordRef<'a> {
-    Checkpoint(&'a CheckpointMeta),
+    /// Never written now: keeps the variants' numbering.
+    Checkpoint(&'a CheckpointHeaderV1),
     Session(&'a SessionState),
-    Delete { uid: u32, name: &'a str },
-    Relocated(&'a CheckpointMeta),
-    Cut { segment: u32, end: u64 },
+    Delete {
+        uid: u32,
+        name: &'a str,
+    },
+    /// Never written now: keeps the variants' numbering.
+    Relocated(&'a CheckpointHeaderV1),
+    Cut {
+        segment: u32,
+        end: u64,
+    },
+    Checkpoint2(&'a CheckpointMeta),
+    Relocated2(&'a CheckpointMeta),
+    Attach(&'a AttachMeta),
+    RelocatedAttach(&'a AttachMeta),
+    DropCheckpoints {
+        uid: u32,
+        name: &'a str,
+        numbers: &'a [u64],
+    },
 }
 
 impl<'a> From<&'a Change> for RecordRef<'a> {
     fn from(c: &'a Change) -> Self {
         match c {
             Change::Session(s) => RecordRef::Session(s),
-            Change::Checkpoint(h) => RecordRef::Checkpoint(h),
-            Change::Relocated(h) => RecordRef::Relocated(h),
+            Change::Checkpoint { meta, .. } => RecordRef::Checkpoint2(meta),
+            Change::Relocated(h) => RecordRef::Relocated2(h),
             Change::Delete(k) => RecordRef::Delete {
                 uid: k.uid,
                 name: &k.name,
+            },
+            Change::Attach(a) => RecordRef::Attach(a),
+            Change::RelocatedAttach(a) => RecordRef::RelocatedAttach(a),
+            Change::DropCheckpoints { session, numbers } => RecordRef::DropCheckpoints {
+                uid: session.uid,
+                name: &session.name,
+                numbers,
             },
         }
     }
 }
 
 impl RecordHeader {
-    /// The change this record expresses; `None` for the log's own records (cuts).
-    pub fn into_change(self) -> Option<Change> {
+    /// The change this record expresses (`payload_crc`: its payload's checksum, from its
+    /// prefix); `None` for the log's own records (cuts).
+    pub fn into_change(self, payload_crc: u32) -> Option<Change> {
         Some(match self {
-            RecordHeader::Checkpoint(h) => Change::Checkpoint(h),
+            RecordHeader::Checkpoint(h) => Change::Checkpoint {
+                meta: h.into(),
+                payload_crc,
+            },
+            RecordHeader::Checkpoint2(meta) => Change::Checkpoint { meta, payload_crc },
             RecordHeader::Session(s) => Change::Session(s),
             RecordHeader::Delete { uid, name } => Change::Delete(SessionKey { uid, name }),
-            RecordHeader::Relocated(h) => Change::Relocated(h),
+            RecordHeader::Relocated(h) => Change::Relocated(h.into()),
+            RecordHeader::Relocated2(h) => Change::Relocated(h),
+            RecordHeader::Attach(a) => Change::Attach(a),
+            RecordHeader::RelocatedAttach(a) => Change::RelocatedAttach(a),
+            RecordHeader::DropCheckpoints { uid, name, numbers } => Change::DropCheckpoints {
+                session: SessionKey { uid, name },
+                numbers,
+            },
             RecordHeader::Cut { .. } => return None,
         })
     }
@@ -221,7 +316,7 @@ pub fn verify_payload(prefix: &Prefix, payload: &[u8]) -> Result<(), RecordError
 
 #[cfg(test)]
 mod tests {
-    use sessiond_proto::{Meta, Status};
+    use sessiond_proto::Status;
 
     use super::*;
 
@@ -233,6 +328,14 @@ mod tests {
             name: "s".into(),
             number: 3,
             created_at: 11,
+            meta: meta.clone(),
+            key: Some("k1".into()),
+        };
+        let attachment = AttachMeta {
+            uid: 7,
+            name: "s".into(),
+            number: 3,
+            attach_key: "task\u{0}0".into(),
             meta,
         };
         let state = SessionState {
@@ -250,14 +353,35 @@ mod tests {
         };
         for change in [
             Change::Session(state),
-            Change::Checkpoint(checkpoint.clone()),
+            Change::Checkpoint {
+                meta: checkpoint.clone(),
+                payload_crc: 9,
+            },
             Change::Relocated(checkpoint),
             Change::Delete(SessionKey::new(7, "s")),
+            Change::Attach(attachment.clone()),
+            Change::RelocatedAttach(attachment),
+            Change::DropCheckpoints {
+                session: SessionKey::new(7, "s"),
+                numbers: vec![1, 3],
+            },
         ] {
             let bytes = codec::encode(&RecordRef::from(&change)).unwrap();
             let header: RecordHeader = codec::decode(&bytes).unwrap();
-            assert_eq!(header.into_change(), Some(change));
+            assert_eq!(header.into_change(9), Some(change));
         }
+        // A checkpoint as the first records wrote it reads as one without a key.
+        let old = RecordHeader::Checkpoint(CheckpointHeaderV1 {
+            uid: 7,
+            name: "s".into(),
+            number: 1,
+            created_at: 2,
+            meta: Meta::new(),
+        });
+        let Some(Change::Checkpoint { meta, .. }) = old.into_change(0) else {
+            panic!()
+        };
+        assert_eq!(meta.key, None);
         let cut = RecordRef::Cut {
             segment: 5,
             end: 99,

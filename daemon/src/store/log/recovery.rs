@@ -122,19 +122,21 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                     header,
                     loc,
                     payload_ok,
+                    payload_crc,
                 } => {
-                    if let (RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h), false) =
-                        (&header, payload_ok)
+                    report.replayed_records += 1;
+                    let Some(change) = header.into_change(payload_crc) else {
+                        continue;
+                    };
+                    if let (Change::Checkpoint { meta: h, .. } | Change::Relocated(h), false) =
+                        (&change, payload_ok)
                     {
                         tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
                         report
                             .corrupt_payloads
                             .push((h.uid, h.name.clone(), h.number));
                     }
-                    report.replayed_records += 1;
-                    if let Some(change) = header.into_change() {
-                        apply(index, &mut live, change, loc);
-                    }
+                    apply(index, &mut live, change, loc);
                 }
                 ScanItem::Damaged {
                     offset,
@@ -161,7 +163,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
 /// Applies a durable change kept at `loc` to `index`, and counts what is live: the record,
 /// unless it is a deletion (which nothing indexes), less what it made dead.
 pub fn apply(index: &mut dyn Index, live: &mut LiveSegments, change: Change, loc: Loc) {
-    if !matches!(change, Change::Delete(_)) {
+    if change.is_kept() {
         live.add(&loc);
     }
     for dead in index.apply(change, loc) {
@@ -204,12 +206,13 @@ mod tests {
     }
 
     fn checkpoint(number: u64) -> RecordHeader {
-        RecordHeader::Checkpoint(CheckpointMeta {
+        RecordHeader::Checkpoint2(CheckpointMeta {
             uid: 1,
             name: "s".into(),
             number,
             created_at: 1,
             meta: Meta::new(),
+            key: None,
         })
     }
 
@@ -255,7 +258,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 Change::Session(_) => "session".to_string(),
-                Change::Checkpoint(h) => format!("checkpoint {}", h.number),
+                Change::Checkpoint { meta, .. } => format!("checkpoint {}", meta.number),
                 other => format!("{other:?}"),
             })
             .collect();

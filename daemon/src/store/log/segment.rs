@@ -179,11 +179,13 @@ fn numbered_files(dir: &Path, extension: &str) -> io::Result<Vec<u32>> {
 /// What a scan found at one place of a segment.
 #[derive(Debug)]
 pub enum ScanItem {
-    /// A record whose header is intact; `payload_ok` says whether its payload is too.
+    /// A record whose header is intact; `payload_ok` says whether its payload is too, whose
+    /// checksum is `payload_crc`.
     Record {
         header: RecordHeader,
         loc: Loc,
         payload_ok: bool,
+        payload_crc: u32,
     },
     /// Bytes `[offset, offset+len)` hold no valid record.
     Damaged {
@@ -212,8 +214,9 @@ pub struct SegmentScanner {
 
 const WINDOW: usize = 4 << 20;
 
-/// A record read at some offset: its header, place and payload verdict, or why it is invalid.
-type Found = Result<(RecordHeader, Loc, bool), RecordError>;
+/// A record read at some offset: its header, place, payload verdict and checksum, or why it
+/// is invalid.
+type Found = Result<(RecordHeader, Loc, bool, u32), RecordError>;
 
 impl SegmentScanner {
     /// Opens segment `seq` and checks its header. Scanning starts at `from` (or right after
@@ -317,7 +320,7 @@ impl SegmentScanner {
             return Ok(None);
         };
         let payload_ok = record::verify_payload(&prefix, pb).is_ok();
-        Ok(Some(Ok((header, loc, payload_ok))))
+        Ok(Some(Ok((header, loc, payload_ok, prefix.payload_crc))))
     }
 
     /// Offset of the next intact record after `from`, if any.
@@ -361,16 +364,17 @@ impl SegmentScanner {
         match self.record_at(off)? {
             // A write interrupted inside its payload, followed by the preallocated zeros:
             // torn, exactly as if the file had ended there.
-            Some(Ok((_, loc, false))) if loc.offset + loc.record_len() > self.zeros_from => {
+            Some(Ok((_, loc, false, _))) if loc.offset + loc.record_len() > self.zeros_from => {
                 self.pos = self.len;
                 Ok(Some(ScanItem::Torn { offset: off }))
             }
-            Some(Ok((header, loc, payload_ok))) => {
+            Some(Ok((header, loc, payload_ok, payload_crc))) => {
                 self.pos = off + loc.record_len() + self.footer_len;
                 Ok(Some(ScanItem::Record {
                     header,
                     loc,
                     payload_ok,
+                    payload_crc,
                 }))
             }
             failed => {
@@ -496,7 +500,7 @@ mod tests {
     use crate::store::log::{LogWriter, Pending};
 
     fn header(n: u64, meta_len: usize) -> RecordHeader {
-        RecordHeader::Checkpoint(CheckpointMeta {
+        RecordHeader::Checkpoint2(CheckpointMeta {
             uid: 7,
             name: "s".into(),
             number: n,
@@ -504,6 +508,7 @@ mod tests {
             meta: (0..meta_len)
                 .map(|i| (format!("k{i}"), "v".repeat(i)))
                 .collect(),
+            key: None,
         })
     }
 
@@ -550,7 +555,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 ScanItem::Record {
-                    header: RecordHeader::Checkpoint(h),
+                    header: RecordHeader::Checkpoint2(h),
                     payload_ok,
                     ..
                 } => format!("{}{}", h.number, if *payload_ok { "" } else { "!" }),
@@ -650,7 +655,7 @@ mod tests {
             }
             std::fs::write(&path, &bytes).unwrap();
             for item in scan(dir.path()) {
-                if let ScanItem::Record { header: RecordHeader::Checkpoint(h), loc, payload_ok: true } = item {
+                if let ScanItem::Record { header: RecordHeader::Checkpoint2(h), loc, payload_ok: true, .. } = item {
                     let i = (h.number - 1) as usize;
                     prop_assert!(i < payloads.len());
                     let file = SegmentFile::open(dir.path(), 1).unwrap();

@@ -2,10 +2,11 @@
 //! log position. Start-up loads it and replays only the log written after that position, so
 //! it never reads the payloads the snapshot already covers.
 //!
-//! File `index`: magic `SSNDIDX2`, body length (`u64` LE), crc32c of the body (`u32` LE), body
-//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory. Version 1
-//! (`SSNDIDX1`, whose checkpoint entries also held their creation time and a 64-bit offset)
-//! is still read; the next snapshot is written as version 2.
+//! File `index`: magic `SSNDIDX3`, body length (`u64` LE), crc32c of the body (`u32` LE), body
+//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory. Version 2
+//! (`SSNDIDX2`: no checkpoint keys or attachments) and version 1 (`SSNDIDX1`, whose
+//! checkpoint entries also held their creation time and a 64-bit offset) are still read; the
+//! next snapshot is written as version 3.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -16,11 +17,12 @@ use sessiond_proto::codec;
 
 use super::files::fsync_dir;
 use super::scope::{self, within};
-use crate::model::{CkptEntry, IndexedSession, Loc, SessionState};
+use crate::model::{AttachEntry, CkptEntry, IndexedSession, KeyEntry, Loc, SessionState};
 
 pub const INDEX_FILE: &str = "index";
 pub const INDEX_TMP: &str = "index.tmp";
-const MAGIC: [u8; 8] = *b"SSNDIDX2";
+const MAGIC: [u8; 8] = *b"SSNDIDX3";
+const MAGIC_V2: [u8; 8] = *b"SSNDIDX2";
 const MAGIC_V1: [u8; 8] = *b"SSNDIDX1";
 const HEADER_LEN: usize = 20;
 
@@ -30,6 +32,9 @@ pub struct SnapSession {
     /// Where the session's latest state record is.
     pub state_loc: Loc,
     pub checkpoints: Vec<CkptEntry>,
+    pub keys: Vec<(String, KeyEntry)>,
+    /// By checkpoint number, each list in the order first written.
+    pub attachments: Vec<(u64, Vec<AttachEntry>)>,
 }
 
 impl From<SnapSession> for IndexedSession {
@@ -38,6 +43,8 @@ impl From<SnapSession> for IndexedSession {
             state: s.state,
             state_loc: s.state_loc,
             checkpoints: s.checkpoints,
+            keys: s.keys,
+            attachments: s.attachments,
         }
     }
 }
@@ -48,6 +55,8 @@ impl From<IndexedSession> for SnapSession {
             state: s.state,
             state_loc: s.state_loc,
             checkpoints: s.checkpoints,
+            keys: s.keys,
+            attachments: s.attachments,
         }
     }
 }
@@ -98,7 +107,8 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if bytes.len() < HEADER_LEN || (bytes[..8] != MAGIC && bytes[..8] != MAGIC_V1) {
+    let magic = bytes.get(..8).unwrap_or_default();
+    if bytes.len() < HEADER_LEN || ![MAGIC, MAGIC_V2, MAGIC_V1].iter().any(|m| m == magic) {
         return Err(SnapshotError::Damaged("bad magic or short file".into()));
     }
     let mut len = [0u8; 8];
@@ -119,7 +129,51 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
     if bytes[..8] == MAGIC_V1 {
         return v1::upgrade(codec::decode(body).map_err(damaged)?).map(Some);
     }
+    if bytes[..8] == MAGIC_V2 {
+        return Ok(Some(v2::upgrade(codec::decode(body).map_err(damaged)?)));
+    }
     codec::decode(body).map(Some).map_err(damaged)
+}
+
+/// The second format (no keys, no attachments), read to upgrade a state directory in place.
+mod v2 {
+    use serde::Deserialize;
+
+    use super::{SnapSession, Snapshot};
+    use crate::model::{CkptEntry, Loc, SessionState};
+
+    #[derive(Deserialize)]
+    pub struct Session {
+        pub state: SessionState,
+        pub state_loc: Loc,
+        pub checkpoints: Vec<CkptEntry>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Index {
+        segment: u32,
+        offset: u64,
+        sessions: Vec<Session>,
+    }
+
+    pub fn upgrade(old: Index) -> Snapshot {
+        let sessions = old
+            .sessions
+            .into_iter()
+            .map(|s| SnapSession {
+                state: s.state,
+                state_loc: s.state_loc,
+                checkpoints: s.checkpoints,
+                keys: Vec::new(),
+                attachments: Vec::new(),
+            })
+            .collect();
+        Snapshot {
+            segment: old.segment,
+            offset: old.offset,
+            sessions,
+        }
+    }
 }
 
 /// The first format, read to upgrade a state directory in place.
@@ -167,6 +221,8 @@ mod v1 {
                     state: s.state,
                     state_loc: s.state_loc,
                     checkpoints,
+                    keys: Vec::new(),
+                    attachments: Vec::new(),
                 })
             })
             .collect::<Result<_, SnapshotError>>()?;

@@ -9,12 +9,12 @@ use super::files::fsync_dir;
 use super::live::LiveSegments;
 use super::reads::{log_size, SegmentFiles};
 use super::reaper::{self, Reaper};
-use super::record::{self, RecordHeader, RecordRef};
+use super::record::{self, RecordRef};
 use super::scope::{self, within};
 use super::segment::{self, list_segments, segment_path};
 use super::snapshot::{self, Snapshot};
 use super::writer::{LogWriter, Pending};
-use crate::model::Change;
+use crate::model::{Change, SessionKey};
 use crate::store::Index;
 
 /// Hands memory freed in bulk (a snapshot's copy of the index, start-up's decoded snapshot)
@@ -102,6 +102,10 @@ pub fn collect_garbage(
     })
 }
 
+fn damaged(key: &SessionKey, number: u64, segment: u32) {
+    tracing::warn!(session = %key.name, number, segment, "cannot copy a damaged record forward; its segment stays");
+}
+
 /// What compaction needs of the log.
 pub struct Compacting<'a> {
     pub dir: &'a Path,
@@ -153,18 +157,27 @@ impl Compacting<'_> {
                 .collect();
             for (key, entry) in live.checkpoints {
                 match self.files.read_record_raw(&entry.loc()) {
-                    Ok((
-                        RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h),
-                        payload,
-                        crc,
-                    )) if h.number == entry.number => {
-                        copies.push((Change::Relocated(h), payload, crc));
-                    }
+                    Ok((header, payload, crc)) => match header.checkpoint() {
+                        Some(h) if h.number == entry.number => {
+                            copies.push((Change::Relocated(h), payload, crc));
+                        }
+                        _ => damaged(&key, entry.number, seq),
+                    },
                     // The disk failing to read is not damage: try again later.
                     Err(e) if !e.is_damage() => return Err(io::Error::other(e)),
-                    Ok(_) | Err(_) => {
-                        tracing::warn!(session = %key.name, number = entry.number, segment = seq, "cannot copy a damaged checkpoint forward; its segment stays");
-                    }
+                    Err(_) => damaged(&key, entry.number, seq),
+                }
+            }
+            for (key, number, attach_key, loc) in live.attachments {
+                match self.files.read_record_raw(&loc) {
+                    Ok((header, payload, crc)) => match header.attachment() {
+                        Some(a) if a.number == number && a.attach_key == attach_key => {
+                            copies.push((Change::RelocatedAttach(a), payload, crc));
+                        }
+                        _ => damaged(&key, number, seq),
+                    },
+                    Err(e) if !e.is_damage() => return Err(io::Error::other(e)),
+                    Err(_) => damaged(&key, number, seq),
                 }
             }
             if copies.is_empty() {

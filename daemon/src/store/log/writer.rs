@@ -565,12 +565,13 @@ pub(crate) mod tests {
 
     fn checkpoint(n: u64, payload: &[u8]) -> Vec<u8> {
         encode(
-            &RecordHeader::Checkpoint(crate::model::CheckpointMeta {
+            &RecordHeader::Checkpoint2(crate::model::CheckpointMeta {
                 uid: 1,
                 name: "s".into(),
                 number: n,
                 created_at: 0,
                 meta: Default::default(),
+                key: None,
             }),
             payload,
         )
@@ -600,7 +601,7 @@ pub(crate) mod tests {
         while let Some(item) = scanner.next_item().unwrap() {
             out.push(match item {
                 ScanItem::Record {
-                    header: RecordHeader::Checkpoint(h),
+                    header: RecordHeader::Checkpoint2(h),
                     payload_ok,
                     ..
                 } => format!("{}{}", h.number, if payload_ok { "" } else { "!" }),

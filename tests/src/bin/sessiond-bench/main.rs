@@ -379,8 +379,7 @@ fn owned_sessions(socket: &Path, n: usize, prefix: &str) -> Result<Vec<(String, 
             c.send(Request::Create(sessiond_client::CreateRequest {
                 name: name.clone(),
                 owner_pid: owner.owner_pid,
-                keep: None,
-                meta: Default::default(),
+                ..Default::default()
             }))
             .map_err(|e| e.to_string())?;
             batch.push((name, child));
@@ -669,7 +668,7 @@ fn scale(args: &Args) -> Outcome {
             name: format!("s{i}"),
             owner_pid: None,
             keep: Some(args.checkpoints.max(1) as u32),
-            meta: Default::default(),
+            ..Default::default()
         }));
     }
     for _ in 0..args.checkpoints {
@@ -680,6 +679,7 @@ fn scale(args: &Args) -> Outcome {
                 meta: Default::default(),
                 expect: None,
                 epoch: None,
+                key: None,
             }));
         }
     }

@@ -1,24 +1,31 @@
-//! sessionctl: sessiond from the shell.
+//! sessionctl: sessiond from the shell. The verbs and what they send are here; how replies
+//! are printed is in `show.rs`.
 
-use std::io::{IsTerminal, Read, Write};
+mod show;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use chrono::{DateTime, Local, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use sessiond_client::{
-    CheckpointInfo, CheckpointOptions, Client, CreateOptions, Error, ErrorKind, Event, ListRequest,
-    Meta, Payload, Reply, SessionInfo, Status,
+    AttachRequest, CheckpointOptions, CheckpointRef, Client, CreateOptions,
+    DeleteCheckpointsRequest, Error, ErrorKind, GetRequest, HistoryRequest, ListRequest, Meta,
+    Payload, Reply, ResumeRequest, Status, Target,
 };
 use sessiond_proto::json as wire_json;
+use show::{
+    checkpoint_json, emit_payload, event_json, event_text, print_checkpoints, print_json,
+    print_sessions, read_payload, session_json, Output,
+};
 
 /// Talk to sessiond: create sessions, write and read numbered checkpoints, resume work.
 ///
 /// The socket is --socket, else $SESSIOND_SOCKET, else the per-user default the daemon uses.
-/// Sessions created or resumed here are owned by the calling shell or script (the parent
-/// process) unless --owner-pid names another: when it exits, the session goes stale.
+/// Sessions created or resumed here are owned by the calling shell or script (the nearest
+/// process above sessionctl that runs as you) unless --owner-pid names another or --detached
+/// asks for none: when the owner exits, the session goes stale.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -52,8 +59,11 @@ enum Verb {
     Create {
         name: String,
         /// Owner process instead of the caller's parent (a live process of yours).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "detached")]
         owner_pid: Option<u32>,
+        /// No owner: the session never goes stale (a framework's thread, a shared queue).
+        #[arg(long)]
+        detached: bool,
         /// Checkpoints to retain (0 keeps all; default: the daemon's, 16).
         #[arg(long)]
         keep: Option<u32>,
@@ -78,6 +88,10 @@ enum Verb {
         /// Only at this epoch (from create or resume); else exit 5 (fenced).
         #[arg(long)]
         epoch: Option<u64>,
+        /// A name for the checkpoint, unique in the session: the same key and bytes again is
+        /// a safe retry (nothing written), other bytes exit 4.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Take a session over and print its latest checkpoint's payload.
     #[command(
@@ -100,8 +114,11 @@ enum Verb {
     )]
     Get {
         name: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key")]
         number: Option<u64>,
+        /// The checkpoint with this key.
+        #[arg(long)]
+        key: Option<String>,
         #[arg(long)]
         output: Option<PathBuf>,
     },
@@ -120,10 +137,44 @@ enum Verb {
         /// Root only: every user's sessions.
         #[arg(long)]
         all_users: bool,
+        /// Only names starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only names after this one (in name order): the next page.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
     },
-    /// List a session's retained checkpoints.
-    #[command(after_help = "Example:\n  sessionctl history nightly-import")]
-    History { name: String },
+    /// List a session's retained checkpoints, oldest first.
+    #[command(
+        after_help = "Examples:\n  sessionctl history nightly-import\n  sessionctl history agent-7 --meta source=loop --reverse --limit 10\n  sessionctl history agent-7 --before-key step-12"
+    )]
+    History {
+        name: String,
+        /// Only checkpoints whose meta has this pair, repeatable.
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+        /// Only checkpoints older than number N.
+        #[arg(long, value_name = "N", conflicts_with = "before_key")]
+        before: Option<u64>,
+        /// Only checkpoints older than the one with this key.
+        #[arg(long, value_name = "KEY")]
+        before_key: Option<String>,
+        /// Only checkpoints newer than number N.
+        #[arg(long, value_name = "N", conflicts_with = "after_key")]
+        after: Option<u64>,
+        /// Only checkpoints newer than the one with this key.
+        #[arg(long, value_name = "KEY")]
+        after_key: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Newest first.
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Pause a session (it has no owner then, and never goes stale).
     #[command(after_help = "Example:\n  sessionctl pause nightly-import")]
     Pause { name: String },
@@ -143,6 +194,77 @@ enum Verb {
     /// Delete a session and its checkpoints (succeeds if it does not exist).
     #[command(after_help = "Example:\n  sessionctl delete nightly-import")]
     Delete { name: String },
+    /// Delete some checkpoints of a session (numbers are never reused: the holes stay).
+    #[command(
+        after_help = "Examples:\n  sessionctl delete-checkpoints nightly-import --number 3 --number 4\n  sessionctl delete-checkpoints agent-7 --meta run=42"
+    )]
+    DeleteCheckpoints {
+        name: String,
+        /// This checkpoint, repeatable.
+        #[arg(long = "number", value_name = "N")]
+        numbers: Vec<u64>,
+        /// The checkpoint with this key, repeatable.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// Every checkpoint whose meta has this pair (all given pairs), repeatable.
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+    },
+    /// Attach a record to a retained checkpoint (the payload from --file or stdin): a
+    /// framework's pending writes. The first write under an attach key wins unless --replace.
+    #[command(
+        after_help = "Example:\n  echo '{\"tool\":\"search\"}' | sessionctl attach agent-7 --key step-3 --attach-key task-1"
+    )]
+    Attach {
+        name: String,
+        /// The checkpoint, by number.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        number: Option<u64>,
+        /// The checkpoint, by key.
+        #[arg(long)]
+        key: Option<String>,
+        /// The attachment's name, unique per checkpoint.
+        #[arg(long)]
+        attach_key: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+        /// Replace what is attached under this key.
+        #[arg(long)]
+        replace: bool,
+        /// Only at this epoch; else exit 5 (fenced).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Apply mutations all or none, in one commit: the ops (JSON objects as on the socket,
+    /// without ids) as a JSON array or one per line, from --file or stdin. Prints the results
+    /// as JSON.
+    #[command(
+        after_help = "Example:\n  printf '%s\\n' '{\"op\":\"create\",\"name\":\"a\",\"detached\":true}' '{\"op\":\"checkpoint\",\"name\":\"a\",\"payload_b64\":\"aGk=\"}' | sessionctl batch"
+    )]
+    Batch {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Keep only a session's newest checkpoints, now (its keep setting stays).
+    #[command(after_help = "Example:\n  sessionctl prune nightly-import --keep 1")]
+    Prune {
+        name: String,
+        /// How many to keep (0: none).
+        #[arg(long)]
+        keep: u32,
+    },
+    /// Copy a session: a new session holding its checkpoints, keys and attachments.
+    #[command(after_help = "Example:\n  sessionctl copy nightly-import nightly-import-try2")]
+    Copy {
+        name: String,
+        /// The new session's name (it must not exist).
+        to: String,
+        /// The new session's metadata, repeatable.
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+    },
     /// Print events as they happen (all your sessions, or one).
     #[command(after_help = "Example:\n  sessionctl --json watch nightly-import")]
     Watch { name: Option<String> },
@@ -182,14 +304,18 @@ fn verb_session(v: &Verb) -> Option<&str> {
         | Verb::Resume { name, .. }
         | Verb::Get { name, .. }
         | Verb::Show { name }
-        | Verb::History { name }
+        | Verb::History { name, .. }
+        | Verb::DeleteCheckpoints { name, .. }
+        | Verb::Prune { name, .. }
+        | Verb::Attach { name, .. }
+        | Verb::Copy { name, .. }
         | Verb::Pause { name }
         | Verb::Complete { name }
         | Verb::Fail { name, .. }
         | Verb::Cancel { name }
         | Verb::Delete { name } => Some(name),
         Verb::Watch { name } => name.as_deref(),
-        Verb::List { .. } | Verb::Stats | Verb::Ping => None,
+        Verb::List { .. } | Verb::Batch { .. } | Verb::Stats | Verb::Ping => None,
     }
 }
 
@@ -213,9 +339,41 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// The owner a session created or resumed from the shell gets: the calling shell or script.
-fn owner(explicit: Option<u32>) -> Option<u32> {
-    explicit.or_else(|| Some(std::os::unix::process::parent_id()))
+/// Without --owner-pid, the daemon makes the caller's parent (as it sees it, in its PID
+/// namespace, of the caller's user) the owner: this process cannot tell it right by itself
+/// under sudo or in a container.
+fn owner_parent(explicit: Option<u32>) -> bool {
+    explicit.is_none()
+}
+
+/// A batch's ops, as a JSON array or one object per line, read as the socket reads them.
+fn batch_ops(text: &str) -> anyhow::Result<Vec<sessiond_client::Request>> {
+    let trimmed = text.trim();
+    let ops: Vec<Value> = if trimmed.starts_with('[') {
+        serde_json::from_str(trimmed)
+            .map_err(|e| anyhow::anyhow!("the ops are not a JSON array: {e}"))?
+    } else {
+        trimmed
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| anyhow::anyhow!("op {i} is not JSON: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let line = json!({ "op": "batch", "ops": ops }).to_string();
+    let (_, frame) = wire_json::decode_request(line.as_bytes());
+    match frame?.request {
+        sessiond_client::Request::Batch(b) => Ok(b.ops),
+        other => anyhow::bail!("not a batch: {}", other.op()),
+    }
+}
+
+fn without_owner_note(name: &str) {
+    eprintln!(
+        "sessionctl: note: no process of yours runs above sessionctl to own {name:?}; it has no owner and never goes stale (pass --owner-pid to name one)"
+    );
 }
 
 fn meta(pairs: Vec<(String, String)>) -> Meta {
@@ -231,6 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Create {
             name,
             owner_pid,
+            detached,
             keep,
             meta: m,
         } => {
@@ -239,9 +398,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 CreateOptions {
                     keep,
                     meta: meta(m),
-                    owner_pid: owner(owner_pid),
+                    owner_pid,
+                    detached,
+                    owner_parent: !detached && owner_parent(owner_pid),
                 },
             )?;
+            if s.owner_pid.is_none() && !detached {
+                without_owner_note(&name);
+            }
             out.session(&s)
         }
         Verb::Checkpoint {
@@ -250,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             meta: m,
             expect,
             epoch,
+            key,
         } => {
             let payload = read_payload(file.as_ref())?;
             let cp = c.checkpoint(
@@ -259,12 +424,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     meta: meta(m),
                     expect,
                     epoch,
+                    key,
                 },
             )?;
             if out.json {
                 print_json(&checkpoint_json(&cp))
             } else {
-                println!("checkpoint {} of {name}: {} bytes", cp.number, cp.size);
+                let again = if cp.existing {
+                    " (already there under its key: nothing written)"
+                } else {
+                    ""
+                };
+                println!(
+                    "checkpoint {} of {name}: {} bytes{again}",
+                    cp.number, cp.size
+                );
                 Ok(())
             }
         }
@@ -274,7 +448,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             output,
         } => {
-            let r = c.resume(&name, owner(owner_pid), force)?;
+            let r = c.resume_with(ResumeRequest {
+                name: name.clone(),
+                owner_pid,
+                force,
+                owner_parent: owner_parent(owner_pid),
+                ..Default::default()
+            })?;
+            if r.session.owner_pid.is_none() {
+                without_owner_note(&name);
+            }
             let checkpoint = r
                 .checkpoint
                 .map(|cp| emit_payload(cp, output.as_ref(), out.json))
@@ -294,10 +477,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Get {
             name,
             number,
+            key,
             output,
         } => {
             let cp = c
-                .get(&name, number)?
+                .get_with(GetRequest {
+                    name: name.clone(),
+                    number,
+                    key,
+                    attachments: false,
+                })?
                 .ok_or_else(|| anyhow::anyhow!("session {name:?} has no checkpoint yet"))?;
             let cp = emit_payload(cp, output.as_ref(), out.json)?;
             if out.json {
@@ -318,54 +507,130 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             status,
             meta: m,
             all_users,
+            prefix,
+            after,
+            limit,
         } => {
             let list = c.list(ListRequest {
                 status,
                 meta: meta(m),
                 all_users,
+                prefix,
+                after,
+                limit,
+            })?;
+            print_sessions(&list, out)
+        }
+        Verb::History {
+            name,
+            meta: m,
+            before,
+            before_key,
+            after,
+            after_key,
+            limit,
+            reverse,
+        } => {
+            let bound = |n: Option<u64>, k: Option<String>| {
+                n.map(CheckpointRef::Number).or(k.map(CheckpointRef::Key))
+            };
+            let list = c.history_with(HistoryRequest {
+                name,
+                meta: meta(m),
+                before: bound(before, before_key),
+                after: bound(after, after_key),
+                limit,
+                reverse,
+                ..Default::default()
+            })?;
+            print_checkpoints(&list, out)
+        }
+        Verb::DeleteCheckpoints {
+            name,
+            numbers,
+            keys,
+            meta: m,
+        } => {
+            if numbers.is_empty() && keys.is_empty() && m.is_empty() {
+                anyhow::bail!("name the checkpoints to delete: --number, --key or --meta");
+            }
+            let deleted = c.delete_checkpoints(DeleteCheckpointsRequest {
+                target: Target {
+                    name: Some(name.clone()),
+                    session_meta: None,
+                },
+                numbers,
+                keys,
+                meta: (!m.is_empty()).then(|| meta(m)),
+            })?;
+            out.count(
+                deleted,
+                &format!("deleted {deleted} checkpoint(s) of {name}"),
+            )
+        }
+        Verb::Attach {
+            name,
+            number,
+            key,
+            attach_key,
+            file,
+            meta: m,
+            replace,
+            epoch,
+        } => {
+            let checkpoint = match (number, key) {
+                (Some(n), _) => CheckpointRef::Number(n),
+                (None, Some(k)) => CheckpointRef::Key(k),
+                (None, None) => anyhow::bail!("name the checkpoint: --number or --key"),
+            };
+            let payload = read_payload(file.as_ref())?;
+            let a = c.attach(AttachRequest {
+                name: name.clone(),
+                checkpoint,
+                attach_key,
+                payload: Payload(payload),
+                meta: meta(m),
+                replace,
+                epoch,
             })?;
             if out.json {
-                return print_json(&Value::Array(list.iter().map(session_json).collect()));
+                print_json(&wire_json::reply_body(&Reply::Attached(a)).into())
+            } else {
+                let what = if a.existing {
+                    "already attached (first write wins; nothing written)"
+                } else {
+                    "attached"
+                };
+                println!(
+                    "{} to checkpoint {} of {name}: {what}, {} bytes",
+                    a.attach_key, a.number, a.size
+                );
+                Ok(())
             }
-            let mut rows = vec![[
-                "NAME", "STATUS", "OWNER", "EPOCH", "LATEST", "KEPT", "UPDATED",
-            ]
-            .map(String::from)
-            .to_vec()];
-            for s in &list {
-                rows.push(vec![
-                    s.name.clone(),
-                    s.status.to_string(),
-                    s.owner_pid.map_or("-".into(), |p| p.to_string()),
-                    s.epoch.to_string(),
-                    s.latest_checkpoint.map_or("-".into(), |n| n.to_string()),
-                    s.checkpoint_count.to_string(),
-                    local_time(s.updated_at),
-                ]);
-            }
-            print_table(&rows);
-            Ok(())
         }
-        Verb::History { name } => {
-            let list = c.history(&name)?;
-            if out.json {
-                return print_json(&Value::Array(list.iter().map(checkpoint_json).collect()));
-            }
-            let mut rows = vec![["NUMBER", "SIZE", "CREATED", "META"]
-                .map(String::from)
-                .to_vec()];
-            for cp in &list {
-                let meta: Vec<String> = cp.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                rows.push(vec![
-                    cp.number.to_string(),
-                    cp.size.to_string(),
-                    local_time(cp.created_at),
-                    meta.join(" "),
-                ]);
-            }
-            print_table(&rows);
-            Ok(())
+        Verb::Batch { file } => {
+            let text = String::from_utf8(read_payload(file.as_ref())?)
+                .map_err(|_| anyhow::anyhow!("the ops are not UTF-8 text"))?;
+            let ops = batch_ops(&text)?;
+            let replies = c.batch(ops)?;
+            let results: Vec<Value> = replies
+                .iter()
+                .map(|r| Value::Object(wire_json::reply_body(r)))
+                .collect();
+            print_json(&json!({ "results": results }))
         }
+        Verb::Prune { name, keep } => {
+            let target = Target {
+                name: Some(name.clone()),
+                session_meta: None,
+            };
+            let deleted = c.prune(target, keep)?;
+            out.count(
+                deleted,
+                &format!("pruned {deleted} checkpoint(s) of {name}"),
+            )
+        }
+        Verb::Copy { name, to, meta: m } => out.session(&c.copy(&name, &to, meta(m))?),
         Verb::Delete { name } => {
             let deleted = c.delete(&name)?;
             if out.json {
@@ -444,156 +709,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-struct Output {
-    json: bool,
-}
-
-impl Output {
-    fn session(&self, s: &SessionInfo) -> anyhow::Result<()> {
-        if self.json {
-            return print_json(&session_json(s));
-        }
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        println!("name:        {}", s.name);
-        println!("status:      {}", s.status);
-        println!("owner pid:   {}", opt(s.owner_pid.map(|p| p.to_string())));
-        println!("epoch:       {}", s.epoch);
-        println!(
-            "latest:      {}",
-            opt(s.latest_checkpoint.map(|n| n.to_string()))
-        );
-        println!(
-            "checkpoints: {} kept (keep {})",
-            s.checkpoint_count,
-            if s.keep == 0 {
-                "all".into()
-            } else {
-                s.keep.to_string()
-            }
-        );
-        println!("created:     {}", local_time(s.created_at));
-        println!("updated:     {}", local_time(s.updated_at));
-        for (k, v) in &s.meta {
-            println!("meta:        {k}={v}");
-        }
-        if let Some(e) = &s.error {
-            println!("error:       {e}");
-        }
-        Ok(())
-    }
-}
-
-fn read_payload(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
-    match file {
-        Some(f) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display())),
-        None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprintln!(
-                    "sessionctl: reading the payload from stdin (end with Ctrl-D), or use --file"
-                );
-            }
-            let mut buf = Vec::new();
-            stdin
-                .lock()
-                .read_to_end(&mut buf)
-                .context("cannot read the payload from stdin")?;
-            Ok(buf)
-        }
-    }
-}
-
-/// Writes the payload to `output`, or to stdout unless printing JSON (which carries it).
-/// Returns the checkpoint without its payload when it went to a file or stdout.
-fn emit_payload(
-    mut cp: CheckpointInfo,
-    output: Option<&PathBuf>,
-    json: bool,
-) -> anyhow::Result<CheckpointInfo> {
-    if let Some(path) = output {
-        let bytes = cp.payload.take().map(|p| p.0).unwrap_or_default();
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    } else if !json {
-        let bytes = cp.payload.take().map(|p: Payload| p.0).unwrap_or_default();
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(&bytes)
-            .and_then(|()| stdout.flush())
-            .context("cannot write the payload to stdout")?;
-    }
-    Ok(cp)
-}
-
-fn local_time(t: DateTime<Utc>) -> String {
-    let local: DateTime<Local> = t.into();
-    let ago = (Utc::now() - t).num_seconds().max(0);
-    let rel = match ago {
-        0..60 => format!("{ago}s ago"),
-        60..3600 => format!("{}m ago", ago / 60),
-        3600..86400 => format!("{}h ago", ago / 3600),
-        _ => format!("{}d ago", ago / 86400),
-    };
-    format!("{} ({rel})", local.format("%Y-%m-%d %H:%M:%S"))
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{v}");
-    Ok(())
-}
-
-fn session_json(s: &SessionInfo) -> Value {
-    wire_json::reply_body(&Reply::Session(s.clone()))
-        .remove("session")
-        .unwrap_or(Value::Null)
-}
-
-fn checkpoint_json(c: &CheckpointInfo) -> Value {
-    wire_json::reply_body(&Reply::Checkpoint(Some(c.clone())))
-        .remove("checkpoint")
-        .unwrap_or(Value::Null)
-}
-
-fn event_json(e: &Event) -> Value {
-    Value::Object(wire_json::reply_body(&Reply::Event(e.clone())))
-}
-
-fn event_text(e: &Event) -> String {
-    let mut parts = vec![
-        local_time(e.at),
-        format!("{:?}", e.kind).to_lowercase(),
-        e.name.clone(),
-    ];
-    if let Some(n) = e.number {
-        parts.push(format!("number={n}"));
-    }
-    if let Some(s) = e.status {
-        parts.push(format!("status={s}"));
-    }
-    if let Some(ep) = e.epoch {
-        parts.push(format!("epoch={ep}"));
-    }
-    if let Some(p) = e.owner_pid {
-        parts.push(format!("owner_pid={p}"));
-    }
-    if let Some(m) = e.missed {
-        parts.push(format!("missed={m}"));
-    }
-    parts.join(" ")
 }
