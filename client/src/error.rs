@@ -43,10 +43,19 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// An op of a `batch` failed (so nothing of it was applied): which one, and why.
+    #[error("{source}")]
+    Batch { index: u32, source: Box<Error> },
 }
 
 impl From<WireError> for Error {
-    fn from(e: WireError) -> Self {
+    fn from(mut e: WireError) -> Self {
+        if let Some(index) = e.index.take() {
+            return Error::Batch {
+                index,
+                source: Box::new(Error::from(e)),
+            };
+        }
         let m = e.message;
         match e.kind {
             ErrorKind::InvalidArgument => Error::InvalidArgument(m),
@@ -84,11 +93,20 @@ impl Error {
             Error::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Batch { source, .. } => return source.kind(),
             Error::Connect { .. }
             | Error::Disconnected(_)
             | Error::Timeout(_)
             | Error::Protocol(_) => return None,
         })
+    }
+
+    /// For a failed `batch`: the op that failed (counted from 0).
+    pub fn batch_index(&self) -> Option<u32> {
+        match self {
+            Error::Batch { index, .. } => Some(*index),
+            _ => None,
+        }
     }
 
     /// The daemon could not be reached (or was lost): worth a reconnect.

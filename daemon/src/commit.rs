@@ -115,11 +115,11 @@ fn plan(
 
 fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, ReplyTo, u32)>) {
     let written = store.ready().and_then(|()| {
-        let changes: Vec<(&Change, &_)> = writes
+        let units: Vec<&[_]> = writes
             .iter()
-            .flat_map(|(p, _, _)| p.changes.iter().map(|(c, payload)| (c, payload)))
+            .map(|(p, _, _)| p.changes.as_slice())
             .collect();
-        store.write(&changes)
+        store.write(&units)
     });
     let written = match written {
         Ok(w) => w,
@@ -176,7 +176,7 @@ fn apply(
                         cache.push((key.clone(), None))
                     }
                     Change::Session(_)
-                    | Change::Relocated(_)
+                    | Change::Relocated { .. }
                     | Change::Attach(_)
                     | Change::RelocatedAttach(_) => {}
                 }

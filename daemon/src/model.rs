@@ -202,8 +202,11 @@ pub enum Change {
         meta: CheckpointMeta,
         payload_crc: u32,
     },
-    /// A retained checkpoint the store wrote again elsewhere (same number and payload).
-    Relocated(CheckpointMeta),
+    /// A retained checkpoint the store wrote again elsewhere (same number, key and payload).
+    Relocated {
+        meta: CheckpointMeta,
+        payload_crc: u32,
+    },
     Delete(SessionKey),
     /// A record attached to a retained checkpoint (replacing one under its key).
     Attach(AttachMeta),

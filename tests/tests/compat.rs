@@ -1,16 +1,19 @@
-//! State directories written by each format are checked in and must load forever: v1, and v2
-//! (the index with compact entries). Changing the on-disk format is a versioned decision:
+//! State directories written by each format are checked in and must load forever: v1, v2
+//! (the index with compact entries) and v3 (checkpoint keys and attachments). Changing the on-disk format is a versioned decision:
 //! bump `CURRENT` and generate its directory with
 //! `cargo test -p sessiond-tests --test compat -- --ignored`, alongside the format bump.
 
 use std::path::{Path, PathBuf};
 
-use sessiond_client::{CheckpointOptions, ListRequest, Meta, Status};
+use sessiond_client::{
+    AttachRequest, CheckpointOptions, CheckpointRef, CreateOptions, DeleteCheckpointsRequest,
+    GetRequest, ListRequest, Meta, Payload, Status, Target,
+};
 use sessiond_tests::ClientExt;
 use sessiond_tests::Daemon;
 
-const FORMATS: [&str; 2] = ["state-v1", "state-v2"];
-const CURRENT: &str = "state-v2";
+const FORMATS: [&str; 3] = ["state-v1", "state-v2", "state-v3"];
+const CURRENT: &str = "state-v3";
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +40,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn verify(d: &Daemon) {
+fn verify(d: &Daemon, format: &str) {
     let mut c = d.client();
     let names: Vec<(String, Status)> = c
         .list(ListRequest::default())
@@ -45,15 +48,20 @@ fn verify(d: &Daemon) {
         .into_iter()
         .map(|s| (s.name, s.status))
         .collect();
-    assert_eq!(
-        names,
-        vec![
-            // Active when written; its owner (the generating test) is long gone.
-            ("alpha".into(), Status::Stale),
-            ("beta".into(), Status::Paused),
-            ("gamma".into(), Status::Failed)
-        ]
-    );
+    let mut want = vec![
+        // Active when written; its owner (the generating test) is long gone.
+        ("alpha".to_string(), Status::Stale),
+        ("beta".into(), Status::Paused),
+    ];
+    if format >= "state-v3" {
+        // Detached: never stale.
+        want.push(("delta".into(), Status::Active));
+    }
+    want.push(("gamma".into(), Status::Failed));
+    assert_eq!(names, want);
+    if format >= "state-v3" {
+        verify_framework(&mut c);
+    }
     let alpha = c.show("alpha").unwrap();
     assert_eq!(
         (alpha.keep, alpha.latest_checkpoint, alpha.checkpoint_count),
@@ -95,7 +103,7 @@ fn every_checked_in_state_directory_still_loads() {
             std::fs::remove_file(state.join("index")).unwrap();
         }
         let d = Daemon::start_on_state(&state);
-        verify(&d);
+        verify(&d, format);
         // The index itself was read (an old one upgraded in memory), not rebuilt from the log.
         assert!(
             !d.log().contains("index snapshot unusable"),
@@ -103,6 +111,62 @@ fn every_checked_in_state_directory_still_loads() {
             d.log()
         );
     }
+}
+
+/// Format 3's framework session: keys, attachments, a hole where checkpoints were deleted.
+fn verify_framework(c: &mut sessiond_client::Client) {
+    let get = |c: &mut sessiond_client::Client, key: &str| {
+        c.get_with(GetRequest {
+            name: "delta".into(),
+            key: Some(key.into()),
+            attachments: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap()
+    };
+    let numbers: Vec<(u64, Option<String>)> = c
+        .history("delta")
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.number, h.key))
+        .collect();
+    assert_eq!(
+        numbers,
+        [
+            (1, Some("k1".to_string())),
+            (3, Some("k3".into())),
+            (4, None)
+        ]
+    );
+    let k3 = get(c, "k3");
+    assert_eq!(k3.payload.unwrap().0, payload("delta", 3));
+    let attached: Vec<(String, Vec<u8>)> = k3
+        .attachments
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.attach_key, a.payload.unwrap().0))
+        .collect();
+    assert_eq!(
+        attached,
+        [
+            ("task-b".to_string(), b"write b".to_vec()),
+            ("task-a".into(), b"write a".to_vec())
+        ]
+    );
+    assert!(get(c, "k1").attachments.unwrap().is_empty());
+    // A retry of a key written by the old daemon is still known as the same bytes.
+    let again = c
+        .checkpoint(
+            "delta",
+            payload("delta", 1),
+            CheckpointOptions {
+                key: Some("k1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(again.existing);
 }
 
 #[test]
@@ -139,6 +203,55 @@ fn generate_current_state_dir() {
     c.pause("beta").unwrap();
     c.create_keep("gamma", None).unwrap();
     c.fail("gamma", Some("out of memory")).unwrap();
+    let options = CreateOptions {
+        keep: Some(0),
+        detached: true,
+        ..Default::default()
+    };
+    c.create("delta", options).unwrap();
+    for n in 1..=4 {
+        let options = CheckpointOptions {
+            key: (n < 4).then(|| format!("k{n}")),
+            ..Default::default()
+        };
+        c.checkpoint("delta", payload("delta", n), options).unwrap();
+    }
+    // One batch: a group of records in the log.
+    let attach = |k: &str, p: &[u8]| {
+        sessiond_client::Request::Attach(AttachRequest {
+            name: "delta".into(),
+            checkpoint: CheckpointRef::Key("k3".into()),
+            attach_key: k.into(),
+            payload: Payload(p.to_vec()),
+            meta: Meta::new(),
+            replace: false,
+            epoch: None,
+        })
+    };
+    c.batch(vec![
+        attach("task-b", b"write b"),
+        attach("task-a", b"write a"),
+    ])
+    .unwrap();
+    c.attach(AttachRequest {
+        name: "delta".into(),
+        checkpoint: CheckpointRef::Number(2),
+        attach_key: "gone".into(),
+        payload: Payload(b"with its checkpoint".to_vec()),
+        meta: Meta::new(),
+        replace: false,
+        epoch: None,
+    })
+    .unwrap();
+    c.delete_checkpoints(DeleteCheckpointsRequest {
+        target: Target {
+            name: Some("delta".into()),
+            session_meta: None,
+        },
+        numbers: vec![2],
+        ..Default::default()
+    })
+    .unwrap();
     drop(c);
     assert!(d.stop().success());
     let out = fixture(CURRENT);

@@ -163,3 +163,33 @@ fn the_default_socket_mode_keeps_other_users_out() {
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert!(r.stderr.contains("ermission denied"), "{}", r.stderr);
 }
+
+#[test]
+fn sessionctl_run_as_a_user_none_of_whose_processes_is_above_it_creates_without_an_owner() {
+    if !require_root() {
+        return;
+    }
+    let d = shared_daemon();
+    // As `sudo -u nobody sessionctl create ...` runs it: its parent (here this test, root's)
+    // is another user's, and so is every ancestor.
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin("sessionctl"))
+        .args([
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "--json",
+            "create",
+            "job",
+        ])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["owner_pid"], Value::Null, "{v}");
+    assert!(err.contains("no process of yours"), "{err}");
+    // From a shell of nobody's, that shell owns it, as before.
+    let v = as_nobody(&d, "--json create job2").ok().json();
+    assert!(v["owner_pid"].as_u64().is_some(), "{v}");
+}

@@ -159,12 +159,22 @@ fn an_overlong_json_line_is_refused_without_buffering_it_all() {
     let d = Daemon::start_with(&["--max-checkpoint-bytes", "1024"]);
     let mut j = d.json();
     // ~ 8 MiB without a newline, far over the ~1 MiB line cap.
+    // Its id after the payload, as a client that builds the object in order writes it: the
+    // refusal still names it, so that clients matching replies by id keep working.
     let mut line = b"{\"op\":\"checkpoint\",\"name\":\"s\",\"payload_b64\":\"".to_vec();
     line.extend(std::iter::repeat_n(b'A', 8 << 20));
-    line.extend(b"\"}\n");
+    line.extend(b"\",\"id\":\"req-77\"}\n");
     j.send_raw(&line);
     let r = j.read();
     assert_eq!(kind(&r), "too_large", "{r}");
+    assert_eq!(r["id"], json!("req-77"), "{r}");
+    // Before the payload, as a number.
+    let mut line = b"{\"id\":78,\"op\":\"checkpoint\",\"name\":\"s\",\"payload_b64\":\"".to_vec();
+    line.extend(std::iter::repeat_n(b'A', 4 << 20));
+    line.extend(b"\"}\n");
+    j.send_raw(&line);
+    let r = j.read();
+    assert_eq!((kind(&r), r["id"].clone()), ("too_large", json!(78)), "{r}");
     still_works(&mut j);
 }
 
@@ -333,11 +343,15 @@ fn wrong_protocol_version_and_wrong_magic_are_refused_cleanly() {
         .expect("refused");
     assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion));
     assert!(e.to_string().contains("999"), "{e}");
-    // A client of an older protocol is refused, never misread.
-    let e = Client::connect_with_version(&d.socket, 1)
-        .err()
-        .expect("refused");
-    assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion), "{e}");
+    // Clients of older protocols (1, and 2 from before keys and batches) are refused, never
+    // misread.
+    for old in [1, 2] {
+        let e = Client::connect_with_version(&d.socket, old)
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion), "{e}");
+        assert!(e.to_string().contains("speaks protocol 3"), "{e}");
+    }
     // Not a sessiond hello at all: a clear refusal, then the connection closes.
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();

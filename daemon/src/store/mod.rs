@@ -50,9 +50,11 @@ pub trait Store: Send {
     /// refused.
     fn ready(&mut self) -> Result<(), String>;
 
-    /// Makes `changes` durable, in order, as one unit; each checkpoint change comes with its
-    /// payload. On error nothing of it counts as written.
-    fn write(&mut self, changes: &[(&Change, &CheckedPayload)]) -> Result<Written, String>;
+    /// Makes `units` durable, in order, as one unit; each is one mutation's changes (each
+    /// checkpoint or attachment with its payload), which a crash in the middle of the write
+    /// must leave all there or all gone. `Written::locs` has one place per change. On error
+    /// nothing of it counts as written.
+    fn write(&mut self, units: &[&[(Change, CheckedPayload)]]) -> Result<Written, String>;
 
     /// These records (dropped by retention, a deletion, a newer state) are dead.
     fn release(&mut self, released: &[Loc]);

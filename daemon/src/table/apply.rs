@@ -39,7 +39,9 @@ impl SessionTable {
             Change::Checkpoint { meta, payload_crc } => {
                 self.add_checkpoint(meta, payload_crc, at, &mut dead)
             }
-            Change::Relocated(h) => self.relocate_checkpoint(h, at, &mut dead),
+            Change::Relocated { meta, payload_crc } => {
+                self.relocate_checkpoint(meta, payload_crc, at, &mut dead)
+            }
             Change::Delete(key) => {
                 if let Some(s) = self.sessions.remove(key.uid, &key.name) {
                     dead.push(s.state_loc);
@@ -81,25 +83,20 @@ impl SessionTable {
         s.state.last_number = s.state.last_number.max(h.number);
         s.state.updated_at = s.state.updated_at.max(h.created_at);
         s.forget(&dropped, dead);
-        if let Some(key) = h.key {
-            let known = KeyEntry {
-                number: h.number,
-                created_at: h.created_at,
-                payload_len: u64::from(at.payload_len),
-                payload_crc,
-                meta_crc: crate::model::meta_crc(&h.meta),
-            };
-            let extra = s.extra_mut();
-            extra.key_of.insert(h.number, key.clone());
-            extra.keys.insert(key, known);
-        }
+        s.remember_key(&h, payload_crc, at);
         self.checkpoints += 1;
         self.checkpoints -= dropped.len() as u64;
         dead.extend(dropped.iter().map(CkptEntry::loc));
     }
 
     /// A copy of a retained checkpoint, written so that its old segment can go.
-    fn relocate_checkpoint(&mut self, h: CheckpointMeta, at: Loc, dead: &mut Vec<Loc>) {
+    fn relocate_checkpoint(
+        &mut self,
+        h: CheckpointMeta,
+        payload_crc: u32,
+        at: Loc,
+        dead: &mut Vec<Loc>,
+    ) {
         let Some(entry) = Self::entry(&h, at, dead) else {
             return;
         };
@@ -113,6 +110,8 @@ impl SessionTable {
             }
         }
         s.state.last_number = s.state.last_number.max(h.number);
+        // Its key, which a replay finds only here once the original record's segment went.
+        s.remember_key(&h, payload_crc, at);
         let dropped = Self::retain(s);
         s.forget(&dropped, dead);
         self.checkpoints += added;
@@ -235,6 +234,21 @@ impl Session {
         self.checkpoints
             .binary_search_by_key(&number, |c| c.number)
             .is_ok()
+    }
+
+    /// The key a checkpoint record at `at` gives its checkpoint, with what a retry is known by.
+    fn remember_key(&mut self, h: &CheckpointMeta, payload_crc: u32, at: Loc) {
+        let Some(key) = &h.key else { return };
+        let known = KeyEntry {
+            number: h.number,
+            created_at: h.created_at,
+            payload_len: u64::from(at.payload_len),
+            payload_crc,
+            meta_crc: crate::model::meta_crc(&h.meta),
+        };
+        let extra = self.extra_mut();
+        extra.key_of.insert(h.number, key.clone());
+        extra.keys.insert(key.clone(), known);
     }
 
     /// Forgets the keys and attachments of checkpoints no longer retained; their

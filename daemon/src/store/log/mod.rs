@@ -283,16 +283,32 @@ impl Store for LogStore {
         Ok(())
     }
 
-    fn write(&mut self, changes: &[(&Change, &CheckedPayload)]) -> Result<Written, String> {
-        let mut pending = Vec::with_capacity(changes.len());
-        for (change, payload) in changes {
-            let head =
-                record::encode_with_crc(&RecordRef::from(*change), &payload.bytes, payload.crc)
-                    .map_err(|e| format!("cannot encode a log record: {e}"))?;
-            pending.push(Pending {
-                head,
-                payload: &payload.bytes,
-            });
+    fn write(&mut self, units: &[&[(Change, CheckedPayload)]]) -> Result<Written, String> {
+        let encoding = |e: record::RecordError| format!("cannot encode a log record: {e}");
+        let mut pending = Vec::with_capacity(units.iter().map(|u| u.len()).sum());
+        // Which of the records written are a group's marker (no change, no place returned).
+        let mut markers = Vec::new();
+        for unit in units {
+            if unit.len() > 1 {
+                let records = u32::try_from(unit.len())
+                    .map_err(|_| format!("a mutation of {} records is too large", unit.len()))?;
+                let marker = RecordRef::Group { records };
+                markers.push(pending.len());
+                pending.push(Pending {
+                    head: record::encode_with_crc(&marker, &[], crc32c::crc32c(&[]))
+                        .map_err(encoding)?,
+                    payload: &[],
+                });
+            }
+            for (change, payload) in unit.iter() {
+                let head =
+                    record::encode_with_crc(&RecordRef::from(change), &payload.bytes, payload.crc)
+                        .map_err(encoding)?;
+                pending.push(Pending {
+                    head,
+                    payload: &payload.bytes,
+                });
+            }
         }
         let appended = match self.log.append(&mut pending) {
             Ok(a) => a,
@@ -309,14 +325,23 @@ impl Store for LogStore {
         self.log_retry.succeeded();
         self.health.succeeded(Work::LogWrite);
         self.since_snapshot += appended.bytes;
-        for (loc, (change, _)) in appended.locs.iter().zip(changes) {
+        let mut markers = markers.into_iter().peekable();
+        let locs: Vec<Loc> = appended
+            .locs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| markers.next_if_eq(i).is_none())
+            .map(|(_, loc)| loc)
+            .collect();
+        let changes = units.iter().flat_map(|u| u.iter());
+        for (loc, (change, _)) in locs.iter().zip(changes) {
             // A deletion's or a drop's record is indexed nowhere: never live.
             if change.is_kept() {
                 self.live.add(loc);
             }
         }
         Ok(Written {
-            locs: appended.locs,
+            locs,
             bytes: appended.bytes,
         })
     }

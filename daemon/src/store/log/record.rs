@@ -92,6 +92,11 @@ pub enum RecordHeader {
         name: String,
         numbers: Vec<u64>,
     },
+    /// The next `records` records are one mutation's (a batch, a copy): replay applies them
+    /// all or, if the log ends before the last of them (a write cut short), none.
+    Group {
+        records: u32,
+    },
 }
 
 impl RecordHeader {
@@ -139,6 +144,9 @@ pub enum RecordRef<'a> {
         name: &'a str,
         numbers: &'a [u64],
     },
+    Group {
+        records: u32,
+    },
 }
 
 impl<'a> From<&'a Change> for RecordRef<'a> {
@@ -146,7 +154,7 @@ impl<'a> From<&'a Change> for RecordRef<'a> {
         match c {
             Change::Session(s) => RecordRef::Session(s),
             Change::Checkpoint { meta, .. } => RecordRef::Checkpoint2(meta),
-            Change::Relocated(h) => RecordRef::Relocated2(h),
+            Change::Relocated { meta, .. } => RecordRef::Relocated2(meta),
             Change::Delete(k) => RecordRef::Delete {
                 uid: k.uid,
                 name: &k.name,
@@ -174,15 +182,18 @@ impl RecordHeader {
             RecordHeader::Checkpoint2(meta) => Change::Checkpoint { meta, payload_crc },
             RecordHeader::Session(s) => Change::Session(s),
             RecordHeader::Delete { uid, name } => Change::Delete(SessionKey { uid, name }),
-            RecordHeader::Relocated(h) => Change::Relocated(h.into()),
-            RecordHeader::Relocated2(h) => Change::Relocated(h),
+            RecordHeader::Relocated(h) => Change::Relocated {
+                meta: h.into(),
+                payload_crc,
+            },
+            RecordHeader::Relocated2(meta) => Change::Relocated { meta, payload_crc },
             RecordHeader::Attach(a) => Change::Attach(a),
             RecordHeader::RelocatedAttach(a) => Change::RelocatedAttach(a),
             RecordHeader::DropCheckpoints { uid, name, numbers } => Change::DropCheckpoints {
                 session: SessionKey { uid, name },
                 numbers,
             },
-            RecordHeader::Cut { .. } => return None,
+            RecordHeader::Cut { .. } | RecordHeader::Group { .. } => return None,
         })
     }
 }
@@ -357,7 +368,10 @@ mod tests {
                 meta: checkpoint.clone(),
                 payload_crc: 9,
             },
-            Change::Relocated(checkpoint),
+            Change::Relocated {
+                meta: checkpoint,
+                payload_crc: 9,
+            },
             Change::Delete(SessionKey::new(7, "s")),
             Change::Attach(attachment.clone()),
             Change::RelocatedAttach(attachment),

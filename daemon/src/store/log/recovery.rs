@@ -113,6 +113,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 ))(e))
             }
         };
+        let mut group = Group::default();
         while let Some(item) = scanner.next_item().map_err(io_context(format!(
             "cannot read segment {}",
             segment_path(dir, seq).display()
@@ -125,18 +126,25 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                     payload_crc,
                 } => {
                     report.replayed_records += 1;
+                    if let RecordHeader::Group { records } = header {
+                        group.open(index, &mut live, records);
+                        continue;
+                    }
                     let Some(change) = header.into_change(payload_crc) else {
+                        group.member_lost(index, &mut live);
                         continue;
                     };
-                    if let (Change::Checkpoint { meta: h, .. } | Change::Relocated(h), false) =
-                        (&change, payload_ok)
+                    if let (
+                        Change::Checkpoint { meta: h, .. } | Change::Relocated { meta: h, .. },
+                        false,
+                    ) = (&change, payload_ok)
                     {
                         tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
                         report
                             .corrupt_payloads
                             .push((h.uid, h.name.clone(), h.number));
                     }
-                    apply(index, &mut live, change, loc);
+                    group.add(index, &mut live, change, loc);
                 }
                 ScanItem::Damaged {
                     offset,
@@ -145,6 +153,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 } => {
                     tracing::warn!(segment = seq, offset, len, %reason, "skipping a damaged stretch of the log");
                     report.damaged.push((seq, offset, len, reason));
+                    group.member_lost(index, &mut live);
                 }
                 ScanItem::Torn { offset } => {
                     tracing::info!(
@@ -156,8 +165,82 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 }
             }
         }
+        group.end_of_segment(index, &mut live, seq);
     }
     Ok((report, live))
+}
+
+/// The records of one mutation written as a group (see [`RecordHeader::Group`]), held back
+/// until the last of them is read.
+#[derive(Default)]
+struct Group {
+    /// Records still to come.
+    missing: u32,
+    held: Vec<(Change, Loc)>,
+    /// Some were lost to damage (which a write cut short does not cause).
+    damaged: bool,
+}
+
+impl Group {
+    /// A new group's marker. One still open lost records to damage (a damaged stretch counts
+    /// as one record, and may have held more): it was written whole, so its intact records
+    /// count.
+    fn open(&mut self, index: &mut dyn Index, live: &mut LiveSegments, records: u32) {
+        self.apply_held(index, live);
+        self.missing = records;
+    }
+
+    /// A record, applied at once outside a group.
+    fn add(&mut self, index: &mut dyn Index, live: &mut LiveSegments, change: Change, loc: Loc) {
+        if self.missing == 0 {
+            return apply(index, live, change, loc);
+        }
+        self.held.push((change, loc));
+        self.missing -= 1;
+        if self.missing == 0 {
+            self.apply_held(index, live);
+        }
+    }
+
+    /// A damaged stretch, or a record that is no change, where a member should be.
+    fn member_lost(&mut self, index: &mut dyn Index, live: &mut LiveSegments) {
+        if self.missing > 0 {
+            self.damaged = true;
+            self.missing -= 1;
+            if self.missing == 0 {
+                self.apply_held(index, live);
+            }
+        }
+    }
+
+    fn apply_held(&mut self, index: &mut dyn Index, live: &mut LiveSegments) {
+        for (change, loc) in self.held.drain(..) {
+            apply(index, live, change, loc);
+        }
+        *self = Group::default();
+    }
+
+    /// The log ends inside the group: its write was cut short, never acknowledged, and none
+    /// of it counts (unless damage, not the end, took its missing records).
+    fn end_of_segment(&mut self, index: &mut dyn Index, live: &mut LiveSegments, seq: u32) {
+        if self.missing == 0 {
+            return;
+        }
+        if self.damaged {
+            tracing::warn!(
+                segment = seq,
+                "a mutation's records were partly lost to damage; applying the intact ones"
+            );
+            return self.apply_held(index, live);
+        }
+        tracing::info!(
+            segment = seq,
+            records = self.held.len(),
+            missing = self.missing,
+            "the log ends inside a mutation's records (an interrupted write); none of them is applied"
+        );
+        *self = Group::default();
+    }
 }
 
 /// Applies a durable change kept at `loc` to `index`, and counts what is live: the record,
@@ -267,5 +350,35 @@ mod tests {
             ["session", "checkpoint 1", "checkpoint 2"],
             "the refused delete is not replayed"
         );
+    }
+
+    fn numbers(applied: &Applied) -> Vec<u64> {
+        applied
+            .0
+            .iter()
+            .filter_map(|c| match c {
+                Change::Checkpoint { meta, .. } => Some(meta.number),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_cut_short_by_the_log_end_is_not_applied_and_a_whole_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(segment::LOG_DIR)).unwrap();
+        let mut log = LogWriter::create(dir.path(), 1, 1 << 20).unwrap();
+        write(&mut log, checkpoint(1), b"alone");
+        write(&mut log, RecordHeader::Group { records: 2 }, &[]);
+        write(&mut log, checkpoint(2), b"a");
+        write(&mut log, checkpoint(3), b"b");
+        // A group of three whose last record never reached the disk.
+        write(&mut log, RecordHeader::Group { records: 3 }, &[]);
+        write(&mut log, checkpoint(4), b"c");
+        write(&mut log, checkpoint(5), b"d");
+        drop(log);
+        let mut applied = Applied::default();
+        load(dir.path(), &mut applied).unwrap();
+        assert_eq!(numbers(&applied), [1, 2, 3]);
     }
 }

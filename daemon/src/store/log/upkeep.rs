@@ -159,7 +159,11 @@ impl Compacting<'_> {
                 match self.files.read_record_raw(&entry.loc()) {
                     Ok((header, payload, crc)) => match header.checkpoint() {
                         Some(h) if h.number == entry.number => {
-                            copies.push((Change::Relocated(h), payload, crc));
+                            let change = Change::Relocated {
+                                meta: h,
+                                payload_crc: crc,
+                            };
+                            copies.push((change, payload, crc));
                         }
                         _ => damaged(&key, entry.number, seq),
                     },
