@@ -7,6 +7,7 @@ transaction each) for SECONDS, or reading each session's latest checkpoint.
 
 Prints one JSON object: ops, ops_per_sec, p50_us, p99_us.
 """
+
 import argparse
 import json
 import os
@@ -25,7 +26,7 @@ def sqlite_worker(path, i, op, size, deadline, barrier, out):
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     conn.execute("PRAGMA synchronous=FULL")
     payload = os.urandom(size)
-    session = "s%d" % i
+    session = f"s{i}"
     conn.execute("INSERT INTO checkpoints VALUES (?, 0, ?)", (session, payload))
     lat = []
     n = 0
@@ -39,7 +40,8 @@ def sqlite_worker(path, i, op, size, deadline, barrier, out):
             conn.execute("COMMIT")
         else:
             conn.execute(
-                "SELECT payload FROM checkpoints WHERE session = ? ORDER BY number DESC LIMIT 1", (session,)
+                "SELECT payload FROM checkpoints WHERE session = ? ORDER BY number DESC LIMIT 1",
+                (session,),
             ).fetchone()
         lat.append(time.perf_counter() - t)
     out[i] = lat
@@ -48,11 +50,13 @@ def sqlite_worker(path, i, op, size, deadline, barrier, out):
 def langgraph_worker(saver, i, op, size, deadline, barrier, out):
     from langgraph.checkpoint.base import empty_checkpoint
 
-    config = {"configurable": {"thread_id": "t%d" % i, "checkpoint_ns": ""}}
+    config = {"configurable": {"thread_id": f"t{i}", "checkpoint_ns": ""}}
+
     def put():
         cp = empty_checkpoint()
         cp["channel_values"] = {"state": "x" * size}
         return saver.put(config, cp, {"source": "loop", "step": 1}, {})
+
     put()
     lat = []
     barrier.wait()
@@ -75,7 +79,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--dir", required=True)
     a = ap.parse_args()
-    path = os.path.join(a.dir, "%s-%d-%d-%s.db" % (a.peer, a.clients, a.size, a.op))
+    path = os.path.join(a.dir, f"{a.peer}-{a.clients}-{a.size}-{a.op}.db")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
@@ -85,7 +89,10 @@ def main():
     if a.peer == "sqlite":
         setup = sqlite3.connect(path)
         setup.execute("PRAGMA journal_mode=WAL")
-        setup.execute("CREATE TABLE checkpoints (session TEXT, number INTEGER, payload BLOB, PRIMARY KEY (session, number))")
+        setup.execute(
+            "CREATE TABLE checkpoints (session TEXT, number INTEGER, payload BLOB,"
+            " PRIMARY KEY (session, number))"
+        )
         setup.close()
         target, extra = sqlite_worker, path
     else:
@@ -104,11 +111,21 @@ def main():
     barrier.wait()
     for t in threads:
         t.join()
-    lat = sorted(x for l in out for x in (l or []))
-    print(json.dumps({
-        "peer": a.peer, "op": a.op, "clients": a.clients, "size": a.size, "ops": len(lat),
-        "ops_per_sec": len(lat) / a.seconds, "p50_us": percentile(lat, 0.5), "p99_us": percentile(lat, 0.99),
-    }))
+    lat = sorted(x for per in out for x in (per or []))
+    print(
+        json.dumps(
+            {
+                "peer": a.peer,
+                "op": a.op,
+                "clients": a.clients,
+                "size": a.size,
+                "ops": len(lat),
+                "ops_per_sec": len(lat) / a.seconds,
+                "p50_us": percentile(lat, 0.5),
+                "p99_us": percentile(lat, 0.99),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,93 +1,57 @@
 #!/usr/bin/env python3
-"""A resumable worker using only Python's standard library and sessiond's JSON lines.
+"""A resumable worker on the `sessiond` Python package (pip install ./python).
 
 It resumes session NAME if an earlier run left it (from its latest checkpoint), or creates
 it, then does STEPS steps, checkpointing its state after each. Kill it at any moment and run
 it again: it carries on from the last checkpoint, and the sum comes out the same.
+(worker_stdlib.py does the same with Python's standard library alone, over raw JSON lines.)
 
     python3 examples/worker.py NAME STEPS [--sleep SECONDS] [--socket PATH]
 """
+
+from __future__ import annotations
+
 import argparse
-import base64
 import json
-import os
-import socket
 import sys
 import time
 
-
-def default_socket():
-    if os.environ.get("SESSIOND_SOCKET"):
-        return os.environ["SESSIOND_SOCKET"]
-    if os.geteuid() == 0:
-        return "/run/sessiond/sessiond.sock"
-    run = os.environ.get("XDG_RUNTIME_DIR")
-    if run:
-        return os.path.join(run, "sessiond", "sessiond.sock")
-    return "/tmp/sessiond-%d/sessiond.sock" % os.geteuid()
+import sessiond
 
 
-class Sessiond:
-    """One JSON-lines connection: a request per line, a reply per line."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rwb")
-        self.next_id = 0
-
-    def call(self, op, **fields):
-        self.next_id += 1
-        request = dict(op=op, id=self.next_id, **fields)
-        self.file.write(json.dumps(request).encode() + b"\n")
-        self.file.flush()
-        reply = json.loads(self.file.readline())
-        if not reply["ok"]:
-            raise SessiondError(reply["error"]["kind"], reply["error"]["message"])
-        return reply
-
-
-class SessiondError(Exception):
-    def __init__(self, kind, message):
-        super().__init__("%s: %s" % (kind, message))
-        self.kind = kind
-
-
-def main():
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("steps", type=int)
     parser.add_argument("--sleep", type=float, default=0.0)
-    parser.add_argument("--socket", default=default_socket())
+    parser.add_argument("--socket", default=None, help="default: as the daemon resolves it")
     args = parser.parse_args()
 
-    d = Sessiond(args.socket)
+    client = sessiond.Client(args.socket)
     state = {"step": 0, "sum": 0}
     try:
-        reply = d.call("resume", name=args.name)
-        epoch = reply["session"]["epoch"]
-        if reply["checkpoint"]:
-            state = json.loads(base64.b64decode(reply["checkpoint"]["payload_b64"]))
-        print("resumed at step %d (epoch %d)" % (state["step"], epoch), flush=True)
-    except SessiondError as e:
-        if e.kind != "not_found":
-            print("cannot resume: %s" % e, file=sys.stderr)
-            return 5
-        epoch = d.call("create", name=args.name, meta={"kind": "example"})["session"]["epoch"]
+        job = client.resume(args.name)
+        if job.resumed_from is not None and job.resumed_from.payload is not None:
+            state = json.loads(job.resumed_from.payload)
+        print(f"resumed at step {state['step']} (epoch {job.epoch})", flush=True)
+    except sessiond.NotFound:
+        client.create(args.name, meta={"kind": "example"})
+        job = client.session(args.name)
         print("created", flush=True)
+    except sessiond.Error as e:
+        print(f"cannot resume: {e}", file=sys.stderr)
+        return 5
 
     while state["step"] < args.steps:
         state["step"] += 1
         state["sum"] += state["step"]
         time.sleep(args.sleep)
-        payload = base64.b64encode(json.dumps(state).encode()).decode()
-        # The epoch fences us out if someone else resumed the session meanwhile.
-        d.call("checkpoint", name=args.name, payload_b64=payload, epoch=epoch,
-               meta={"step": str(state["step"])})
-        print("step %d" % state["step"], flush=True)
+        # The handle's epoch fences us out if someone else resumed the session meanwhile.
+        job.checkpoint(json.dumps(state).encode(), meta={"step": str(state["step"])})
+        print(f"step {state['step']}", flush=True)
 
-    d.call("complete", name=args.name)
-    print("done sum=%d" % state["sum"], flush=True)
+    job.complete()
+    print(f"done sum={state['sum']}", flush=True)
     return 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need and is missing
 # (Debian packages: systemd's tools for the service tests, libfiu's for the fault-injection
-# tests; as root, or through sudo), then runs every test: unit, protocol, end-to-end against
-# the real binaries, crash torture, fault injection. Extra arguments go to `cargo test`.
+# tests; as root, or through sudo; a Python virtualenv with the pinned test requirements),
+# then runs every test: unit, protocol, end-to-end against the real binaries, crash torture,
+# fault injection, and python/tests (the Python client, LangGraph's conformance suite, a
+# graph killed mid-run) against the binaries just built. Extra arguments go to `cargo test`.
 #
 #   scripts/test.sh [CARGO TEST ARGS...]
 set -euo pipefail
@@ -28,9 +30,16 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+venv=$(scripts/python-env.sh)
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+echo "== python/tests"
+(cd python && SESSIOND_BIN="$PWD/../target/debug/sessiond" "../$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run (cargo's last line is only its last test binary's).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^[0-9]+ (passed|failed)/ || / passed in / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -1,5 +1,6 @@
-//! The example workers (Python over JSON lines, shell over sessionctl) are killed mid-run and
-//! resumed from their latest checkpoint: the result is as if they had never been interrupted.
+//! The example workers (Python on the `sessiond` package, Python's standard library over raw
+//! JSON lines, shell over sessionctl) are killed mid-run and resumed from their latest
+//! checkpoint: the result is as if they had never been interrupted.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -63,17 +64,37 @@ fn kill_and_resume(d: &Daemon, mut slow: Command, fast: Command, kill_at: u64, s
     assert_eq!(c.show("job").unwrap().status, Status::Completed);
 }
 
+fn python_worker(d: &Daemon, script: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(example(script))
+        .args(["job", "2000", "--socket", d.socket.to_str().unwrap()])
+        .args(extra)
+        // The package from the source tree (it has no dependencies).
+        .env(
+            "PYTHONPATH",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python/src"),
+        );
+    c
+}
+
 #[test]
 fn the_python_worker_resumes_after_kill_9() {
     let d = Daemon::start();
-    let py = |extra: &[&str]| {
-        let mut c = Command::new("python3");
-        c.arg(example("worker.py"))
-            .args(["job", "2000", "--socket", d.socket.to_str().unwrap()])
-            .args(extra);
-        c
-    };
-    kill_and_resume(&d, py(&["--sleep", "0.002"]), py(&[]), 20, 2000);
+    let slow = python_worker(&d, "worker.py", &["--sleep", "0.002"]);
+    kill_and_resume(&d, slow, python_worker(&d, "worker.py", &[]), 20, 2000);
+}
+
+#[test]
+fn the_stdlib_python_worker_resumes_after_kill_9() {
+    let d = Daemon::start();
+    let slow = python_worker(&d, "worker_stdlib.py", &["--sleep", "0.002"]);
+    kill_and_resume(
+        &d,
+        slow,
+        python_worker(&d, "worker_stdlib.py", &[]),
+        20,
+        2000,
+    );
 }
 
 #[test]
