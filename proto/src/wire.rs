@@ -329,10 +329,21 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A reply in the encoding of the request it answers. A reply that cannot be encoded (it
 /// never happens with these types) is answered as an internal error.
 pub fn encode_reply(id: &RequestId, result: Result<Reply, WireError>) -> Vec<u8> {
+    encode_reply_ref(id, &result)
+}
+
+/// [`encode_reply`] of a borrowed result (what the commit thread writes, then hands on).
+pub fn encode_reply_ref(id: &RequestId, result: &Result<Reply, WireError>) -> Vec<u8> {
+    /// Encodes as a [`ResponseFrame`] does (serde writes a reference as what it refers to).
+    #[derive(serde::Serialize)]
+    struct ResponseRef<'a> {
+        id: u64,
+        result: &'a Result<Reply, WireError>,
+    }
     match id {
-        RequestId::Json { id, raw: false } => json::encode_response(id, &result),
-        RequestId::Json { id, raw: true } => json::encode_response_raw(id, &result),
-        RequestId::Binary(id) => frame::encode_frame(&ResponseFrame { id: *id, result })
+        RequestId::Json { id, raw: false } => json::encode_response(id, result),
+        RequestId::Json { id, raw: true } => json::encode_response_raw(id, result),
+        RequestId::Binary(id) => frame::encode_frame(&ResponseRef { id: *id, result })
             .or_else(|e| {
                 frame::encode_frame(&ResponseFrame {
                     id: *id,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use interprocess::os::unix::uds_local_socket::tokio::Stream;
-use sessiond_proto::wire::{self, Encoding, Next, Opening, RequestId, Requests};
+use sessiond_proto::wire::{self, Next, Opening, RequestId, Requests};
 use sessiond_proto::{Event, EventKind, Reply, RequestFrame, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::service::{Peer, Service, Started};
 
 pub mod replies;
-use replies::{Outbox, ReplySink, Turn};
+use replies::{DirectReply, Outbox, ReplySink, Turn};
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
@@ -180,15 +180,11 @@ async fn serve_peer(
         tracing::info!(reply = %String::from_utf8_lossy(&reply), "refusing a client");
         return Ok(());
     };
-    // The commit thread writes replies itself to binary clients only.
-    let sink = match requests.encoding() {
-        Encoding::Binary => ReplySink::new(w.as_ref())
-            .inspect_err(
-                |e| tracing::debug!(error = %e, "replies go through the connection's task only"),
-            )
-            .ok(),
-        Encoding::Json => None,
-    };
+    let sink = ReplySink::new(w.as_ref())
+        .inspect_err(
+            |e| tracing::debug!(error = %e, "replies go through the connection's task only"),
+        )
+        .ok();
     let (queue, replies) = mpsc::channel(MAX_IN_FLIGHT);
     let out = Outbox::new(queue, sink.clone());
     // Cancelled when the client stops sending (or the daemon stops): ends a watch stream.
@@ -279,9 +275,8 @@ async fn read_requests(
             match requests.finish() {
                 Ok(Some(last)) => {
                     let (id, parsed) = last.decode();
-                    let _ = out
-                        .push((id, dispatch(service, peer, parsed, &out), None))
-                        .await;
+                    let started = dispatch(service, peer, parsed, out.direct(&id));
+                    let _ = out.push((id, started, None)).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "client closed mid-frame"),
@@ -323,7 +318,8 @@ async fn drain(
                 None => return false,
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
-                    (id, dispatch(service, peer, parsed, out), Some(permit))
+                    let started = dispatch(service, peer, parsed, out.direct(&id));
+                    (id, started, Some(permit))
                 }
             },
         };
@@ -348,14 +344,13 @@ fn dispatch(
     service: &Arc<Service>,
     peer: Peer,
     parsed: Result<RequestFrame, WireError>,
-    out: &Outbox<Queued>,
+    direct: Option<DirectReply>,
 ) -> Started {
     let req = match parsed {
         Ok(req) => req,
         Err(e) => return Started::Done(Err(e)),
     };
     let op = req.request.op();
-    let direct = out.direct(req.id);
     let started = service.start(&peer, req, direct);
     if let Started::Done(Err(e)) = &started {
         tracing::debug!(op, kind = %e.kind, message = %e.message, "request refused");

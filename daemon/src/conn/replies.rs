@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
-use sessiond_proto::{frame, Reply, ResponseFrame, WireError};
+use sessiond_proto::wire::{self, RequestId};
+use sessiond_proto::{Reply, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Batches up to this many replies have them written by the commit thread: more would hold
@@ -35,7 +36,7 @@ pub fn deliver(replies: Vec<(Reply, ReplyTo)>) {
     let direct_ok = replies.len() <= MAX_DIRECT_REPLIES;
     for (r, (tx, direct)) in replies {
         let result = match direct {
-            Some(d) if direct_ok => d.sink.try_send(d.seq, d.id, Ok(r)),
+            Some(d) if direct_ok => d.sink.try_send(d.seq, &d.id, Ok(r)),
             _ => Ok(r),
         };
         let _ = tx.send(result);
@@ -45,7 +46,7 @@ pub fn deliver(replies: Vec<(Reply, ReplyTo)>) {
 /// The reader's side of a connection's reply queue: numbers each request it passes on.
 pub struct Outbox<T> {
     queue: mpsc::Sender<(T, u64)>,
-    /// Binary connections: the socket as the commit thread may write to it.
+    /// The socket as the commit thread may write to it.
     sink: Option<Arc<ReplySink>>,
     next_seq: u64,
 }
@@ -60,12 +61,12 @@ impl<T> Outbox<T> {
     }
 
     /// Where the commit thread may write the reply to the request about to be pushed (its
-    /// frame carries `id`).
-    pub fn direct(&self, id: u64) -> Option<DirectReply> {
+    /// reply carries `id`).
+    pub fn direct(&self, id: &RequestId) -> Option<DirectReply> {
         self.sink.as_ref().map(|sink| DirectReply {
             sink: sink.clone(),
             seq: self.next_seq,
-            id,
+            id: id.clone(),
         })
     }
 
@@ -96,8 +97,8 @@ struct State {
 pub struct DirectReply {
     pub sink: Arc<ReplySink>,
     pub seq: u64,
-    /// The request's id, which the reply frame carries.
-    pub id: u64,
+    /// The request's id, which the reply carries (in the connection's encoding).
+    pub id: RequestId,
 }
 
 /// What the connection's writer still has to do for a reply.
@@ -129,18 +130,14 @@ impl ReplySink {
     pub fn try_send(
         &self,
         seq: u64,
-        id: u64,
+        id: &RequestId,
         result: Result<Reply, WireError>,
     ) -> Result<Reply, WireError> {
         let mut state = self.state();
         if state.next != seq || state.rest.is_some() {
             return result;
         }
-        let response = ResponseFrame { id, result };
-        let Ok(bytes) = frame::encode_frame(&response) else {
-            // The writer reports an encoding failure in its own words.
-            return response.result;
-        };
+        let bytes = wire::encode_reply_ref(id, &result);
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         let sent = loop {
             match send(self.socket.as_raw_fd(), &bytes, flags) {
@@ -154,7 +151,7 @@ impl ReplySink {
             // Would block, or the connection failed: the writer handles both.
             Ok(_) | Err(_) => {}
         }
-        response.result
+        result
     }
 
     /// Connection writer: what is left to do for reply `seq`, whose result it now has.
@@ -184,8 +181,8 @@ mod tests {
     use std::io::Read;
     use std::os::unix::net::UnixStream;
 
-    use sessiond_proto::codec;
-    use sessiond_proto::frame::{Frame, FrameDecoder};
+    use sessiond_proto::frame::{self, Frame, FrameDecoder};
+    use sessiond_proto::{codec, ResponseFrame};
 
     use super::*;
 
@@ -222,18 +219,18 @@ mod tests {
         let mut d = FrameDecoder::new(1 << 20);
         // Reply 1 before reply 0 has been written: not its turn.
         let (id, r) = pong(11);
-        assert!(sink.try_send(1, id, r).is_ok());
+        assert!(sink.try_send(1, &RequestId::Binary(id), r).is_ok());
         assert_eq!(sink.turn(1), Turn::Write);
         assert!(read_ids(&mut peer, &mut d).is_empty());
         // The writer wrote reply 0; now reply 1 goes straight out, and the writer skips it.
         sink.wrote(0);
         let (id, r) = pong(11);
-        sink.try_send(1, id, r).unwrap();
+        sink.try_send(1, &RequestId::Binary(id), r).unwrap();
         assert_eq!(read_ids(&mut peer, &mut d), vec![11]);
         assert_eq!(sink.turn(1), Turn::Sent);
         // Reply 1 again: already past it, nothing is written twice.
         let (id, r) = pong(12);
-        sink.try_send(1, id, r).unwrap();
+        sink.try_send(1, &RequestId::Binary(id), r).unwrap();
         assert!(read_ids(&mut peer, &mut d).is_empty());
     }
 
@@ -248,7 +245,10 @@ mod tests {
         while (&ours).write(&chunk).is_ok() {}
         while (&ours).write(&[0]).is_ok() {}
         let (id, r) = pong(3);
-        assert!(sink.try_send(0, id, r).is_ok(), "the result comes back");
+        assert!(
+            sink.try_send(0, &RequestId::Binary(id), r).is_ok(),
+            "the result comes back"
+        );
         assert_eq!(sink.turn(0), Turn::Write);
         sink.wrote(0);
         assert_eq!(
@@ -274,13 +274,13 @@ mod tests {
             existing: false,
             attachments: None,
         })));
-        sink.try_send(0, 5, big).unwrap();
+        sink.try_send(0, &RequestId::Binary(5), big).unwrap();
         let Turn::Rest(rest) = sink.turn(0) else {
             panic!("a 4 MiB reply cannot fit a socket buffer")
         };
         // Until the writer has finished reply 0, reply 1 is not written directly.
         let (id, r) = pong(6);
-        sink.try_send(1, id, r).unwrap();
+        sink.try_send(1, &RequestId::Binary(id), r).unwrap();
         assert_eq!(sink.turn(1), Turn::Write);
         // The writer finishes reply 0, then writes reply 1 itself: the peer sees 5 then 6.
         let writer = std::thread::spawn(move || {

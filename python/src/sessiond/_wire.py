@@ -74,6 +74,12 @@ def _places(reply: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
+def succeeded(line: bytes, request_id: int) -> bool:
+    """Whether a reply line is the success of request `request_id`, read from its start
+    (the daemon writes `id`, then `ok`, first) without decoding the rest."""
+    return line.startswith(b'{"id":%d,"ok":true' % request_id)
+
+
 def parse_reply(
     line: bytes, request_id: int, op: Op[Any]
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:

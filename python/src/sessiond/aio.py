@@ -47,6 +47,8 @@ class _Connection:
         line = await self.reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionFailed("the daemon closed the connection")
+        if op.parse is ops.ignore_body and _wire.succeeded(line, request_id):
+            return None  # type: ignore[return-value]
         reply, places = _wire.parse_reply(line, request_id, op)
         try:
             payloads = [await self.reader.readexactly(n) for _, n in places]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import random
 import threading
@@ -85,8 +86,19 @@ _MAX_INDEXED_KEYS = 48
 _PAGE = 256
 
 
+# Made once: json.dumps with options builds an encoder on every call.
+_canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_compact_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, str):
+        return _compact_encoder.encode(value)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, int):
+        return str(value)
+    return _canonical_encoder.encode(value)
 
 
 def _digest(text: str, size: int) -> str:
@@ -121,10 +133,15 @@ class SessiondSaver(BaseCheckpointSaver[str]):
         # Exclusive mode: the epoch this process owns each of its threads' sessions at.
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
-        # Checkpoint writes begun and finished so far, for pending writes waiting for theirs.
+        # Checkpoint writes begun and finished so far, for pending writes waiting for theirs
+        # (counted by itertools.count, whose next() is atomic; notified only when some wait).
+        self._begun = itertools.count(1)
+        self._done = itertools.count(1)
         self._puts_begun = 0
         self._puts_done = 0
+        self._waiting = 0
         self._puts = threading.Condition()
+        self._names: dict[tuple[str, str], str] = {}
 
     # -- How the ops run ---------------------------------------------------------------
 
@@ -166,18 +183,22 @@ class SessiondSaver(BaseCheckpointSaver[str]):
 
     def _wait(self, w: _Wait) -> None:
         with self._puts:
-            self._puts.wait_for(
-                lambda: self._puts_done != w.seen, max(0.0, w.deadline - time.monotonic())
-            )
+            self._waiting += 1
+            try:
+                self._puts.wait_for(
+                    lambda: self._puts_done != w.seen, max(0.0, w.deadline - time.monotonic())
+                )
+            finally:
+                self._waiting -= 1
 
     def _put_begun(self) -> None:
-        with self._puts:
-            self._puts_begun += 1
+        self._puts_begun = next(self._begun)
 
     def _put_finished(self) -> None:
-        with self._puts:
-            self._puts_done += 1
-            self._puts.notify_all()
+        self._puts_done = next(self._done)
+        if self._waiting:
+            with self._puts:
+                self._puts.notify_all()
 
     # -- Names -------------------------------------------------------------------------
 
@@ -185,7 +206,13 @@ class SessiondSaver(BaseCheckpointSaver[str]):
         return f"{self.prefix}-{_digest(thread_id, 12)}-"
 
     def _name(self, thread_id: str, ns: str) -> str:
-        return self._thread_prefix(thread_id) + _digest(ns, 6)
+        name = self._names.get((thread_id, ns))
+        if name is None:
+            name = self._thread_prefix(thread_id) + _digest(ns, 6)
+            if len(self._names) > 100_000:
+                self._names.clear()
+            self._names[(thread_id, ns)] = name
+        return name
 
     def _session_meta(self, thread_id: str, ns: str) -> dict[str, str]:
         return {"lg": self.prefix, "lg.thread": thread_id, "lg.ns": ns}
@@ -205,7 +232,7 @@ class SessiondSaver(BaseCheckpointSaver[str]):
     ) -> tuple[bytes, dict[str, str]]:
         type_, blob = self.serde.dumps_typed(checkpoint)
         md = get_checkpoint_metadata(config, metadata)
-        head = json.dumps({"t": type_, "md": md}, ensure_ascii=False, separators=(",", ":"))
+        head = _compact_encoder.encode({"t": type_, "md": md})
         meta: dict[str, str] = {}
         parent = config["configurable"].get("checkpoint_id")
         if parent:
@@ -288,8 +315,9 @@ class SessiondSaver(BaseCheckpointSaver[str]):
         payload, meta = self._encode(config, checkpoint, metadata)
         self._put_begun()
         try:
-            epoch = yield from self._epoch(name, thread_id, ns)
-            write = ops.checkpoint(name, payload, meta=meta, key=checkpoint["id"], epoch=epoch)
+            epoch = (yield from self._own(name, thread_id, ns)) if self.exclusive else None
+            w = ops.checkpoint(name, payload, meta=meta, key=checkpoint["id"], epoch=epoch)
+            write: Op[None] = Op(w.fields, w.payloads, ops.ignore_body)
             yield from self._write_checkpoint(name, thread_id, ns, checkpoint["id"], write)
         finally:
             self._put_finished()

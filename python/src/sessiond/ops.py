@@ -76,6 +76,12 @@ def _bytes(payload: Payload, what: str) -> Payload:
     return payload
 
 
+def ignore_body(_: dict[str, Any]) -> None:
+    """The reply of an op whose caller needs nothing but its success: the clients do not
+    even decode it when it says so."""
+    return None
+
+
 def _session(r: dict[str, Any]) -> Session:
     return Session.of(r["session"])
 

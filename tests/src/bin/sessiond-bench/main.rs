@@ -4,7 +4,8 @@
 //!       N concurrent clients, each with its own connection and session, writing checkpoints:
 //!       ops/s and latency percentiles. Several clients share one thread (the async client),
 //!       as redis-benchmark's do; one client, or any number with `--threads`, runs the
-//!       blocking client on a thread of its own.
+//!       blocking client on a thread of its own. `--encoding json` (payloads in base64) or
+//!       `raw` (raw bytes after the line) sends the same requests as JSON lines.
 //!   sessiond-bench stale --owners N
 //!       N owner processes killed at once: time from each kill to its `stale` event.
 //!   sessiond-bench idle --owners N [--seconds S]
@@ -21,6 +22,7 @@
 //! beside this binary on a temporary socket and state directory); --json for scripts.
 
 mod floor;
+mod lines;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,9 +58,11 @@ struct Args {
     threads: bool,
     /// `floor` into a file whose blocks are only allocated, not written.
     fallocated: bool,
+    /// `checkpoint` over JSON lines instead of the binary protocol.
+    encoding: Option<lines::Payloads>,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--socket PATH | --spawn] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--encoding binary|json|raw] [--socket PATH | --spawn] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -94,6 +98,7 @@ fn parse() -> Result<Args, String> {
         threads: false,
         fallocated: false,
         json: false,
+        encoding: None,
     };
     let mut it = std::env::args().skip(1).peekable();
     if let Some(mode) = it.next_if(|m| !m.starts_with('-')) {
@@ -120,6 +125,14 @@ fn parse() -> Result<Args, String> {
             "--json" => a.json = true,
             "--threads" => a.threads = true,
             "--fallocated" => a.fallocated = true,
+            "--encoding" => {
+                a.encoding = match value()?.as_str() {
+                    "binary" => None,
+                    "json" => Some(lines::Payloads::Base64),
+                    "raw" => Some(lines::Payloads::Raw),
+                    other => return Err(format!("--encoding {other}: binary, json or raw")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -219,7 +232,17 @@ fn checkpoint(args: &Args, socket: &Path) -> Outcome {
         .flat_map(|&(op, w)| std::iter::repeat_n(op, w as usize))
         .collect();
     // One client: a blocking client, as most users run it (no event loop in its way).
-    let mut all = if args.threads || args.clients == 1 {
+    let blocking = args.threads || args.clients == 1;
+    if let Some(how) = args.encoding {
+        let (c, size, secs) = (args.clients, args.size, args.seconds);
+        let mut all = if blocking {
+            lines::run_threads(socket, c, size, secs, &plan, how)
+        } else {
+            lines::run_async(socket, c, size, secs, &plan, how)?
+        };
+        return report_checkpoint(args, &mut all);
+    }
+    let mut all = if blocking {
         checkpoint_threads(args, socket, &plan)
     } else {
         checkpoint_async(args, socket, &plan)?
@@ -350,11 +373,16 @@ fn report_checkpoint(args: &Args, all: &mut [Duration]) -> Outcome {
         .map(|(op, w)| format!("{}:{w}", format!("{op:?}").to_lowercase()))
         .collect();
     let mix = mix.join(",");
+    let encoding = match args.encoding {
+        None => "binary",
+        Some(lines::Payloads::Base64) => "json",
+        Some(lines::Payloads::Raw) => "raw",
+    };
     let text = format!(
-        "{mix} {} B x {} clients: {rate:.0} ops/s  p50 {p50:.0} us  p99 {p99:.0} us  p99.9 {p999:.0} us  ({} ops in {} s)",
+        "{mix} {} B x {} clients ({encoding}): {rate:.0} ops/s  p50 {p50:.0} us  p99 {p99:.0} us  p99.9 {p999:.0} us  ({} ops in {} s)",
         args.size, args.clients, all.len(), args.seconds
     );
-    let value = json!({"mode": "checkpoint", "mix": mix, "clients": args.clients, "size": args.size, "seconds": args.seconds,
+    let value = json!({"mode": "checkpoint", "mix": mix, "encoding": encoding, "clients": args.clients, "size": args.size, "seconds": args.seconds,
         "ops": all.len(), "ops_per_sec": rate, "p50_us": p50, "p99_us": p99, "p999_us": p999});
     Ok((text, value))
 }

@@ -13,8 +13,15 @@
 //! [`raw_payloads`] walks them (a checkpoint's payload, then its attachments'; the entries of
 //! `checkpoints` and `results` in order). No base64 either way.
 
+mod reply;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+pub use reply::{
+    decode_response, encode_response, encode_response_raw, error_value, raw_payloads, reply_body,
+    JsonError,
+};
 
 use crate::types::*;
 
@@ -105,33 +112,48 @@ pub fn decode_request(line: &[u8]) -> (Value, Result<RequestFrame, WireError>) {
 
 /// The bytes of raw payload a request line announces (its `payload_len`s, a batch's ops'
 /// included): what must follow the line before it can be decoded. `None` if the line does
-/// not parse (it is refused as it is).
+/// not parse (it is refused as it is). Reads only those fields.
 pub fn raw_len(line: &[u8]) -> Option<u64> {
-    let value: Value = serde_json::from_slice(line).ok()?;
-    let one = |v: &Value| v.get("payload_len").and_then(Value::as_u64).unwrap_or(0);
-    let ops: u64 = value
-        .get("ops")
-        .and_then(Value::as_array)
-        .map_or(0, |ops| ops.iter().map(one).sum());
-    Some(one(&value).saturating_add(ops))
+    #[derive(Deserialize)]
+    struct Lens {
+        payload_len: Option<u64>,
+        ops: Option<Vec<OpLen>>,
+    }
+    #[derive(Deserialize)]
+    struct OpLen {
+        payload_len: Option<u64>,
+    }
+    let lens: Lens = serde_json::from_slice(line).ok()?;
+    let ops = lens.ops.unwrap_or_default();
+    let ops: u64 = ops.iter().map(|o| o.payload_len.unwrap_or(0)).sum();
+    Some(lens.payload_len.unwrap_or(0).saturating_add(ops))
 }
 
 /// Parses one request line followed by the raw payload bytes it announced.
 pub fn decode_request_with(line: &[u8], raw: &[u8]) -> Decoded {
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => {
-            return Decoded {
-                id: Value::Null,
-                raw: false,
-                request: Err(WireError::invalid(format!("invalid JSON: {e}"))),
-            }
+    // Straight into the request's fields; only a line that does not fit them is read again,
+    // for its id and the right words about what is wrong with it.
+    let req: JsonRequest = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(typed) => {
+            let (id, why) = match serde_json::from_slice::<Value>(line) {
+                Err(e) => (Value::Null, format!("invalid JSON: {e}")),
+                Ok(v) if !v.is_object() => (Value::Null, "a request must be a JSON object".into()),
+                Ok(v) => (
+                    v.get("id").cloned().unwrap_or(Value::Null),
+                    format!("bad request: {typed}"),
+                ),
+            };
+            let raw = false;
+            let request = Err(WireError::invalid(why));
+            return Decoded { id, raw, request };
         }
     };
-    let id = value.get("id").cloned().unwrap_or(Value::Null);
-    let raw_replies = value.get("raw").and_then(Value::as_bool).unwrap_or(false);
+    let id = req._id.clone();
+    let raw_replies = req.raw.unwrap_or(false);
     let mut rest = raw;
-    let request = parse(value, &mut rest, true).map(|(uid, request)| RequestFrame {
+    let uid = req.uid;
+    let request = into_request(req, &mut rest).map(|request| RequestFrame {
         id: 0,
         uid,
         request,
@@ -153,20 +175,19 @@ pub fn decode_request_with(line: &[u8], raw: &[u8]) -> Decoded {
     }
 }
 
-/// One request object; `top`: not inside a batch.
-fn parse(value: Value, raw: &mut &[u8], top: bool) -> Result<(Option<u32>, Request), WireError> {
+/// One op of a batch.
+fn parse_op(value: Value, raw: &mut &[u8]) -> Result<Request, WireError> {
     if !value.is_object() {
         return Err(WireError::invalid("a request must be a JSON object"));
     }
     let req: JsonRequest = serde_json::from_value(value)
         .map_err(|e| WireError::invalid(format!("bad request: {e}")))?;
-    if !top && (req.uid.is_some() || req.raw.is_some() || !req._id.is_null()) {
+    if req.uid.is_some() || req.raw.is_some() || !req._id.is_null() {
         return Err(WireError::invalid(
             "a batch's ops take no id, uid or raw of their own",
         ));
     }
-    let uid = req.uid;
-    into_request(req, raw).map(|r| (uid, r))
+    into_request(req, raw)
 }
 
 /// A payload from `payload_b64` or the next `payload_len` raw bytes.
@@ -354,7 +375,7 @@ fn into_request(mut r: JsonRequest, raw: &mut &[u8]) -> Result<Request, WireErro
                 .ok_or_else(|| WireError::invalid("op \"batch\" needs \"ops\""))?;
             let mut parsed = Vec::with_capacity(ops.len());
             for (i, op) in ops.into_iter().enumerate() {
-                let (_, req) = parse(op, raw, false).map_err(|mut e| {
+                let req = parse_op(op, raw).map_err(|mut e| {
                     e.index = Some(i as u32);
                     e
                 })?;
@@ -517,321 +538,4 @@ fn line(v: Value) -> Vec<u8> {
     let mut out = v.to_string().into_bytes();
     out.push(b'\n');
     out
-}
-
-/// Where a reply's payloads go: inline as base64, or out of line as raw bytes.
-struct Payloads {
-    raw: Option<Vec<Vec<u8>>>,
-}
-
-impl Payloads {
-    /// Puts `payload` under `obj` as `payload_b64`, or as `payload_len` with its bytes kept.
-    fn put(&mut self, obj: &mut Map<String, Value>, payload: Option<&Payload>) {
-        obj.remove("payload_b64");
-        let Some(p) = payload else { return };
-        match &mut self.raw {
-            Some(raw) => {
-                obj.insert("payload_len".into(), (p.0.len() as u64).into());
-                raw.push(p.0.clone());
-            }
-            None => {
-                obj.insert("payload_b64".into(), to_value(p));
-            }
-        }
-    }
-}
-
-/// A checkpoint object without the keys that carry nothing.
-fn checkpoint_value(c: &CheckpointInfo, payloads: &mut Payloads) -> Value {
-    let mut shown = c.clone();
-    shown.payload = None;
-    let attachments = shown.attachments.take();
-    let mut v = to_value(&shown);
-    if let Value::Object(m) = &mut v {
-        payloads.put(m, c.payload.as_ref());
-        if m.get("skipped_corrupt")
-            .and_then(Value::as_array)
-            .is_some_and(Vec::is_empty)
-        {
-            m.remove("skipped_corrupt");
-        }
-        if m.get("existing") == Some(&Value::Bool(false)) {
-            m.remove("existing");
-        }
-        m.remove("attachments");
-        if let Some(list) = attachments {
-            let list = list
-                .iter()
-                .map(|a| {
-                    let mut shown = a.clone();
-                    shown.payload = None;
-                    let mut v = to_value(&shown);
-                    if let Value::Object(m) = &mut v {
-                        payloads.put(m, a.payload.as_ref());
-                    }
-                    v
-                })
-                .collect();
-            m.insert("attachments".into(), Value::Array(list));
-        }
-    }
-    v
-}
-
-/// The JSON body of a reply, as the keys it adds to the response object.
-pub fn reply_body(reply: &Reply) -> Map<String, Value> {
-    body(reply, &mut Payloads { raw: None })
-}
-
-fn body(reply: &Reply, payloads: &mut Payloads) -> Map<String, Value> {
-    let mut m = Map::new();
-    let ckpt = |c: &Option<CheckpointInfo>, payloads: &mut Payloads| {
-        c.as_ref()
-            .map_or(Value::Null, |c| checkpoint_value(c, payloads))
-    };
-    match reply {
-        Reply::Pong { version, protocol } => {
-            m.insert("version".into(), version.clone().into());
-            m.insert("protocol".into(), (*protocol).into());
-        }
-        Reply::Session(s) => {
-            m.insert("session".into(), to_value(s));
-        }
-        Reply::Checkpoint(c) => {
-            m.insert("checkpoint".into(), ckpt(c, payloads));
-        }
-        Reply::Resumed {
-            session,
-            checkpoint,
-        } => {
-            m.insert("session".into(), to_value(session));
-            m.insert("checkpoint".into(), ckpt(checkpoint, payloads));
-        }
-        Reply::Sessions(s) => {
-            m.insert("sessions".into(), to_value(s));
-        }
-        Reply::Checkpoints(c) => {
-            let list = c.iter().map(|c| checkpoint_value(c, payloads)).collect();
-            m.insert("checkpoints".into(), Value::Array(list));
-        }
-        Reply::Deleted(d) => {
-            m.insert("deleted".into(), (*d).into());
-        }
-        Reply::Count(n) => {
-            m.insert("deleted".into(), (*n).into());
-        }
-        Reply::Attached(a) => {
-            let mut v = to_value(a);
-            if let Value::Object(o) = &mut v {
-                if o.get("existing") == Some(&Value::Bool(false)) {
-                    o.remove("existing");
-                }
-            }
-            m.insert("attachment".into(), v);
-        }
-        Reply::Batch(results) => {
-            let list = results
-                .iter()
-                .map(|r| Value::Object(body(r, payloads)))
-                .collect();
-            m.insert("results".into(), Value::Array(list));
-        }
-        Reply::Stats(s) => {
-            m.insert("stats".into(), to_value(s));
-        }
-        Reply::Watching => {
-            m.insert("watching".into(), true.into());
-        }
-        Reply::Event(e) => return event_object(e),
-    }
-    m
-}
-
-fn event_object(e: &Event) -> Map<String, Value> {
-    match to_value(e) {
-        Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-        _ => Map::new(),
-    }
-}
-
-/// The JSON object of an error.
-pub fn error_value(e: &WireError) -> Value {
-    let mut m = Map::new();
-    m.insert("kind".into(), e.kind.as_str().into());
-    m.insert("message".into(), e.message.clone().into());
-    if let Some(pid) = e.owner_pid {
-        m.insert("owner_pid".into(), pid.into());
-    }
-    if let Some(i) = e.index {
-        m.insert("index".into(), i.into());
-    }
-    Value::Object(m)
-}
-
-/// Encodes a reply line. Watch events are bare event objects, as the contract shows them.
-pub fn encode_response(id: &Value, result: &Result<Reply, WireError>) -> Vec<u8> {
-    encode(id, result, &mut Payloads { raw: None })
-}
-
-/// Encodes a reply line with its payloads as raw bytes after it.
-pub fn encode_response_raw(id: &Value, result: &Result<Reply, WireError>) -> Vec<u8> {
-    let mut payloads = Payloads {
-        raw: Some(Vec::new()),
-    };
-    let mut out = encode(id, result, &mut payloads);
-    for p in payloads.raw.unwrap_or_default() {
-        out.extend_from_slice(&p);
-    }
-    out
-}
-
-fn encode(id: &Value, result: &Result<Reply, WireError>, payloads: &mut Payloads) -> Vec<u8> {
-    if let Ok(Reply::Event(e)) = result {
-        return line(Value::Object(event_object(e)));
-    }
-    let mut m = Map::new();
-    m.insert("id".into(), id.clone());
-    match result {
-        Ok(reply) => {
-            m.insert("ok".into(), true.into());
-            m.extend(body(reply, payloads));
-        }
-        Err(e) => {
-            m.insert("ok".into(), false.into());
-            m.insert("error".into(), error_value(e));
-        }
-    }
-    line(Value::Object(m))
-}
-
-/// The lengths of a raw reply's payloads, in the order their bytes follow its line: a
-/// checkpoint's payload, then its attachments'; `checkpoints` and `results` entry by entry.
-pub fn raw_payloads(reply: &Value) -> Vec<u64> {
-    fn checkpoint(c: &Value, out: &mut Vec<u64>) {
-        if let Some(n) = c.get("payload_len").and_then(Value::as_u64) {
-            out.push(n);
-        }
-        for a in c
-            .get("attachments")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(n) = a.get("payload_len").and_then(Value::as_u64) {
-                out.push(n);
-            }
-        }
-    }
-    fn walk(body: &Value, out: &mut Vec<u64>) {
-        if let Some(c) = body.get("checkpoint").filter(|c| c.is_object()) {
-            checkpoint(c, out);
-        }
-        for c in body
-            .get("checkpoints")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            checkpoint(c, out);
-        }
-        for r in body
-            .get("results")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            walk(r, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(reply, &mut out);
-    out
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JsonError {
-    #[error("invalid JSON reply: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("unrecognised JSON reply: {0}")]
-    Shape(String),
-}
-
-/// Decodes a reply line (the inverse of [`encode_response`]).
-pub fn decode_response(line: &[u8]) -> Result<(Value, Result<Reply, WireError>), JsonError> {
-    let v: Value = serde_json::from_slice(line)?;
-    let Value::Object(mut m) = v else {
-        return Err(JsonError::Shape("not an object".into()));
-    };
-    if m.contains_key("event") {
-        let e: Event = serde_json::from_value(Value::Object(m))?;
-        return Ok((Value::Null, Ok(Reply::Event(e))));
-    }
-    let id = m.remove("id").unwrap_or(Value::Null);
-    match m.remove("ok") {
-        Some(Value::Bool(true)) => {}
-        Some(Value::Bool(false)) => {
-            let err = m
-                .remove("error")
-                .ok_or_else(|| JsonError::Shape("error reply without \"error\"".into()))?;
-            return Ok((id, Err(serde_json::from_value(err)?)));
-        }
-        _ => return Err(JsonError::Shape("missing \"ok\"".into())),
-    }
-    Ok((id, Ok(decode_body(m)?)))
-}
-
-fn decode_body(mut m: Map<String, Value>) -> Result<Reply, JsonError> {
-    let ckpt =
-        |v: Value| -> Result<Option<CheckpointInfo>, JsonError> { Ok(serde_json::from_value(v)?) };
-    let reply = if let Some(s) = m.remove("session") {
-        let session = serde_json::from_value(s)?;
-        match m.remove("checkpoint") {
-            Some(c) => Reply::Resumed {
-                session,
-                checkpoint: ckpt(c)?,
-            },
-            None => Reply::Session(session),
-        }
-    } else if let Some(c) = m.remove("checkpoint") {
-        Reply::Checkpoint(ckpt(c)?)
-    } else if let Some(s) = m.remove("sessions") {
-        Reply::Sessions(serde_json::from_value(s)?)
-    } else if let Some(Value::Array(c)) = m.remove("checkpoints") {
-        Reply::Checkpoints(
-            c.into_iter()
-                .map(serde_json::from_value)
-                .collect::<Result<_, _>>()?,
-        )
-    } else if let Some(d) = m.remove("deleted") {
-        match d {
-            Value::Bool(b) => Reply::Deleted(b),
-            n => Reply::Count(serde_json::from_value(n)?),
-        }
-    } else if let Some(a) = m.remove("attachment") {
-        Reply::Attached(serde_json::from_value(a)?)
-    } else if let Some(Value::Array(results)) = m.remove("results") {
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            let Value::Object(r) = r else {
-                return Err(JsonError::Shape("a batch result is not an object".into()));
-            };
-            out.push(decode_body(r)?);
-        }
-        Reply::Batch(out)
-    } else if let Some(s) = m.remove("stats") {
-        Reply::Stats(serde_json::from_value(s)?)
-    } else if m.remove("watching").is_some() {
-        Reply::Watching
-    } else if let (Some(version), Some(protocol)) = (m.remove("version"), m.remove("protocol")) {
-        Reply::Pong {
-            version: serde_json::from_value(version)?,
-            protocol: serde_json::from_value(protocol)?,
-        }
-    } else {
-        return Err(JsonError::Shape(format!(
-            "no known body in {}",
-            Value::Object(m)
-        )));
-    };
-    Ok(reply)
 }

@@ -1,0 +1,195 @@
+"""LangGraph checkpointers side by side: SessiondSaver against LangGraph's SqliteSaver.
+
+    python bench/savers.py put --saver sessiond|sqlite|floor --threads N --size BYTES
+        --seconds S --socket PATH --dir DIR
+    python bench/savers.py get --saver sessiond|sqlite --checkpoints 1000 --seconds S ...
+
+put: one saver instance shared by every thread (as a compiled graph shares its
+checkpointer), each thread writing checkpoints of its own LangGraph thread, each holding a
+channel value of SIZE bytes: ops/s over the window. get: a thread of CHECKPOINTS checkpoints;
+`get_tuple` of a checkpoint by its id (a random one each time) and of the latest, one after
+the other: p50 of each. Prints one JSON object.
+
+SqliteSaver runs on a file in DIR in WAL mode (synchronous=FULL, SQLite's default: each
+commit is durable), as its docs set it up for threads (check_same_thread=False).
+
+`--saver floor` is what no Python client of any daemon can beat on this machine: each
+thread sends an already-encoded checkpoint request of the same size on a raw socket and
+waits for the daemon's durable acknowledgement, with no serialization, no framework and no
+client library around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from sessiond.langgraph import SessiondSaver
+
+
+def make_saver(a: argparse.Namespace, tag: str) -> BaseCheckpointSaver[Any]:
+    if a.saver == "sessiond":
+        return SessiondSaver(a.socket)
+    path = os.path.join(a.dir, f"savers-{tag}-{uuid.uuid4().hex}.db")
+    conn = sqlite3.connect(path, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    saver = SqliteSaver(conn)
+    saver.setup()
+    return saver
+
+
+def checkpoint(size: int) -> Any:
+    cp = empty_checkpoint()
+    cp["channel_values"] = {"state": "x" * size}
+    cp["channel_versions"] = {"state": 1}
+    return cp
+
+
+def floor(a: argparse.Namespace) -> dict[str, Any]:
+    import socket
+
+    import sessiond
+
+    run = uuid.uuid4().hex[:8]
+    counts = [0] * a.threads
+    barrier = threading.Barrier(a.threads + 1)
+    stop = threading.Event()
+    client = sessiond.Client(a.socket)
+
+    def work(i: int) -> None:
+        name = f"floor-{run}-{i}"
+        client.create(name, detached=True, keep=16)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(a.socket)
+        reader = sock.makefile("rb")
+        payload = b"x" * (a.size + 200)
+        head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
+        request = json.dumps(head).encode() + b"\n" + payload
+        barrier.wait()
+        n = 0
+        while not stop.is_set():
+            sock.sendall(request)
+            if not reader.readline().startswith(b'{"id":1,"ok":true'):
+                raise RuntimeError("the daemon refused a checkpoint")
+            n += 1
+        counts[i] = n
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(a.threads)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    time.sleep(a.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "op": "put",
+        "saver": "floor",
+        "threads": a.threads,
+        "size": a.size,
+        "ops_per_sec": sum(counts) / elapsed,
+    }
+
+
+def put(a: argparse.Namespace) -> dict[str, Any]:
+    if a.saver == "floor":
+        return floor(a)
+    saver = make_saver(a, "put")
+    run = uuid.uuid4().hex[:8]
+    counts = [0] * a.threads
+    barrier = threading.Barrier(a.threads + 1)
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        config: Any = {"configurable": {"thread_id": f"bench-{run}-{i}", "checkpoint_ns": ""}}
+        saver.put(config, checkpoint(a.size), {"source": "loop", "step": 0}, {})
+        barrier.wait()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            config = saver.put(config, checkpoint(a.size), {"source": "loop", "step": n}, {})
+        counts[i] = n
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(a.threads)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    time.sleep(a.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "op": "put",
+        "saver": a.saver,
+        "threads": a.threads,
+        "size": a.size,
+        "ops_per_sec": sum(counts) / elapsed,
+    }
+
+
+def get(a: argparse.Namespace) -> dict[str, Any]:
+    saver = make_saver(a, "get")
+    thread = f"bench-get-{uuid.uuid4().hex[:8]}"
+    config: Any = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    ids = []
+    for n in range(a.checkpoints):
+        config = saver.put(config, checkpoint(a.size), {"source": "loop", "step": n}, {})
+        ids.append(config["configurable"]["checkpoint_id"])
+    latest_config: Any = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    by_id, latest = [], []
+    deadline = time.perf_counter() + a.seconds
+    while time.perf_counter() < deadline:
+        cid = random.choice(ids)
+        cfg: Any = {"configurable": {**latest_config["configurable"], "checkpoint_id": cid}}
+        t = time.perf_counter()
+        tup = saver.get_tuple(cfg)
+        by_id.append(time.perf_counter() - t)
+        assert tup is not None and tup.config["configurable"]["checkpoint_id"] == cid
+        t = time.perf_counter()
+        tup = saver.get_tuple(latest_config)
+        latest.append(time.perf_counter() - t)
+        assert tup is not None and tup.config["configurable"]["checkpoint_id"] == ids[-1]
+    p50_id, p50_latest = statistics.median(by_id) * 1e6, statistics.median(latest) * 1e6
+    return {
+        "op": "get",
+        "saver": a.saver,
+        "checkpoints": a.checkpoints,
+        "size": a.size,
+        "by_id_p50_us": p50_id,
+        "latest_p50_us": p50_latest,
+        "by_id_over_latest": p50_id / p50_latest,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("op", choices=["put", "get"])
+    ap.add_argument("--saver", choices=["sessiond", "sqlite", "floor"], required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--checkpoints", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--socket", default=None)
+    ap.add_argument("--dir", default="/var/tmp")
+    a = ap.parse_args()
+    print(json.dumps(put(a) if a.op == "put" else get(a)))
+
+
+if __name__ == "__main__":
+    main()
