@@ -2,8 +2,8 @@
 # Side by side, in one run on this machine: sessiond against Redis (appendfsync always, Unix
 # socket), SQLite (WAL, synchronous=FULL, one transaction per write) and LangGraph's
 # SqliteSaver, on durable checkpoint writes of 1 KiB and 64 KiB with 1 and 16 clients, and on
-# reading the latest checkpoint. Installs what it needs (redis via apt as root, LangGraph in
-# bench/.venv via pip). Prints a table with the ratio sessiond / peer.
+# reading the latest checkpoint. Installs what it needs (redis via apt as root; LangGraph in
+# the pinned virtualenv of scripts/python-env.sh). Prints a table with the ratio sessiond / peer.
 #
 #   bench/compare.sh            (SECONDS_PER=5 per measurement, ROUNDS=3 by default)
 set -euo pipefail
@@ -19,11 +19,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
   echo "== installing redis-server and redis-tools" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-if [ ! -x bench/.venv/bin/python ]; then
-  echo "== installing LangGraph's SqliteSaver into bench/.venv" >&2
-  python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q langgraph langgraph-checkpoint-sqlite
-fi
+venv=$(scripts/python-env.sh)
 echo "== building sessiond (release)" >&2
 cargo build --release --locked -q -p sessiond -p sessiond-client -p sessiond-tests --bins
 bench=./target/release/sessiond-bench
@@ -68,13 +64,13 @@ for round in $(seq "$rounds"); do
         TMPDIR="$work" run "durable write floor $size x$clients" "$bench" floor --clients "$clients" --size "$size" --seconds "$secs" --json
       fi
       run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
-      run "langgraph put $size x$clients" bench/.venv/bin/python bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
+      run "langgraph put $size x$clients" "$venv/bin/python" bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
     done
   done
   run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
   run "redis get 1024 x1" redis_rate get 1024 1 100000
   run "sqlite get 1024 x1" python3 bench/peers.py sqlite get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
-  run "langgraph get 1024 x1" bench/.venv/bin/python bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
+  run "langgraph get 1024 x1" "$venv/bin/python" bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
 done
 
 python3 - "$results" <<'PY'
