@@ -6,8 +6,10 @@
 //! the queries here answer reads.
 
 mod apply;
+mod claim;
 mod framework;
 mod map;
+mod mutation;
 mod overlay;
 mod plan;
 

@@ -1,0 +1,100 @@
+//! The mutations the table plans: what a request handler (or the owner watcher) decided to
+//! change.
+
+use sessiond_proto::{CheckpointRef, Meta, Status};
+
+use super::claim::OwnerClaim;
+use super::framework::{Selection, Which};
+use super::overlay::Overlay;
+use crate::model::{CheckedPayload, Owner, SessionKey};
+
+/// A change to make, decided by a request handler.
+#[derive(Debug)]
+pub enum Mutation {
+    Create {
+        name: String,
+        keep: Option<u32>,
+        meta: Meta,
+        /// `None`: detached, no owner ever.
+        owner: Option<OwnerClaim>,
+    },
+    Checkpoint {
+        name: String,
+        payload: CheckedPayload,
+        meta: Meta,
+        expect: Option<u64>,
+        epoch: Option<u64>,
+        key: Option<String>,
+    },
+    SetStatus {
+        name: String,
+        status: Status,
+        error: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+    /// The owner made the session active has exited: mark it stale if it still owns it.
+    MarkStale {
+        name: String,
+        owner: Owner,
+    },
+    Resume {
+        name: String,
+        owner: OwnerClaim,
+        force: bool,
+    },
+    Attach {
+        name: String,
+        checkpoint: CheckpointRef,
+        attach_key: String,
+        payload: CheckedPayload,
+        meta: Meta,
+        replace: bool,
+        epoch: Option<u64>,
+    },
+    /// Every session of the caller whose meta has these pairs.
+    DeleteMatching {
+        session_meta: Meta,
+    },
+    DeleteCheckpoints {
+        sessions: Selection,
+        which: Which,
+    },
+    Prune {
+        sessions: Selection,
+        keep: u32,
+    },
+    Copy {
+        name: String,
+        to: String,
+        meta: Meta,
+    },
+    /// All or none, in order, each seeing what the ones before it did.
+    Batch(Vec<Mutation>),
+}
+
+impl Mutation {
+    /// Payload bytes it carries (what a commit batch is bounded by).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Mutation::Checkpoint { payload, .. } | Mutation::Attach { payload, .. } => {
+                payload.bytes.len()
+            }
+            Mutation::Batch(ops) => ops.iter().map(Mutation::payload_bytes).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Whether it reads payloads that `overlay` has not yet written (a copy of a session the
+    /// commit batch wrote): it must be planned after that batch is durable.
+    pub fn waits_for(&self, uid: u32, overlay: &Overlay) -> bool {
+        match self {
+            Mutation::Copy { name, .. } => {
+                overlay.has_unwritten_payloads(&SessionKey::new(uid, name.clone()))
+            }
+            Mutation::Batch(ops) => ops.iter().any(|m| m.waits_for(uid, overlay)),
+            _ => false,
+        }
+    }
+}
