@@ -25,8 +25,14 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The session's owner is alive: its PID, and its host when sessions are shared by
+    /// several hosts.
     #[error("{message}")]
-    OwnerAlive { pid: Option<u32>, message: String },
+    OwnerAlive {
+        pid: Option<u32>,
+        host: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     Fenced(String),
     #[error("{0}")]
@@ -63,6 +69,7 @@ impl From<WireError> for Error {
             ErrorKind::AlreadyExists => Error::AlreadyExists(m),
             ErrorKind::OwnerAlive => Error::OwnerAlive {
                 pid: e.owner_pid,
+                host: e.owner_host,
                 message: m,
             },
             ErrorKind::Fenced => Error::Fenced(m),

@@ -49,6 +49,10 @@ pub struct SessionState {
     pub error: Option<String>,
     /// Highest checkpoint number ever assigned; numbers are never reused.
     pub last_number: u64,
+    /// The owner's host, in a store shared by several hosts' daemons (`None`: this host,
+    /// the only one a local log knows, which never records it).
+    #[serde(skip)]
+    pub owner_host: Option<String>,
 }
 
 impl SessionState {
@@ -65,6 +69,13 @@ impl SessionState {
         (self.status == Status::Active)
             .then_some(self.owner)
             .flatten()
+    }
+
+    /// The active owner if it runs on `host` (this daemon's; `None` for a local log), whose
+    /// daemon is the one that watches it.
+    pub fn active_owner_on(&self, host: Option<&str>) -> Option<Owner> {
+        self.active_owner()
+            .filter(|_| self.owner_host.is_none() || self.owner_host.as_deref() == host)
     }
 }
 

@@ -135,6 +135,9 @@ pub struct SessionInfo {
     pub error: Option<String>,
     /// The Unix user owning the session (useful to root's `--all-users` listings).
     pub uid: u32,
+    /// The owner's host, when sessions are shared by several hosts' daemons.
+    #[serde(default)]
+    pub owner_host: Option<String>,
 }
 
 /// A checkpoint's description, with its payload when the op returns it.
@@ -303,6 +306,9 @@ pub struct WireError {
     /// For a `batch`: which of its ops failed (counted from 0).
     #[serde(default)]
     pub index: Option<u32>,
+    /// For `owner_alive`: the live owner's host, when sessions are shared by several hosts.
+    #[serde(default)]
+    pub owner_host: Option<String>,
 }
 
 impl WireError {
@@ -312,6 +318,7 @@ impl WireError {
             message: message.into(),
             owner_pid: None,
             index: None,
+            owner_host: None,
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {

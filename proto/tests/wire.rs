@@ -36,6 +36,7 @@ fn session() -> SessionInfo {
         meta: meta(),
         error: None,
         uid: 1000,
+        owner_host: Some("host-a".into()),
     }
 }
 
@@ -311,6 +312,7 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
                 message: "owner 42 is alive".into(),
                 owner_pid: Some(42),
                 index: Some(1),
+                owner_host: Some("host-a".into()),
             }),
         ),
         (

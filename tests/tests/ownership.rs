@@ -140,7 +140,7 @@ fn resume_is_refused_while_the_owner_lives_and_force_fences_the_old_owner() {
     );
 
     match c.resume("job", None, false) {
-        Err(Error::OwnerAlive { pid, message }) => {
+        Err(Error::OwnerAlive { pid, message, .. }) => {
             assert_eq!(pid, Some(owner.pid()));
             assert!(message.contains(&owner.pid().to_string()), "{message}");
         }

@@ -174,6 +174,7 @@ impl SessionTable {
                 meta: Meta::new(),
                 error: None,
                 last_number: 0,
+                owner_host: None,
             };
             Session::new(state, NO_RECORD)
         })

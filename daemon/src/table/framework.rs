@@ -318,6 +318,7 @@ impl SessionTable {
             meta,
             error: None,
             last_number: src.state.last_number,
+            owner_host: None,
         };
         let mut planned = self.put_new(overlay, to.clone(), state, now);
         let Some(staged) = self.staged(overlay, &to) else {

@@ -75,6 +75,7 @@ fn info(state: &SessionState, count: u64, latest: Option<u64>) -> SessionInfo {
         meta: state.meta.clone(),
         error: state.error.clone(),
         uid: state.uid,
+        owner_host: state.owner.and(state.owner_host.clone()),
     }
 }
 
@@ -161,6 +162,10 @@ pub struct SessionTable {
     sessions: SessionMap<Session>,
     checkpoints: u64,
     default_keep: u32,
+    /// This daemon's host in a store shared by several hosts (`None`: a local log).
+    host: Option<String>,
+    /// The hosts whose lease is alive, as last seen (a shared store's).
+    live_hosts: HashSet<String>,
 }
 
 impl SessionTable {
@@ -169,6 +174,19 @@ impl SessionTable {
             default_keep,
             ..Default::default()
         }
+    }
+
+    /// Sessions shared with other hosts' daemons: this one's host, which owns what its
+    /// processes own and watches only those.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the shared store sets it"))]
+    pub fn set_host(&mut self, host: String) {
+        self.host = Some(host);
+    }
+
+    /// The hosts whose lease is alive now (their sessions' owners may be).
+    #[cfg_attr(not(test), expect(dead_code, reason = "the shared store sets them"))]
+    pub fn set_live_hosts(&mut self, hosts: HashSet<String>) {
+        self.live_hosts = hosts;
     }
 
     /// The `keep` of sessions created from now on without one.
@@ -182,7 +200,7 @@ impl SessionTable {
         for owner in self
             .sessions
             .values()
-            .filter_map(|s| s.state.active_owner())
+            .filter_map(|s| s.state.active_owner_on(self.host.as_deref()))
         {
             *counts.entry(owner).or_default() += 1;
         }
@@ -195,7 +213,10 @@ impl SessionTable {
         self.sessions
             .values()
             .filter_map(|s| {
-                let owner = s.state.active_owner().filter(|o| owners.contains(o))?;
+                let owner = s
+                    .state
+                    .active_owner_on(self.host.as_deref())
+                    .filter(|o| owners.contains(o))?;
                 Some((s.state.key(), owner))
             })
             .collect()

@@ -217,6 +217,7 @@ impl SessionTable {
             meta,
             error: None,
             last_number: 0,
+            owner_host: owner.and(self.host.clone()),
         };
         Ok(self.put_new(overlay, key, state, now))
     }
@@ -232,7 +233,7 @@ impl SessionTable {
         let reply = Reply::Session(info(&state, 0, None));
         let mut ev = event(EventKind::Created, &key.name, micros_to_time(now));
         (ev.status, ev.epoch, ev.owner_pid) = (Some(state.status), Some(1), state.owner_pid());
-        let owner = state.active_owner();
+        let owner = state.active_owner_on(self.host.as_deref());
         overlay.put(key, Some(Staged::fresh(state.clone())));
         Planned {
             changes: vec![(Change::Session(state), CheckedPayload::default())],
@@ -358,6 +359,7 @@ impl SessionTable {
         }
         s.state.status = status;
         s.state.owner = None;
+        s.state.owner_host = None;
         s.state.error = if status == Status::Failed {
             error
         } else {
@@ -366,7 +368,13 @@ impl SessionTable {
         s.state.updated_at = now;
         let ev = event(EventKind::Status, "", micros_to_time(now));
         let latest = self.view_latest(&key, s);
-        Ok(state_written(key, s, latest, previous, ev))
+        Ok(state_written(
+            key,
+            s,
+            (latest, self.host.as_deref()),
+            previous,
+            ev,
+        ))
     }
 
     fn plan_stale(
@@ -387,11 +395,12 @@ impl SessionTable {
         }
         s.state.status = Status::Stale;
         s.state.owner = None;
+        s.state.owner_host = None;
         s.state.updated_at = now;
         let mut ev = event(EventKind::Stale, "", micros_to_time(now));
         ev.owner_pid = Some(owner.pid);
         let latest = self.view_latest(&key, s);
-        state_written(key, s, latest, Some(owner), ev)
+        state_written(key, s, (latest, self.host.as_deref()), Some(owner), ev)
     }
 
     fn plan_resume(
@@ -408,27 +417,42 @@ impl SessionTable {
             return Err(WireError::not_found(&key.name));
         };
         if let (Status::Active, Some(current)) = (s.state.status, s.state.owner) {
-            if !force && current.pid != owner.map_or(0, |o| o.pid) && probe.is_alive(&current) {
+            // An owner on another host cannot be probed from here: it is alive while its
+            // host's lease is.
+            let host = s.state.owner_host.clone();
+            let here = host.is_none() || host.as_deref() == self.host.as_deref();
+            let same = here && owner.is_some_and(|o| o.pid == current.pid);
+            let alive = match &host {
+                Some(h) if !here => self.live_hosts.contains(h),
+                _ => probe.is_alive(&current),
+            };
+            if !force && !same && alive {
+                let whose = match &host {
+                    Some(h) => format!("pid {} on host {h}", current.pid),
+                    None => format!("pid {}", current.pid),
+                };
                 return Err(WireError {
                     kind: ErrorKind::OwnerAlive,
                     message: format!(
-                        "session {:?} is active and its owner (pid {}) is alive; use force to take it over",
-                        key.name, current.pid
+                        "session {:?} is active and its owner ({whose}) is alive; use force to take it over",
+                        key.name
                     ),
                     owner_pid: Some(current.pid),
                     index: None,
+                    owner_host: host,
                 });
             }
         }
         s.state.status = Status::Active;
         s.state.owner = owner;
+        s.state.owner_host = owner.and(self.host.clone());
         s.state.epoch += 1;
         s.state.error = None;
         s.state.updated_at = now;
         let mut ev = event(EventKind::Resumed, "", micros_to_time(now));
         ev.owner_pid = owner.map(|o| o.pid);
         let latest = self.view_latest(&key, s);
-        let mut planned = state_written(key, s, latest, previous, ev);
+        let mut planned = state_written(key, s, (latest, self.host.as_deref()), previous, ev);
         if let Reply::Session(session) = planned.reply {
             // The checkpoint is read once the resume is durable.
             planned.reply = Reply::Resumed {
@@ -503,7 +527,7 @@ impl SessionTable {
             Some(staged) => staged.as_ref().map(|s| &s.state),
             None => self.base(key).map(|s| &s.state),
         };
-        state.and_then(SessionState::active_owner)
+        state.and_then(|s| s.active_owner_on(self.host.as_deref()))
     }
 }
 
@@ -555,7 +579,7 @@ impl CheckpointWrite {
 fn state_written(
     key: SessionKey,
     s: &Staged,
-    latest: Option<u64>,
+    (latest, host): (Option<u64>, Option<&str>),
     previous: Option<Owner>,
     mut ev: Event,
 ) -> Planned {
@@ -570,7 +594,7 @@ fn state_written(
         reply: Reply::Session(info(&s.state, s.count, latest)),
         events: vec![ev],
         ownership: vec![OwnerChange {
-            owner: s.state.active_owner(),
+            owner: s.state.active_owner_on(host),
             previous,
         }],
     }

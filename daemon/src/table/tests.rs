@@ -872,3 +872,84 @@ fn keys_and_attachments_survive_a_snapshot_round_trip() {
     assert!(matches!(r.unwrap(), Reply::Checkpoint(Some(c)) if c.existing));
     assert_eq!(writes, 0);
 }
+
+#[test]
+fn an_owner_on_another_host_is_watched_there_and_alive_while_its_host_lease_is() {
+    let probe = FakeProbe::default();
+    let mut t = SessionTable::new(16);
+    t.set_host("a".into());
+    let mut state = IndexedSession {
+        state: SessionState {
+            uid: 1000,
+            name: "remote".into(),
+            status: Status::Active,
+            owner: Some(Owner {
+                pid: 10,
+                start_time: 100,
+            }),
+            epoch: 1,
+            created_at: 1,
+            updated_at: 1,
+            keep: 16,
+            meta: Meta::new(),
+            error: None,
+            last_number: 0,
+            owner_host: Some("b".into()),
+        },
+        state_loc: loc(1, 0),
+        checkpoints: Vec::new(),
+        keys: Vec::new(),
+        attachments: Vec::new(),
+    };
+    let local = {
+        let mut s = state.clone();
+        s.state.name = "local".into();
+        s.state.owner_host = Some("a".into());
+        s
+    };
+    state.state.owner = Some(Owner {
+        pid: 10,
+        start_time: 100,
+    });
+    t.restore(vec![state, local]);
+    // This daemon watches its own host's owner only (PID 10 on b is another process).
+    let counts = t.active_owner_counts();
+    assert_eq!(counts.values().sum::<usize>(), 1);
+    let pid10 = HashSet::from([Owner {
+        pid: 10,
+        start_time: 100,
+    }]);
+    let names: Vec<String> = t
+        .owned_by(&pid10)
+        .into_iter()
+        .map(|(k, _)| k.name)
+        .collect();
+    assert_eq!(names, ["local"]);
+    // Resume from here: refused while b's lease lives, naming host and PID; taken once it
+    // has lapsed.
+    t.set_live_hosts(HashSet::from(["b".to_string()]));
+    let e = run_with(
+        &mut t,
+        resume("remote", owner(&probe, 20, 200), false),
+        &probe,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.kind, e.owner_pid, e.owner_host.as_deref()),
+        (ErrorKind::OwnerAlive, Some(10), Some("b"))
+    );
+    assert!(e.message.contains("pid 10 on host b"), "{e}");
+    t.set_live_hosts(HashSet::new());
+    let Reply::Resumed { session, .. } = run_with(
+        &mut t,
+        resume("remote", owner(&probe, 20, 200), false),
+        &probe,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (session.owner_pid, session.owner_host.as_deref()),
+        (Some(20), Some("a"))
+    );
+}

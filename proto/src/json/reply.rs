@@ -181,6 +181,9 @@ impl Serialize for ErrorView<'_> {
         if let Some(pid) = e.owner_pid {
             m.serialize_entry("owner_pid", &pid)?;
         }
+        if let Some(host) = &e.owner_host {
+            m.serialize_entry("owner_host", host)?;
+        }
         if let Some(i) = e.index {
             m.serialize_entry("index", &i)?;
         }

@@ -34,13 +34,22 @@ class AlreadyExists(Error):
 
 
 class OwnerAlive(Error):
-    """The session is active and its owner runs; ``pid`` is that owner."""
+    """The session is active and its owner runs; ``pid`` is that owner, ``host`` its host
+    when sessions are shared by several hosts' daemons."""
 
     kind = "owner_alive"
 
-    def __init__(self, message: str, *, pid: int | None = None, index: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        host: str | None = None,
+        index: int | None = None,
+    ) -> None:
         super().__init__(message, index=index)
         self.pid = pid
+        self.host = host
 
 
 class Fenced(Error):
@@ -117,5 +126,7 @@ def from_reply(error: dict[str, Any]) -> Error:
     index = error.get("index")
     cls = _BY_KIND.get(kind, Internal)
     if cls is OwnerAlive:
-        return OwnerAlive(message, pid=error.get("owner_pid"), index=index)
+        return OwnerAlive(
+            message, pid=error.get("owner_pid"), host=error.get("owner_host"), index=index
+        )
     return cls(message, index=index)

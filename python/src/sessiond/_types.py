@@ -31,6 +31,8 @@ class Session:
     meta: dict[str, str]
     error: str | None
     uid: int
+    #: The owner's host, when sessions are shared by several hosts' daemons.
+    owner_host: str | None = None
 
     @classmethod
     def of(cls, v: dict[str, Any]) -> Session:
@@ -47,6 +49,7 @@ class Session:
             meta=v.get("meta") or {},
             error=v.get("error"),
             uid=v.get("uid", 0),
+            owner_host=v.get("owner_host"),
         )
 
 

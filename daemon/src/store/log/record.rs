@@ -361,6 +361,7 @@ mod tests {
             meta: Meta::new(),
             error: Some("e".into()),
             last_number: 3,
+            owner_host: None,
         };
         for change in [
             Change::Session(state),

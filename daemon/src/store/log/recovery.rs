@@ -316,6 +316,7 @@ mod tests {
             meta: Meta::new(),
             error: None,
             last_number: 0,
+            owner_host: None,
         };
         write(&mut log, RecordHeader::Session(state), &[]);
         write(&mut log, checkpoint(1), b"one");
