@@ -14,7 +14,7 @@ use crate::cache::Cached;
 use crate::conn::replies::{self, DirectReply, ReplyTo};
 use crate::model::{now_micros, Change, CkptEntry, Loc};
 use crate::state::DaemonState;
-use crate::store::Store;
+use crate::store::{Store, Unit};
 use crate::table::{Mutation, Overlay, PlanContext, Planned};
 
 /// One mutation waiting for the commit thread.
@@ -136,9 +136,13 @@ fn plan(
 
 fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, ReplyTo, u32)>) {
     let written = store.ready().and_then(|()| {
-        let units: Vec<&[_]> = writes
+        let units: Vec<Unit<'_>> = writes
             .iter()
-            .map(|(p, _, _)| p.changes.as_slice())
+            .map(|(p, _, uid)| Unit {
+                uid: *uid,
+                changes: &p.changes,
+                events: &p.events,
+            })
             .collect();
         store.write(&units)
     });

@@ -199,6 +199,31 @@ settings! {
     /// that `get` and `resume` answer without reading the disk; 0 turns it off
     /// [default: 33554432 (32 MiB)].
     read_cache_bytes: u64 => u64, env "SESSIOND_READ_CACHE_BYTES", default 32 * MIB, AtRestart;
+
+    /// The sessions in PostgreSQL instead of the state directory, shared by every daemon
+    /// pointed at the same database (one per host): a postgres:// or postgresql:// URL, a
+    /// Unix-socket directory as host allowed (postgresql:///db?host=/run/postgresql)
+    /// [default: none, the local log in the state directory].
+    store: StoreUrl => Option<String>, env "SESSIOND_STORE", default None, AtRestart;
+
+    /// This host's name in the shared store's ownership and leases [default: /etc/machine-id,
+    /// else the host name].
+    host_id: String => Option<String>, env "SESSIOND_HOST_ID", default None, AtRestart,
+        check |v| match v { Some(h) if h.is_empty() || h.len() > 255 => Err("must be 1 to 255 bytes".into()), _ => Ok(()) };
+
+    /// How often this host renews its lease in the shared store [default: 1s].
+    lease_interval: Interval => Duration, env "SESSIOND_LEASE_INTERVAL",
+        default Duration::from_secs(1), AtRestart;
+
+    /// How long a host's lease lasts unrenewed; once it lapses the host acknowledges no
+    /// write and other hosts' daemons mark its sessions stale [default: 5s].
+    lease_ttl: Interval => Duration, env "SESSIOND_LEASE_TTL", default Duration::from_secs(5),
+        AtRestart;
+
+    /// Longest a database statement (or a wait for a lock) may take before it is cancelled,
+    /// so a stuck database cannot hang clients [default: 10s].
+    db_timeout: Interval => Duration, env "SESSIOND_DB_TIMEOUT", default Duration::from_secs(10),
+        AtRestart;
 }
 
 fn in_range(v: u64, min: u64, max: u64) -> Result<(), String> {
@@ -226,6 +251,12 @@ impl Config {
 
     /// The checks across settings.
     fn check(&self) -> Result<(), ConfigError> {
+        if self.lease_ttl <= self.lease_interval {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl ({:?}) must be longer than lease_interval ({:?}): a lease would lapse between renewals",
+                self.lease_ttl, self.lease_interval
+            )));
+        }
         let m = self.meta_limits();
         // A checkpoint's meta lives in its record header, which has a fixed bound.
         let worst = m
@@ -316,6 +347,20 @@ text_setting!(
     /// A duration: "250ms", "1s", "10m", "1h" (a bare number is seconds), up to a day.
     Interval => Duration,
     parse_duration
+);
+
+text_setting!(
+    /// A PostgreSQL URL.
+    StoreUrl => Option<String>,
+    |s| {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<tokio_postgres::Config>()
+                .map(|_| Some(s.to_string()))
+                .map_err(|e| format!("{s:?} is not a PostgreSQL URL: {e}"))
+        } else {
+            Err(format!("{s:?} is not a postgres:// or postgresql:// URL"))
+        }
+    }
 );
 
 text_setting!(

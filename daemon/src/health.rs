@@ -28,6 +28,10 @@ pub enum Work {
     SegmentDeletion,
     /// Reading checkpoints for clients.
     Read,
+    /// A shared store's transactions: when they fail, writes are refused.
+    DatabaseWrite,
+    /// Renewing this host's lease in a shared store.
+    Lease,
 }
 
 impl Work {
@@ -44,6 +48,8 @@ impl Work {
             Work::Compaction => "compaction",
             Work::SegmentDeletion => "segment deletion",
             Work::Read => "read",
+            Work::DatabaseWrite => "database write",
+            Work::Lease => "host lease",
         }
     }
 }

@@ -36,8 +36,9 @@ use crate::service::{Limits, Service};
 use crate::state::{Counters, DaemonState, Notifier};
 use crate::store::log::files::create_private_dir;
 use crate::store::log::{LogConfig, LogStore};
-use crate::store::Store;
+use crate::store::pg::{PgConfig, PgStore};
 use crate::store::StoreError;
+use crate::store::{Reads, Store};
 use crate::table::SessionTable;
 
 /// Events buffered per watcher before it lags.
@@ -80,24 +81,51 @@ fn open_store(
 ) -> Result<(Arc<DaemonState>, Box<dyn Store>), StartError> {
     let health = Arc::new(Health::new());
     let table = std::sync::Mutex::new(SessionTable::new(cfg.default_keep));
-    let log = LogConfig {
-        dir: cfg.state_dir.clone(),
-        segment_bytes: cfg.segment_bytes,
-        snapshot_every_bytes: cfg.snapshot_every_bytes,
+    let (store, reads): (Box<dyn Store>, Arc<dyn Reads>) = match &cfg.store {
+        Some(url) => {
+            let host_id = cfg.host_id.clone().unwrap_or_else(default_host_id);
+            let pg = PgConfig {
+                url: url.clone(),
+                host_id: host_id.clone(),
+                lease_interval: cfg.lease_interval,
+                lease_ttl: cfg.lease_ttl,
+                statement_timeout: cfg.db_timeout,
+            };
+            table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_host(host_id.clone());
+            let rt = tokio::runtime::Handle::current();
+            let (store, reads) = PgStore::open(pg, &table, health.clone(), rt)?;
+            let t = table.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::info!(
+                sessions = t.session_count(),
+                checkpoints = t.checkpoint_count(),
+                host_id,
+                "sessions loaded from the database"
+            );
+            (Box::new(store), reads)
+        }
+        None => {
+            let log = LogConfig {
+                dir: cfg.state_dir.clone(),
+                segment_bytes: cfg.segment_bytes,
+                snapshot_every_bytes: cfg.snapshot_every_bytes,
+            };
+            let (store, reads, report) = LogStore::open(log, &table, health.clone())?;
+            let t = table.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::info!(
+                sessions = t.session_count(),
+                checkpoints = t.checkpoint_count(),
+                replayed = report.replayed_records,
+                index = ?report.index,
+                damaged = report.damaged.len(),
+                corrupt_payloads = report.corrupt_payloads.len(),
+                "state recovered"
+            );
+            (Box::new(store), reads)
+        }
     };
-    let (store, reads, report) = LogStore::open(log, &table, health.clone())?;
-    {
-        let t = table.lock().unwrap_or_else(|p| p.into_inner());
-        tracing::info!(
-            sessions = t.session_count(),
-            checkpoints = t.checkpoint_count(),
-            replayed = report.replayed_records,
-            index = ?report.index,
-            damaged = report.damaged.len(),
-            corrupt_payloads = report.corrupt_payloads.len(),
-            "state recovered"
-        );
-    }
     let state = Arc::new(DaemonState {
         table,
         reads,
@@ -107,7 +135,22 @@ fn open_store(
         health,
         counters: Counters::default(),
     });
-    Ok((state, Box::new(store)))
+    Ok((state, store))
+}
+
+/// This host's name when the configuration gives none: the machine id, else the host name.
+fn default_host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Applies what can change while running; says what needs a restart.

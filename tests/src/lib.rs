@@ -15,6 +15,7 @@ use serde_json::Value;
 use sessiond_client::Client;
 
 pub mod faults;
+pub mod pg;
 pub mod torture;
 
 /// A built binary of this workspace (`sessiond`, `sessionctl`), up to date.
@@ -107,8 +108,20 @@ impl Daemon {
         d
     }
 
+    /// A daemon on the local log even when the suite runs on the shared store: for tests of
+    /// the log's own files.
+    pub fn start_local(args: &[&str]) -> Daemon {
+        let mut d = Self::prepare_on(args, false);
+        d.launch();
+        d
+    }
+
     /// A daemon not started yet: set `envs` or write `config_path()`, then `restart()`.
     pub fn prepare(args: &[&str]) -> Daemon {
+        Self::prepare_on(args, pg::shared_store())
+    }
+
+    fn prepare_on(args: &[&str], shared: bool) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("sessiond-test-")
             .tempdir()
@@ -117,11 +130,23 @@ impl Daemon {
         let state = dir.path().join("state");
         // An empty config file of its own, so no host config file leaks into tests.
         std::fs::write(dir.path().join("config.toml"), b"").expect("config file");
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if shared && !args.iter().any(|a| a == "--store") {
+            // A database of its own, kept across restarts, and a host id of its own.
+            static HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            args.extend([
+                "--store".to_string(),
+                pg::Cluster::get().new_database(),
+                "--host-id".to_string(),
+                format!("test-{}-{n}", std::process::id()),
+            ]);
+        }
         Daemon {
             dir,
             socket,
             state,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             envs: Vec::new(),
             wrapper: Vec::new(),
             child: None,

@@ -94,7 +94,7 @@ fn damage_on_disk(d: &Daemon, marker: &[u8]) {
 #[test]
 fn the_latest_checkpoint_is_answered_from_memory_and_the_disk_still_checked() {
     for (args, from_memory) in [(&[][..], true), (&["--read-cache-bytes", "0"][..], false)] {
-        let mut d = Daemon::start_with(args);
+        let mut d = Daemon::start_local(args);
         let mut c = d.client();
         c.create("job", CreateOptions::default()).unwrap();
         c.checkpoint("job", b"first".to_vec(), CheckpointOptions::default())

@@ -588,7 +588,7 @@ fn whole_or_absent(c: &mut Client, name: &str, checkpoints: u64) -> bool {
 fn a_batch_whose_write_was_cut_short_is_all_or_nothing_after_restart() {
     // The write of a batch cut short at any point (a crash in the middle of it): a copy of the
     // log with everything from that point on never written.
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_local(&[]);
     let mut c = d.client();
     detached(&mut c, "before", &[]);
     keyed(&mut c, "before", "k", b"x", &[]).unwrap();

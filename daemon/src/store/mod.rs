@@ -16,10 +16,13 @@
 
 pub(crate) mod backoff;
 pub mod log;
+pub mod pg;
 
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use sessiond_proto::Event;
 
 use crate::model::{
     AttachMeta, Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc,
@@ -29,11 +32,22 @@ use crate::model::{
 pub enum StoreError {
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("{context}: {error}")]
+    Db { context: String, error: String },
 }
 
 pub fn io_context(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
+}
+
+/// One mutation's changes (each checkpoint or attachment with its payload), which a crash in
+/// the middle of the write must leave all there or all gone, and the events that announce
+/// them once durable (a shared store tells other hosts' daemons of them).
+pub struct Unit<'a> {
+    pub uid: u32,
+    pub changes: &'a [(Change, CheckedPayload)],
+    pub events: &'a [Event],
 }
 
 /// What [`Store::write`] made durable: where each change went, and the bytes it took.
@@ -50,11 +64,9 @@ pub trait Store: Send {
     /// refused.
     fn ready(&mut self) -> Result<(), String>;
 
-    /// Makes `units` durable, in order, as one unit; each is one mutation's changes (each
-    /// checkpoint or attachment with its payload), which a crash in the middle of the write
-    /// must leave all there or all gone. `Written::locs` has one place per change. On error
-    /// nothing of it counts as written.
-    fn write(&mut self, units: &[&[(Change, CheckedPayload)]]) -> Result<Written, String>;
+    /// Makes `units` durable, in order, as one unit. `Written::locs` has one place per
+    /// change. On error nothing of it counts as written.
+    fn write(&mut self, units: &[Unit<'_>]) -> Result<Written, String>;
 
     /// These records (dropped by retention, a deletion, a newer state) are dead.
     fn release(&mut self, released: &[Loc]);

@@ -178,7 +178,6 @@ impl SessionTable {
 
     /// Sessions shared with other hosts' daemons: this one's host, which owns what its
     /// processes own and watches only those.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the shared store sets it"))]
     pub fn set_host(&mut self, host: String) {
         self.host = Some(host);
     }

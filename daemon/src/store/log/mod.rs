@@ -41,9 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::health::{Health, Work};
-use crate::model::{Change, CheckedPayload, Loc};
+use crate::model::Loc;
 use crate::store::backoff::Backoff;
-use crate::store::{io_context, Index, Store, StoreError, Written};
+use crate::store::{io_context, Index, Store, StoreError, Unit, Written};
 use live::LiveSegments;
 use reads::SegmentFiles;
 use reaper::Reaper;
@@ -283,12 +283,12 @@ impl Store for LogStore {
         Ok(())
     }
 
-    fn write(&mut self, units: &[&[(Change, CheckedPayload)]]) -> Result<Written, String> {
+    fn write(&mut self, units: &[Unit<'_>]) -> Result<Written, String> {
         let encoding = |e: record::RecordError| format!("cannot encode a log record: {e}");
-        let mut pending = Vec::with_capacity(units.iter().map(|u| u.len()).sum());
+        let mut pending = Vec::with_capacity(units.iter().map(|u| u.changes.len()).sum());
         // Which of the records written are a group's marker (no change, no place returned).
         let mut markers = Vec::new();
-        for unit in units {
+        for unit in units.iter().map(|u| u.changes) {
             if unit.len() > 1 {
                 let records = u32::try_from(unit.len())
                     .map_err(|_| format!("a mutation of {} records is too large", unit.len()))?;
@@ -333,7 +333,7 @@ impl Store for LogStore {
             .filter(|(i, _)| markers.next_if_eq(i).is_none())
             .map(|(_, loc)| loc)
             .collect();
-        let changes = units.iter().flat_map(|u| u.iter());
+        let changes = units.iter().flat_map(|u| u.changes.iter());
         for (loc, (change, _)) in locs.iter().zip(changes) {
             // A deletion's or a drop's record is indexed nowhere: never live.
             if change.is_kept() {
