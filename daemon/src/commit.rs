@@ -3,6 +3,7 @@
 //! unit (group commit), applies them to the table and only then answers. Between batches it
 //! gives the store its upkeep.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::cache::Cached;
 use crate::conn::replies::{self, DirectReply, ReplyTo};
-use crate::model::{now_micros, Change, CkptEntry, Loc};
+use crate::model::{now_micros, Change, CkptEntry, Loc, Scope};
 use crate::state::DaemonState;
 use crate::store::{Store, Unit};
 use crate::table::{Mutation, Overlay, PlanContext, Planned};
@@ -67,6 +68,7 @@ pub fn run(state: Arc<DaemonState>, mut store: Box<dyn Store>, jobs: Receiver<Jo
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
                         store.upkeep(&state.table);
+                        mark_lapsed(&state, &mut *store);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -86,30 +88,88 @@ pub fn run(state: Arc<DaemonState>, mut store: Box<dyn Store>, jobs: Receiver<Jo
         }
         commit(&state, &mut *store, batch);
         store.upkeep(&state.table);
+        mark_lapsed(&state, &mut *store);
     }
     store.finish(&state.table);
     tracing::debug!("commit thread finished");
+}
+
+/// Marks stale, as one batch, the sessions of other hosts whose leases have lapsed (a shared
+/// store; each is marked once, by whichever daemon locks it first).
+fn mark_lapsed(state: &DaemonState, store: &mut dyn Store) {
+    let lapsed = store.lapsed_owners();
+    if lapsed.is_empty() {
+        return;
+    }
+    let jobs = lapsed
+        .into_iter()
+        .map(|l| {
+            tracing::info!(session = %l.key.name, uid = l.key.uid, host = %l.host, pid = l.owner.pid, "the owner's host has lost its lease: marking the session stale");
+            Job {
+                uid: l.key.uid,
+                mutation: Mutation::MarkStale {
+                    name: l.key.name,
+                    owner: l.owner,
+                    host: Some(l.host),
+                },
+                // Nobody waits for the answer.
+                reply: oneshot::channel().0,
+                direct: None,
+            }
+        })
+        .collect();
+    commit(state, store, jobs);
 }
 
 /// Commits one batch: plans every job, has the store write what needs writing (or refuses
 /// it when the store is not ready), applies it, then answers. A job that reads payloads the
 /// batch has not written yet (a copy of a session written in it) starts the next batch.
 pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
-    let mut jobs = batch.into_iter().peekable();
-    while jobs.peek().is_some() {
+    let mut jobs: VecDeque<Job> = batch.into();
+    while !jobs.is_empty() {
+        if store.shared() && !prepare(state, store, &mut jobs) {
+            return;
+        }
         let writes = plan(state, &mut jobs);
-        if !writes.is_empty() {
+        if writes.is_empty() {
+            store.abandon();
+        } else {
             write(state, store, writes);
+        }
+    }
+}
+
+/// Has a shared store lock what the jobs left may touch and bring it up to date; on failure
+/// answers them all (the store is unavailable).
+fn prepare(state: &DaemonState, store: &mut dyn Store, jobs: &mut VecDeque<Job>) -> bool {
+    let mut scope = Scope::default();
+    for job in jobs.iter() {
+        scope.add(job.mutation.scope(job.uid));
+    }
+    scope.normalize();
+    match store
+        .ready()
+        .and_then(|()| store.prepare(&scope, &state.table))
+    {
+        Ok(replaced) => {
+            for key in replaced {
+                state.cache.remove(&key);
+            }
+            true
+        }
+        Err(message) => {
+            let err = WireError::unavailable(message);
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+            false
         }
     }
 }
 
 /// Plans jobs until one must wait for those before it to be durable; answers those that
 /// need no write; returns the others.
-fn plan(
-    state: &DaemonState,
-    jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
-) -> Vec<(Planned, ReplyTo, u32)> {
+fn plan(state: &DaemonState, jobs: &mut VecDeque<Job>) -> Vec<(Planned, ReplyTo, u32)> {
     let now = now_micros();
     let mut writes = Vec::new();
     let table = state.table();
@@ -118,8 +178,11 @@ fn plan(
         probe: &*state.probe,
         reads: &*state.reads,
     };
-    while let Some(job) =
-        jobs.next_if(|j| writes.is_empty() || !j.mutation.waits_for(j.uid, &overlay))
+    while let Some(job) = jobs
+        .front()
+        .is_some_and(|j| writes.is_empty() || !j.mutation.waits_for(j.uid, &overlay))
+        .then(|| jobs.pop_front())
+        .flatten()
     {
         match table.plan(&mut overlay, job.uid, now, job.mutation, ctx) {
             Ok(p) if p.changes.is_empty() => {
@@ -162,6 +225,7 @@ fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, Reply
         .bytes_written
         .fetch_add(written.bytes, Ordering::Relaxed);
     let replies = apply(state, store, writes, written.locs);
+    store.applied();
     replies::deliver(replies);
 }
 
@@ -268,6 +332,7 @@ mod tests {
             },
             health,
             counters: Counters::default(),
+            shared: None,
         };
         (state, store)
     }

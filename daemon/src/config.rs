@@ -204,6 +204,7 @@ settings! {
     /// pointed at the same database (one per host): a postgres:// or postgresql:// URL, a
     /// Unix-socket directory as host allowed (postgresql:///db?host=/run/postgresql)
     /// [default: none, the local log in the state directory].
+    #[arg(global = true)]
     store: StoreUrl => Option<String>, env "SESSIOND_STORE", default None, AtRestart;
 
     /// This host's name in the shared store's ownership and leases [default: /etc/machine-id,
@@ -222,6 +223,7 @@ settings! {
 
     /// Longest a database statement (or a wait for a lock) may take before it is cancelled,
     /// so a stuck database cannot hang clients [default: 10s].
+    #[arg(global = true)]
     db_timeout: Interval => Duration, env "SESSIOND_DB_TIMEOUT", default Duration::from_secs(10),
         AtRestart;
 }

@@ -26,7 +26,7 @@ use tracing_subscriber::{reload, EnvFilter};
     version,
     about,
     long_about,
-    after_help = "Examples:\n  sessiond                                 start with the defaults\n  sessiond --socket /tmp/s.sock --state-dir /tmp/state\n  sessiond --config /etc/sessiond/config.toml\n  sessiond check --state-dir /var/lib/sessiond   verify a state directory offline"
+    after_help = "Examples:\n  sessiond                                 start with the defaults\n  sessiond --socket /tmp/s.sock --state-dir /tmp/state\n  sessiond --config /etc/sessiond/config.toml\n  sessiond check --state-dir /var/lib/sessiond   verify a state directory offline\n  sessiond check --store postgresql:///sessiond?host=/run/postgresql   verify the shared store"
 )]
 struct Cli {
     /// Config file (TOML). Default: /etc/sessiond/config.toml as root, else
@@ -52,7 +52,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Verify a state directory offline: the index, every log record's checksums, and that
-    /// every retained checkpoint can be served. Exits 1 if anything is damaged.
+    /// every retained checkpoint can be served; with --store URL, the shared store: its
+    /// schema and every payload's checksum. Exits 1 if anything is damaged.
     Check,
 }
 
@@ -140,10 +141,22 @@ fn main() -> ExitCode {
 
 fn check(cli: &Cli) -> Result<ExitCode> {
     init_tracing(cli.settings().log_level.as_deref().or(Some("warn")));
-    let dir = paths::state_dir(cli.settings.state_dir.clone()).context(
-        "no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)",
-    )?;
-    let report = sessiond::check::check(&dir)?;
+    let report = if cli.settings.store.is_some() {
+        let (cfg, _) = cli.load()?;
+        let url = cfg.store.clone().context("no store URL")?;
+        sessiond::check::check_store(&sessiond::store::pg::PgConfig {
+            url,
+            host_id: String::new(),
+            lease_interval: cfg.lease_interval,
+            lease_ttl: cfg.lease_ttl,
+            statement_timeout: cfg.db_timeout,
+        })?
+    } else {
+        let dir = paths::state_dir(cli.settings.state_dir.clone()).context(
+            "no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)",
+        )?;
+        sessiond::check::check(&dir)?
+    };
     for line in &report.lines {
         println!("{line}");
     }

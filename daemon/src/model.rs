@@ -267,3 +267,36 @@ pub fn micros_to_time(us: i64) -> DateTime<Utc> {
 pub fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }
+
+/// The sessions a mutation may touch, which a shared store locks and brings up to date
+/// before it is planned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub keys: Vec<SessionKey>,
+    /// Sessions found by a query (their meta): every session.
+    pub all: bool,
+    /// Whether it needs to know which hosts are alive (a resume).
+    pub live_hosts: bool,
+}
+
+impl Scope {
+    pub fn everything() -> Scope {
+        Scope {
+            all: true,
+            ..Scope::default()
+        }
+    }
+
+    pub fn add(&mut self, other: Scope) {
+        self.keys.extend(other.keys);
+        self.all |= other.all;
+        self.live_hosts |= other.live_hosts;
+    }
+
+    /// Sorted and without repeats (the order locks are taken in, so two hosts never wait
+    /// for each other).
+    pub fn normalize(&mut self) {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+    }
+}

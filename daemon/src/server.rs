@@ -81,7 +81,7 @@ fn open_store(
 ) -> Result<(Arc<DaemonState>, Box<dyn Store>), StartError> {
     let health = Arc::new(Health::new());
     let table = std::sync::Mutex::new(SessionTable::new(cfg.default_keep));
-    let (store, reads): (Box<dyn Store>, Arc<dyn Reads>) = match &cfg.store {
+    let (store, reads, shared): (Box<dyn Store>, Arc<dyn Reads>, _) = match &cfg.store {
         Some(url) => {
             let host_id = cfg.host_id.clone().unwrap_or_else(default_host_id);
             let pg = PgConfig {
@@ -96,7 +96,8 @@ fn open_store(
                 .unwrap_or_else(|p| p.into_inner())
                 .set_host(host_id.clone());
             let rt = tokio::runtime::Handle::current();
-            let (store, reads) = PgStore::open(pg, &table, health.clone(), rt)?;
+            let (store, reads, view) = PgStore::open(pg.clone(), &table, health.clone(), rt)?;
+            crate::store::pg::listen(&pg, notify.events.clone());
             let t = table.lock().unwrap_or_else(|p| p.into_inner());
             tracing::info!(
                 sessions = t.session_count(),
@@ -104,7 +105,7 @@ fn open_store(
                 host_id,
                 "sessions loaded from the database"
             );
-            (Box::new(store), reads)
+            (Box::new(store), reads, Some(view))
         }
         None => {
             let log = LogConfig {
@@ -123,7 +124,7 @@ fn open_store(
                 corrupt_payloads = report.corrupt_payloads.len(),
                 "state recovered"
             );
-            (Box::new(store), reads)
+            (Box::new(store), reads, None)
         }
     };
     let state = Arc::new(DaemonState {
@@ -134,6 +135,7 @@ fn open_store(
         notify,
         health,
         counters: Counters::default(),
+        shared,
     });
     Ok((state, store))
 }

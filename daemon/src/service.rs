@@ -18,6 +18,7 @@ use crate::conn::replies::DirectReply;
 use crate::model::{CheckedPayload, Owner, SessionKey};
 use crate::reads::{self, blocking};
 use crate::state::DaemonState;
+use crate::store::pg::{PgView, Reading};
 use crate::table::{Claimant, ListFilter, Mutation, OwnerClaim, Selection, Which};
 
 /// Who is on the other end of a connection, from the socket's credentials.
@@ -341,6 +342,7 @@ impl Service {
             Mutation::MarkStale {
                 name: key.name,
                 owner,
+                host: None,
             },
             None,
         )
@@ -454,8 +456,47 @@ impl Service {
         Started::Read { uid, request }
     }
 
+    /// On a shared store: brings what the read answers from up to date with what other hosts
+    /// wrote (a query of their versions; a reload by the commit thread when they moved).
+    async fn catch_up(&self, view: &PgView, uid: u32, request: &Request) -> Result<(), WireError> {
+        let name = match request {
+            Request::Show(r) => Some(&r.name),
+            Request::Get(r) => Some(&r.name),
+            Request::History(r) => Some(&r.name),
+            _ => None,
+        };
+        let reading = match (name, request) {
+            (Some(name), _) => Reading::Sessions(uid, std::slice::from_ref(name)),
+            (None, Request::List(r)) if r.all_users => Reading::All,
+            (None, Request::List(_)) => Reading::User(uid),
+            _ => return Ok(()),
+        };
+        if !view
+            .outdated(reading)
+            .await
+            .map_err(WireError::unavailable)?
+        {
+            return Ok(());
+        }
+        let refresh = Mutation::Refresh {
+            names: match request {
+                Request::List(r) if r.all_users => None,
+                Request::List(_) => None,
+                _ => name.map(|n| vec![n.clone()]),
+            },
+        };
+        match self.enqueue(uid, refresh, None) {
+            Started::Committing(rx) => rx.await.map_err(|_| closing())?.map(|_| ()),
+            Started::Done(r) => r.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a read started by [`Service::start`].
     pub async fn read(&self, uid: u32, request: Request) -> Result<Reply, WireError> {
+        if let Some(view) = &self.state.shared {
+            self.catch_up(view, uid, &request).await?;
+        }
         match request {
             Request::Show(r) => self
                 .state
@@ -515,6 +556,9 @@ impl Service {
                     store: self.state.health.report(),
                     ..Stats::default()
                 };
+                if let Some(view) = &self.state.shared {
+                    stats.shared = Some(view.describe().await);
+                }
                 let state = self.state.clone();
                 let usage = blocking(move || Ok(state.reads.usage())).await?;
                 (stats.log_segments, stats.log_bytes) = (usage.files, usage.bytes);

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::cache::LatestCache;
 use crate::health::Health;
 use crate::process::ProcessProbe;
+use crate::store::pg::PgView;
 use crate::store::Reads;
 use crate::table::{OwnerChange, SessionTable};
 
@@ -23,6 +24,8 @@ pub struct DaemonState {
     pub notify: Notifier,
     pub health: Arc<Health>,
     pub counters: Counters,
+    /// A store other hosts' daemons write too: what reads check before they answer.
+    pub shared: Option<Arc<PgView>>,
 }
 
 /// Where committed changes are announced: events for `watch` streams (bounded; a slow

@@ -202,6 +202,22 @@ pub struct Stats {
     pub log_bytes: u64,
     /// Whether the store's disk work is failing (protocol 2).
     pub store: StoreHealth,
+    /// The shared store this daemon is on (PostgreSQL), `None` on the local log.
+    #[serde(default)]
+    pub shared: Option<SharedStore>,
+}
+
+/// The shared store as one host's daemon sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedStore {
+    /// This host's id in ownership and leases.
+    pub host_id: String,
+    /// Whether this host holds its lease now (it acknowledges writes only then).
+    pub lease_held: bool,
+    /// Milliseconds since the lease was last renewed.
+    pub lease_renewed_ms_ago: u64,
+    /// Hosts whose leases are live, this one included.
+    pub live_hosts: Vec<String>,
 }
 
 /// The store's health: degraded while some kind of disk work fails, with what fails.

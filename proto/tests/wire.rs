@@ -241,6 +241,12 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
             }],
             disk_errors: 4,
         },
+        shared: Some(SharedStore {
+            host_id: "host-a".into(),
+            lease_held: true,
+            lease_renewed_ms_ago: 120,
+            live_hosts: vec!["host-a".into(), "host-b".into()],
+        }),
     };
     vec![
         (

@@ -93,9 +93,9 @@ impl Daemon {
         Self::start_with(&[])
     }
 
-    /// Starts on an existing state directory (with a fresh socket).
+    /// Starts on an existing state directory (with a fresh socket), on the local log.
     pub fn start_on_state(state: &Path) -> Daemon {
-        let mut d = Self::prepare(&[]);
+        let mut d = Self::prepare_on(&[], false);
         d.state = state.to_path_buf();
         d.launch();
         d

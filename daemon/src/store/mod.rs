@@ -25,7 +25,8 @@ use std::time::Duration;
 use sessiond_proto::Event;
 
 use crate::model::{
-    AttachMeta, Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc,
+    AttachMeta, Change, CheckedPayload, CheckpointMeta, IndexedSession, LiveRecords, Loc, Owner,
+    Scope, SessionKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +58,44 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// An active session whose owner's host has lost its lease: another host's daemon marks it
+/// stale.
+#[derive(Debug, Clone)]
+pub struct LapsedOwner {
+    pub key: SessionKey,
+    pub owner: Owner,
+    pub host: String,
+}
+
 /// The durable side of the daemon: written by the commit thread alone.
 pub trait Store: Send {
+    /// Whether other hosts' daemons write to it too: then every batch is prepared.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Before a batch that may touch `scope` is planned (a shared store): locks those sessions
+    /// until the batch is written or abandoned, and puts in `index` what other hosts have
+    /// changed of them; returns the sessions it replaced (cached reads of them are stale).
+    fn prepare(
+        &mut self,
+        _scope: &Scope,
+        _index: &Mutex<dyn Index>,
+    ) -> Result<Vec<SessionKey>, String> {
+        Ok(Vec::new())
+    }
+
+    /// A prepared batch that writes nothing after all.
+    fn abandon(&mut self) {}
+
+    /// A written batch is in the index now.
+    fn applied(&mut self) {}
+
+    /// Other hosts' active sessions whose host's lease has lapsed (a shared store).
+    fn lapsed_owners(&mut self) -> Vec<LapsedOwner> {
+        Vec::new()
+    }
+
     /// Whether writes may go ahead now. After a failure the store recovers by itself (a new
     /// segment, a new connection) once its back-off allows, and says meanwhile why writes are
     /// refused.
@@ -121,6 +158,13 @@ pub trait Reads: Send + Sync {
 pub trait Index: Send {
     /// Starts over from a snapshot of the index.
     fn restore(&mut self, sessions: Vec<IndexedSession>);
+
+    /// Puts a session as another host left it in place of this one's view (`None`: it is
+    /// gone).
+    fn replace(&mut self, key: &SessionKey, session: Option<IndexedSession>);
+
+    /// The hosts whose leases are live (a shared store's).
+    fn set_live_hosts(&mut self, hosts: std::collections::HashSet<String>);
 
     /// Applies a durable change kept `at`; returns the records it made dead.
     fn apply(&mut self, change: Change, at: Loc) -> Vec<Loc>;

@@ -414,6 +414,7 @@ impl SessionTable {
         for (i, op) in ops.into_iter().enumerate() {
             let planned = match op {
                 Mutation::Batch(_) => Err(WireError::invalid("a batch cannot hold a batch")),
+                Mutation::Refresh { .. } => Err(WireError::internal("a batch cannot refresh")),
                 op => self.plan(overlay, uid, now, op, ctx),
             };
             match planned {

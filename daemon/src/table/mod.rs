@@ -183,7 +183,6 @@ impl SessionTable {
     }
 
     /// The hosts whose lease is alive now (their sessions' owners may be).
-    #[cfg_attr(not(test), expect(dead_code, reason = "the shared store sets them"))]
     pub fn set_live_hosts(&mut self, hosts: HashSet<String>) {
         self.live_hosts = hosts;
     }
@@ -364,26 +363,45 @@ impl SessionTable {
     }
 }
 
+impl SessionTable {
+    fn insert_indexed(&mut self, s: IndexedSession) {
+        self.checkpoints += s.checkpoints.len() as u64;
+        let extra = (!s.keys.is_empty() || !s.attachments.is_empty()).then(|| {
+            Box::new(Extra {
+                key_of: s.keys.iter().map(|(k, e)| (e.number, k.clone())).collect(),
+                keys: s.keys.into_iter().collect(),
+                attachments: s.attachments.into_iter().collect(),
+            })
+        });
+        self.sessions.insert(Session {
+            state: s.state,
+            state_loc: s.state_loc,
+            checkpoints: s.checkpoints.into(),
+            extra,
+        });
+    }
+}
+
 impl Index for SessionTable {
     fn restore(&mut self, sessions: Vec<IndexedSession>) {
         self.sessions = SessionMap::with_capacity(sessions.len());
         self.checkpoints = 0;
         for s in sessions {
-            self.checkpoints += s.checkpoints.len() as u64;
-            let extra = (!s.keys.is_empty() || !s.attachments.is_empty()).then(|| {
-                Box::new(Extra {
-                    key_of: s.keys.iter().map(|(k, e)| (e.number, k.clone())).collect(),
-                    keys: s.keys.into_iter().collect(),
-                    attachments: s.attachments.into_iter().collect(),
-                })
-            });
-            self.sessions.insert(Session {
-                state: s.state,
-                state_loc: s.state_loc,
-                checkpoints: s.checkpoints.into(),
-                extra,
-            });
+            self.insert_indexed(s);
         }
+    }
+
+    fn replace(&mut self, key: &SessionKey, session: Option<IndexedSession>) {
+        if let Some(old) = self.sessions.remove(key.uid, &key.name) {
+            self.checkpoints -= old.checkpoints.len() as u64;
+        }
+        if let Some(s) = session {
+            self.insert_indexed(s);
+        }
+    }
+
+    fn set_live_hosts(&mut self, hosts: HashSet<String>) {
+        SessionTable::set_live_hosts(self, hosts);
     }
 
     fn apply(&mut self, change: Change, at: Loc) -> Vec<Loc> {

@@ -6,7 +6,7 @@ use sessiond_proto::{CheckpointRef, Meta, Status};
 use super::claim::OwnerClaim;
 use super::framework::{Selection, Which};
 use super::overlay::Overlay;
-use crate::model::{CheckedPayload, Owner, SessionKey};
+use crate::model::{CheckedPayload, Owner, Scope, SessionKey};
 
 /// A change to make, decided by a request handler.
 #[derive(Debug)]
@@ -38,6 +38,8 @@ pub enum Mutation {
     MarkStale {
         name: String,
         owner: Owner,
+        /// The owner's host when it is another one (whose lease has lapsed); `None`: this one.
+        host: Option<String>,
     },
     Resume {
         name: String,
@@ -72,6 +74,11 @@ pub enum Mutation {
     },
     /// All or none, in order, each seeing what the ones before it did.
     Batch(Vec<Mutation>),
+    /// Changes nothing: a read on a shared store has the commit thread bring these sessions
+    /// (`None`: all) up to date with the database first.
+    Refresh {
+        names: Option<Vec<String>>,
+    },
 }
 
 impl Mutation {
@@ -83,6 +90,56 @@ impl Mutation {
             }
             Mutation::Batch(ops) => ops.iter().map(Mutation::payload_bytes).sum(),
             _ => 0,
+        }
+    }
+
+    /// The sessions it may touch, as `uid`'s.
+    pub fn scope(&self, uid: u32) -> Scope {
+        let one = |name: &String| Scope {
+            keys: vec![SessionKey::new(uid, name.clone())],
+            ..Scope::default()
+        };
+        let selected = |s: &Selection| match s {
+            Selection::Name(name) => one(name),
+            Selection::Meta(_) => Scope::everything(),
+        };
+        match self {
+            Mutation::Create { name, .. }
+            | Mutation::Checkpoint { name, .. }
+            | Mutation::SetStatus { name, .. }
+            | Mutation::Delete { name }
+            | Mutation::MarkStale { name, .. }
+            | Mutation::Attach { name, .. } => one(name),
+            Mutation::Resume { name, .. } => Scope {
+                live_hosts: true,
+                ..one(name)
+            },
+            Mutation::DeleteMatching { .. } => Scope::everything(),
+            Mutation::DeleteCheckpoints { sessions, .. } | Mutation::Prune { sessions, .. } => {
+                selected(sessions)
+            }
+            Mutation::Copy { name, to, .. } => Scope {
+                keys: vec![
+                    SessionKey::new(uid, name.clone()),
+                    SessionKey::new(uid, to.clone()),
+                ],
+                ..Scope::default()
+            },
+            Mutation::Batch(ops) => {
+                let mut all = Scope::default();
+                for op in ops {
+                    all.add(op.scope(uid));
+                }
+                all
+            }
+            Mutation::Refresh { names: None } => Scope::everything(),
+            Mutation::Refresh { names: Some(names) } => Scope {
+                keys: names
+                    .iter()
+                    .map(|n| SessionKey::new(uid, n.clone()))
+                    .collect(),
+                ..Scope::default()
+            },
         }
     }
 

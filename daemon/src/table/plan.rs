@@ -152,8 +152,8 @@ impl SessionTable {
                 status,
                 error,
             } => self.plan_status(overlay, key(name), status, error, now),
-            Mutation::MarkStale { name, owner } => {
-                Ok(self.plan_stale(overlay, key(name), owner, now))
+            Mutation::MarkStale { name, owner, host } => {
+                Ok(self.plan_stale(overlay, key(name), owner, host, now))
             }
             Mutation::Resume { name, owner, force } => {
                 let owner = owner.resolve(ctx.probe)?;
@@ -190,6 +190,7 @@ impl SessionTable {
                 self.plan_copy(overlay, key(name), key(to), meta, ctx, now)
             }
             Mutation::Batch(ops) => self.plan_batch(overlay, uid, now, ops, ctx),
+            Mutation::Refresh { .. } => Ok(Planned::nothing(Reply::Count(0))),
         }
     }
 
@@ -382,6 +383,7 @@ impl SessionTable {
         overlay: &mut Overlay,
         key: SessionKey,
         owner: Owner,
+        host: Option<String>,
         now: i64,
     ) -> Planned {
         let Some(s) = self.staged(overlay, &key) else {
@@ -389,7 +391,11 @@ impl SessionTable {
         };
         // Only if it is still that owner's active session: a resume or status change since the
         // owner died wins.
-        if s.state.status != Status::Active || s.state.owner != Some(owner) {
+        let host = host.as_deref().or(self.host.as_deref());
+        if s.state.status != Status::Active
+            || s.state.owner != Some(owner)
+            || s.state.owner_host.as_deref() != host
+        {
             let latest = self.view_latest(&key, s);
             return Planned::nothing(Reply::Session(info(&s.state, s.count, latest)));
         }

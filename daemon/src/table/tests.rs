@@ -288,6 +288,7 @@ fn mark_stale_applies_only_to_the_dead_owners_active_session() {
                     pid: 10,
                     start_time: 100,
                 },
+                host: None,
             },
             &probe,
         )

@@ -407,6 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Stats => {
             let s = c.stats()?;
             let store = s.store.clone();
+            let shared = s.shared.clone();
             let v = wire_json::reply_body(&Reply::Stats(s))
                 .remove("stats")
                 .unwrap_or(Value::Null);
@@ -414,8 +415,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&v);
             }
             if let Value::Object(m) = v {
-                for (k, v) in m.into_iter().filter(|(k, _)| k != "store") {
+                for (k, v) in m.into_iter().filter(|(k, _)| k != "store" && k != "shared") {
                     println!("{k:>20}: {}", v.to_string().trim_matches('"'));
+                }
+            }
+            match &shared {
+                None => println!("{:>20}: local log", "store_kind"),
+                Some(sh) => {
+                    println!("{:>20}: postgresql, host {}", "store_kind", sh.host_id);
+                    println!(
+                        "{:>20}: {}, renewed {} ms ago",
+                        "lease",
+                        if sh.lease_held {
+                            "held"
+                        } else {
+                            "LAPSED: writes refused"
+                        },
+                        sh.lease_renewed_ms_ago
+                    );
+                    println!("{:>20}: {}", "live_hosts", sh.live_hosts.join(" "));
                 }
             }
             println!("{:>20}: {}", "disk_errors", store.disk_errors);

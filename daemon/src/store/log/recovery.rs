@@ -280,6 +280,8 @@ mod tests {
         fn records_in(&self, _: u32) -> LiveRecords {
             LiveRecords::default()
         }
+        fn replace(&mut self, _: &crate::model::SessionKey, _: Option<IndexedSession>) {}
+        fn set_live_hosts(&mut self, _: std::collections::HashSet<String>) {}
     }
 
     fn write(log: &mut LogWriter, header: RecordHeader, payload: &[u8]) {

@@ -6,9 +6,15 @@
 //! daemon holds) and loads every session's index into the table; payloads stay in the
 //! database and are read by row id.
 
+pub mod check;
+mod events;
+mod lease;
 mod reads;
 mod rows;
 pub mod schema;
+mod sync;
+mod view;
+mod write;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,13 +24,13 @@ use tokio::runtime::Handle;
 use tokio_postgres::{Config as PgUrl, NoTls};
 
 use crate::health::{Health, Work};
-use crate::model::{
-    meta_crc, AttachEntry, Change, CheckedPayload, CkptEntry, IndexedSession, KeyEntry, Loc,
-};
+use crate::model::{Loc, Scope, SessionKey};
 use crate::store::backoff::Backoff;
-use crate::store::{Index, Store, StoreError, Unit, Written};
+use crate::store::{Index, LapsedOwner, Store, StoreError, Unit, Written};
+pub use events::listen;
 pub use reads::PgReads;
-use rows::{key_params, loc_of, meta_json, SessionParams, SESSION_COLUMNS, SESSION_ROW};
+use sync::{Filter, Versions};
+pub use view::{PgView, Reading};
 
 /// Where the shared store is and who this daemon is in it.
 #[derive(Debug, Clone)]
@@ -44,8 +50,8 @@ fn db_error(context: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ 
     }
 }
 
-/// A pool of connections to the database, each with the statement timeout set.
-fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
+/// The database's connection settings, with the statement timeout.
+fn url_config(cfg: &PgConfig) -> Result<PgUrl, StoreError> {
     let mut url: PgUrl = cfg.url.parse().map_err(|e| StoreError::Db {
         context: "the --store URL".into(),
         error: format!("{e}"),
@@ -56,6 +62,12 @@ fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
         cfg.statement_timeout.as_millis()
     ));
     url.connect_timeout(cfg.statement_timeout);
+    Ok(url)
+}
+
+/// A pool of connections to the database, each with the statement timeout set.
+fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
+    let url = url_config(cfg)?;
     let manager = Manager::from_config(
         url,
         NoTls,
@@ -83,6 +95,55 @@ pub struct PgStore {
     retry: Backoff,
     error: String,
     renewed: Instant,
+    /// `renewed`, for `stats`.
+    renewed_seen: Arc<Mutex<Instant>>,
+    versions: Arc<Versions>,
+    /// The connection of the prepared batch, in its transaction, and what it locked.
+    open: Option<(Object, Scope)>,
+    /// The versions the written batch left, for when it is in the index.
+    pending: Option<(Scope, std::collections::HashMap<SessionKey, i64>)>,
+    lapsed_checked: Instant,
+}
+
+/// The advisory lock every batch holds (shared; exclusively one that may touch any session).
+const ALL_SESSIONS_LOCK: i64 = 0x7365_7373_0000_0001;
+
+/// The first connection: an unreachable database (not started yet, a network down, the
+/// server starting up) is waited for, with a back-off; an error waiting cannot fix (a
+/// refused login, a missing database) ends the start at once.
+fn connect_at_start(pool: &Pool, rt: &Handle) -> Result<Object, StoreError> {
+    let mut wait = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        let error = match rt.block_on(pool.get()) {
+            Ok(client) => {
+                if told {
+                    tracing::info!("the database answers");
+                }
+                return Ok(client);
+            }
+            Err(e) => e,
+        };
+        let waitable = match &error {
+            deadpool_postgres::PoolError::Backend(e) => e
+                .code()
+                .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            deadpool_postgres::PoolError::Timeout(_) => true,
+            _ => false,
+        };
+        if !waitable {
+            return Err(StoreError::Db {
+                context: "cannot connect to the database".into(),
+                error: error.to_string(),
+            });
+        }
+        if !told {
+            tracing::warn!(error = %error, "the database is unreachable; waiting for it (ready once it answers)");
+            told = true;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 impl PgStore {
@@ -92,30 +153,45 @@ impl PgStore {
         index: &Mutex<dyn Index>,
         health: Arc<Health>,
         rt: Handle,
-    ) -> Result<(PgStore, Arc<PgReads>), StoreError> {
+    ) -> Result<(PgStore, Arc<PgReads>, Arc<PgView>), StoreError> {
         let pool = pool(&cfg)?;
+        let client = connect_at_start(&pool, &rt)?;
         let sessions = rt.block_on(async {
-            let mut client = pool.get().await.map_err(|e| StoreError::Db {
-                context: "cannot connect to the database".into(),
-                error: e.to_string(),
-            })?;
+            let mut client = client;
             schema::migrate(&mut client)
                 .await
                 .map_err(|e| StoreError::Db {
                     context: "cannot set up the database's schema".into(),
                     error: e.to_string(),
                 })?;
-            take_lease(&client, &cfg).await?;
+            lease::take_lease(&client, &cfg).await?;
             tracing::info!(host_id = %cfg.host_id, "holding this host's lease");
-            load(&client).await
+            sync::load(&client, Filter::All)
+                .await
+                .map_err(db_error("cannot load the sessions"))
         })?;
+        let versions = Arc::new(Versions::default());
         {
+            let mut known = versions.lock();
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-            index.restore(sessions);
+            let mut all = Vec::with_capacity(sessions.len());
+            for (s, version) in sessions {
+                known.insert(SessionKey::new(s.state.uid, s.state.name.clone()), version);
+                all.push(s);
+            }
+            index.restore(all);
         }
         let reads = Arc::new(PgReads {
             pool: pool.clone(),
             rt: rt.clone(),
+        });
+        let renewed = Arc::new(Mutex::new(Instant::now()));
+        let view = Arc::new(PgView {
+            pool: pool.clone(),
+            versions: versions.clone(),
+            host_id: cfg.host_id.clone(),
+            lease_ttl: cfg.lease_ttl,
+            renewed: renewed.clone(),
         });
         let store = PgStore {
             cfg,
@@ -125,8 +201,18 @@ impl PgStore {
             retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             error: String::new(),
             renewed: Instant::now(),
+            renewed_seen: renewed,
+            versions,
+            open: None,
+            pending: None,
+            lapsed_checked: Instant::now(),
         };
-        Ok((store, reads))
+        Ok((store, reads, view))
+    }
+
+    fn lease_renewed(&mut self) {
+        self.renewed = Instant::now();
+        *self.renewed_seen.lock().unwrap_or_else(|p| p.into_inner()) = self.renewed;
     }
 
     fn failed(&mut self, message: String) -> String {
@@ -137,28 +223,18 @@ impl PgStore {
     }
 
     fn renew_lease(&mut self) {
-        let (host, ttl, pid) = (
-            self.cfg.host_id.clone(),
-            self.cfg.lease_ttl.as_secs_f64(),
-            i64::from(std::process::id()),
-        );
         let renewed = self.rt.block_on(async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .execute(
-                    "UPDATE hosts SET lease_until = now() + make_interval(secs => $2) \
-                     WHERE host_id = $1 AND daemon_pid = $3",
-                    &[&host, &ttl, &pid],
-                )
+            lease::renew(&client, &self.cfg)
                 .await
                 .map_err(|e| e.to_string())
         });
         match renewed {
-            Ok(1) => {
+            Ok(true) => {
                 self.health.succeeded(Work::Lease);
-                self.renewed = Instant::now();
+                self.lease_renewed();
             }
-            Ok(_) => self.health.failed(
+            Ok(false) => self.health.failed(
                 Work::Lease,
                 &"another daemon has taken this host's id in the database",
             ),
@@ -167,308 +243,20 @@ impl PgStore {
     }
 }
 
-/// Takes this host's lease. Held by another daemon (a crashed one of this host, whose lease
-/// has not lapsed yet), it waits for the lease to lapse; renewed meanwhile, another live
-/// daemon has this host id, and starting is refused.
-async fn take_lease(client: &Object, cfg: &PgConfig) -> Result<(), StoreError> {
-    let mut seen: Option<chrono::DateTime<chrono::Utc>> = None;
-    loop {
-        if try_lease(client, cfg).await? {
-            return Ok(());
-        }
-        let until: Option<chrono::DateTime<chrono::Utc>> = client
-            .query_opt(
-                "SELECT lease_until FROM hosts WHERE host_id = $1",
-                &[&cfg.host_id],
-            )
-            .await
-            .map_err(db_error("cannot read this host's lease"))?
-            .map(|r| r.get(0));
-        if seen.is_some() && until != seen {
-            return Err(StoreError::Db {
-                context: format!("host id {:?}", cfg.host_id),
-                error: "another live daemon holds this host id's lease in the database (it renewed it while this one waited); give this one another --host-id, or stop the other".into(),
-            });
-        }
-        if seen.is_none() {
-            tracing::info!(host_id = %cfg.host_id, until = ?until, "this host's lease is held by another daemon (one that stopped?); waiting for it to lapse");
-        }
-        seen = until;
-        tokio::time::sleep(cfg.lease_interval.min(Duration::from_millis(500))).await;
+/// Runs `body` on the open transaction's connection; on error rolls it back (a broken
+/// connection is dropped by the pool).
+async fn rolled_back_on_error<T>(client: &Object, result: Result<T, String>) -> Result<T, String> {
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
     }
-}
-
-async fn try_lease(client: &Object, cfg: &PgConfig) -> Result<bool, StoreError> {
-    let ttl = cfg.lease_ttl.as_secs_f64();
-    let pid = i64::from(std::process::id());
-    let taken = client
-        .query_opt(
-            "INSERT INTO hosts (host_id, lease_until, daemon_pid) \
-             VALUES ($1, now() + make_interval(secs => $2), $3) \
-             ON CONFLICT (host_id) DO UPDATE SET lease_until = EXCLUDED.lease_until, \
-                 daemon_pid = EXCLUDED.daemon_pid, started_at = now() \
-             WHERE hosts.lease_until < now() OR hosts.daemon_pid = EXCLUDED.daemon_pid \
-             RETURNING host_id",
-            &[&cfg.host_id, &ttl, &pid],
-        )
-        .await
-        .map_err(db_error("cannot take this host's lease"))?;
-    Ok(taken.is_some())
-}
-
-/// Every session's index: states, retained checkpoints with their keys, attachments.
-async fn load(client: &Object) -> Result<Vec<IndexedSession>, StoreError> {
-    let sessions = client
-        .query(&format!("SELECT {SESSION_COLUMNS} FROM sessions"), &[])
-        .await
-        .map_err(db_error("cannot load the sessions"))?;
-    let mut by_key = std::collections::HashMap::new();
-    let mut out: Vec<IndexedSession> = Vec::with_capacity(sessions.len());
-    for row in &sessions {
-        let (state, _) = rows::session_of(row);
-        by_key.insert((state.uid, state.name.clone()), out.len());
-        out.push(IndexedSession {
-            state,
-            state_loc: SESSION_ROW,
-            checkpoints: Vec::new(),
-            keys: Vec::new(),
-            attachments: Vec::new(),
-        });
-    }
-    let checkpoints = client
-        .query(
-            "SELECT id, uid, name, number, created_at, meta, key, octet_length(payload), payload_crc \
-             FROM checkpoints ORDER BY uid, name, number",
-            &[],
-        )
-        .await
-        .map_err(db_error("cannot load the checkpoints"))?;
-    for row in &checkpoints {
-        let h = rows::checkpoint_of(row);
-        let Some(&i) = by_key.get(&(h.uid, h.name.clone())) else {
-            continue;
-        };
-        let len = row.get::<_, i32>(7) as usize;
-        let loc = loc_of(row.get(0), len);
-        let Some(entry) = CkptEntry::new(h.number, loc) else {
-            continue;
-        };
-        out[i].checkpoints.push(entry);
-        if let Some(key) = h.key.clone() {
-            let known = KeyEntry {
-                number: h.number,
-                created_at: h.created_at,
-                payload_len: len as u64,
-                payload_crc: row.get::<_, i64>(8) as u32,
-                meta_crc: meta_crc(&h.meta),
-            };
-            out[i].keys.push((key, known));
-        }
-    }
-    let attachments = client
-        .query(
-            "SELECT id, uid, name, number, attach_key, octet_length(payload) \
-             FROM attachments ORDER BY id",
-            &[],
-        )
-        .await
-        .map_err(db_error("cannot load the attachments"))?;
-    for row in &attachments {
-        let uid = row.get::<_, i64>(1) as u32;
-        let name: String = row.get(2);
-        let Some(&i) = by_key.get(&(uid, name)) else {
-            continue;
-        };
-        let number = row.get::<_, i64>(3) as u64;
-        let entry = AttachEntry {
-            attach_key: row.get(4),
-            loc: loc_of(row.get(0), row.get::<_, i32>(5) as usize),
-        };
-        let list = &mut out[i].attachments;
-        match list.iter_mut().find(|(n, _)| *n == number) {
-            Some((_, l)) => l.push(entry),
-            None => list.push((number, vec![entry])),
-        }
-    }
-    Ok(out)
-}
-
-/// One change's statements; returns where it is and the payload bytes it stored.
-async fn apply_change(
-    tx: &Object,
-    change: &Change,
-    payload: &CheckedPayload,
-) -> Result<(Loc, u64), tokio_postgres::Error> {
-    let bump = "UPDATE sessions SET version = version + 1 WHERE uid = $1 AND name = $2";
-    match change {
-        Change::Session(state) => {
-            let p = SessionParams::from(state);
-            tx.execute(
-                "INSERT INTO sessions (uid, name, status, owner_host, owner_pid, owner_start, epoch, \
-                     created_at, updated_at, keep, meta, error, last_number, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) \
-                 ON CONFLICT (uid, name) DO UPDATE SET status = EXCLUDED.status, \
-                     owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, \
-                     owner_start = EXCLUDED.owner_start, epoch = EXCLUDED.epoch, \
-                     updated_at = EXCLUDED.updated_at, keep = EXCLUDED.keep, meta = EXCLUDED.meta, \
-                     error = EXCLUDED.error, \
-                     last_number = GREATEST(sessions.last_number, EXCLUDED.last_number), \
-                     version = sessions.version + 1",
-                &[
-                    &p.uid,
-                    &p.name,
-                    &p.status,
-                    &p.owner_host,
-                    &p.owner_pid,
-                    &p.owner_start,
-                    &p.epoch,
-                    &p.created_at,
-                    &p.updated_at,
-                    &p.keep,
-                    &p.meta,
-                    &p.error,
-                    &p.last_number,
-                ],
-            )
-            .await?;
-            Ok((SESSION_ROW, 0))
-        }
-        Change::Checkpoint {
-            meta: h,
-            payload_crc,
-        } => {
-            let (uid, number) = (i64::from(h.uid), h.number as i64);
-            let crc = i64::from(*payload_crc);
-            let row = tx
-                .query_one(
-                    "INSERT INTO checkpoints (uid, name, number, created_at, meta, key, payload, payload_crc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                    &[
-                        &uid,
-                        &h.name,
-                        &number,
-                        &h.created_at,
-                        &meta_json(&h.meta),
-                        &h.key,
-                        &payload.bytes.as_slice(),
-                        &crc,
-                    ],
-                )
-                .await?;
-            // Retention as the table applies it: the newest `keep` stay.
-            tx.execute(
-                "WITH s AS (UPDATE sessions SET version = version + 1, \
-                     last_number = GREATEST(last_number, $3), \
-                     updated_at = GREATEST(updated_at, $4) \
-                     WHERE uid = $1 AND name = $2 RETURNING keep) \
-                 DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND (SELECT keep FROM s) > 0 \
-                     AND number <= (SELECT number FROM checkpoints WHERE uid = $1 AND name = $2 \
-                         ORDER BY number DESC OFFSET (SELECT keep FROM s) LIMIT 1)",
-                &[&uid, &h.name, &number, &h.created_at],
-            )
-            .await?;
-            let len = payload.bytes.len();
-            Ok((loc_of(row.get(0), len), len as u64))
-        }
-        Change::Attach(a) => {
-            let (uid, number) = (i64::from(a.uid), a.number as i64);
-            let row = tx
-                .query_one(
-                    "INSERT INTO attachments (uid, name, number, attach_key, meta, payload, payload_crc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (uid, name, number, attach_key) DO UPDATE SET meta = EXCLUDED.meta, \
-                         payload = EXCLUDED.payload, payload_crc = EXCLUDED.payload_crc \
-                     RETURNING id",
-                    &[
-                        &uid,
-                        &a.name,
-                        &number,
-                        &a.attach_key,
-                        &meta_json(&a.meta),
-                        &payload.bytes.as_slice(),
-                        &i64::from(payload.crc),
-                    ],
-                )
-                .await?;
-            tx.execute(bump, &[&uid, &a.name]).await?;
-            let len = payload.bytes.len();
-            Ok((loc_of(row.get(0), len), len as u64))
-        }
-        Change::Delete(key) => {
-            let (uid, name) = key_params(key);
-            tx.execute(
-                "DELETE FROM sessions WHERE uid = $1 AND name = $2",
-                &[&uid, &name],
-            )
-            .await?;
-            Ok((SESSION_ROW, 0))
-        }
-        Change::DropCheckpoints { session, numbers } => {
-            let (uid, name) = key_params(session);
-            let numbers: Vec<i64> = numbers.iter().map(|&n| n as i64).collect();
-            tx.execute(
-                "DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND number = ANY($3)",
-                &[&uid, &name, &numbers],
-            )
-            .await?;
-            tx.execute(bump, &[&uid, &name]).await?;
-            Ok((SESSION_ROW, 0))
-        }
-        // The database keeps rows where they are: nothing is ever relocated.
-        Change::Relocated { .. } | Change::RelocatedAttach(_) => Ok((SESSION_ROW, 0)),
-    }
-}
-
-/// A batch in one transaction: the lease, every unit's changes, the events, COMMIT.
-async fn write_batch(
-    client: &Object,
-    cfg: &PgConfig,
-    units: &[Unit<'_>],
-) -> Result<Written, String> {
-    let db = |e: tokio_postgres::Error| format!("the database: {e}");
-    client.batch_execute("BEGIN").await.map_err(db)?;
-    let result = async {
-        let ttl = cfg.lease_ttl.as_secs_f64();
-        let held = client
-            .execute(
-                "UPDATE hosts SET lease_until = now() + make_interval(secs => $2) \
-                 WHERE host_id = $1 AND daemon_pid = $3 AND lease_until > now()",
-                &[&cfg.host_id, &ttl, &i64::from(std::process::id())],
-            )
-            .await
-            .map_err(db)?;
-        if held != 1 {
-            return Err(format!(
-                "this host's lease ({}) in the database has lapsed: no write is acknowledged until it is renewed",
-                cfg.host_id
-            ));
-        }
-        let mut locs = Vec::with_capacity(units.iter().map(|u| u.changes.len()).sum());
-        let mut bytes = 0;
-        for unit in units {
-            for (change, payload) in unit.changes {
-                let (loc, n) = apply_change(client, change, payload).await.map_err(db)?;
-                locs.push(loc);
-                bytes += n;
-            }
-        }
-        Ok(Written { locs, bytes })
-    }
-    .await;
-    match result {
-        Ok(written) => {
-            client.batch_execute("COMMIT").await.map_err(db)?;
-            Ok(written)
-        }
-        Err(e) => {
-            // The connection may be gone; the pool drops a broken one.
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    result
 }
 
 impl Store for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn ready(&mut self) -> Result<(), String> {
         match self.retry.remaining() {
             Some(left) => Err(format!(
@@ -480,23 +268,102 @@ impl Store for PgStore {
         }
     }
 
-    fn write(&mut self, units: &[Unit<'_>]) -> Result<Written, String> {
-        let written = self.rt.block_on(async {
+    fn prepare(
+        &mut self,
+        scope: &Scope,
+        index: &Mutex<dyn Index>,
+    ) -> Result<Vec<SessionKey>, String> {
+        self.abandon();
+        let known = Versions::scoped(&self.versions.lock(), scope);
+        let begun = self.rt.block_on(async {
             let client = self
                 .pool
                 .get()
                 .await
                 .map_err(|e| format!("cannot reach the database: {e}"))?;
-            write_batch(&client, &self.cfg, units).await
+            let begun = write::begin(&client, scope, &known)
+                .await
+                .map_err(|e| format!("the database: {e}"));
+            rolled_back_on_error(&client, begun)
+                .await
+                .map(|b| (client, b))
+        });
+        let (client, begun) = match begun {
+            Ok(b) => b,
+            Err(e) => return Err(self.failed(e)),
+        };
+        let mut replaced = Vec::with_capacity(begun.changed.len());
+        {
+            let mut versions = self.versions.lock();
+            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, session) in begun.changed {
+                match session {
+                    Some((s, version)) => {
+                        versions.insert(key.clone(), version);
+                        index.replace(&key, Some(s));
+                    }
+                    None => {
+                        versions.remove(&key);
+                        index.replace(&key, None);
+                    }
+                }
+                replaced.push(key);
+            }
+            if let Some(hosts) = begun.live_hosts {
+                index.set_live_hosts(hosts);
+            }
+        }
+        if !replaced.is_empty() {
+            tracing::debug!(
+                sessions = replaced.len(),
+                "sessions changed by other hosts reloaded"
+            );
+        }
+        self.open = Some((client, scope.clone()));
+        Ok(replaced)
+    }
+
+    fn abandon(&mut self) {
+        if let Some((client, _)) = self.open.take() {
+            let _ = self
+                .rt
+                .block_on(async { client.batch_execute("ROLLBACK").await });
+        }
+    }
+
+    fn write(&mut self, units: &[Unit<'_>]) -> Result<Written, String> {
+        let Some((client, scope)) = self.open.take() else {
+            return Err(self.failed("a batch written without being prepared".into()));
+        };
+        let written = self.rt.block_on(async {
+            let written = write::write(&client, &self.cfg, &scope, units).await;
+            rolled_back_on_error(&client, written).await
         });
         match written {
-            Ok(w) => {
+            Ok((w, versions)) => {
                 self.retry.succeeded();
                 self.health.succeeded(Work::DatabaseWrite);
-                self.renewed = Instant::now();
+                self.lease_renewed();
+                self.pending = Some((scope, versions));
                 Ok(w)
             }
             Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn applied(&mut self) {
+        if let Some((scope, found)) = self.pending.take() {
+            let mut known = self.versions.lock();
+            if scope.all {
+                *known = found;
+            } else {
+                for key in scope.keys {
+                    match found.get(&key) {
+                        Some(&v) => known.insert(key, v),
+                        None => known.remove(&key),
+                    };
+                }
+            }
         }
     }
 
@@ -509,14 +376,45 @@ impl Store for PgStore {
         }
     }
 
+    fn lapsed_owners(&mut self) -> Vec<LapsedOwner> {
+        if self.lapsed_checked.elapsed() < self.cfg.lease_interval {
+            return Vec::new();
+        }
+        self.lapsed_checked = Instant::now();
+        let found = self.rt.block_on(async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            lease::lapsed_owners(&client, &self.cfg)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        found.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot look for lapsed hosts' sessions");
+            Vec::new()
+        })
+    }
+
     fn idle_wait(&self) -> Option<Duration> {
+        let lease = self.cfg.lease_interval;
         Some(
-            self.cfg
-                .lease_interval
+            lease
                 .saturating_sub(self.renewed.elapsed())
+                .min(lease.saturating_sub(self.lapsed_checked.elapsed()))
                 .max(Duration::from_millis(10)),
         )
     }
 
-    fn finish(&mut self, _index: &Mutex<dyn Index>) {}
+    /// A clean stop gives the lease up: this host's owners are no longer watched, so other
+    /// hosts may mark their sessions stale at once, and a restart need not wait for it.
+    fn finish(&mut self, _index: &Mutex<dyn Index>) {
+        self.abandon();
+        let released = self.rt.block_on(async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            lease::release(&client, &self.cfg)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "cannot give up this host's lease; it lapses by itself");
+        }
+    }
 }

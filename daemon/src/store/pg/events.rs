@@ -1,0 +1,69 @@
+//! Other hosts' events: a connection of its own LISTENs on the channel every batch notifies
+//! its events on, and hands those of other hosts to this daemon's watchers. Lost, it
+//! reconnects with a back-off; events meanwhile are missed (a watcher reads the session to
+//! catch up, as after a lag).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use sessiond_proto::Event;
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::write::{Notice, CHANNEL};
+use super::{url_config, PgConfig};
+
+/// Starts the listener on the current runtime.
+pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match listen_once(&cfg, &events).await {
+                Ok(()) => wait = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "not receiving other hosts' events");
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
+    });
+}
+
+async fn listen_once(
+    cfg: &PgConfig,
+    events: &broadcast::Sender<Arc<(u32, Event)>>,
+) -> Result<(), String> {
+    let url = url_config(cfg).map_err(|e| e.to_string())?;
+    let (client, mut connection) = url.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let host = cfg.host_id.clone();
+    let events = events.clone();
+    let receiving = tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let Ok(notice) = serde_json::from_str::<Notice>(n.payload()) else {
+                        continue;
+                    };
+                    if notice.host != host {
+                        // No receiver is fine: nobody is watching.
+                        let _ = events.send(Arc::new((notice.uid, notice.event)));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+        "the database closed the connection".to_string()
+    });
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        receiving.abort();
+        return Err(e.to_string());
+    }
+    tracing::debug!("receiving other hosts' events");
+    let ended = receiving.await.unwrap_or_else(|e| e.to_string());
+    drop(client);
+    Err(ended)
+}

@@ -1,0 +1,329 @@
+//! Two daemons with different host ids on one PostgreSQL database, as two hosts: what one
+//! writes the other reads, lists and watches; ownership across hosts; a dead host's sessions
+//! go stale and are taken over; a paused host is fenced after a takeover.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sessiond_client::{
+    CheckpointOptions, Client, CreateOptions, Error, ErrorKind, Event, EventKind, ListRequest,
+    Status,
+};
+use sessiond_tests::pg::Cluster;
+use sessiond_tests::{wait_until, ClientExt, Daemon, Owner};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const LEASE: [&str; 4] = ["--lease-interval", "200ms", "--lease-ttl", "1s"];
+
+/// A daemon as host `host` on the database at `url`.
+fn host(url: &str, host: &str) -> Daemon {
+    let mut args = vec!["--store", url, "--host-id", host];
+    args.extend(LEASE);
+    Daemon::start_with(&args)
+}
+
+fn two_hosts() -> (String, Daemon, Daemon) {
+    let url = Cluster::get().new_database();
+    let a = host(&url, "host-a");
+    let b = host(&url, "host-b");
+    (url, a, b)
+}
+
+fn create_owned(c: &mut Client, name: &str, owner: &Owner) {
+    c.create(
+        name,
+        CreateOptions {
+            owner_pid: Some(owner.pid()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+/// Events of a watch, into a channel a test waits on with a deadline.
+fn watch(d: &Daemon, name: &str) -> mpsc::Receiver<Event> {
+    let watch = d.client().watch(Some(name)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for e in watch.flatten() {
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_of(rx: &mpsc::Receiver<Event>, kind: EventKind) -> Event {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let e = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {kind:?} event"));
+        if e.kind == kind {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn what_one_host_writes_the_other_reads_lists_and_watches() {
+    let (_url, a, b) = two_hosts();
+    let events_on_b = watch(&b, "job");
+    let owner = Owner::spawn();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    create_owned(&mut ca, "job", &owner);
+    ca.put("job", b"one".to_vec()).unwrap();
+    ca.put("job", b"two".to_vec()).unwrap();
+
+    // Read on B at once (no waiting: B checks the database before it answers).
+    let s = cb.show("job").unwrap();
+    assert_eq!(
+        (
+            s.status,
+            s.owner_pid,
+            s.owner_host.as_deref(),
+            s.latest_checkpoint
+        ),
+        (Status::Active, Some(owner.pid()), Some("host-a"), Some(2))
+    );
+    let got = cb.get("job", None).unwrap().unwrap();
+    assert_eq!(got.payload.unwrap().0, b"two");
+    let listed = cb.list(ListRequest::default()).unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["job"]
+    );
+    let created = next_of(&events_on_b, EventKind::Created);
+    assert_eq!(created.owner_pid, Some(owner.pid()));
+    assert_eq!(
+        next_of(&events_on_b, EventKind::Checkpointed).number,
+        Some(1)
+    );
+
+    // A write on B is read on A at once, too.
+    cb.put("job", b"three".to_vec()).unwrap();
+    let got = ca.get("job", None).unwrap().unwrap();
+    assert_eq!((got.number, got.payload.unwrap().0), (3, b"three".to_vec()));
+}
+
+#[test]
+fn resume_on_another_host_is_refused_while_the_owner_lives_and_its_death_is_seen_there() {
+    let (_url, a, b) = two_hosts();
+    let mut owner = Owner::spawn();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    create_owned(&mut ca, "job", &owner);
+    ca.put("job", b"one".to_vec()).unwrap();
+    let events_on_b = watch(&b, "job");
+
+    match cb.resume("job", None, false) {
+        Err(Error::OwnerAlive { pid, host, .. }) => {
+            assert_eq!((pid, host.as_deref()), (Some(owner.pid()), Some("host-a")))
+        }
+        other => panic!("resume on B while A's owner lives: {other:?}"),
+    }
+
+    owner.kill9();
+    let stale = next_of(&events_on_b, EventKind::Stale);
+    assert_eq!(stale.owner_pid, Some(owner.pid()));
+    assert_eq!(cb.show("job").unwrap().status, Status::Stale);
+    let r = cb.resume("job", None, false).unwrap();
+    assert_eq!(
+        (r.session.epoch, r.session.owner_host.as_deref()),
+        (2, Some("host-b"))
+    );
+    assert_eq!(r.checkpoint.unwrap().payload.unwrap().0, b"one");
+    // A sees B's ownership.
+    let s = ca.show("job").unwrap();
+    assert_eq!(
+        (s.status, s.owner_host.as_deref(), s.epoch),
+        (Status::Active, Some("host-b"), 2)
+    );
+}
+
+#[test]
+fn a_dead_hosts_sessions_go_stale_within_the_lease_and_another_host_takes_them_over() {
+    let (url, mut a, b) = two_hosts();
+    let owners: Vec<Owner> = (0..5).map(|_| Owner::spawn()).collect();
+    let mut ca = a.client();
+    for (i, o) in owners.iter().enumerate() {
+        create_owned(&mut ca, &format!("s{i}"), o);
+        ca.checkpoint(
+            &format!("s{i}"),
+            format!("state {i}").into_bytes(),
+            CheckpointOptions {
+                epoch: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    drop(ca);
+    let mut cb = b.client();
+    a.kill9();
+    let died = Instant::now();
+    // Within ttl (1s) + interval (200ms), plus the slack of a loaded test machine.
+    assert!(
+        wait_until(DEADLINE, || (0..5).all(|i| cb
+            .show(&format!("s{i}"))
+            .unwrap()
+            .status
+            == Status::Stale)),
+        "the dead host's sessions never went stale"
+    );
+    let took = died.elapsed();
+    assert!(
+        took < Duration::from_millis(1200 + 2000),
+        "stale after {took:?}"
+    );
+    for i in 0..5 {
+        let r = cb.resume(&format!("s{i}"), None, false).unwrap();
+        assert_eq!(r.session.epoch, 2);
+        assert_eq!(
+            r.checkpoint.unwrap().payload.unwrap().0,
+            format!("state {i}").into_bytes()
+        );
+    }
+
+    // Host A comes back with the same id: its old epoch is fenced.
+    let a2 = host(&url, "host-a");
+    let e = a2
+        .client()
+        .checkpoint(
+            "s0",
+            b"zombie".to_vec(),
+            CheckpointOptions {
+                epoch: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), Some(ErrorKind::Fenced), "{e}");
+    assert_eq!(
+        cb.get("s0", None).unwrap().unwrap().payload.unwrap().0,
+        b"state 0"
+    );
+}
+
+#[test]
+fn a_paused_host_acknowledges_nothing_with_the_old_epoch_after_a_takeover() {
+    let (_url, a, b) = two_hosts();
+    let owner = Owner::spawn();
+    let mut ca = a.client();
+    create_owned(&mut ca, "job", &owner);
+    ca.put("job", b"before".to_vec()).unwrap();
+    let mut cb = b.client();
+    // Connected before the pause (a connection's handshake needs the daemon running).
+    let mut pending = a.client();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    assert!(
+        wait_until(DEADLINE, || cb.show("job").unwrap().status == Status::Stale),
+        "the paused host's session never went stale"
+    );
+    let r = cb.resume("job", None, false).unwrap();
+    assert_eq!(r.session.epoch, 2);
+    cb.checkpoint(
+        "job",
+        b"taken over".to_vec(),
+        CheckpointOptions {
+            epoch: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A's client sends its writes while A is paused; A answers them once it runs again.
+    let old_epoch = CheckpointOptions {
+        epoch: Some(1),
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let first = pending.checkpoint("job", b"zombie".to_vec(), old_epoch.clone());
+        let second = pending.checkpoint("job", b"zombie again".to_vec(), old_epoch);
+        let _ = tx.send((first, second));
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let (first, second) = rx.recv_timeout(DEADLINE).unwrap();
+    for r in [first, second] {
+        let e = r.expect_err("a write with the old epoch was accepted");
+        assert!(
+            matches!(e.kind(), Some(ErrorKind::Fenced | ErrorKind::Unavailable)),
+            "{e}"
+        );
+    }
+    let latest = cb.get("job", None).unwrap().unwrap();
+    assert_eq!(
+        (latest.number, latest.payload.unwrap().0),
+        (2, b"taken over".to_vec())
+    );
+    // Once it runs again A serves the session as B left it.
+    assert!(wait_until(DEADLINE, || {
+        let s = ca.show("job").unwrap();
+        s.owner_host.as_deref() == Some("host-b") && s.latest_checkpoint == Some(2)
+    }));
+}
+
+#[test]
+fn a_damaged_row_is_never_served() {
+    let url = Cluster::get().new_database();
+    let d = host(&url, "host-a");
+    let mut c = d.client();
+    c.create("job", CreateOptions::default()).unwrap();
+    c.put("job", b"intact".to_vec()).unwrap();
+    c.put("job", b"to be damaged".to_vec()).unwrap();
+    drop(c);
+    let mut d = d;
+    d.stop();
+    let db = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    Cluster::get().sql(
+        &db,
+        "UPDATE checkpoints SET payload = 'X'::bytea || substring(payload from 2) WHERE number = 2",
+    );
+    let check = |url: &str| {
+        std::process::Command::new(sessiond_tests::bin("sessiond"))
+            .args(["check", "--store", url])
+            .output()
+            .unwrap()
+    };
+    let out = check(&url);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("\"job\"") && report.contains("checkpoint 2: payload checksum mismatch"),
+        "{report}"
+    );
+    d.restart();
+    let got = d.client().get("job", None).unwrap().unwrap();
+    assert_eq!(
+        (got.number, got.payload.unwrap().0),
+        (1, b"intact".to_vec())
+    );
+    // An intact database checks clean.
+    let clean = Cluster::get().new_database();
+    let other = host(&clean, "host-c");
+    other
+        .client()
+        .create("s", CreateOptions::default())
+        .unwrap();
+    let out = check(&clean);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
