@@ -18,6 +18,8 @@ use crate::state::DaemonState;
 use crate::store::{Store, Unit};
 use crate::table::{Mutation, Overlay, PlanContext, Planned};
 
+mod speculate;
+
 /// One mutation waiting for the commit thread.
 pub struct Job {
     pub uid: u32,
@@ -127,8 +129,16 @@ fn mark_lapsed(state: &DaemonState, store: &mut dyn Store) {
 pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
     let mut jobs: VecDeque<Job> = batch.into();
     while !jobs.is_empty() {
-        if store.shared() && !prepare(state, store, &mut jobs) {
-            return;
+        if store.shared() {
+            let scope = speculate::scope_of(&jobs);
+            if speculate::may_speculate(store, &jobs, &scope)
+                && speculate::speculate(state, store, &mut jobs, &scope)
+            {
+                continue;
+            }
+            if !prepare(state, store, &mut jobs, &scope) {
+                return;
+            }
         }
         let writes = plan(state, &mut jobs);
         if writes.is_empty() {
@@ -141,15 +151,15 @@ pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
 
 /// Has a shared store lock what the jobs left may touch and bring it up to date; on failure
 /// answers them all (the store is unavailable).
-fn prepare(state: &DaemonState, store: &mut dyn Store, jobs: &mut VecDeque<Job>) -> bool {
-    let mut scope = Scope::default();
-    for job in jobs.iter() {
-        scope.add(job.mutation.scope(job.uid));
-    }
-    scope.normalize();
+fn prepare(
+    state: &DaemonState,
+    store: &mut dyn Store,
+    jobs: &mut VecDeque<Job>,
+    scope: &Scope,
+) -> bool {
     match store
         .ready()
-        .and_then(|()| store.prepare(&scope, &state.table))
+        .and_then(|()| store.prepare(scope, &state.table))
     {
         Ok(replaced) => {
             for key in replaced {

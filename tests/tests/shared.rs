@@ -327,3 +327,56 @@ fn a_damaged_row_is_never_served() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn concurrent_writers_keep_what_retention_says_on_every_host() {
+    let (_url, a, b) = two_hosts();
+    let mut c = a.client();
+    for s in 0..8 {
+        c.create(
+            &format!("r{s}"),
+            CreateOptions {
+                keep: Some(3),
+                detached: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    // Eight writers at once: their checkpoints share batches (one statement for all of a
+    // batch's rows, one for its retention).
+    let writers: Vec<_> = (0..8)
+        .map(|s| {
+            let mut c = a.client();
+            std::thread::spawn(move || {
+                for i in 1..=40u32 {
+                    c.put(&format!("r{s}"), format!("r{s} #{i}").into_bytes())
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for d in [&a, &b] {
+        let mut c = d.client();
+        for s in 0..8 {
+            let name = format!("r{s}");
+            let kept: Vec<(u64, Vec<u8>)> = c
+                .history_with(sessiond_client::HistoryRequest {
+                    name: name.clone(),
+                    payloads: true,
+                    ..Default::default()
+                })
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.number, h.payload.unwrap().0))
+                .collect();
+            let want: Vec<(u64, Vec<u8>)> = (38..=40)
+                .map(|i| (i, format!("r{s} #{i}").into_bytes()))
+                .collect();
+            assert_eq!(kept, want, "{name}");
+        }
+    }
+}

@@ -58,6 +58,14 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// What a speculative write came to.
+pub enum Speculation {
+    Written(Written),
+    /// Nothing written: a session had changed (prepare, plan again, write).
+    Changed,
+    Failed(String),
+}
+
 /// An active session whose owner's host has lost its lease: another host's daemon marks it
 /// stale.
 #[derive(Debug, Clone)]
@@ -87,6 +95,18 @@ pub trait Store: Send {
 
     /// A prepared batch that writes nothing after all.
     fn abandon(&mut self) {}
+
+    /// Whether a batch may be planned against the index as it is, without [`Store::prepare`],
+    /// and written with [`Store::write_if_unchanged`] (which finds out whether it was right).
+    fn speculates(&self) -> bool {
+        false
+    }
+
+    /// Writes `units` unless another host has changed a session of `scope` since the index
+    /// saw it.
+    fn write_if_unchanged(&mut self, _scope: &Scope, _units: &[Unit<'_>]) -> Speculation {
+        Speculation::Failed("this store does not speculate".into())
+    }
 
     /// A written batch is in the index now.
     fn applied(&mut self) {}

@@ -9,7 +9,7 @@ use super::overlay::Overlay;
 use crate::model::{CheckedPayload, Owner, Scope, SessionKey};
 
 /// A change to make, decided by a request handler.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Mutation {
     Create {
         name: String,

@@ -12,6 +12,7 @@ mod lease;
 mod reads;
 mod rows;
 pub mod schema;
+mod statements;
 mod sync;
 mod view;
 mod write;
@@ -26,7 +27,7 @@ use tokio_postgres::{Config as PgUrl, NoTls};
 use crate::health::{Health, Work};
 use crate::model::{Loc, Scope, SessionKey};
 use crate::store::backoff::Backoff;
-use crate::store::{Index, LapsedOwner, Store, StoreError, Unit, Written};
+use crate::store::{Index, LapsedOwner, Speculation, Store, StoreError, Unit, Written};
 pub use events::listen;
 pub use reads::PgReads;
 use sync::{Filter, Versions};
@@ -106,6 +107,7 @@ pub struct PgStore {
 }
 
 /// The advisory lock every batch holds (shared; exclusively one that may touch any session).
+/// `sessiond_put_checkpoints` in the schema takes it by its decimal value.
 const ALL_SESSIONS_LOCK: i64 = 0x7365_7373_0000_0001;
 
 /// The first connection: an unreachable database (not started yet, a network down, the
@@ -243,9 +245,29 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// What a written (or refused) batch means for the store's state.
+    fn outcome(
+        &mut self,
+        scope: Scope,
+        written: Result<(Written, std::collections::HashMap<SessionKey, i64>), write::Failure>,
+    ) -> Speculation {
+        match written {
+            Ok((w, versions)) => {
+                self.retry.succeeded();
+                self.health.succeeded(Work::DatabaseWrite);
+                self.pending = Some((scope, versions));
+                Speculation::Written(w)
+            }
+            Err(write::Failure::Changed) => Speculation::Changed,
+            Err(write::Failure::Failed(e)) => Speculation::Failed(self.failed(e)),
+        }
+    }
+}
+
 /// Runs `body` on the open transaction's connection; on error rolls it back (a broken
 /// connection is dropped by the pool).
-async fn rolled_back_on_error<T>(client: &Object, result: Result<T, String>) -> Result<T, String> {
+async fn rolled_back_on_error<T, E>(client: &Object, result: Result<T, E>) -> Result<T, E> {
     if result.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
@@ -339,16 +361,29 @@ impl Store for PgStore {
             let written = write::write(&client, &self.cfg, &scope, units).await;
             rolled_back_on_error(&client, written).await
         });
-        match written {
-            Ok((w, versions)) => {
-                self.retry.succeeded();
-                self.health.succeeded(Work::DatabaseWrite);
-                self.lease_renewed();
-                self.pending = Some((scope, versions));
-                Ok(w)
-            }
-            Err(e) => Err(self.failed(e)),
+        match self.outcome(scope, written) {
+            Speculation::Written(w) => Ok(w),
+            Speculation::Changed => Err(self.failed("a locked session changed".into())),
+            Speculation::Failed(e) => Err(e),
         }
+    }
+
+    fn speculates(&self) -> bool {
+        true
+    }
+
+    fn write_if_unchanged(&mut self, scope: &Scope, units: &[Unit<'_>]) -> Speculation {
+        self.abandon();
+        let known = Versions::scoped(&self.versions.lock(), scope);
+        let written = self.rt.block_on(async {
+            let client =
+                self.pool.get().await.map_err(|e| {
+                    write::Failure::Failed(format!("cannot reach the database: {e}"))
+                })?;
+            let written = write::write_if_unchanged(&client, &self.cfg, scope, &known, units).await;
+            rolled_back_on_error(&client, written).await
+        });
+        self.outcome(scope.clone(), written)
     }
 
     fn applied(&mut self) {

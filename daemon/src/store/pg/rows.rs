@@ -5,7 +5,7 @@ use serde_json::Value;
 use sessiond_proto::{Meta, Status};
 use tokio_postgres::Row;
 
-use crate::model::{AttachMeta, CheckpointMeta, Loc, Owner, SessionKey, SessionState};
+use crate::model::{AttachMeta, CheckpointMeta, Loc, Owner, SessionState};
 
 /// A checkpoint's or attachment's row id as a place: its high and low 32 bits.
 pub fn loc_of(id: i64, payload_len: usize) -> Loc {
@@ -141,8 +141,4 @@ pub fn attachment_of(row: &Row) -> AttachMeta {
         attach_key: row.get(4),
         meta: meta_of(row.get(5)),
     }
-}
-
-pub fn key_params(key: &SessionKey) -> (i64, &str) {
-    (i64::from(key.uid), key.name.as_str())
 }

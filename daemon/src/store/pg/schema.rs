@@ -60,7 +60,85 @@ const MIGRATIONS: &[&str] = &[
             ON DELETE CASCADE
     );
     "#,
+    // 2: the lease check a batch starts with, failing the transaction when the lease has
+    // lapsed (so that a whole batch, COMMIT included, can be sent at once).
+    r#"
+    CREATE FUNCTION sessiond_hold_lease(p_host text, p_pid bigint, p_ttl double precision)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        -- The clock now, not the transaction's start: a batch may have waited for its locks.
+        PERFORM 1 FROM hosts
+            WHERE host_id = p_host AND daemon_pid = p_pid AND lease_until > clock_timestamp();
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'the lease of host % has lapsed', p_host USING ERRCODE = 'SDL01';
+        END IF;
+        -- The daemon renews it every interval; a batch does only when half of it is gone
+        -- (a row update less per batch).
+        UPDATE hosts SET lease_until = clock_timestamp() + make_interval(secs => p_ttl)
+            WHERE host_id = p_host AND daemon_pid = p_pid
+                AND lease_until < clock_timestamp() + make_interval(secs => p_ttl / 2);
+    END $$;
+    -- A speculative batch's check that no session it may touch has changed since this
+    -- daemon last saw it (a NULL version: it believes the session does not exist).
+    CREATE FUNCTION sessiond_expect_versions(p_uids bigint[], p_names text[], p_versions bigint[])
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM unnest(p_uids, p_names, p_versions) AS e(uid, name, version)
+                   LEFT JOIN sessions s ON s.uid = e.uid AND s.name = e.name
+                   WHERE s.version IS DISTINCT FROM e.version) THEN
+            RAISE EXCEPTION 'changed by another host' USING ERRCODE = 'SDV01';
+        END IF;
+    END $$;
+    -- A speculative batch of checkpoints alone (a busy host's usual batch) as one statement,
+    -- its own transaction: the locks (as a batch takes them), the lease, the versions, the
+    -- rows, retention and the sessions' versions, the notices. Returns each row's id with
+    -- its session and number, then (o_id NULL) each session's version in o_number.
+    CREATE FUNCTION sessiond_put_checkpoints(
+        p_host text, p_pid bigint, p_ttl double precision,
+        s_uids bigint[], s_names text[], s_versions bigint[],
+        c_uids bigint[], c_names text[], c_numbers bigint[], c_created bigint[],
+        c_metas jsonb[], c_keys text[], c_payloads bytea[], c_crcs bigint[],
+        p_notices text[])
+    RETURNS TABLE (o_id bigint, o_uid bigint, o_name text, o_number bigint)
+    LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(8315179224767922177);
+        PERFORM pg_advisory_xact_lock(h) FROM (SELECT DISTINCT
+            hashtextextended(u::text || '/' || n, 0) AS h
+            FROM unnest(s_uids, s_names) AS t(u, n) ORDER BY 1) AS locks;
+        PERFORM sessiond_hold_lease(p_host, p_pid, p_ttl);
+        PERFORM sessiond_expect_versions(s_uids, s_names, s_versions);
+        RETURN QUERY INSERT INTO checkpoints
+                (uid, name, number, created_at, meta, key, payload, payload_crc)
+            SELECT * FROM unnest(c_uids, c_names, c_numbers, c_created, c_metas, c_keys,
+                c_payloads, c_crcs)
+            RETURNING id, uid, name, number;
+        WITH written AS (SELECT uid, name, max(number) AS number,
+                    max(created_at) AS created_at
+                FROM unnest(c_uids, c_names, c_numbers, c_created)
+                    AS t(uid, name, number, created_at) GROUP BY uid, name),
+            s AS (UPDATE sessions SET version = sessions.version + 1,
+                    last_number = GREATEST(sessions.last_number, written.number),
+                    updated_at = GREATEST(sessions.updated_at, written.created_at)
+                FROM written WHERE sessions.uid = written.uid AND sessions.name = written.name
+                RETURNING sessions.uid, sessions.name, sessions.keep)
+        DELETE FROM checkpoints c USING s
+            WHERE c.uid = s.uid AND c.name = s.name AND s.keep > 0
+                AND c.number <= (SELECT c2.number FROM checkpoints c2
+                    WHERE c2.uid = s.uid AND c2.name = s.name
+                    ORDER BY c2.number DESC OFFSET s.keep LIMIT 1);
+        PERFORM pg_notify('sessiond', n) FROM unnest(p_notices) AS n;
+        RETURN QUERY SELECT NULL::bigint, s.uid, s.name, s.version FROM sessions s
+            WHERE (s.uid, s.name) IN (SELECT * FROM unnest(s_uids, s_names));
+    END $$;
+    "#,
 ];
+
+/// The SQLSTATE `sessiond_hold_lease` fails with.
+pub const LEASE_LAPSED: &str = "SDL01";
+/// The SQLSTATE `sessiond_expect_versions` fails with.
+pub const CHANGED: &str = "SDV01";
 
 /// The version of the schema this daemon knows.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -128,4 +206,13 @@ pub async fn version(
         .query_opt("SELECT version FROM sessiond_schema", &[])
         .await?;
     Ok(row.map(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_functions_take_the_lock_every_batch_takes() {
+        let all = super::super::ALL_SESSIONS_LOCK.to_string();
+        assert!(super::MIGRATIONS[1].contains(&format!("pg_advisory_xact_lock_shared({all})")));
+    }
 }

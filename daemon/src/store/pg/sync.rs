@@ -9,6 +9,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::rows::{self, loc_of, SESSION_COLUMNS, SESSION_ROW};
+use super::statements::{Param, Stmt};
 use crate::model::{meta_crc, AttachEntry, CkptEntry, IndexedSession, KeyEntry, SessionKey};
 
 /// Which sessions a query is about.
@@ -62,6 +63,30 @@ impl Clause {
             _ => Vec::new(),
         }
     }
+}
+
+/// The query of the versions of the sessions `filter` names.
+pub fn versions_stmt(filter: Filter<'_>) -> Stmt<'static> {
+    let c = Clause::of(filter);
+    let sql = format!("SELECT uid, name, version FROM sessions{}", c.sql);
+    let params: Vec<Param<'static>> = match c.kind {
+        1 => vec![Box::new(c.uids), Box::new(c.names)],
+        2 => vec![Box::new(c.uid)],
+        _ => Vec::new(),
+    };
+    Stmt::new(sql, params)
+}
+
+/// The answer of [`versions_stmt`].
+pub fn versions_from(rows: &[tokio_postgres::Row]) -> HashMap<SessionKey, i64> {
+    rows.iter()
+        .map(|r| {
+            (
+                SessionKey::new(r.get::<_, i64>(0) as u32, r.get::<_, String>(1)),
+                r.get::<_, i64>(2),
+            )
+        })
+        .collect()
 }
 
 /// The versions of the sessions `filter` names, as the database has them now.

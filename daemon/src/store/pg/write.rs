@@ -6,11 +6,15 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Object;
+use futures_util::future::BoxFuture;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
-use super::rows::{key_params, loc_of, meta_json, SessionParams, SESSION_ROW};
+use super::rows::{loc_of, meta_json, SESSION_ROW};
+use super::statements::{self, Stmt};
 use super::sync::{self, Filter};
-use super::{lease, PgConfig, ALL_SESSIONS_LOCK};
-use crate::model::{Change, CheckedPayload, IndexedSession, Loc, Scope, SessionKey};
+use super::{schema, PgConfig, ALL_SESSIONS_LOCK};
+use crate::model::{Change, CheckedPayload, IndexedSession, Scope, SessionKey};
 use crate::store::{Unit, Written};
 
 pub fn filter(scope: &Scope) -> Filter<'_> {
@@ -28,39 +32,114 @@ pub struct Begun {
     pub live_hosts: Option<HashSet<String>>,
 }
 
+/// Sends `stmts` at once on `client` (pipelined: one round trip), then `finish` if any (a
+/// simple query such as COMMIT); their rows, in order. An error in one fails the rest of
+/// the transaction, so a COMMIT sent after it only rolls back.
+async fn pipelined(
+    client: &Object,
+    stmts: &[Stmt<'_>],
+    start: Option<&str>,
+    finish: Option<&str>,
+) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+    let mut prepared = Vec::with_capacity(stmts.len());
+    for s in stmts {
+        prepared.push(client.prepare_cached(&s.sql).await?);
+    }
+    let refs: Vec<Vec<&(dyn ToSql + Sync)>> = stmts.iter().map(Stmt::refs).collect();
+    type Answer<'c> = BoxFuture<'c, Result<Vec<Row>, tokio_postgres::Error>>;
+    let mut answers: Vec<Answer<'_>> = Vec::with_capacity(stmts.len() + 2);
+    if let Some(sql) = start {
+        answers.push(Box::pin(async move {
+            client.batch_execute(sql).await.map(|()| Vec::new())
+        }));
+    }
+    for (stmt, params) in prepared.iter().zip(&refs) {
+        answers.push(Box::pin(client.query(stmt, params.as_slice())));
+    }
+    if let Some(sql) = finish {
+        answers.push(Box::pin(async move {
+            client.batch_execute(sql).await.map(|()| Vec::new())
+        }));
+    }
+    // Each request goes out on its future's first poll: poll them once in order, so that
+    // they are sent in order, then collect the answers, which come back in order.
+    let mut done: Vec<Option<Result<Vec<Row>, tokio_postgres::Error>>> =
+        Vec::with_capacity(answers.len());
+    for answer in &mut answers {
+        done.push(match futures_util::poll!(answer.as_mut()) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        });
+    }
+    let mut rows = Vec::with_capacity(answers.len());
+    for (answer, done) in answers.into_iter().zip(done) {
+        let r = match done {
+            Some(r) => r,
+            None => answer.await,
+        };
+        // The first error is the cause (those after it only say the transaction failed).
+        rows.push(r?);
+    }
+    if start.is_some() {
+        rows.remove(0);
+    }
+    rows.truncate(stmts.len());
+    Ok(rows)
+}
+
+/// The advisory locks of what a batch may touch: every session under one shared lock
+/// (exclusive when it may touch any session), then each session's own, in the order of
+/// their lock ids, so that two daemons never wait for each other.
+fn locks(scope: &Scope) -> Vec<Stmt<'_>> {
+    if scope.all {
+        return vec![Stmt::new(
+            "SELECT pg_advisory_xact_lock($1)",
+            vec![Box::new(ALL_SESSIONS_LOCK)],
+        )];
+    }
+    let (uids, names): (Vec<i64>, Vec<&str>) = scope
+        .keys
+        .iter()
+        .map(|k| (i64::from(k.uid), k.name.as_str()))
+        .unzip();
+    vec![
+        Stmt::new(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            vec![Box::new(ALL_SESSIONS_LOCK)],
+        ),
+        Stmt::new(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT \
+             hashtextextended(u::text || '/' || n, 0) AS h \
+             FROM unnest($1::bigint[], $2::text[]) AS t(u, n) ORDER BY 1) AS locks",
+            vec![Box::new(uids), Box::new(names)],
+        ),
+    ]
+}
+
 /// Opens the batch's transaction and locks what it may touch: every session under one
 /// shared lock (exclusive when it may touch any session), then each session's own, in the
-/// order of their lock ids, so that two daemons never wait for each other.
+/// order of their lock ids, so that two daemons never wait for each other; reads their
+/// versions. One round trip, and one more to reload what another host changed.
 pub async fn begin(
     client: &Object,
     scope: &Scope,
     known: &HashMap<SessionKey, i64>,
 ) -> Result<Begun, tokio_postgres::Error> {
-    client.batch_execute("BEGIN").await?;
-    if scope.all {
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&ALL_SESSIONS_LOCK])
-            .await?;
-    } else {
-        let (uids, names): (Vec<i64>, Vec<&str>) = scope
-            .keys
-            .iter()
-            .map(|k| (i64::from(k.uid), k.name.as_str()))
-            .unzip();
-        let shared = client
-            .prepare_cached("SELECT pg_advisory_xact_lock_shared($1)")
-            .await?;
-        let each = client
-            .prepare_cached(
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT \
-                 hashtextextended(u::text || '/' || n, 0) AS h \
-                 FROM unnest($1::bigint[], $2::text[]) AS t(u, n) ORDER BY 1) AS locks",
-            )
-            .await?;
-        client.execute(&shared, &[&ALL_SESSIONS_LOCK]).await?;
-        client.execute(&each, &[&uids, &names]).await?;
+    let mut stmts = locks(scope);
+    stmts.push(sync::versions_stmt(filter(scope)));
+    if scope.live_hosts {
+        stmts.push(Stmt::new(
+            "SELECT host_id FROM hosts WHERE lease_until > now()",
+            Vec::new(),
+        ));
     }
-    let found = sync::versions(client, filter(scope)).await?;
+    let rows = pipelined(client, &stmts, Some("BEGIN"), None).await?;
+    let live_hosts = scope
+        .live_hosts
+        .then(|| rows.last().map(|r| r.iter().map(|h| h.get(0)).collect()))
+        .flatten();
+    let at = rows.len() - 1 - usize::from(scope.live_hosts);
+    let found = sync::versions_from(&rows[at]);
     let keys = sync::changed(known, &found, filter(scope));
     let mut changed = Vec::with_capacity(keys.len());
     if !keys.is_empty() {
@@ -75,11 +154,6 @@ pub async fn begin(
             changed.push((key, session));
         }
     }
-    let live_hosts = if scope.live_hosts {
-        Some(lease::live_hosts(client).await?)
-    } else {
-        None
-    };
     Ok(Begun {
         changed,
         live_hosts,
@@ -97,41 +171,177 @@ pub struct Notice {
 /// The channel the notices go on.
 pub const CHANNEL: &str = "sessiond";
 
-/// The batch's statements in the begun transaction, then COMMIT; the versions it left.
+/// The batch's statements in the begun transaction, then COMMIT, all sent at once; the
+/// versions it left. The first statement renews the lease and fails the transaction if it
+/// had lapsed.
 pub async fn write(
     client: &Object,
     cfg: &PgConfig,
     scope: &Scope,
     units: &[Unit<'_>],
-) -> Result<(Written, HashMap<SessionKey, i64>), String> {
-    let db = |e: tokio_postgres::Error| format!("the database: {e}");
-    let held = client
-        .execute(
-            "UPDATE hosts SET lease_until = now() + make_interval(secs => $2) \
-             WHERE host_id = $1 AND daemon_pid = $3 AND lease_until > now()",
-            &[
-                &cfg.host_id,
-                &cfg.lease_ttl.as_secs_f64(),
-                &i64::from(std::process::id()),
-            ],
-        )
-        .await
-        .map_err(db)?;
-    if held != 1 {
-        return Err(format!(
-            "this host's lease ({}) in the database has lapsed: no write is acknowledged until it is renewed",
-            cfg.host_id
-        ));
+) -> Result<(Written, HashMap<SessionKey, i64>), Failure> {
+    write_after(client, cfg, scope, units, Vec::new()).await
+}
+
+/// Why a batch was not written.
+pub enum Failure {
+    /// Another host changed a session since this daemon last saw it (a speculative batch).
+    Changed,
+    Failed(String),
+}
+
+/// A batch planned against what this daemon last saw, without a round trip first: its
+/// transaction begins, locks, checks that every session it may touch is at the version
+/// this daemon knows (else [`Failure::Changed`]: nothing is written), then writes and
+/// commits, all sent at once.
+pub async fn write_if_unchanged(
+    client: &Object,
+    cfg: &PgConfig,
+    scope: &Scope,
+    known: &HashMap<SessionKey, i64>,
+    units: &[Unit<'_>],
+) -> Result<(Written, HashMap<SessionKey, i64>), Failure> {
+    if let Some(done) = put_checkpoints(client, cfg, scope, known, units).await {
+        return done;
     }
-    let mut locs = Vec::with_capacity(units.iter().map(|u| u.changes.len()).sum());
-    let mut bytes = 0;
-    let mut notices = Vec::new();
-    for unit in units {
-        for (change, payload) in unit.changes {
-            let (loc, n) = apply_change(client, change, payload).await.map_err(db)?;
-            locs.push(loc);
-            bytes += n;
+    let mut first = locks(scope);
+    let (uids, names): (Vec<i64>, Vec<&str>) = scope
+        .keys
+        .iter()
+        .map(|k| (i64::from(k.uid), k.name.as_str()))
+        .unzip();
+    let versions: Vec<Option<i64>> = scope.keys.iter().map(|k| known.get(k).copied()).collect();
+    first.push(Stmt::new(
+        "SELECT sessiond_expect_versions($1, $2, $3)",
+        vec![Box::new(uids), Box::new(names), Box::new(versions)],
+    ));
+    write_after(client, cfg, scope, units, first).await
+}
+
+/// A speculative batch of checkpoints alone, as one statement in a transaction of its own
+/// (`sessiond_put_checkpoints`); `None` if the batch holds anything else.
+async fn put_checkpoints(
+    client: &Object,
+    cfg: &PgConfig,
+    scope: &Scope,
+    known: &HashMap<SessionKey, i64>,
+    units: &[Unit<'_>],
+) -> Option<Result<(Written, HashMap<SessionKey, i64>), Failure>> {
+    let all: Vec<&(Change, CheckedPayload)> = units.iter().flat_map(|u| u.changes).collect();
+    if all.is_empty() || scope.all {
+        return None;
+    }
+    let mut c = Columns::default();
+    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
+        let Change::Checkpoint {
+            meta: h,
+            payload_crc,
+        } = change
+        else {
+            return None;
+        };
+        c.uids.push(i64::from(h.uid));
+        c.names.push(h.name.as_str());
+        c.numbers.push(h.number as i64);
+        c.created.push(h.created_at);
+        c.metas.push(meta_json(&h.meta));
+        c.keys.push(h.key.as_deref());
+        c.payloads.push(payload.bytes.as_slice());
+        c.crcs.push(i64::from(*payload_crc));
+    }
+    let (s_uids, s_names): (Vec<i64>, Vec<&str>) = scope
+        .keys
+        .iter()
+        .map(|k| (i64::from(k.uid), k.name.as_str()))
+        .unzip();
+    let s_versions: Vec<Option<i64>> = scope.keys.iter().map(|k| known.get(k).copied()).collect();
+    let notices = notices(cfg, units);
+    let pid = i64::from(std::process::id());
+    let run = async {
+        let stmt = client
+            .prepare_cached(
+                "SELECT * FROM sessiond_put_checkpoints($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15)",
+            )
+            .await?;
+        client
+            .query(
+                &stmt,
+                &[
+                    &cfg.host_id,
+                    &pid,
+                    &cfg.lease_ttl.as_secs_f64(),
+                    &s_uids,
+                    &s_names,
+                    &s_versions,
+                    &c.uids,
+                    &c.names,
+                    &c.numbers,
+                    &c.created,
+                    &c.metas,
+                    &c.keys,
+                    &c.payloads,
+                    &c.crcs,
+                    &notices,
+                ],
+            )
+            .await
+    };
+    let rows = match run.await {
+        Ok(rows) => rows,
+        Err(e) => return Some(Err(failure(cfg, e))),
+    };
+    let mut ids: HashMap<(u32, String, u64), i64> = HashMap::new();
+    let mut versions = HashMap::new();
+    for row in &rows {
+        let (uid, name, n) = (
+            row.get::<_, i64>(1) as u32,
+            row.get::<_, String>(2),
+            row.get::<_, i64>(3),
+        );
+        match row.get::<_, Option<i64>>(0) {
+            Some(id) => {
+                ids.insert((uid, name, n as u64), id);
+            }
+            None => {
+                versions.insert(SessionKey::new(uid, name), n);
+            }
         }
+    }
+    let mut locs = Vec::with_capacity(all.len());
+    let mut bytes = 0u64;
+    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
+        let Change::Checkpoint { meta: h, .. } = change else {
+            return None;
+        };
+        let Some(&id) = ids.get(&(h.uid, h.name.clone(), h.number)) else {
+            return Some(Err(Failure::Failed(
+                "the database returned no row id".into(),
+            )));
+        };
+        bytes += payload.bytes.len() as u64;
+        locs.push(loc_of(id, payload.bytes.len()));
+    }
+    Some(Ok((Written { locs, bytes }, versions)))
+}
+
+/// A batch's checkpoints as the columns of their rows.
+#[derive(Default)]
+struct Columns<'a> {
+    uids: Vec<i64>,
+    names: Vec<&'a str>,
+    numbers: Vec<i64>,
+    created: Vec<i64>,
+    metas: Vec<serde_json::Value>,
+    keys: Vec<Option<&'a str>>,
+    payloads: Vec<&'a [u8]>,
+    crcs: Vec<i64>,
+}
+
+/// The notices of a batch's events for other hosts.
+fn notices(cfg: &PgConfig, units: &[Unit<'_>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for unit in units {
         for event in unit.events {
             let notice = Notice {
                 host: cfg.host_id.clone(),
@@ -139,146 +349,123 @@ pub async fn write(
                 event: event.clone(),
             };
             if let Ok(text) = serde_json::to_string(&notice) {
-                notices.push(text);
+                out.push(text);
             }
         }
     }
-    if !notices.is_empty() {
-        client
-            .execute(
-                "SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n",
-                &[&CHANNEL, &notices],
-            )
-            .await
-            .map_err(db)?;
-    }
-    let versions = sync::versions(client, filter(scope)).await.map_err(db)?;
-    client.batch_execute("COMMIT").await.map_err(db)?;
-    Ok((Written { locs, bytes }, versions))
+    out
 }
 
-/// One change's statements; returns where it is and the payload bytes it stored.
-async fn apply_change(
-    tx: &Object,
-    change: &Change,
-    payload: &CheckedPayload,
-) -> Result<(Loc, u64), tokio_postgres::Error> {
-    let bump = "UPDATE sessions SET version = version + 1 WHERE uid = $1 AND name = $2";
-    match change {
-        Change::Session(state) => {
-            let p = SessionParams::from(state);
-            tx.execute(
-                "INSERT INTO sessions (uid, name, status, owner_host, owner_pid, owner_start, epoch, \
-                     created_at, updated_at, keep, meta, error, last_number, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) \
-                 ON CONFLICT (uid, name) DO UPDATE SET status = EXCLUDED.status, \
-                     owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, \
-                     owner_start = EXCLUDED.owner_start, epoch = EXCLUDED.epoch, \
-                     updated_at = EXCLUDED.updated_at, keep = EXCLUDED.keep, meta = EXCLUDED.meta, \
-                     error = EXCLUDED.error, \
-                     last_number = GREATEST(sessions.last_number, EXCLUDED.last_number), \
-                     version = sessions.version + 1",
-                &[
-                    &p.uid,
-                    &p.name,
-                    &p.status,
-                    &p.owner_host,
-                    &p.owner_pid,
-                    &p.owner_start,
-                    &p.epoch,
-                    &p.created_at,
-                    &p.updated_at,
-                    &p.keep,
-                    &p.meta,
-                    &p.error,
-                    &p.last_number,
-                ],
-            )
-            .await?;
-            Ok((SESSION_ROW, 0))
-        }
-        Change::Checkpoint {
-            meta: h,
-            payload_crc,
-        } => {
-            let (uid, number) = (i64::from(h.uid), h.number as i64);
-            let crc = i64::from(*payload_crc);
-            let row = tx
-                .query_one(
-                    "INSERT INTO checkpoints (uid, name, number, created_at, meta, key, payload, payload_crc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                    &[
-                        &uid,
-                        &h.name,
-                        &number,
-                        &h.created_at,
-                        &meta_json(&h.meta),
-                        &h.key,
-                        &payload.bytes.as_slice(),
-                        &crc,
-                    ],
-                )
-                .await?;
-            // Retention as the table applies it: the newest `keep` stay.
-            tx.execute(
-                "WITH s AS (UPDATE sessions SET version = version + 1, \
-                     last_number = GREATEST(last_number, $3), \
-                     updated_at = GREATEST(updated_at, $4) \
-                     WHERE uid = $1 AND name = $2 RETURNING keep) \
-                 DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND (SELECT keep FROM s) > 0 \
-                     AND number <= (SELECT number FROM checkpoints WHERE uid = $1 AND name = $2 \
-                         ORDER BY number DESC OFFSET (SELECT keep FROM s) LIMIT 1)",
-                &[&uid, &h.name, &number, &h.created_at],
-            )
-            .await?;
-            let len = payload.bytes.len();
-            Ok((loc_of(row.get(0), len), len as u64))
-        }
-        Change::Attach(a) => {
-            let (uid, number) = (i64::from(a.uid), a.number as i64);
-            let row = tx
-                .query_one(
-                    "INSERT INTO attachments (uid, name, number, attach_key, meta, payload, payload_crc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (uid, name, number, attach_key) DO UPDATE SET meta = EXCLUDED.meta, \
-                         payload = EXCLUDED.payload, payload_crc = EXCLUDED.payload_crc \
-                     RETURNING id",
-                    &[
-                        &uid,
-                        &a.name,
-                        &number,
-                        &a.attach_key,
-                        &meta_json(&a.meta),
-                        &payload.bytes.as_slice(),
-                        &i64::from(payload.crc),
-                    ],
-                )
-                .await?;
-            tx.execute(bump, &[&uid, &a.name]).await?;
-            let len = payload.bytes.len();
-            Ok((loc_of(row.get(0), len), len as u64))
-        }
-        Change::Delete(key) => {
-            let (uid, name) = key_params(key);
-            tx.execute(
-                "DELETE FROM sessions WHERE uid = $1 AND name = $2",
-                &[&uid, &name],
-            )
-            .await?;
-            Ok((SESSION_ROW, 0))
-        }
-        Change::DropCheckpoints { session, numbers } => {
-            let (uid, name) = key_params(session);
-            let numbers: Vec<i64> = numbers.iter().map(|&n| n as i64).collect();
-            tx.execute(
-                "DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND number = ANY($3)",
-                &[&uid, &name, &numbers],
-            )
-            .await?;
-            tx.execute(bump, &[&uid, &name]).await?;
-            Ok((SESSION_ROW, 0))
-        }
-        // The database keeps rows where they are: nothing is ever relocated.
-        Change::Relocated { .. } | Change::RelocatedAttach(_) => Ok((SESSION_ROW, 0)),
+/// What a database error means for a batch.
+fn failure(cfg: &PgConfig, e: tokio_postgres::Error) -> Failure {
+    match e.code().map(|c| c.code()) {
+        Some(schema::CHANGED) => Failure::Changed,
+        Some(schema::LEASE_LAPSED) => Failure::Failed(format!(
+            "this host's lease ({}) in the database has lapsed: no write is acknowledged until it is renewed",
+            cfg.host_id
+        )),
+        _ => Failure::Failed(format!("the database: {e}")),
     }
+}
+
+async fn write_after<'a>(
+    client: &Object,
+    cfg: &'a PgConfig,
+    scope: &'a Scope,
+    units: &'a [Unit<'a>],
+    first: Vec<Stmt<'a>>,
+) -> Result<(Written, HashMap<SessionKey, i64>), Failure> {
+    // A transaction of its own (speculative), or the one `begin` opened.
+    let begin = (!first.is_empty()).then_some("BEGIN");
+    let mut stmts: Vec<Stmt<'_>> = first;
+    stmts.push(Stmt::new(
+        "SELECT sessiond_hold_lease($1, $2, $3)",
+        vec![
+            Box::new(cfg.host_id.as_str()),
+            Box::new(i64::from(std::process::id())),
+            Box::new(cfg.lease_ttl.as_secs_f64()),
+        ],
+    ));
+    // Per change: its first statement, and the payload bytes if that returns its row's id.
+    let mut places: Vec<(usize, Option<usize>)> = Vec::new();
+    let mut notices = Vec::new();
+    let all: Vec<&(Change, CheckedPayload)> = units.iter().flat_map(|u| u.changes).collect();
+    let grouped = (all.len() > 1)
+        .then(|| statements::of_checkpoints(&all))
+        .flatten();
+    let grouped_at = stmts.len();
+    match grouped {
+        Some(two) => stmts.extend(two),
+        None => {
+            for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
+                let of = statements::of_change(change, payload);
+                places.push((stmts.len(), of.first().and_then(|s| s.payload)));
+                stmts.extend(of);
+            }
+        }
+    }
+    notices.extend(self::notices(cfg, units));
+    if !notices.is_empty() {
+        stmts.push(Stmt::new(
+            "SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n",
+            vec![Box::new(CHANNEL), Box::new(notices)],
+        ));
+    }
+    stmts.push(sync::versions_stmt(filter(scope)));
+    let rows = match pipelined(client, &stmts, begin, Some("COMMIT")).await {
+        Ok(rows) => rows,
+        Err(e) => return Err(failure(cfg, e)),
+    };
+    let mut locs = Vec::with_capacity(all.len());
+    let mut bytes = 0u64;
+    if places.is_empty() && !all.is_empty() {
+        // The grouped insert: ids by session and number.
+        let ids: HashMap<(u32, &str, u64), i64> = rows
+            .get(grouped_at)
+            .map(|r| {
+                r.iter()
+                    .map(|row| {
+                        let key = (
+                            row.get::<_, i64>(1) as u32,
+                            row.get::<_, &str>(2),
+                            row.get::<_, i64>(3) as u64,
+                        );
+                        (key, row.get::<_, i64>(0))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
+            let Change::Checkpoint { meta: h, .. } = change else {
+                return Err(Failure::Failed(
+                    "a grouped batch holds only checkpoints".into(),
+                ));
+            };
+            let id = ids
+                .get(&(h.uid, h.name.as_str(), h.number))
+                .ok_or_else(|| Failure::Failed("the database returned no row id".into()))?;
+            bytes += payload.bytes.len() as u64;
+            locs.push(loc_of(*id, payload.bytes.len()));
+        }
+    }
+    for (at, payload) in places {
+        let loc = match payload {
+            Some(len) => {
+                let id: i64 = rows
+                    .get(at)
+                    .and_then(|r| r.first())
+                    .map(|r| r.get(0))
+                    .ok_or_else(|| Failure::Failed("the database returned no row id".into()))?;
+                bytes += len as u64;
+                loc_of(id, len)
+            }
+            None => SESSION_ROW,
+        };
+        locs.push(loc);
+    }
+    let versions = rows
+        .last()
+        .map(|r| sync::versions_from(r))
+        .unwrap_or_default();
+    Ok((Written { locs, bytes }, versions))
 }

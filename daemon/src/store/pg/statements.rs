@@ -1,0 +1,237 @@
+//! The statements a change is written with, as values: a batch sends all of its statements
+//! at once (pipelined on one connection, one round trip) and reads their answers after.
+
+use std::borrow::Cow;
+
+use tokio_postgres::types::ToSql;
+
+use super::rows::{meta_json, SessionParams};
+use crate::model::{Change, CheckedPayload};
+
+pub type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// One statement and its parameters; `payload` when it returns the id of a row holding a
+/// payload of that many bytes (the change's place).
+pub struct Stmt<'a> {
+    pub sql: Cow<'static, str>,
+    pub params: Vec<Param<'a>>,
+    pub payload: Option<usize>,
+}
+
+impl<'a> Stmt<'a> {
+    pub fn new(sql: impl Into<Cow<'static, str>>, params: Vec<Param<'a>>) -> Self {
+        Stmt {
+            sql: sql.into(),
+            params,
+            payload: None,
+        }
+    }
+
+    pub fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| &**p as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+const BUMP: &str = "UPDATE sessions SET version = version + 1 WHERE uid = $1 AND name = $2";
+
+const UPSERT_SESSION: &str = "INSERT INTO sessions (uid, name, status, owner_host, owner_pid, \
+     owner_start, epoch, created_at, updated_at, keep, meta, error, last_number, version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) \
+     ON CONFLICT (uid, name) DO UPDATE SET status = EXCLUDED.status, \
+         owner_host = EXCLUDED.owner_host, owner_pid = EXCLUDED.owner_pid, \
+         owner_start = EXCLUDED.owner_start, epoch = EXCLUDED.epoch, \
+         updated_at = EXCLUDED.updated_at, keep = EXCLUDED.keep, meta = EXCLUDED.meta, \
+         error = EXCLUDED.error, \
+         last_number = GREATEST(sessions.last_number, EXCLUDED.last_number), \
+         version = sessions.version + 1";
+
+const INSERT_CHECKPOINT: &str = "INSERT INTO checkpoints \
+     (uid, name, number, created_at, meta, key, payload, payload_crc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+
+/// Retention as the table applies it (the newest `keep` stay), and the session's version.
+const RETAIN: &str = "WITH s AS (UPDATE sessions SET version = version + 1, \
+         last_number = GREATEST(last_number, $3), updated_at = GREATEST(updated_at, $4) \
+         WHERE uid = $1 AND name = $2 RETURNING keep) \
+     DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND (SELECT keep FROM s) > 0 \
+         AND number <= (SELECT number FROM checkpoints WHERE uid = $1 AND name = $2 \
+             ORDER BY number DESC OFFSET (SELECT keep FROM s) LIMIT 1)";
+
+const UPSERT_ATTACHMENT: &str = "INSERT INTO attachments \
+     (uid, name, number, attach_key, meta, payload, payload_crc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (uid, name, number, attach_key) DO UPDATE SET meta = EXCLUDED.meta, \
+         payload = EXCLUDED.payload, payload_crc = EXCLUDED.payload_crc \
+     RETURNING id";
+
+fn key<'a>(uid: u32, name: &'a str) -> Vec<Param<'a>> {
+    vec![Box::new(i64::from(uid)), Box::new(name)]
+}
+
+/// The statements that write `change`; the first one says where it is.
+pub fn of_change<'a>(change: &'a Change, payload: &'a CheckedPayload) -> Vec<Stmt<'a>> {
+    match change {
+        Change::Session(state) => {
+            let p = SessionParams::from(state);
+            vec![Stmt::new(
+                UPSERT_SESSION,
+                vec![
+                    Box::new(p.uid),
+                    Box::new(p.name),
+                    Box::new(p.status),
+                    Box::new(p.owner_host),
+                    Box::new(p.owner_pid),
+                    Box::new(p.owner_start),
+                    Box::new(p.epoch),
+                    Box::new(p.created_at),
+                    Box::new(p.updated_at),
+                    Box::new(p.keep),
+                    Box::new(p.meta),
+                    Box::new(p.error),
+                    Box::new(p.last_number),
+                ],
+            )]
+        }
+        Change::Checkpoint {
+            meta: h,
+            payload_crc,
+        } => {
+            let (uid, number) = (i64::from(h.uid), h.number as i64);
+            let insert = Stmt {
+                payload: Some(payload.bytes.len()),
+                ..Stmt::new(
+                    INSERT_CHECKPOINT,
+                    vec![
+                        Box::new(uid),
+                        Box::new(h.name.as_str()),
+                        Box::new(number),
+                        Box::new(h.created_at),
+                        Box::new(meta_json(&h.meta)),
+                        Box::new(h.key.as_deref()),
+                        Box::new(payload.bytes.as_slice()),
+                        Box::new(i64::from(*payload_crc)),
+                    ],
+                )
+            };
+            let retain = Stmt::new(
+                RETAIN,
+                vec![
+                    Box::new(uid),
+                    Box::new(h.name.as_str()),
+                    Box::new(number),
+                    Box::new(h.created_at),
+                ],
+            );
+            vec![insert, retain]
+        }
+        Change::Attach(a) => {
+            let insert = Stmt {
+                payload: Some(payload.bytes.len()),
+                ..Stmt::new(
+                    UPSERT_ATTACHMENT,
+                    vec![
+                        Box::new(i64::from(a.uid)),
+                        Box::new(a.name.as_str()),
+                        Box::new(a.number as i64),
+                        Box::new(a.attach_key.as_str()),
+                        Box::new(meta_json(&a.meta)),
+                        Box::new(payload.bytes.as_slice()),
+                        Box::new(i64::from(payload.crc)),
+                    ],
+                )
+            };
+            vec![insert, Stmt::new(BUMP, key(a.uid, &a.name))]
+        }
+        Change::Delete(k) => vec![Stmt::new(
+            "DELETE FROM sessions WHERE uid = $1 AND name = $2",
+            key(k.uid, &k.name),
+        )],
+        Change::DropCheckpoints { session, numbers } => {
+            let numbers: Vec<i64> = numbers.iter().map(|&n| n as i64).collect();
+            let mut params = key(session.uid, &session.name);
+            params.push(Box::new(numbers));
+            vec![
+                Stmt::new(
+                    "DELETE FROM checkpoints WHERE uid = $1 AND name = $2 AND number = ANY($3)",
+                    params,
+                ),
+                Stmt::new(BUMP, key(session.uid, &session.name)),
+            ]
+        }
+        // The database keeps rows where they are: nothing is ever relocated.
+        Change::Relocated { .. } | Change::RelocatedAttach(_) => Vec::new(),
+    }
+}
+
+/// All of a batch's checkpoints in two statements (the rows, then retention and the
+/// sessions' versions), when the batch holds nothing else: a busy host's usual batch, sent
+/// in two statements instead of two per checkpoint. The insert returns each row's id with
+/// its session and number.
+pub fn of_checkpoints<'a>(changes: &[&'a (Change, CheckedPayload)]) -> Option<[Stmt<'a>; 2]> {
+    let mut uids = Vec::with_capacity(changes.len());
+    let mut names = Vec::with_capacity(changes.len());
+    let mut numbers = Vec::with_capacity(changes.len());
+    let mut created = Vec::with_capacity(changes.len());
+    let mut metas = Vec::with_capacity(changes.len());
+    let mut keys = Vec::with_capacity(changes.len());
+    let mut payloads = Vec::with_capacity(changes.len());
+    let mut crcs = Vec::with_capacity(changes.len());
+    for (change, payload) in changes.iter().map(|c| (&c.0, &c.1)) {
+        let Change::Checkpoint {
+            meta: h,
+            payload_crc,
+        } = change
+        else {
+            return None;
+        };
+        uids.push(i64::from(h.uid));
+        names.push(h.name.as_str());
+        numbers.push(h.number as i64);
+        created.push(h.created_at);
+        metas.push(meta_json(&h.meta));
+        keys.push(h.key.as_deref());
+        payloads.push(payload.bytes.as_slice());
+        crcs.push(i64::from(*payload_crc));
+    }
+    let insert = Stmt::new(
+        "INSERT INTO checkpoints (uid, name, number, created_at, meta, key, payload, payload_crc) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
+             $5::jsonb[], $6::text[], $7::bytea[], $8::bigint[]) \
+         RETURNING id, uid, name, number",
+        vec![
+            Box::new(uids.clone()),
+            Box::new(names.clone()),
+            Box::new(numbers.clone()),
+            Box::new(created.clone()),
+            Box::new(metas),
+            Box::new(keys),
+            Box::new(payloads),
+            Box::new(crcs),
+        ],
+    );
+    let retain = Stmt::new(
+        "WITH written AS (SELECT uid, name, max(number) AS number, max(created_at) AS created_at \
+             FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
+                 AS t(uid, name, number, created_at) GROUP BY uid, name), \
+         s AS (UPDATE sessions SET version = sessions.version + 1, \
+                 last_number = GREATEST(sessions.last_number, written.number), \
+                 updated_at = GREATEST(sessions.updated_at, written.created_at) \
+             FROM written WHERE sessions.uid = written.uid AND sessions.name = written.name \
+             RETURNING sessions.uid, sessions.name, sessions.keep) \
+         DELETE FROM checkpoints c USING s \
+         WHERE c.uid = s.uid AND c.name = s.name AND s.keep > 0 \
+             AND c.number <= (SELECT c2.number FROM checkpoints c2 \
+                 WHERE c2.uid = s.uid AND c2.name = s.name \
+                 ORDER BY c2.number DESC OFFSET s.keep LIMIT 1)",
+        vec![
+            Box::new(uids),
+            Box::new(names),
+            Box::new(numbers),
+            Box::new(created),
+        ],
+    );
+    Some([insert, retain])
+}
