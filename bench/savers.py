@@ -1,8 +1,9 @@
-"""LangGraph checkpointers side by side: SessiondSaver against LangGraph's SqliteSaver.
+"""LangGraph checkpointers side by side: SessiondSaver against LangGraph's SqliteSaver and
+PostgresSaver.
 
-    python bench/savers.py put --saver sessiond|sqlite|floor --threads N --size BYTES
-        --seconds S --socket PATH --dir DIR
-    python bench/savers.py get --saver sessiond|sqlite --checkpoints 1000 --seconds S ...
+    python bench/savers.py put --saver sessiond|sqlite|postgres|floor --threads N
+        --size BYTES --seconds S --socket PATH --dir DIR --pg-url URL
+    python bench/savers.py get --saver sessiond|sqlite|postgres --checkpoints 1000 ...
 
 put: one saver instance shared by every thread (as a compiled graph shares its
 checkpointer), each thread writing checkpoints of its own LangGraph thread, each holding a
@@ -12,6 +13,9 @@ the other: p50 of each. Prints one JSON object.
 
 SqliteSaver runs on a file in DIR in WAL mode (synchronous=FULL, SQLite's default: each
 commit is durable), as its docs set it up for threads (check_same_thread=False).
+PostgresSaver runs on the database at --pg-url as its docs set it up (autocommit,
+prepare_threshold=0, dict rows): on one connection for one thread, on a psycopg pool with a
+connection per thread otherwise.
 
 `--saver floor` is what no Python client of any daemon can beat on this machine: each
 thread sends an already-encoded checkpoint request of the same size on a raw socket and
@@ -38,9 +42,28 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from sessiond.langgraph import SessiondSaver
 
 
+def postgres_saver(a: argparse.Namespace) -> BaseCheckpointSaver[Any]:
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg import Connection
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    if a.threads == 1:
+        conn: Any = Connection.connect(a.pg_url, **kwargs)
+    else:
+        conn = ConnectionPool(a.pg_url, min_size=a.threads, max_size=a.threads, kwargs=kwargs)
+        conn.wait()
+    saver = PostgresSaver(conn)
+    saver.setup()
+    return saver
+
+
 def make_saver(a: argparse.Namespace, tag: str) -> BaseCheckpointSaver[Any]:
     if a.saver == "sessiond":
         return SessiondSaver(a.socket)
+    if a.saver == "postgres":
+        return postgres_saver(a)
     path = os.path.join(a.dir, f"savers-{tag}-{uuid.uuid4().hex}.db")
     conn = sqlite3.connect(path, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -180,13 +203,14 @@ def get(a: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("op", choices=["put", "get"])
-    ap.add_argument("--saver", choices=["sessiond", "sqlite", "floor"], required=True)
+    ap.add_argument("--saver", choices=["sessiond", "sqlite", "postgres", "floor"], required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--checkpoints", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--socket", default=None)
     ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--pg-url", default=None)
     a = ap.parse_args()
     print(json.dumps(put(a) if a.op == "put" else get(a)))
 
