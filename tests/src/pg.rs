@@ -157,6 +157,13 @@ impl Cluster {
         self.url(&db)
     }
 
+    /// psql on database `db`, to run by hand (a client that holds locks).
+    pub fn psql(&self, db: &str) -> Command {
+        let mut c = tool("psql");
+        c.arg(self.url(db));
+        c
+    }
+
     /// Runs SQL on database `db` through psql; its output.
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let out = tool("psql")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sessiond_client::{CheckpointOptions, CreateOptions, ErrorKind};
 use sessiond_tests::pg::Cluster;
-use sessiond_tests::{wait_until, Daemon};
+use sessiond_tests::{wait_until, ClientExt, Daemon};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// A write the daemon acknowledged: session, number, payload.
@@ -157,4 +157,68 @@ fn a_daemon_started_before_its_database_waits_for_it() {
     c.create("job", CreateOptions::default()).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_stuck_database_is_answered_unavailable_within_the_timeout_not_a_hang() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cluster = Cluster::get();
+    let url = cluster.new_database();
+    let mut flags = args(&url, "host-a");
+    let at = flags.iter().position(|a| *a == "--db-timeout").unwrap();
+    flags[at + 1] = "1s";
+    let d = Daemon::start_with(&flags);
+    let mut c = d.client();
+    c.create("job", CreateOptions::default()).unwrap();
+    c.put("job", b"before".to_vec()).unwrap();
+    // Another client of the database holds every session row locked, and does not let go.
+    let db = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let mut holder = cluster
+        .psql(&db)
+        .args([
+            "-c",
+            "BEGIN; LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || {
+            cluster
+            .sql(
+                &db,
+                "SELECT count(*) FROM pg_locks WHERE relation = 'sessions'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+            )
+            .trim()
+            == "1"
+        }),
+        "the lock was never taken"
+    );
+    let started = Instant::now();
+    let e = c.put("job", b"stuck".to_vec()).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), Some(ErrorKind::Unavailable), "{e}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    let e = c.get("job", None).unwrap_err();
+    assert_eq!(e.kind(), Some(ErrorKind::Unavailable), "{e}");
+    // (Its server process sleeps on, client gone or not: end it.)
+    cluster.sql(
+        &db,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'sessions'::regclass AND mode = 'AccessExclusiveLock'",
+    );
+    let _ = holder.wait();
+    // Once the database lets go, the daemon serves again by itself.
+    assert!(
+        wait_until(DEADLINE, || c.put("job", b"after".to_vec()).is_ok()),
+        "writes did not come back"
+    );
+    let latest = c.get("job", None).unwrap().unwrap();
+    assert_eq!(latest.payload.unwrap().0, b"after");
+    eprintln!("a stuck database answered unavailable after {took:?} (--db-timeout 1s)");
 }
