@@ -90,8 +90,10 @@ fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
 
 pub struct PgStore {
     cfg: PgConfig,
+    /// The commit thread's own connections, driven by its own runtime: a batch's round trip
+    /// wakes no other thread.
     pool: Pool,
-    rt: Handle,
+    local: tokio::runtime::Runtime,
     health: Arc<Health>,
     retry: Backoff,
     error: String,
@@ -195,10 +197,17 @@ impl PgStore {
             lease_ttl: cfg.lease_ttl,
             renewed: renewed.clone(),
         });
+        let local = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                context: "cannot start the commit thread's runtime".into(),
+                source: e,
+            })?;
         let store = PgStore {
+            pool: self::pool(&cfg)?,
             cfg,
-            pool,
-            rt,
+            local,
             health,
             retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             error: String::new(),
@@ -225,7 +234,7 @@ impl PgStore {
     }
 
     fn renew_lease(&mut self) {
-        let renewed = self.rt.block_on(async {
+        let renewed = self.local.block_on(async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             lease::renew(&client, &self.cfg)
                 .await
@@ -297,7 +306,7 @@ impl Store for PgStore {
     ) -> Result<Vec<SessionKey>, String> {
         self.abandon();
         let known = Versions::scoped(&self.versions.lock(), scope);
-        let begun = self.rt.block_on(async {
+        let begun = self.local.block_on(async {
             let client = self
                 .pool
                 .get()
@@ -348,7 +357,7 @@ impl Store for PgStore {
     fn abandon(&mut self) {
         if let Some((client, _)) = self.open.take() {
             let _ = self
-                .rt
+                .local
                 .block_on(async { client.batch_execute("ROLLBACK").await });
         }
     }
@@ -357,7 +366,7 @@ impl Store for PgStore {
         let Some((client, scope)) = self.open.take() else {
             return Err(self.failed("a batch written without being prepared".into()));
         };
-        let written = self.rt.block_on(async {
+        let written = self.local.block_on(async {
             let written = write::write(&client, &self.cfg, &scope, units).await;
             rolled_back_on_error(&client, written).await
         });
@@ -375,7 +384,7 @@ impl Store for PgStore {
     fn write_if_unchanged(&mut self, scope: &Scope, units: &[Unit<'_>]) -> Speculation {
         self.abandon();
         let known = Versions::scoped(&self.versions.lock(), scope);
-        let written = self.rt.block_on(async {
+        let written = self.local.block_on(async {
             let client =
                 self.pool.get().await.map_err(|e| {
                     write::Failure::Failed(format!("cannot reach the database: {e}"))
@@ -416,7 +425,7 @@ impl Store for PgStore {
             return Vec::new();
         }
         self.lapsed_checked = Instant::now();
-        let found = self.rt.block_on(async {
+        let found = self.local.block_on(async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             lease::lapsed_owners(&client, &self.cfg)
                 .await
@@ -442,7 +451,7 @@ impl Store for PgStore {
     /// hosts may mark their sessions stale at once, and a restart need not wait for it.
     fn finish(&mut self, _index: &Mutex<dyn Index>) {
         self.abandon();
-        let released = self.rt.block_on(async {
+        let released = self.local.block_on(async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             lease::release(&client, &self.cfg)
                 .await
