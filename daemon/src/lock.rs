@@ -16,13 +16,52 @@ pub struct StateLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    #[error("a running sessiond{holder} serves state directory {dir}: stop it first, or check a copy of the directory (cp -a)")]
+    Serving { dir: String, holder: String },
     #[error("another sessiond{holder} holds the lock on state directory {dir}; stop it or choose another --state-dir")]
     Held { dir: String, holder: String },
     #[error("cannot lock state directory {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
 }
 
+/// Who holds the lock, as its file says: " (pid N)", or nothing.
+fn holder(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => String::new(),
+        p => format!(" (pid {p})"),
+    }
+}
+
 impl StateLock {
+    /// Holds an existing state directory's lock without changing anything there, so that no
+    /// daemon serves it meanwhile (`sessiond check`); `None` if it has no lock file (no
+    /// daemon ever ran there). A running daemon's directory is refused.
+    pub fn hold_existing(dir: &Path) -> Result<Option<Self>, LockError> {
+        let file = match File::open(dir.join(LOCK_FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LockError::Io {
+                    dir: dir.display().to_string(),
+                    source,
+                })
+            }
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(StateLock { _lock: lock })),
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Serving {
+                dir: dir.display().to_string(),
+                holder: holder(&mut file),
+            }),
+            Err((_, errno)) => Err(LockError::Io {
+                dir: dir.display().to_string(),
+                source: errno.into(),
+            }),
+        }
+    }
+
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let io_err = |source| LockError::Io {
             dir: dir.display().to_string(),
@@ -38,15 +77,9 @@ impl StateLock {
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let holder = match pid.trim() {
-                    "" => String::new(),
-                    p => format!(" (pid {p})"),
-                };
                 return Err(LockError::Held {
                     dir: dir.display().to_string(),
-                    holder,
+                    holder: holder(&mut file),
                 });
             }
             Err((_, errno)) => return Err(io_err(errno.into())),

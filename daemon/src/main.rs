@@ -54,7 +54,12 @@ enum Command {
     /// Verify a state directory offline: the index, every log record's checksums, and that
     /// every retained checkpoint can be served; with --store URL, the shared store: its
     /// schema and every payload's checksum. Exits 1 if anything is damaged.
-    Check,
+    Check {
+        /// Check a state directory even while a daemon serves it (what it writes meanwhile
+        /// may read as an unfinished last write); without it, a served directory is refused.
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 impl Cli {
@@ -127,7 +132,7 @@ fn filter_for(level: Option<&str>) -> EnvFilter {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Check) => check(&cli),
+        Some(Command::Check { live }) => check(&cli, live),
         None => serve(&cli),
     };
     match result {
@@ -139,7 +144,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(cli: &Cli) -> Result<ExitCode> {
+fn check(cli: &Cli, live: bool) -> Result<ExitCode> {
     init_tracing(cli.settings().log_level.as_deref().or(Some("warn")));
     let report = if cli.settings.store.is_some() {
         let (cfg, _) = cli.load()?;
@@ -155,7 +160,7 @@ fn check(cli: &Cli) -> Result<ExitCode> {
         let dir = paths::state_dir(cli.settings.state_dir.clone()).context(
             "no state directory: pass --state-dir or set SESSIOND_STATE_DIR (HOME is not set)",
         )?;
-        sessiond::check::check(&dir)?
+        sessiond::check::check(&dir, live)?
     };
     for line in &report.lines {
         println!("{line}");

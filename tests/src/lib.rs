@@ -276,10 +276,10 @@ impl Daemon {
         JsonConn::connect(&self.socket)
     }
 
-    /// `sessiond check` on this state directory: (success, output).
+    /// `sessiond check --live` on this state directory (running or not): (success, output).
     pub fn check(&self) -> (bool, String) {
         let out = Command::new(bin("sessiond"))
-            .arg("check")
+            .args(["check", "--live"])
             .arg("--state-dir")
             .arg(&self.state)
             .output()

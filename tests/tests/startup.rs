@@ -117,3 +117,49 @@ fn bad_flags_and_unusable_paths_are_clear_errors() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn check_refuses_a_served_state_directory_and_names_a_missing_one_once() {
+    let check = |dir: &std::path::Path| {
+        std::process::Command::new(sessiond_tests::bin("sessiond"))
+            .arg("check")
+            .arg("--state-dir")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let missing = check(std::path::Path::new("/nonexistent/state"));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("no such directory").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/state"), "{err}");
+
+    let mut d = Daemon::start_local(&[]);
+    d.client()
+        .create("job", sessiond_client::CreateOptions::default())
+        .unwrap();
+    let served = check(&d.state);
+    let err = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("serves state directory") && err.contains(&format!("pid {}", d.pid())),
+        "{err}"
+    );
+    // --live checks it anyway, and says so.
+    let live = std::process::Command::new(sessiond_tests::bin("sessiond"))
+        .args(["check", "--live", "--state-dir"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&live.stdout);
+    assert!(live.status.success(), "{out}");
+    assert!(out.contains("note (--live)"), "{out}");
+    d.stop();
+    let stopped = check(&d.state);
+    assert!(
+        stopped.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&stopped.stdout),
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+}
