@@ -33,7 +33,7 @@ pub fn session_name(name: &str) -> Result<(), WireError> {
     }
     if !bytes[0].is_ascii_alphanumeric() {
         return Err(WireError::invalid(format!(
-            "session name {name:?} must start with a letter or digit"
+            "session name {name:?} must start with an ASCII letter or digit (then ASCII letters, digits, '.', '_' or '-')"
         )));
     }
     if let Some(bad) = bytes

@@ -355,3 +355,39 @@ fn watch_prints_one_json_line_per_event() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn help_speaks_of_sessionctl_and_messages_name_what_to_type() {
+    let d = Daemon::start();
+    let bare = std::process::Command::new(sessiond_tests::bin("sessionctl"))
+        .env_remove("SESSIOND_SOCKET")
+        .output()
+        .unwrap();
+    let h = d.ctl(&["-h"]);
+    for text in [
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&bare.stdout),
+            String::from_utf8_lossy(&bare.stderr)
+        ),
+        format!("{}{}", h.text(), h.stderr),
+    ] {
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.contains("Talk to sessiond"), "{text}");
+        assert!(!text.contains("Client library"), "{text}");
+        assert!(
+            text.contains("Examples:") && text.contains("sessionctl resume"),
+            "{text}"
+        );
+    }
+    let r = d.ctl(&["create", "é"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ASCII letter or digit"), "{}", r.stderr);
+    // A live owner: the message names the flag that takes the session over.
+    let owner = Owner::spawn();
+    let pid = owner.pid().to_string();
+    d.ctl(&["create", "job", "--owner-pid", &pid]).ok();
+    let r = d.ctl(&["resume", "job"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+}

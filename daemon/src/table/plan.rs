@@ -440,7 +440,7 @@ impl SessionTable {
                 return Err(WireError {
                     kind: ErrorKind::OwnerAlive,
                     message: format!(
-                        "session {:?} is active and its owner ({whose}) is alive; use force to take it over",
+                        "session {:?} is active and its owner ({whose}) is alive; resume with force to take it over (sessionctl resume --force)",
                         key.name
                     ),
                     owner_pid: Some(current.pid),

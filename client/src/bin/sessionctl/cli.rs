@@ -14,9 +14,8 @@ use sessiond_client::Status;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about,
-    long_about,
-    after_help = "Exit codes: 0 ok, 2 usage, 3 not found, 4 already exists, 5 owner alive / fenced / conflict / session closed, 6 daemon unreachable, 1 other."
+    arg_required_else_help = true,
+    after_help = "Examples:\n  sessionctl create nightly-import --keep 5      a session owned by this shell\n  tar c state/ | sessionctl checkpoint nightly-import\n  sessionctl resume nightly-import > state.tar    take it over after a crash\n  sessionctl get nightly-import --number 3        a checkpoint, without taking it\n  sessionctl list --status stale                  what needs resuming\n  sessionctl history nightly-import\n  sessionctl --json watch                         events as they happen\n  sessionctl stats\n(each verb's --help has its own examples)\n\nExit codes: 0 ok, 2 usage, 3 not found, 4 already exists, 5 owner alive / fenced / conflict / session closed, 6 daemon unreachable, 1 other."
 )]
 pub struct Cli {
     /// Socket path of the daemon.
@@ -42,6 +41,7 @@ pub enum Verb {
         after_help = "Example:\n  sessionctl create nightly-import --keep 5 --meta team=data"
     )]
     Create {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// Owner process instead of the caller's parent (a live process of yours).
         #[arg(long, conflicts_with = "detached")]
@@ -61,10 +61,12 @@ pub enum Verb {
         after_help = "Examples:\n  tar c state/ | sessionctl checkpoint nightly-import --meta step=3\n  sessionctl checkpoint nightly-import --file state.json --expect 2"
     )]
     Checkpoint {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// Read the payload from this file instead of stdin.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// The checkpoint's metadata, repeatable.
         #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
         meta: Vec<(String, String)>,
         /// Only if the latest checkpoint is this number (0: none yet); else exit 5.
@@ -83,7 +85,9 @@ pub enum Verb {
         after_help = "Example:\n  sessionctl resume nightly-import --output state.json || exit\n  sessionctl resume nightly-import --force > state.json"
     )]
     Resume {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
+        /// Owner process instead of the caller's parent (a live process of yours).
         #[arg(long)]
         owner_pid: Option<u32>,
         /// Take it even from a live owner (its later writes are fenced).
@@ -98,25 +102,34 @@ pub enum Verb {
         after_help = "Example:\n  sessionctl get nightly-import --number 3 --output step3.bin"
     )]
     Get {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
+        /// This checkpoint instead of the latest intact one.
         #[arg(long, conflicts_with = "key")]
         number: Option<u64>,
         /// The checkpoint with this key.
         #[arg(long)]
         key: Option<String>,
+        /// Write the payload here instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
     },
     /// Show a session.
     #[command(after_help = "Example:\n  sessionctl show nightly-import")]
-    Show { name: String },
+    Show {
+        /// The session's name.
+        name: String,
+    },
     /// List sessions.
     #[command(
         after_help = "Examples:\n  sessionctl list --status stale\n  sessionctl --json list --meta team=data"
     )]
     List {
+        /// Only sessions in this status (active, stale, paused, completed, failed,
+        /// cancelled).
         #[arg(long)]
         status: Option<Status>,
+        /// Only sessions whose meta has this pair (all given pairs), repeatable.
         #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
         meta: Vec<(String, String)>,
         /// Root only: every user's sessions.
@@ -137,6 +150,7 @@ pub enum Verb {
         after_help = "Examples:\n  sessionctl history nightly-import\n  sessionctl history agent-7 --meta source=loop --reverse --limit 10\n  sessionctl history agent-7 --before-key step-12"
     )]
     History {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// Only checkpoints whose meta has this pair, repeatable.
         #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
@@ -162,28 +176,43 @@ pub enum Verb {
     },
     /// Pause a session (it has no owner then, and never goes stale).
     #[command(after_help = "Example:\n  sessionctl pause nightly-import")]
-    Pause { name: String },
+    Pause {
+        /// The session's name.
+        name: String,
+    },
     /// Mark a session completed.
     #[command(after_help = "Example:\n  sessionctl complete nightly-import")]
-    Complete { name: String },
+    Complete {
+        /// The session's name.
+        name: String,
+    },
     /// Mark a session failed.
     #[command(after_help = "Example:\n  sessionctl fail nightly-import --error 'disk full'")]
     Fail {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
+        /// What went wrong, kept with the session.
         #[arg(long)]
         error: Option<String>,
     },
     /// Mark a session cancelled.
     #[command(after_help = "Example:\n  sessionctl cancel nightly-import")]
-    Cancel { name: String },
+    Cancel {
+        /// The session's name.
+        name: String,
+    },
     /// Delete a session and its checkpoints (succeeds if it does not exist).
     #[command(after_help = "Example:\n  sessionctl delete nightly-import")]
-    Delete { name: String },
+    Delete {
+        /// The session's name.
+        name: String,
+    },
     /// Delete some checkpoints of a session (numbers are never reused: the holes stay).
     #[command(
         after_help = "Examples:\n  sessionctl delete-checkpoints nightly-import --number 3 --number 4\n  sessionctl delete-checkpoints agent-7 --meta run=42"
     )]
     DeleteCheckpoints {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// This checkpoint, repeatable.
         #[arg(long = "number", value_name = "N")]
@@ -201,6 +230,7 @@ pub enum Verb {
         after_help = "Example:\n  echo '{\"tool\":\"search\"}' | sessionctl attach agent-7 --key step-3 --attach-key task-1"
     )]
     Attach {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// The checkpoint, by number.
         #[arg(long, conflicts_with = "key", required_unless_present = "key")]
@@ -211,8 +241,10 @@ pub enum Verb {
         /// The attachment's name, unique per checkpoint.
         #[arg(long)]
         attach_key: String,
+        /// Read the payload from this file instead of stdin.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// The attachment's metadata, repeatable.
         #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
         meta: Vec<(String, String)>,
         /// Replace what is attached under this key.
@@ -229,12 +261,14 @@ pub enum Verb {
         after_help = "Example:\n  printf '%s\\n' '{\"op\":\"create\",\"name\":\"a\",\"detached\":true}' '{\"op\":\"checkpoint\",\"name\":\"a\",\"payload_b64\":\"aGk=\"}' | sessionctl batch"
     )]
     Batch {
+        /// Read the ops from this file instead of stdin.
         #[arg(long)]
         file: Option<PathBuf>,
     },
     /// Keep only a session's newest checkpoints, now (its keep setting stays).
     #[command(after_help = "Example:\n  sessionctl prune nightly-import --keep 1")]
     Prune {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// How many to keep (0: none).
         #[arg(long)]
@@ -243,6 +277,7 @@ pub enum Verb {
     /// Copy a session: a new session holding its checkpoints, keys and attachments.
     #[command(after_help = "Example:\n  sessionctl copy nightly-import nightly-import-try2")]
     Copy {
+        /// The session's name (1-128 ASCII letters, digits, '.', '_', '-').
         name: String,
         /// The new session's name (it must not exist).
         to: String,
@@ -252,7 +287,10 @@ pub enum Verb {
     },
     /// Print events as they happen (all your sessions, or one).
     #[command(after_help = "Example:\n  sessionctl --json watch nightly-import")]
-    Watch { name: Option<String> },
+    Watch {
+        /// Only this session's events (default: every session of yours).
+        name: Option<String>,
+    },
     /// Print the daemon's counters.
     #[command(after_help = "Example:\n  sessionctl stats")]
     Stats,
