@@ -333,6 +333,7 @@ fn watch_prints_one_json_line_per_event() {
             "w",
         ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until the watch is registered: a stats poll shows its connection.
@@ -352,6 +353,14 @@ fn watch_prints_one_json_line_per_event() {
         kinds.push(v["event"].as_str().unwrap().to_string());
     }
     assert_eq!(kinds, ["created", "checkpointed", "deleted"]);
+    // The daemon stops: the watch says so and exits 6 (daemon unreachable), not 0.
+    let mut d = d;
+    d.stop();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(err.contains("closed the watch"), "{err}");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -402,7 +402,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            Ok(())
+            // The stream ends only when the daemon goes away: a script must be able to tell.
+            Err(Error::Disconnected(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the daemon closed the watch (it stopped or restarted); run watch again to follow it",
+            ))
+            .into())
         }
         Verb::Stats => {
             let s = c.stats()?;
