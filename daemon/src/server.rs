@@ -211,15 +211,24 @@ async fn check_owners_at_start(
 }
 
 /// Binds the socket, replacing a leftover file only if no daemon answers on it.
+/// Another daemon answers on `path`.
+fn refuse_a_live_socket(path: &Path) -> Result<(), StartError> {
+    if std::fs::symlink_metadata(path).is_ok()
+        && std::os::unix::net::UnixStream::connect(path).is_ok()
+    {
+        return Err(StartError::SocketInUse(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 fn bind(cfg: &Config) -> Result<Listener, StartError> {
     let path = &cfg.socket;
     if let Some(parent) = path.parent() {
         ensure_private_dir(parent)?;
     }
+    // Again here: another daemon may have started meanwhile.
+    refuse_a_live_socket(path)?;
     if std::fs::symlink_metadata(path).is_ok() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(StartError::SocketInUse(path.clone()));
-        }
         tracing::info!(socket = %path.display(), "replacing a stale socket file");
     }
     let name = path
@@ -284,6 +293,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), StartError> {
+    // A daemon already answering on the socket: refused before anything is made on disk.
+    if matches!(listen, Listen::Bind) {
+        refuse_a_live_socket(&cfg.socket)?;
+    }
     ensure_private_dir(&cfg.state_dir)?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
     let open_cfg = cfg.clone();

@@ -27,12 +27,19 @@ fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_it_alone() {
     let d = Daemon::start();
-    let mut second = d.command_for(&d.socket, &d.dir.path().join("other-state"));
+    let other = d.dir.path().join("other-state");
+    let mut second = d.command_for(&d.socket, &other);
     let out = second.stdin(Stdio::null()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already listening on"), "{err}");
     d.client().ping().unwrap();
+    // Refused before anything was made on disk.
+    assert!(
+        !other.exists(),
+        "the refused daemon made {}",
+        other.display()
+    );
 }
 
 #[test]
