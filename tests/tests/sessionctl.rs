@@ -221,6 +221,25 @@ fn list_filters_and_human_output() {
             .any(|l| l.starts_with("c ") && l.contains("paused")),
         "{table}"
     );
+    // Every user's sessions (root only): whose each is.
+    if nix::unistd::geteuid().is_root() {
+        let all = d.ctl(&["list", "--all-users"]).ok().text();
+        let head: Vec<&str> = all
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(head.first(), Some(&"UID"), "{all}");
+        assert!(
+            all.lines()
+                .skip(1)
+                .all(|l| l.split_whitespace().next() == Some("0")),
+            "{all}"
+        );
+    } else {
+        assert_eq!(d.ctl(&["list", "--all-users"]).code, 1);
+    }
     let block = d.ctl(&["show", "a"]).ok().text();
     assert!(
         block.contains("status:      active") && block.contains("meta:        team=blue"),

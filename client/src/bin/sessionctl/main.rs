@@ -257,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 after,
                 limit,
             })?;
-            print_sessions(&list, out)
+            print_sessions(&list, out, all_users)
         }
         Verb::History {
             name,

@@ -173,25 +173,38 @@ pub fn event_text(e: &Event) -> String {
     parts.join(" ")
 }
 
-pub fn print_sessions(list: &[SessionInfo], out: Output) -> anyhow::Result<()> {
+/// Sessions as a table; `all_users` adds whose each is (a UID column).
+pub fn print_sessions(list: &[SessionInfo], out: Output, all_users: bool) -> anyhow::Result<()> {
     if out.json {
         return print_json(&Value::Array(list.iter().map(session_json).collect()));
     }
-    let mut rows = vec![[
+    let mut head = vec![
         "NAME", "STATUS", "OWNER", "EPOCH", "LATEST", "KEPT", "UPDATED",
-    ]
-    .map(String::from)
-    .to_vec()];
+    ];
+    if all_users {
+        head.insert(0, "UID");
+    }
+    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
     for s in list {
-        rows.push(vec![
+        // An owner on another host (a shared store) as pid@host.
+        let owner = match (s.owner_pid, &s.owner_host) {
+            (Some(p), Some(h)) => format!("{p}@{h}"),
+            (Some(p), None) => p.to_string(),
+            (None, _) => "-".into(),
+        };
+        let mut row = vec![
             s.name.clone(),
             s.status.to_string(),
-            s.owner_pid.map_or("-".into(), |p| p.to_string()),
+            owner,
             s.epoch.to_string(),
             s.latest_checkpoint.map_or("-".into(), |n| n.to_string()),
             s.checkpoint_count.to_string(),
             local_time(s.updated_at),
-        ]);
+        ];
+        if all_users {
+            row.insert(0, s.uid.to_string());
+        }
+        rows.push(row);
     }
     print_table(&rows);
     Ok(())
