@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need and is missing
 # (Debian packages: systemd's tools for the service tests, libfiu's for the fault-injection
-# tests; as root, or through sudo; a Python virtualenv with the pinned test requirements),
+# tests, socat for README's JSON-lines example; as root, or through sudo; a Python
+# virtualenv with the pinned test requirements),
 # then runs every test: unit, protocol, end-to-end against the real binaries, crash torture,
 # fault injection, and python/tests (the Python client, LangGraph's conformance suite, a
 # graph killed mid-run) against the binaries just built; then the store-agnostic end-to-end
@@ -18,6 +19,7 @@ if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activa
   need+=(systemd)
 fi
 command -v fiu-run >/dev/null || need+=(fiu-utils)
+command -v socat >/dev/null || need+=(socat)
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi

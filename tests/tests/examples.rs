@@ -142,3 +142,114 @@ fn the_rust_example_runs_and_resumes() {
         Status::Completed
     );
 }
+
+/// The console blocks of README's "JSON lines on the socket": each command (after `$ `, with
+/// its continuation lines) and the output lines after it.
+fn readme_json_examples() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let section = readme
+        .split("## JSON lines on the socket")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a JSON lines section");
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for block in section.split("```console\n").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        let mut continuing = false;
+        for line in block.lines() {
+            if let Some(cmd) = line.strip_prefix("$ ") {
+                out.push((cmd.to_string(), Vec::new()));
+                continuing = cmd.ends_with('\\');
+            } else if continuing {
+                let last = out.last_mut().unwrap();
+                last.0.push('\n');
+                last.0.push_str(line);
+                continuing = line.ends_with('\\');
+            } else if let Some(last) = out.last_mut() {
+                last.1.push(line.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A reply line as README shows it: `...` stands for anything.
+fn matches_shown(shown: &str, got: &str) -> bool {
+    let parts: Vec<&str> = shown.split("...").collect();
+    let mut at = 0;
+    for (i, part) in parts.iter().enumerate() {
+        match got[at..].find(part) {
+            Some(p) if i > 0 || p == 0 => at += p + part.len(),
+            _ => return false,
+        }
+    }
+    parts.len() > 1 || at == got.len()
+}
+
+#[test]
+fn readmes_json_lines_examples_run_as_written() {
+    assert!(
+        Command::new("sh")
+            .args(["-c", "command -v socat"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "README's JSON-lines example needs socat (Debian package socat; scripts/test.sh installs it)"
+    );
+    let d = Daemon::start();
+    let examples = readme_json_examples();
+    assert!(examples.len() >= 4, "{examples:?}");
+    // One shell runs them all, as a reader would, with this daemon's socket and the
+    // sessionctl just built on the PATH; each command's output is marked off.
+    let mut script = String::from("set -e\n");
+    for (i, (cmd, _)) in examples.iter().enumerate() {
+        script.push_str(cmd);
+        script.push_str(&format!("\necho '--- {i}'\n"));
+    }
+    let path = format!(
+        "{}:{}",
+        bin("sessionctl").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .env("SESSIOND_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut outputs: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in stdout.lines() {
+        if line.starts_with("--- ") {
+            outputs.push(Vec::new());
+        } else if let Some(last) = outputs.last_mut() {
+            last.push(line);
+        }
+    }
+    for (i, (cmd, shown)) in examples.iter().enumerate() {
+        let got = &outputs[i];
+        if shown.is_empty() {
+            // No output shown: every reply is a success.
+            assert!(
+                got.iter().all(|l| l.contains("\"ok\":true")),
+                "{cmd}: {got:?}"
+            );
+            continue;
+        }
+        assert_eq!(got.len(), shown.len(), "{cmd}: {got:?}");
+        for (s, g) in shown.iter().zip(got) {
+            assert!(matches_shown(s, g), "{cmd}:\n shown {s}\n   got {g}");
+        }
+    }
+    // The session the example made is detached: it stays active after socat has gone.
+    assert_eq!(d.client().show("job-1").unwrap().status, Status::Active);
+    assert_eq!(d.client().show("job-1").unwrap().owner_pid, None);
+}

@@ -297,6 +297,10 @@ pub enum Verb {
     /// Check the daemon answers.
     #[command(after_help = "Example:\n  sessionctl ping")]
     Ping,
+    /// Print the socket path sessionctl uses (--socket, else $SESSIOND_SOCKET, else the
+    /// default the daemon uses too), for scripts that talk to the socket themselves.
+    #[command(after_help = "Example:\n  socat - UNIX-CONNECT:\"$(sessionctl socket)\"")]
+    Socket,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

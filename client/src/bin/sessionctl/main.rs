@@ -53,7 +53,7 @@ fn verb_session(v: &Verb) -> Option<&str> {
         | Verb::Cancel { name }
         | Verb::Delete { name } => Some(name),
         Verb::Watch { name } => name.as_deref(),
-        Verb::List { .. } | Verb::Batch { .. } | Verb::Stats | Verb::Ping => None,
+        Verb::List { .. } | Verb::Batch { .. } | Verb::Stats | Verb::Ping | Verb::Socket => None,
     }
 }
 
@@ -120,6 +120,11 @@ fn meta(pairs: Vec<(String, String)>) -> Meta {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = sessiond_proto::paths::socket_path(cli.socket.clone());
+    if let Verb::Socket = cli.verb {
+        // No daemon needed: where this sessionctl (and the daemon's default) would look.
+        println!("{}", socket.display());
+        return Ok(());
+    }
     let mut c = Client::connect(&socket)?;
     c.act_as_uid(cli.uid);
     let out = Output { json: cli.json };
@@ -457,6 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Verb::Socket => Ok(()),
         Verb::Ping => {
             let (version, protocol) = c.ping()?;
             if out.json {
