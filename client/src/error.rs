@@ -8,7 +8,7 @@ use sessiond_proto::{ErrorKind, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to sessiond at {}: {error} (is the daemon running? start it with `sessiond`)", path.display())]
+    #[error("cannot connect to sessiond at {}: {error}{}", path.display(), connect_hint(error))]
     Connect {
         path: PathBuf,
         error: std::io::Error,
@@ -130,5 +130,17 @@ pub(crate) fn refusal(message: &[u8]) -> Error {
     match text.split_once(':') {
         Some(("unavailable", _)) => Error::Unavailable(text),
         _ => Error::UnsupportedVersion(text),
+    }
+}
+
+/// What to do about a failed connection.
+fn connect_hint(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            " (this user, uid {}, may not connect: the daemon's --socket-mode, or --socket-group, \
+             sets who may, and every directory above the socket must let this user through)",
+            sessiond_proto::paths::euid()
+        ),
+        _ => " (is the daemon running? start it with `sessiond`)".into(),
     }
 }

@@ -142,6 +142,11 @@ settings! {
     /// connect; 666 for a system-wide daemon, where the UID check isolates users].
     socket_mode: Mode => u32, env "SESSIOND_SOCKET_MODE", default 0o600, AtRestart;
 
+    /// A group to give the socket (and its directory, when the daemon's own) to, so that with
+    /// --socket-mode 660 its members may connect [default: none, the daemon's own group].
+    socket_group: String => Option<String>, env "SESSIOND_SOCKET_GROUP", default None, AtRestart,
+        check |v| match v { Some(g) if g.is_empty() => Err("must not be empty".into()), _ => Ok(()) };
+
     /// Largest checkpoint payload accepted, in bytes; larger ones get `too_large`
     /// [default: 67108864 (64 MiB), at most 1 GiB].
     max_checkpoint_bytes: u64 => u64, env "SESSIOND_MAX_CHECKPOINT_BYTES", default 64 * MIB,

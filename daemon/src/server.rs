@@ -221,10 +221,65 @@ fn refuse_a_live_socket(path: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The mode of the socket's directory for a socket of `socket_mode`: whoever may connect may
+/// also reach the socket (search permission for them), nothing more.
+fn socket_dir_mode(socket_mode: u32) -> u32 {
+    let group = if socket_mode & 0o060 != 0 { 0o050 } else { 0 };
+    let other = if socket_mode & 0o006 != 0 { 0o005 } else { 0 };
+    0o700 | group | other
+}
+
+/// Makes the socket's directory (if missing) and gives it the mode the socket needs, when it
+/// is this daemon's own; warns when a directory of another's keeps out whom the socket lets in.
+fn prepare_socket_dir(dir: &Path, socket_mode: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::MetadataExt;
+    ensure_private_dir(dir)?;
+    let want = socket_dir_mode(socket_mode);
+    let meta = std::fs::metadata(dir)
+        .map_err(io_err(format!("cannot read the mode of {}", dir.display())))?;
+    let have = meta.mode() & 0o777;
+    if have & want == want {
+        return Ok(());
+    }
+    if meta.uid() == nix::unistd::geteuid().as_raw() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(have | want))
+            .map_err(io_err(format!("cannot set the mode of {}", dir.display())))?;
+    } else {
+        tracing::warn!(dir = %dir.display(), mode = format!("{have:o}"), socket_mode = format!("{socket_mode:o}"),
+            "the socket's directory is not this daemon's and keeps out users the socket mode lets in");
+    }
+    Ok(())
+}
+
+/// Gives `path` to `group` (a name or a number).
+fn give_to_group(path: &Path, group: &str) -> Result<(), StartError> {
+    let gid = match group.parse::<u32>() {
+        Ok(n) => nix::unistd::Gid::from_raw(n),
+        Err(_) => match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => g.gid,
+            Ok(None) => {
+                return Err(io_err(format!("socket_group {group:?}"))(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no such group",
+                )))
+            }
+            Err(e) => {
+                return Err(io_err(format!("cannot look up group {group:?}"))(e.into()));
+            }
+        },
+    };
+    nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
+        io_err(format!(
+            "cannot give {} to group {group:?} (the daemon must be root or a member)",
+            path.display()
+        ))(e.into())
+    })
+}
+
 fn bind(cfg: &Config) -> Result<Listener, StartError> {
     let path = &cfg.socket;
     if let Some(parent) = path.parent() {
-        ensure_private_dir(parent)?;
+        prepare_socket_dir(parent, cfg.socket_mode)?;
     }
     // Again here: another daemon may have started meanwhile.
     refuse_a_live_socket(path)?;
@@ -243,6 +298,17 @@ fn bind(cfg: &Config) -> Result<Listener, StartError> {
         .map_err(io_err(format!("cannot listen on {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
         .map_err(io_err(format!("cannot set the mode of {}", path.display())))?;
+    if let Some(group) = &cfg.socket_group {
+        give_to_group(path, group)?;
+        if let Some(parent) = path.parent() {
+            use std::os::unix::fs::MetadataExt;
+            let ours =
+                std::fs::metadata(parent).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+            if ours {
+                give_to_group(parent, group)?;
+            }
+        }
+    }
     Ok(listener)
 }
 

@@ -16,6 +16,11 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     )
 }
 
+/// This process's effective UID (for messages).
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 /// The state directory: explicit, else `$SESSIOND_STATE_DIR`, `$STATE_DIRECTORY` (systemd),
 /// else the per-user default. `None` when no home directory can be found.
 pub fn state_dir(explicit: Option<PathBuf>) -> Option<PathBuf> {

@@ -26,11 +26,27 @@ fn shared_daemon() -> Daemon {
     daemon_in_open_dir(&["--socket-mode", "666"])
 }
 
+/// The built sessionctl, copied where nobody can run it from (the checkout may be in a
+/// directory other users cannot enter, as root's home is).
+fn sessionctl_for_nobody() -> std::path::PathBuf {
+    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sessiond-isolation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("sessionctl");
+        std::fs::copy(bin("sessionctl"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
+}
+
 /// `sessionctl` as nobody, from a shell of nobody's (the shell owns what it creates).
 fn as_nobody(d: &Daemon, args: &str) -> Ctl {
     let script = format!(
         "{} --socket {} {args}",
-        bin("sessionctl").display(),
+        sessionctl_for_nobody().display(),
         d.socket.display()
     );
     let out = Command::new("setpriv")
@@ -52,18 +68,17 @@ fn as_nobody(d: &Daemon, args: &str) -> Ctl {
 }
 
 fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: needs root to run a client as another user (CI runs as root)");
-    false
+    // Not a silent pass: these tests need to run a client as another user.
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs a client as another user (nobody, through setpriv): run it as root (CI does)"
+    );
+    true
 }
 
 #[test]
 fn another_user_cannot_see_read_change_or_delete_my_sessions() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = shared_daemon();
     let mut c = d.client();
     c.create_keep("secret", Some(0)).unwrap();
@@ -140,9 +155,7 @@ fn another_user_cannot_see_read_change_or_delete_my_sessions() {
 
 #[test]
 fn a_named_owner_must_belong_to_the_caller() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = shared_daemon();
     // nobody names a root process (this test) as owner.
     let r = as_nobody(&d, &format!("create x --owner-pid {}", std::process::id()));
@@ -152,9 +165,7 @@ fn a_named_owner_must_belong_to_the_caller() {
 
 #[test]
 fn the_default_socket_mode_keeps_other_users_out() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // The directory is open: only the socket's own mode keeps nobody out.
     let d = daemon_in_open_dir(&[]);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
@@ -162,19 +173,64 @@ fn the_default_socket_mode_keeps_other_users_out() {
     let r = as_nobody(&d, "ping");
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert!(r.stderr.contains("ermission denied"), "{}", r.stderr);
+    // The message says who was refused and what decides it, not "is the daemon running?".
+    assert!(
+        r.stderr.contains("may not connect") && r.stderr.contains("--socket-mode"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("is the daemon running"), "{}", r.stderr);
+}
+
+#[test]
+fn the_socket_directory_the_daemon_makes_follows_the_socket_mode() {
+    require_root();
+    // Only the test's directory is opened; the daemon makes the socket's own.
+    let mut d = Daemon::prepare(&["--socket-mode", "666"]);
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.restart();
+    let dir = d.socket.parent().unwrap();
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "{}", dir.display());
+    let r = as_nobody(&d, "ping");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_socket_group_lets_its_members_in_and_no_one_else() {
+    require_root();
+    let d = daemon_in_open_dir(&["--socket-mode", "660", "--socket-group", "nogroup"]);
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&d.socket).unwrap().gid(),
+        nogroup.as_raw()
+    );
+    // nobody in group nogroup: in.
+    let r = as_nobody(&d, "ping");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // nobody in another group: out.
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=daemon", "--clear-groups"])
+        .arg(sessionctl_for_nobody())
+        .args(["--socket", d.socket.to_str().unwrap(), "ping"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(6));
 }
 
 #[test]
 fn sessionctl_run_as_a_user_none_of_whose_processes_is_above_it_creates_without_an_owner() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = shared_daemon();
     // As `sudo -u nobody sessionctl create ...` runs it: its parent (here this test, root's)
     // is another user's, and so is every ancestor.
     let out = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(bin("sessionctl"))
+        .arg(sessionctl_for_nobody())
         .args([
             "--socket",
             d.socket.to_str().unwrap(),
