@@ -51,6 +51,7 @@ impl Client {
     }
 
     fn open(core: Connection, version: u32) -> Result<Self> {
+        core.check_trusted()?;
         let stream = UnixStream::connect(&core.path).map_err(|e| core.connect_error(e))?;
         let mut c = Client {
             core,

@@ -36,6 +36,16 @@ impl Connection {
         }
     }
 
+    /// Refuses a socket whose directory another user could swap it in.
+    pub fn check_trusted(&self) -> Result<()> {
+        sessiond_proto::paths::check_socket_dir(&self.path).map_err(|reason| {
+            Error::UntrustedSocket {
+                path: self.path.clone(),
+                reason,
+            }
+        })
+    }
+
     pub fn connect_error(&self, error: std::io::Error) -> Error {
         Error::Connect {
             path: self.path.clone(),

@@ -13,6 +13,10 @@ pub enum Error {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// The socket's directory could be another user's to swap the socket in (see
+    /// `sessiond_proto::paths::check_socket_dir`): nothing is sent there.
+    #[error("{reason}")]
+    UntrustedSocket { path: PathBuf, reason: String },
     #[error("lost the connection to sessiond: {0} (the daemon may have restarted; reconnect)")]
     Disconnected(std::io::Error),
     #[error("sessiond did not answer within {0:?}")]
@@ -102,6 +106,7 @@ impl Error {
             Error::Internal(_) => ErrorKind::Internal,
             Error::Batch { source, .. } => return source.kind(),
             Error::Connect { .. }
+            | Error::UntrustedSocket { .. }
             | Error::Disconnected(_)
             | Error::Timeout(_)
             | Error::Protocol(_) => return None,
@@ -118,7 +123,10 @@ impl Error {
 
     /// The daemon could not be reached (or was lost): worth a reconnect.
     pub fn is_connection(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::Disconnected(_))
+        matches!(
+            self,
+            Error::Connect { .. } | Error::UntrustedSocket { .. } | Error::Disconnected(_)
+        )
     }
 }
 

@@ -47,6 +47,7 @@ impl AsyncClient {
     }
 
     async fn open(core: Connection, version: u32) -> Result<Self> {
+        core.check_trusted()?;
         let stream = UnixStream::connect(&core.path)
             .await
             .map_err(|e| core.connect_error(e))?;

@@ -55,6 +55,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("a sessiond is already listening on {0}; stop it or choose another --socket")]
     SocketInUse(PathBuf),
+    #[error("{0}")]
+    UntrustedSocketDir(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     #[error(
@@ -359,8 +361,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), StartError> {
-    // A daemon already answering on the socket: refused before anything is made on disk.
+    // A socket directory another user could swap the socket in, or a daemon already
+    // answering on the socket: refused before anything is made on disk.
     if matches!(listen, Listen::Bind) {
+        sessiond_proto::paths::check_socket_dir(&cfg.socket)
+            .map_err(StartError::UntrustedSocketDir)?;
         refuse_a_live_socket(&cfg.socket)?;
     }
     ensure_private_dir(&cfg.state_dir)?;

@@ -1,7 +1,7 @@
 //! Where the socket and the state directory are, resolved the same way by daemon and clients.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
 pub const STATE_DIR_ENV: &str = "SESSIOND_STATE_DIR";
@@ -14,6 +14,41 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
         &|k| std::env::var_os(k),
         nix::unistd::geteuid().as_raw(),
     )
+}
+
+/// Whether the directory holding `socket` can be trusted not to have the socket swapped under
+/// us, as tmux and ssh-agent check theirs: it must not be writable by other users (unless
+/// sticky, as /tmp), and it must belong to this user or root, or sit in a directory only
+/// root can write (a service's directory under /run, made by systemd for its user). A
+/// directory that does not exist yet is fine (the daemon makes it, private).
+pub fn check_socket_dir(socket: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let (uid, mode, me) = (meta.uid(), meta.mode() & 0o7777, euid());
+    let others_write = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    if others_write {
+        return Err(format!(
+            "refusing the socket directory {}: other users may write to it (mode {mode:o}, owner uid {uid}), so the socket in it could be swapped; make it 0700 and yours, or choose another --socket",
+            dir.display()
+        ));
+    }
+    let made_by_root = || {
+        dir.parent()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|p| p.uid() == 0 && p.mode() & 0o022 == 0)
+    };
+    if uid != me && uid != 0 && !made_by_root() {
+        return Err(format!(
+            "refusing the socket directory {}: it belongs to uid {uid}, not to you (uid {me}) nor root (mode {mode:o}), so its owner could swap the socket; remove it or choose another --socket",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// This process's effective UID (for messages).

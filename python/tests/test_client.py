@@ -215,3 +215,28 @@ def test_ping_and_stats(client: sessiond.Client) -> None:
     assert stats.sessions == 1 and stats.checkpoints_written >= 1
     assert stats.store["degraded"] is False
     wait_until("a connection to show", lambda: client.stats().connections >= 1)
+
+
+def test_a_socket_directory_others_could_swap_the_socket_in_is_refused() -> None:
+    import asyncio
+    import shutil
+    import tempfile
+
+    from sessiond.aio import AsyncClient
+
+    # Writable by every user and not sticky: whoever can write there could swap the socket.
+    shared = tempfile.mkdtemp(prefix="sessiond-open-", dir="/tmp")
+    try:
+        os.chmod(shared, 0o777)
+        path = os.path.join(shared, "sessiond.sock")
+        with pytest.raises(sessiond.ConnectionFailed, match="other users may write to it"):
+            sessiond.Client(path).ping()
+
+        async def ping() -> None:
+            async with AsyncClient(path) as c:
+                await c.ping()
+
+        with pytest.raises(sessiond.ConnectionFailed, match="other users may write to it"):
+            asyncio.run(ping())
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

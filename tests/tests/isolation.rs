@@ -249,3 +249,50 @@ fn sessionctl_run_as_a_user_none_of_whose_processes_is_above_it_creates_without_
     let v = as_nobody(&d, "--json create job2").ok().json();
     assert!(v["owner_pid"].as_u64().is_some(), "{v}");
 }
+
+#[test]
+fn a_socket_directory_another_user_could_swap_the_socket_in_is_refused_by_daemon_and_client() {
+    require_root();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    // As a squatter would leave it: in /tmp, before the victim's daemon made it.
+    let squat = std::env::temp_dir().join(format!("sessiond-squat-{}", std::process::id()));
+    let open = std::env::temp_dir().join(format!("sessiond-open-{}", std::process::id()));
+    for dir in [&squat, &open] {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir(dir).unwrap();
+    }
+    nix::unistd::chown(&squat, Some(nobody), None).unwrap();
+    std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = Daemon::prepare(&[]);
+    for (dir, why) in [
+        (&squat, format!("belongs to uid {nobody}")),
+        (&open, "other users may write to it".to_string()),
+    ] {
+        let state = d.dir.path().join("state-refused");
+        let out = d
+            .command_for(&dir.join("sessiond.sock"), &state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&why) && err.contains(dir.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!state.exists(), "the refused daemon made its state directory");
+        // The client will not talk to a socket there either.
+        let out = Command::new(bin("sessionctl"))
+            .arg("--socket")
+            .arg(dir.join("sessiond.sock"))
+            .arg("ping")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{err}");
+        assert!(err.contains(&why), "{err}");
+    }
+    for dir in [&squat, &open] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

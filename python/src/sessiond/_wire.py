@@ -32,6 +32,38 @@ def default_socket() -> str:
     return f"/tmp/sessiond-{os.geteuid()}/sessiond.sock"
 
 
+def untrusted_socket_dir(path: str) -> str | None:
+    """Why the directory holding the socket ``path`` cannot be trusted (another user could
+    swap the socket in it), as the daemon and the Rust clients check it; ``None`` if it can."""
+    directory = os.path.dirname(path)
+    if not directory:
+        return None
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    mode, uid, me = st.st_mode & 0o7777, st.st_uid, os.geteuid()
+    if mode & 0o022 and not mode & 0o1000:
+        return (
+            f"refusing the socket directory {directory}: other users may write to it "
+            f"(mode {mode:o}, owner uid {uid}), so the socket in it could be swapped; "
+            "make it 0700 and yours, or choose another socket"
+        )
+    if uid not in (me, 0):
+        try:
+            parent = os.stat(os.path.dirname(directory) or "/")
+            made_by_root = parent.st_uid == 0 and not parent.st_mode & 0o022
+        except OSError:
+            made_by_root = False
+        if not made_by_root:
+            return (
+                f"refusing the socket directory {directory}: it belongs to uid {uid}, not to "
+                f"you (uid {me}) nor root (mode {mode:o}), so its owner could swap the socket; "
+                "remove it or choose another socket"
+            )
+    return None
+
+
 def request_parts(op: Op[Any], request_id: int) -> list[Payload]:
     """What to send for ``op``: its line, then its payloads (small ones in the same buffer)."""
     fields = op.fields

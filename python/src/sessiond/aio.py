@@ -28,6 +28,9 @@ class _Connection:
 
     @classmethod
     async def open(cls, path: str) -> _Connection:
+        untrusted = _wire.untrusted_socket_dir(path)
+        if untrusted is not None:
+            raise ConnectionFailed(untrusted)
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=_LINE_LIMIT)
         except OSError as e:

@@ -26,6 +26,9 @@ class _Connection:
     """One JSON-lines connection: a request, then its reply."""
 
     def __init__(self, path: str, timeout: float | None) -> None:
+        untrusted = _wire.untrusted_socket_dir(path)
+        if untrusted is not None:
+            raise ConnectionFailed(untrusted)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(path)
