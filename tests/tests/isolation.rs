@@ -280,7 +280,10 @@ fn a_socket_directory_another_user_could_swap_the_socket_in_is_refused_by_daemon
             err.contains(&why) && err.contains(dir.to_str().unwrap()),
             "{err}"
         );
-        assert!(!state.exists(), "the refused daemon made its state directory");
+        assert!(
+            !state.exists(),
+            "the refused daemon made its state directory"
+        );
         // The client will not talk to a socket there either.
         let out = Command::new(bin("sessionctl"))
             .arg("--socket")
