@@ -419,3 +419,23 @@ fn help_speaks_of_sessionctl_and_messages_name_what_to_type() {
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_same_definitions() {
+    let d = Daemon::start();
+    for (shell, mark) in [
+        ("bash", "_sessionctl()"),
+        ("zsh", "#compdef sessionctl"),
+        ("fish", "complete -c sessionctl"),
+    ] {
+        let text = d.ctl(&["completions", shell]).ok().text();
+        assert!(text.contains(mark), "{shell}: {text}");
+        assert!(text.contains("delete-checkpoints"), "{shell} lacks a verb");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    d.ctl(&["man", "--dir", dir.path().to_str().unwrap()]).ok();
+    let top = std::fs::read_to_string(dir.path().join("sessionctl.1")).unwrap();
+    assert!(top.contains(".TH sessionctl 1"), "{top}");
+    let verb = std::fs::read_to_string(dir.path().join("sessionctl-checkpoint.1")).unwrap();
+    assert!(verb.contains("expect"), "{verb}");
+}

@@ -13,6 +13,7 @@ use sessiond_client::Status;
 /// asks for none: when the owner exits, the session goes stale.
 #[derive(Debug, Parser)]
 #[command(
+    name = "sessionctl",
     version,
     arg_required_else_help = true,
     after_help = "Examples:\n  sessionctl create nightly-import --keep 5      a session owned by this shell\n  tar c state/ | sessionctl checkpoint nightly-import\n  sessionctl resume nightly-import > state.tar    take it over after a crash\n  sessionctl get nightly-import --number 3        a checkpoint, without taking it\n  sessionctl list --status stale                  what needs resuming\n  sessionctl history nightly-import\n  sessionctl --json watch                         events as they happen\n  sessionctl stats\n(each verb's --help has its own examples)\n\nExit codes: 0 ok, 2 usage, 3 not found, 4 already exists, 5 owner alive / fenced / conflict / session closed, 6 daemon unreachable, 1 other."
@@ -297,6 +298,23 @@ pub enum Verb {
     /// Check the daemon answers.
     #[command(after_help = "Example:\n  sessionctl ping")]
     Ping,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(
+        after_help = "Examples:\n  sessionctl completions bash > /etc/bash_completion.d/sessionctl\n  sessionctl completions zsh > \"${fpath[1]}/_sessionctl\"\n  sessionctl completions fish > ~/.config/fish/completions/sessionctl.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (sessionctl.1 and one per verb) into a directory.
+    #[command(
+        after_help = "Example:\n  sessionctl man --dir target/man && man -l target/man/sessionctl.1"
+    )]
+    Man {
+        /// Where to write them (made if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the socket path sessionctl uses (--socket, else $SESSIOND_SOCKET, else the
     /// default the daemon uses too), for scripts that talk to the socket themselves.
     #[command(after_help = "Example:\n  socat - UNIX-CONNECT:\"$(sessionctl socket)\"")]

@@ -53,7 +53,13 @@ fn verb_session(v: &Verb) -> Option<&str> {
         | Verb::Cancel { name }
         | Verb::Delete { name } => Some(name),
         Verb::Watch { name } => name.as_deref(),
-        Verb::List { .. } | Verb::Batch { .. } | Verb::Stats | Verb::Ping | Verb::Socket => None,
+        Verb::List { .. }
+        | Verb::Batch { .. }
+        | Verb::Stats
+        | Verb::Ping
+        | Verb::Socket
+        | Verb::Completions { .. }
+        | Verb::Man { .. } => None,
     }
 }
 
@@ -119,11 +125,29 @@ fn meta(pairs: Vec<(String, String)>) -> Meta {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    use anyhow::Context;
     let socket = sessiond_proto::paths::socket_path(cli.socket.clone());
-    if let Verb::Socket = cli.verb {
-        // No daemon needed: where this sessionctl (and the daemon's default) would look.
-        println!("{}", socket.display());
-        return Ok(());
+    // No daemon needed for these.
+    match &cli.verb {
+        Verb::Socket => {
+            // Where this sessionctl (and the daemon's default) would look.
+            println!("{}", socket.display());
+            return Ok(());
+        }
+        Verb::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "sessionctl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Verb::Man { dir } => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot make {}", dir.display()))?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            return Ok(());
+        }
+        _ => {}
     }
     let mut c = Client::connect(&socket)?;
     c.act_as_uid(cli.uid);
@@ -462,7 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Verb::Socket => Ok(()),
+        Verb::Socket | Verb::Completions { .. } | Verb::Man { .. } => Ok(()),
         Verb::Ping => {
             let (version, protocol) = c.ping()?;
             if out.json {
