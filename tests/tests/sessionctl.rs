@@ -439,3 +439,39 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     let verb = std::fs::read_to_string(dir.path().join("sessionctl-checkpoint.1")).unwrap();
     assert!(verb.contains("expect"), "{verb}");
 }
+
+#[test]
+fn stats_in_the_openmetrics_format() {
+    let d = Daemon::start();
+    d.ctl(&["create", "m", "--detached"]).ok();
+    d.ctl_with_input(&["checkpoint", "m"], b"x").ok();
+    let text = d.ctl(&["stats", "--openmetrics"]).ok().text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let value = |sample: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {sample} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let json = d.ctl(&["--json", "stats"]).ok().json();
+    assert_eq!(
+        value("sessiond_sessions"),
+        json["sessions"].as_u64().unwrap()
+    );
+    assert_eq!(value("sessiond_checkpoints_written_total"), 1);
+    assert_eq!(value("sessiond_sessions_by_status{status=\"active\"}"), 1);
+    // Every sample belongs to a family declared before it, counters ending in _total.
+    let mut families = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families.insert(name.to_string(), kind.to_string());
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let kind = families.get(family).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+        }
+    }
+}

@@ -293,8 +293,15 @@ pub enum Verb {
         name: Option<String>,
     },
     /// Print the daemon's counters.
-    #[command(after_help = "Example:\n  sessionctl stats")]
-    Stats,
+    #[command(
+        after_help = "Examples:\n  sessionctl stats\n  sessionctl stats --openmetrics > /var/lib/node_exporter/textfile/sessiond.prom.$$ && mv /var/lib/node_exporter/textfile/sessiond.prom.$$ /var/lib/node_exporter/textfile/sessiond.prom"
+    )]
+    Stats {
+        /// In the OpenMetrics text format (for node_exporter's textfile collector or any
+        /// scraper).
+        #[arg(long, conflicts_with = "json")]
+        openmetrics: bool,
+    },
     /// Check the daemon answers.
     #[command(after_help = "Example:\n  sessionctl ping")]
     Ping,

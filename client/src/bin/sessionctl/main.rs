@@ -55,7 +55,7 @@ fn verb_session(v: &Verb) -> Option<&str> {
         Verb::Watch { name } => name.as_deref(),
         Verb::List { .. }
         | Verb::Batch { .. }
-        | Verb::Stats
+        | Verb::Stats { .. }
         | Verb::Ping
         | Verb::Socket
         | Verb::Completions { .. }
@@ -438,8 +438,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))
             .into())
         }
-        Verb::Stats => {
+        Verb::Stats { openmetrics } => {
             let s = c.stats()?;
+            if openmetrics {
+                print!("{}", show::openmetrics(&s));
+                return Ok(());
+            }
             let store = s.store.clone();
             let shared = s.shared.clone();
             let v = wire_json::reply_body(&Reply::Stats(s))

@@ -230,3 +230,107 @@ pub fn print_checkpoints(list: &[CheckpointInfo], out: Output) -> anyhow::Result
     print_table(&rows);
     Ok(())
 }
+
+/// `stats` in the OpenMetrics text format: gauges and counters (`_total`) named `sessiond_*`,
+/// then `# EOF`.
+pub fn openmetrics(s: &sessiond_client::Stats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# TYPE sessiond_{name} {kind}");
+        let _ = writeln!(out, "# HELP sessiond_{name} {help}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (labels, v) in samples {
+            let _ = writeln!(out, "sessiond_{name}{suffix}{labels} {v}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v)];
+    family(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        &one(s.uptime_secs),
+    );
+    family("sessions", "gauge", "Sessions held.", &one(s.sessions));
+    let by_status: Vec<(String, u64)> = s
+        .sessions_by_status
+        .iter()
+        .map(|(k, v)| (format!("{{status=\"{k}\"}}"), *v))
+        .collect();
+    family(
+        "sessions_by_status",
+        "gauge",
+        "Sessions held, by status.",
+        &by_status,
+    );
+    family(
+        "checkpoints",
+        "gauge",
+        "Checkpoints retained.",
+        &one(s.checkpoints),
+    );
+    family(
+        "connections",
+        "gauge",
+        "Client connections open.",
+        &one(s.connections),
+    );
+    family(
+        "checkpoints_written",
+        "counter",
+        "Checkpoints made durable since start.",
+        &one(s.checkpoints_written),
+    );
+    family(
+        "bytes_written",
+        "counter",
+        "Bytes written to the store since start.",
+        &one(s.bytes_written),
+    );
+    family(
+        "flushes",
+        "counter",
+        "Group commits (fsyncs or transactions) since start.",
+        &one(s.flushes),
+    );
+    family(
+        "log_segments",
+        "gauge",
+        "Log segment files.",
+        &one(s.log_segments),
+    );
+    family(
+        "store_bytes",
+        "gauge",
+        "Bytes the store takes on disk.",
+        &one(s.log_bytes),
+    );
+    family(
+        "store_degraded",
+        "gauge",
+        "1 while some of the store's work is failing.",
+        &one(u64::from(s.store.degraded)),
+    );
+    family(
+        "disk_errors",
+        "counter",
+        "Disk operations that failed since start.",
+        &one(s.store.disk_errors),
+    );
+    if let Some(shared) = &s.shared {
+        family(
+            "lease_held",
+            "gauge",
+            "1 while this host holds its lease in the shared store.",
+            &one(u64::from(shared.lease_held)),
+        );
+        family(
+            "live_hosts",
+            "gauge",
+            "Hosts whose leases are live in the shared store.",
+            &one(shared.live_hosts.len() as u64),
+        );
+    }
+    out.push_str("# EOF\n");
+    out
+}
