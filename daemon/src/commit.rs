@@ -367,6 +367,7 @@ mod tests {
             expect: None,
             epoch: None,
             key: None,
+            writer: None,
         }
     }
 

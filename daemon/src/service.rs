@@ -150,6 +150,7 @@ fn mutation(peer: &Peer, request: Request, limits: &Limits) -> Result<Mutation, 
                 expect: r.expect,
                 epoch: r.epoch,
                 key: r.key,
+                writer: peer.pid,
             }
         }
         Request::Pause(r) => set_status(r.name, Status::Paused, None),
@@ -183,6 +184,7 @@ fn mutation(peer: &Peer, request: Request, limits: &Limits) -> Result<Mutation, 
                 meta: r.meta,
                 replace: r.replace,
                 epoch: r.epoch,
+                writer: peer.pid,
             }
         }
         Request::DeleteCheckpoints(r) => {

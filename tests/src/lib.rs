@@ -380,6 +380,14 @@ pub trait ClientExt {
         name: &str,
         payload: Vec<u8>,
     ) -> sessiond_client::Result<sessiond_client::CheckpointInfo>;
+    /// A checkpoint at `epoch`: how a process that is not the owner writes to an owned
+    /// session (one writer per session).
+    fn put_at(
+        &mut self,
+        name: &str,
+        payload: Vec<u8>,
+        epoch: u64,
+    ) -> sessiond_client::Result<sessiond_client::CheckpointInfo>;
 }
 
 impl ClientExt for Client {
@@ -403,6 +411,22 @@ impl ClientExt for Client {
         payload: Vec<u8>,
     ) -> sessiond_client::Result<sessiond_client::CheckpointInfo> {
         self.checkpoint(name, payload, Default::default())
+    }
+
+    fn put_at(
+        &mut self,
+        name: &str,
+        payload: Vec<u8>,
+        epoch: u64,
+    ) -> sessiond_client::Result<sessiond_client::CheckpointInfo> {
+        self.checkpoint(
+            name,
+            payload,
+            sessiond_client::CheckpointOptions {
+                epoch: Some(epoch),
+                ..Default::default()
+            },
+        )
     }
 }
 

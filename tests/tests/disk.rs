@@ -133,7 +133,7 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers() {
     // state record is larger than an empty checkpoint's.)
     for i in 0.. {
         assert!(i < 100_000, "empty checkpoints never filled the disk");
-        if c.put("owned", Vec::new()).is_err() {
+        if c.put_at("owned", Vec::new(), 1).is_err() {
             break;
         }
     }

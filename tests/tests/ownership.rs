@@ -46,7 +46,8 @@ fn killing_the_owner_marks_the_session_stale_and_emits_an_event() {
         (created.kind, created.owner_pid),
         (EventKind::Created, Some(owner.pid()))
     );
-    c.put("job", b"one".to_vec()).unwrap();
+    // Not the owner (its parent): with the epoch (one writer per session).
+    c.put_at("job", b"one".to_vec(), 1).unwrap();
     let ck = rx.recv_timeout(DEADLINE).unwrap().unwrap();
     assert_eq!((ck.kind, ck.number), (EventKind::Checkpointed, Some(1)));
 
@@ -320,4 +321,51 @@ fn an_owner_stays_watched_while_any_of_its_sessions_is_active() {
         "the owner's last active session did not go stale"
     );
     assert_eq!(status(&mut c, "a"), Status::Paused);
+}
+
+#[test]
+fn one_writer_per_session_the_owner_a_process_it_started_or_the_epoch() {
+    let d = Daemon::start();
+    // A script owns the session (sessionctl's default owner: the calling shell) and writes
+    // to it through sessionctl, its child.
+    let ctl = sessiond_tests::bin("sessionctl");
+    let script = format!(
+        "{ctl} --socket {s} create job && echo one | {ctl} --socket {s} checkpoint job && echo ready && sleep 1000",
+        ctl = ctl.display(),
+        s = d.socket.display()
+    );
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let ready = std::io::BufRead::lines(&mut out).any(|l| l.is_ok_and(|l| l == "ready"));
+    assert!(ready, "the owner's own sessionctl was refused");
+    let mut c = d.client();
+    let s = c.show("job").unwrap();
+    assert_eq!(
+        (s.owner_pid, s.latest_checkpoint),
+        (Some(shell.id()), Some(1))
+    );
+    // Another process (this test: not the owner, not started by it), without the epoch.
+    match c.put("job", b"intruder".to_vec()) {
+        Err(Error::OwnerAlive { pid, .. }) => assert_eq!(pid, Some(shell.id())),
+        other => panic!("a second writer was not refused: {other:?}"),
+    }
+    // With the current epoch it may (it holds the session's fencing token).
+    assert_eq!(c.put_at("job", b"holder".to_vec(), 1).unwrap().number, 2);
+    // With an older one it is fenced, as ever.
+    assert!(matches!(
+        c.put_at("job", b"old".to_vec(), 0),
+        Err(Error::Fenced(_))
+    ));
+    // The owner dies: the session is stale, and resume is the way in.
+    let _ = shell.kill();
+    let _ = shell.wait();
+    assert!(wait_until(DEADLINE, || status(&mut c, "job") == Status::Stale));
+    let r = c.resume("job", None, false).unwrap();
+    assert_eq!(r.session.owner_pid, Some(std::process::id()));
+    assert_eq!(c.put("job", b"mine now".to_vec()).unwrap().number, 3);
 }

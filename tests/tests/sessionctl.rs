@@ -64,7 +64,18 @@ fn every_verb_with_json_output() {
     // A few MiB of binary payload through stdin, and back out byte for byte.
     let big = binary_payload(3 << 20);
     let v = d
-        .ctl_with_input(&["--json", "checkpoint", "job", "--meta", "step=1"], &big)
+        .ctl_with_input(
+            &[
+                "--json",
+                "checkpoint",
+                "job",
+                "--meta",
+                "step=1",
+                "--epoch",
+                "1",
+            ],
+            &big,
+        )
         .ok()
         .json();
     assert_eq!(

@@ -74,8 +74,8 @@ fn what_one_host_writes_the_other_reads_lists_and_watches() {
     let owner = Owner::spawn();
     let (mut ca, mut cb) = (a.client(), b.client());
     create_owned(&mut ca, "job", &owner);
-    ca.put("job", b"one".to_vec()).unwrap();
-    ca.put("job", b"two".to_vec()).unwrap();
+    ca.put_at("job", b"one".to_vec(), 1).unwrap();
+    ca.put_at("job", b"two".to_vec(), 1).unwrap();
 
     // Read on B at once (no waiting: B checks the database before it answers).
     let s = cb.show("job").unwrap();
@@ -103,7 +103,7 @@ fn what_one_host_writes_the_other_reads_lists_and_watches() {
     );
 
     // A write on B is read on A at once, too.
-    cb.put("job", b"three".to_vec()).unwrap();
+    cb.put_at("job", b"three".to_vec(), 1).unwrap();
     let got = ca.get("job", None).unwrap().unwrap();
     assert_eq!((got.number, got.payload.unwrap().0), (3, b"three".to_vec()));
 }
@@ -114,7 +114,7 @@ fn resume_on_another_host_is_refused_while_the_owner_lives_and_its_death_is_seen
     let mut owner = Owner::spawn();
     let (mut ca, mut cb) = (a.client(), b.client());
     create_owned(&mut ca, "job", &owner);
-    ca.put("job", b"one".to_vec()).unwrap();
+    ca.put_at("job", b"one".to_vec(), 1).unwrap();
     let events_on_b = watch(&b, "job");
 
     match cb.resume("job", None, false) {
@@ -212,7 +212,7 @@ fn a_paused_host_acknowledges_nothing_with_the_old_epoch_after_a_takeover() {
     let owner = Owner::spawn();
     let mut ca = a.client();
     create_owned(&mut ca, "job", &owner);
-    ca.put("job", b"before".to_vec()).unwrap();
+    ca.put_at("job", b"before".to_vec(), 1).unwrap();
     let mut cb = b.client();
     // Connected before the pause (a connection's handshake needs the daemon running).
     let mut pending = a.client();

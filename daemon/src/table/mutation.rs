@@ -25,6 +25,8 @@ pub enum Mutation {
         expect: Option<u64>,
         epoch: Option<u64>,
         key: Option<String>,
+        /// The writing process (the peer), for the one-writer rule; `None`: not checked.
+        writer: Option<u32>,
     },
     SetStatus {
         name: String,
@@ -54,6 +56,8 @@ pub enum Mutation {
         meta: Meta,
         replace: bool,
         epoch: Option<u64>,
+        /// As `Checkpoint::writer`.
+        writer: Option<u32>,
     },
     /// Every session of the caller whose meta has these pairs.
     DeleteMatching {

@@ -343,6 +343,7 @@ fn ck(name: &str, expect: Option<u64>, epoch: Option<u64>) -> Mutation {
         expect,
         epoch,
         key: None,
+        writer: None,
     }
 }
 
@@ -545,6 +546,7 @@ fn keyed(name: &str, key: &str, payload: &[u8], meta: &[(&str, &str)]) -> Mutati
         expect: None,
         epoch: None,
         key: Some(key.into()),
+        writer: None,
     }
 }
 
@@ -563,6 +565,7 @@ fn attach(
         meta: Meta::new(),
         replace,
         epoch: None,
+        writer: None,
     }
 }
 
