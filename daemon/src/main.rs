@@ -26,7 +26,7 @@ use tracing_subscriber::{reload, EnvFilter};
     version,
     about,
     long_about,
-    after_help = "Examples:\n  sessiond                                 start with the defaults\n  sessiond --socket /tmp/s.sock --state-dir /tmp/state\n  sessiond --config /etc/sessiond/config.toml\n  sessiond check --state-dir /var/lib/sessiond   verify a state directory offline\n  sessiond check --store postgresql:///sessiond?host=/run/postgresql   verify the shared store"
+    after_help = "Examples:\n  sessiond                                 start with the defaults\n  sessiond --socket /tmp/s.sock --state-dir /tmp/state\n  sessiond --config /etc/sessiond/config.toml\n  sessiond check --state-dir /var/lib/sessiond   verify a state directory offline\n  sessiond check --store postgresql:///sessiond?host=/run/postgresql   verify the shared store\n  sessiond completions bash > /etc/bash_completion.d/sessiond\n  sessiond man --dir /usr/local/share/man/man1"
 )]
 struct Cli {
     /// Config file (TOML). Default: /etc/sessiond/config.toml as root, else
@@ -59,6 +59,17 @@ enum Command {
         /// may read as an unfinished last write); without it, a served directory is refused.
         #[arg(long)]
         live: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (sessiond.1, sessiond-check.1, ...) into a directory.
+    Man {
+        /// Where to write them (made if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -133,6 +144,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { live }) => check(&cli, live),
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "sessiond", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man { ref dir }) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir))
+            .with_context(|| format!("cannot write man pages into {}", dir.display()))
+            .map(|()| ExitCode::SUCCESS),
         None => serve(&cli),
     };
     match result {

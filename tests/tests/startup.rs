@@ -170,3 +170,29 @@ fn check_refuses_a_served_state_directory_and_names_a_missing_one_once() {
         String::from_utf8_lossy(&stopped.stderr)
     );
 }
+
+#[test]
+fn sessiond_prints_its_completions_and_writes_its_man_pages() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(sessiond_tests::bin("sessiond"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["completions", "zsh"]).contains("#compdef sessiond"));
+    assert!(run(&["completions", "bash"]).contains("--state-dir"));
+    let dir = tempfile::tempdir().unwrap();
+    run(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let page = std::fs::read_to_string(dir.path().join("sessiond.1")).unwrap();
+    assert!(
+        page.contains(".TH sessiond 1") && page.contains("lease"),
+        "{page}"
+    );
+    assert!(dir.path().join("sessiond-check.1").exists());
+}
