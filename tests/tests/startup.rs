@@ -196,3 +196,47 @@ fn sessiond_prints_its_completions_and_writes_its_man_pages() {
     );
     assert!(dir.path().join("sessiond-check.1").exists());
 }
+
+#[test]
+fn check_shows_its_progress_on_a_terminal_only() {
+    let mut d = Daemon::start_local(&[]);
+    let mut c = d.client();
+    for i in 0..20 {
+        c.create(
+            &format!("s{i}"),
+            sessiond_client::CreateOptions {
+                detached: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    drop(c);
+    d.stop();
+    let cmd = format!(
+        "{} check --state-dir {}",
+        sessiond_tests::bin("sessiond").display(),
+        d.state.display()
+    );
+    // On a terminal (script(1) gives it one), with progress due at once: shown.
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("SESSIOND_CHECK_PROGRESS_AFTER_MS", "0")
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{seen}");
+    assert!(
+        seen.contains("checking sessions' checkpoints: 20 of 20"),
+        "{seen}"
+    );
+    // Not on a terminal: none, even when due.
+    let piped = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .env("SESSIOND_CHECK_PROGRESS_AFTER_MS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{err}");
+    assert!(!err.contains("checking"), "{err}");
+}

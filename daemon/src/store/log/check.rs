@@ -31,6 +31,59 @@ impl CheckReport {
     }
 }
 
+/// Progress on a terminal (stderr) for a check that takes longer than a second.
+struct Progress {
+    started: std::time::Instant,
+    shown: Option<std::time::Instant>,
+    terminal: bool,
+    after: std::time::Duration,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        // How long before progress shows (tests set it to 0).
+        let after = std::env::var("SESSIOND_CHECK_PROGRESS_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_millis,
+            );
+        Progress {
+            started: std::time::Instant::now(),
+            shown: None,
+            terminal: std::io::stderr().is_terminal(),
+            after,
+        }
+    }
+
+    fn tick(&mut self, what: &str, done: usize, total: usize) {
+        use std::io::Write;
+        let now = std::time::Instant::now();
+        let due = self.shown.map_or(now - self.started >= self.after, |t| {
+            now - t >= std::time::Duration::from_millis(100)
+        });
+        if self.terminal && (due || done == total) && now - self.started >= self.after {
+            let _ = write!(
+                std::io::stderr(),
+                "\r\x1b[Kchecking {what}: {done} of {total}"
+            );
+            let _ = std::io::stderr().flush();
+            self.shown = Some(now);
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// Clears the progress line, whether the check ends or fails.
+    fn drop(&mut self) {
+        if self.shown.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
 /// Checks the state directory `dir`, loading it into `index` (which must be empty).
 pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreError> {
     let mut r = CheckReport::default();
@@ -56,7 +109,9 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
     let ctx = |seq: u32| io_context(format!("cannot read segment {}", segment_file_name(seq)));
     let segments = list_segments(dir).map_err(io_context("cannot list the log"))?;
     let cuts = find_cuts(dir, &segments);
-    for &seq in &segments {
+    let mut progress = Progress::new();
+    for (i, &seq) in segments.iter().enumerate() {
+        progress.tick("log segments", i + 1, segments.len());
         let cut = cuts.get(&seq).copied();
         if let Some(end) = cut {
             r.note(format!(
@@ -119,7 +174,8 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
     };
     let files = SegmentFiles::new(dir);
     let (mut retained, mut attached) = (0u64, 0u64);
-    for s in &sessions {
+    for (i, s) in sessions.iter().enumerate() {
+        progress.tick("sessions' checkpoints", i + 1, sessions.len());
         let (uid, name) = (s.state.uid, &s.state.name);
         let key_of: HashMap<u64, &str> =
             s.keys.iter().map(|(k, e)| (e.number, k.as_str())).collect();
@@ -177,5 +233,6 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
         r.damaged_checkpoints.len(),
         r.problems
     ));
+    drop(progress);
     Ok(r)
 }
