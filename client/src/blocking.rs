@@ -30,6 +30,18 @@ impl Client {
         Self::connect(paths::socket_path(None))
     }
 
+    /// Connects to the daemon's socket at `path`, with the default request timeout.
+    ///
+    /// ```no_run
+    /// use sessiond_client::{Client, CreateOptions, CheckpointOptions};
+    ///
+    /// let mut c = Client::connect("/run/sessiond/sessiond.sock")?;
+    /// c.create("nightly-import", CreateOptions::default())?;
+    /// let cp = c.checkpoint("nightly-import", b"step 1".to_vec(), CheckpointOptions::default())?;
+    /// assert_eq!(cp.number, 1);
+    /// let latest = c.get("nightly-import", None)?;
+    /// # Ok::<(), sessiond_client::Error>(())
+    /// ```
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with(path, Some(DEFAULT_TIMEOUT))
     }

@@ -6,56 +6,88 @@ use std::time::Duration;
 
 use sessiond_proto::{ErrorKind, WireError};
 
+/// What a call to the daemon can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The daemon's socket could not be connected to.
     #[error("cannot connect to sessiond at {}: {error}{}", path.display(), connect_hint(error))]
     Connect {
+        /// The socket tried.
         path: PathBuf,
+        /// Why it failed (not there, refused, permission denied, ...).
         error: std::io::Error,
     },
     /// The socket's directory could be another user's to swap the socket in (see
     /// `sessiond_proto::paths::check_socket_dir`): nothing is sent there.
     #[error("{reason}")]
-    UntrustedSocket { path: PathBuf, reason: String },
+    UntrustedSocket {
+        /// The socket that was not used.
+        path: PathBuf,
+        /// What is wrong with its directory (owner, mode).
+        reason: String,
+    },
+    /// The connection broke (the daemon stopped or restarted): reconnect.
     #[error("lost the connection to sessiond: {0} (the daemon may have restarted; reconnect)")]
     Disconnected(std::io::Error),
+    /// No answer within the client's timeout.
     #[error("sessiond did not answer within {0:?}")]
     Timeout(Duration),
+    /// The daemon's bytes made no sense (a bug, or not a sessiond on the socket).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// `invalid_argument`: a bad name, key, meta or combination of fields.
     #[error("{0}")]
     InvalidArgument(String),
+    /// `not_found`: no such session (or checkpoint).
     #[error("{0}")]
     NotFound(String),
+    /// `already_exists`: the session, or another checkpoint under that key, exists.
     #[error("{0}")]
     AlreadyExists(String),
     /// The session's owner is alive: its PID, and its host when sessions are shared by
     /// several hosts.
     #[error("{message}")]
     OwnerAlive {
+        /// The owner's PID (as the daemon numbers it).
         pid: Option<u32>,
+        /// The owner's host, on a shared store.
         host: Option<String>,
+        /// The daemon's message.
         message: String,
     },
+    /// `fenced`: the write carried an older epoch; another process has resumed the session.
     #[error("{0}")]
     Fenced(String),
+    /// `conflict`: `expect` did not match the latest checkpoint.
     #[error("{0}")]
     Conflict(String),
+    /// `session_closed`: the session is completed, failed or cancelled.
     #[error("{0}")]
     SessionClosed(String),
+    /// `too_large`: a payload, meta or request over the daemon's limits.
     #[error("{0}")]
     TooLarge(String),
+    /// `permission_denied`: another user's sessions, or a root-only field.
     #[error("{0}")]
     PermissionDenied(String),
+    /// `unsupported_version`: the daemon and this client share no protocol version.
     #[error("{0}")]
     UnsupportedVersion(String),
+    /// `unavailable`: the store cannot write now (a failing disk, the database away); try
+    /// again later.
     #[error("{0}")]
     Unavailable(String),
+    /// `internal`: a bug in the daemon.
     #[error("{0}")]
     Internal(String),
     /// An op of a `batch` failed (so nothing of it was applied): which one, and why.
     #[error("{source}")]
-    Batch { index: u32, source: Box<Error> },
+    Batch {
+        /// The failed op, counted from 0.
+        index: u32,
+        /// Why it failed.
+        source: Box<Error>,
+    },
 }
 
 impl From<WireError> for Error {
@@ -130,6 +162,7 @@ impl Error {
     }
 }
 
+/// A result of this crate's calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The error a daemon's hello refusal stands for: its message starts with the error kind.

@@ -30,6 +30,7 @@
 //! session.complete()?;
 //! # Ok::<(), sessiond_client::Error>(())
 //! ```
+#![warn(missing_docs)]
 
 mod blocking;
 mod connection;
@@ -128,10 +129,13 @@ macro_rules! typed_ops {
             ops::batch(self.call(Request::Batch(BatchRequest { ops }))$($await)*?)
         }
 
+        /// A session's description: status, owner, epoch, latest checkpoint, meta.
         pub $($async)* fn show(&mut self, name: &str) -> Result<SessionInfo> {
             ops::session(self.call(ops::named(Request::Show, name))$($await)*?)
         }
 
+        /// The caller's sessions that pass `filter` (status, meta, prefix, paging), in name
+        /// order.
         pub $($async)* fn list(&mut self, filter: ListRequest) -> Result<Vec<SessionInfo>> {
             ops::sessions(self.call(Request::List(filter))$($await)*?)
         }
@@ -146,18 +150,22 @@ macro_rules! typed_ops {
             ops::checkpoints(self.call(Request::History(request))$($await)*?)
         }
 
+        /// Pauses a session: no owner, never stale, until resumed.
         pub $($async)* fn pause(&mut self, name: &str) -> Result<SessionInfo> {
             ops::session(self.call(ops::named(Request::Pause, name))$($await)*?)
         }
 
+        /// Marks a session completed (it takes no more checkpoints).
         pub $($async)* fn complete(&mut self, name: &str) -> Result<SessionInfo> {
             ops::session(self.call(ops::named(Request::Complete, name))$($await)*?)
         }
 
+        /// Marks a session cancelled.
         pub $($async)* fn cancel(&mut self, name: &str) -> Result<SessionInfo> {
             ops::session(self.call(ops::named(Request::Cancel, name))$($await)*?)
         }
 
+        /// Marks a session failed, with what went wrong.
         pub $($async)* fn fail(&mut self, name: &str, error: Option<&str>) -> Result<SessionInfo> {
             let req = Request::Fail(FailRequest { name: name.into(), error: error.map(Into::into) });
             ops::session(self.call(req)$($await)*?)
@@ -176,6 +184,7 @@ macro_rules! typed_ops {
             ops::count(self.call(req)$($await)*?)
         }
 
+        /// The daemon's counters and its store's health.
         pub $($async)* fn stats(&mut self) -> Result<Stats> {
             ops::stats(self.call(Request::Stats)$($await)*?)
         }
@@ -185,6 +194,7 @@ macro_rules! typed_ops {
 /// The session handle's methods, for both clients.
 macro_rules! handle_ops {
     ({$($async:tt)*} {$($await:tt)*}) => {
+        /// The session's name.
         pub fn name(&self) -> &str {
             &self.info.name
         }
@@ -225,18 +235,21 @@ macro_rules! handle_ops {
             self.client.attach(req)$($await)*
         }
 
+        /// Pauses the session (see the client's `pause`).
         pub $($async)* fn pause(&mut self) -> Result<SessionInfo> {
             let name = self.info.name.clone();
             self.info = self.client.pause(&name)$($await)*?;
             Ok(self.info.clone())
         }
 
+        /// Marks the session completed.
         pub $($async)* fn complete(&mut self) -> Result<SessionInfo> {
             let name = self.info.name.clone();
             self.info = self.client.complete(&name)$($await)*?;
             Ok(self.info.clone())
         }
 
+        /// Marks the session failed, with what went wrong.
         pub $($async)* fn fail(&mut self, error: Option<&str>) -> Result<SessionInfo> {
             let name = self.info.name.clone();
             self.info = self.client.fail(&name, error)$($await)*?;

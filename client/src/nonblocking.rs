@@ -30,6 +30,18 @@ impl AsyncClient {
         Self::connect(paths::socket_path(None)).await
     }
 
+    /// Connects to the daemon's socket at `path`, with the default request timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> sessiond_client::Result<()> {
+    /// use sessiond_client::{AsyncClient, CreateOptions};
+    ///
+    /// let mut c = AsyncClient::connect("/run/sessiond/sessiond.sock").await?;
+    /// let mut session = c.open_session("agent-7", CreateOptions::default()).await?;
+    /// session.checkpoint(b"state".to_vec()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self> {
         Self::connect_with(path, Some(DEFAULT_TIMEOUT)).await
     }
@@ -193,6 +205,7 @@ pub struct AsyncWatch {
 }
 
 impl AsyncWatch {
+    /// The next event; `None` once the daemon has closed the watch.
     pub async fn next(&mut self) -> Option<Result<Event>> {
         match self.client.recv().await {
             Err(Error::Disconnected(_)) => None,

@@ -9,6 +9,7 @@ use crate::{Error, Result};
 pub struct CreateOptions {
     /// Checkpoints to retain (`None`: the daemon's default; 0 keeps all).
     pub keep: Option<u32>,
+    /// The session's metadata (string keys and values).
     pub meta: Meta,
     /// Owner other than the calling process (a live process of the same user).
     pub owner_pid: Option<u32>,
@@ -22,6 +23,7 @@ pub struct CreateOptions {
 /// Options of `checkpoint`.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
+    /// The checkpoint's metadata (string keys and values).
     pub meta: Meta,
     /// Accept only if the latest checkpoint is this number (0: none yet).
     pub expect: Option<u64>,
@@ -36,7 +38,9 @@ pub struct CheckpointOptions {
 /// checkpoint (with payload), if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resumed {
+    /// The session, active and owned by the caller, at its new epoch.
     pub session: SessionInfo,
+    /// Its latest intact checkpoint with its payload (`None`: none written yet).
     pub checkpoint: Option<CheckpointInfo>,
 }
 
