@@ -14,12 +14,16 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<DECODE_LIMIT>()
 }
 
+/// Why a message could not be encoded or decoded (binary protocol).
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// bincode could not encode it.
     #[error("cannot encode: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// Not a message (or one over the decoding limit).
     #[error("cannot decode: {0}")]
     Decode(#[from] bincode::error::DecodeError),
+    /// A message followed by bytes that belong to none.
     #[error("cannot decode: {0} trailing bytes after the message")]
     Trailing(usize),
 }

@@ -12,12 +12,24 @@ use crate::codec::{self, CodecError};
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// A frame longer than the cap.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { len: u64, max: usize },
+    TooLarge {
+        /// Its declared length.
+        len: u64,
+        /// The cap.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
     #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes of the frame that had arrived.
+        buffered: usize,
+    },
+    /// Its body is not a message.
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -44,7 +56,12 @@ pub enum Frame<'a> {
     Body(&'a [u8]),
     /// A frame longer than the cap; its bytes are being discarded. `id` is the request id read
     /// from the frame's first bytes when they were already there.
-    TooLarge { len: u64, id: Option<u64> },
+    TooLarge {
+        /// Its declared length.
+        len: u64,
+        /// The request id, if its first bytes held one.
+        id: Option<u64>,
+    },
 }
 
 /// Incremental frame splitter with a size cap.
@@ -59,6 +76,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A splitter for frames of at most `max` bytes.
     pub fn new(max: usize) -> Self {
         FrameDecoder {
             max,
@@ -116,6 +134,7 @@ impl FrameDecoder {
     }
 
     /// Bytes buffered but not yet returned.
+    /// Bytes received and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -188,10 +207,14 @@ pub enum Line<'a> {
     Text(&'a [u8]),
     /// A line longer than the cap, dropped, with the JSON text of its top-level `id` if it
     /// had one (at most [`IdScan::MAX_ID`] bytes of it).
-    TooLong { id: Option<Vec<u8>> },
+    TooLong {
+        /// The JSON text of its `id`, when found.
+        id: Option<Vec<u8>>,
+    },
 }
 
 impl LineDecoder {
+    /// A splitter for lines of at most `max` bytes.
     pub fn new(max: usize) -> Self {
         LineDecoder {
             max,
@@ -208,6 +231,7 @@ impl LineDecoder {
         self.max
     }
 
+    /// Appends bytes read from the connection.
     pub fn push(&mut self, data: &[u8]) {
         self.compact();
         self.buf.extend_from_slice(data);
@@ -233,6 +257,7 @@ impl LineDecoder {
     /// looked for as they are asked for.
     pub fn appended(&mut self, _from: usize) {}
 
+    /// Bytes received and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -264,6 +289,7 @@ impl LineDecoder {
         self.scanned = 0;
     }
 
+    /// The next whole line, if one has arrived.
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         self.next(false)
     }
@@ -371,6 +397,7 @@ impl IdScan {
     /// Longest id kept.
     pub const MAX_ID: usize = 1024;
 
+    /// Scans more of the line.
     pub fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if self.found.is_some() {

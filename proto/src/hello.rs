@@ -9,27 +9,37 @@
 
 use crate::PROTOCOL_VERSION;
 
+/// The first bytes of every binary hello.
 pub const MAGIC: [u8; 4] = *b"SSND";
+/// A client hello's length: the magic and the protocol version.
 pub const CLIENT_HELLO_LEN: usize = 8;
 /// Fixed part of the server hello, before the message.
 pub const SERVER_HELLO_LEN: usize = 16;
 /// Longest message a server hello may carry.
 pub const MAX_HELLO_MESSAGE: usize = 4096;
 
+/// Why a handshake failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HelloError {
+    /// The peer is not speaking sessiond's binary protocol.
     #[error("not a sessiond peer (bad magic {0:02x?})")]
     BadMagic([u8; 4]),
+    /// The peers share no protocol version.
     #[error("unsupported protocol version {peer} (this side speaks {ours}): {message}")]
     Unsupported {
+        /// The version the peer asked for or offers.
         peer: u32,
+        /// This side's.
         ours: u32,
+        /// The daemon's explanation.
         message: String,
     },
+    /// A server hello announcing a message over [`MAX_HELLO_MESSAGE`].
     #[error("server hello message of {0} bytes is too long")]
     MessageTooLong(usize),
 }
 
+/// The hello a client of this version sends.
 pub fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
     client_hello_for(PROTOCOL_VERSION)
 }
@@ -66,11 +76,15 @@ pub fn server_hello(accepted: bool, message: &str) -> Vec<u8> {
 /// The fixed part of a server hello, read before its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerHello {
+    /// The protocol version the connection will speak.
     pub version: u32,
+    /// Whether the daemon accepted the client's version.
     pub accepted: bool,
+    /// Bytes of message that follow (why a version was refused).
     pub message_len: usize,
 }
 
+/// Reads the fixed part of a server hello.
 pub fn parse_server_hello(bytes: &[u8; SERVER_HELLO_LEN]) -> Result<ServerHello, HelloError> {
     let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];

@@ -4,6 +4,7 @@
 //! Daemon and clients depend on this crate and never touch raw bytes themselves. Wire types
 //! are append-only: bincode carries no field names, so a field's type or position never
 //! changes and new enum variants go at the end.
+#![warn(missing_docs)]
 
 pub mod codec;
 pub mod frame;

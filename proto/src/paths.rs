@@ -3,7 +3,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// The environment variable naming the socket.
 pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
+/// The environment variable naming the state directory.
 pub const STATE_DIR_ENV: &str = "SESSIOND_STATE_DIR";
 const SOCKET_FILE: &str = "sessiond.sock";
 
@@ -72,6 +74,7 @@ fn non_empty(env: Env<'_>, key: &str) -> Option<PathBuf> {
     env(key).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
+/// [`socket_path`] with the environment and UID given (for tests).
 pub fn resolve_socket(explicit: Option<PathBuf>, env: Env<'_>, euid: u32) -> PathBuf {
     if let Some(p) = explicit.or_else(|| non_empty(env, SOCKET_ENV)) {
         return p;
@@ -85,6 +88,7 @@ pub fn resolve_socket(explicit: Option<PathBuf>, env: Env<'_>, euid: u32) -> Pat
     }
 }
 
+/// [`state_dir`] with the environment and UID given (for tests).
 pub fn resolve_state_dir(explicit: Option<PathBuf>, env: Env<'_>, euid: u32) -> Option<PathBuf> {
     // systemd may list several state directories separated by ':'; the first is ours.
     let systemd = || {

@@ -18,15 +18,22 @@ pub type Meta = BTreeMap<String, String>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Owned by a live process, taking checkpoints.
     Active,
+    /// Set aside: no owner, never stale, until resumed.
     Paused,
+    /// Done: takes no more checkpoints.
     Completed,
+    /// Ended in failure (with its error): takes no more checkpoints.
     Failed,
+    /// Given up: takes no more checkpoints.
     Cancelled,
+    /// Its owner died: waiting for someone to resume it.
     Stale,
 }
 
 impl Status {
+    /// Every status, in the order `stats` lists them.
     pub const ALL: [Status; 6] = [
         Status::Active,
         Status::Paused,
@@ -36,6 +43,7 @@ impl Status {
         Status::Stale,
     ];
 
+    /// The status as the protocol spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
@@ -122,16 +130,27 @@ impl<'de> Deserialize<'de> for Payload {
 /// A session as every reply shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// The session's name (unique per user).
     pub name: String,
+    /// Where it is in its life.
     pub status: Status,
+    /// The owning process's PID, while it has one.
     pub owner_pid: Option<u32>,
+    /// Bumped by every resume; writes carrying an older one are fenced.
     pub epoch: u64,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The newest checkpoint's number (`None`: none yet).
     pub latest_checkpoint: Option<u64>,
+    /// How many checkpoints are retained.
     pub checkpoint_count: u64,
+    /// How many checkpoints it retains (0: all).
     pub keep: u32,
+    /// Its metadata.
     pub meta: Meta,
+    /// Why it failed (`fail`), if it did.
     pub error: Option<String>,
     /// The Unix user owning the session (useful to root's `--all-users` listings).
     pub uid: u32,
@@ -143,10 +162,15 @@ pub struct SessionInfo {
 /// A checkpoint's description, with its payload when the op returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointInfo {
+    /// Its number in the session (1, 2, ...; never reused).
     pub number: u64,
+    /// The payload's size in bytes.
     pub size: u64,
+    /// When it was written.
     pub created_at: DateTime<Utc>,
+    /// Its metadata.
     pub meta: Meta,
+    /// The payload, when the request asked for it.
     #[serde(rename = "payload_b64")]
     pub payload: Option<Payload>,
     /// Newer checkpoints passed over because they are damaged on disk.
@@ -167,9 +191,13 @@ pub struct CheckpointInfo {
 /// A record attached to a checkpoint (a framework's pending writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
+    /// Its name, unique per checkpoint.
     pub attach_key: String,
+    /// Its metadata.
     pub meta: Meta,
+    /// The payload's size in bytes.
     pub size: u64,
+    /// The payload, when the request asked for it.
     #[serde(rename = "payload_b64")]
     pub payload: Option<Payload>,
 }
@@ -179,8 +207,11 @@ pub struct Attachment {
 pub struct AttachInfo {
     /// The checkpoint it is attached to.
     pub number: u64,
+    /// The key of the checkpoint it is attached to, if that has one.
     pub key: Option<String>,
+    /// Its name, unique per checkpoint.
     pub attach_key: String,
+    /// The payload's size in bytes.
     pub size: u64,
     /// One was there under this attach key and stays (first write wins): nothing written.
     pub existing: bool,
@@ -189,16 +220,27 @@ pub struct AttachInfo {
 /// Counters reported by `stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// The daemon's version.
     pub version: String,
+    /// Seconds since the daemon started.
     pub uptime_secs: u64,
+    /// Sessions held.
     pub sessions: u64,
+    /// Sessions held, by status.
     pub sessions_by_status: BTreeMap<String, u64>,
+    /// Checkpoints retained.
     pub checkpoints: u64,
+    /// Client connections open.
     pub connections: u64,
+    /// Checkpoints made durable since the start.
     pub checkpoints_written: u64,
+    /// Bytes the store wrote since the start.
     pub bytes_written: u64,
+    /// Group commits (fsyncs, or transactions) since the start.
     pub flushes: u64,
+    /// Log segment files (local log).
     pub log_segments: u64,
+    /// Bytes the store takes: its segments, or the database.
     pub log_bytes: u64,
     /// Whether the store's disk work is failing (protocol 2).
     pub store: StoreHealth,
@@ -223,6 +265,7 @@ pub struct SharedStore {
 /// The store's health: degraded while some kind of disk work fails, with what fails.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreHealth {
+    /// Whether some kind of store work is failing now.
     pub degraded: bool,
     /// Each kind of disk work failing now.
     pub failing: Vec<FailingWork>,
@@ -235,8 +278,11 @@ pub struct StoreHealth {
 pub struct FailingWork {
     /// What the daemon was doing: `log write`, `new log segment`, `index snapshot`, ...
     pub work: String,
+    /// When it started failing.
     pub since: DateTime<Utc>,
+    /// How many times it failed since.
     pub errors: u64,
+    /// Its latest error.
     pub last_error: String,
 }
 
@@ -244,11 +290,17 @@ pub struct FailingWork {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A session was created.
     Created,
+    /// A checkpoint was made durable.
     Checkpointed,
+    /// Its status changed (pause, complete, fail, cancel).
     Status,
+    /// Its owner died (or its host lost its lease).
     Stale,
+    /// It was resumed (a new epoch).
     Resumed,
+    /// It was deleted.
     Deleted,
     /// The watcher fell behind; `missed` events were dropped.
     Lagged,
@@ -257,14 +309,22 @@ pub enum EventKind {
 /// One event of a `watch` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// What happened.
     #[serde(rename = "event")]
     pub kind: EventKind,
+    /// The session it happened to.
     pub name: String,
+    /// The checkpoint's number (`checkpointed`).
     pub number: Option<u64>,
+    /// The new status (`status`, `stale`).
     pub status: Option<Status>,
+    /// The new epoch (`resumed`).
     pub epoch: Option<u64>,
+    /// The owner concerned (`created`, `stale`, `resumed`).
     pub owner_pid: Option<u32>,
+    /// Events this watcher missed, being too slow (`lagged`).
     pub missed: Option<u64>,
+    /// When it happened.
     pub at: DateTime<Utc>,
 }
 
@@ -272,21 +332,34 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
+    /// A bad name, key, meta or combination of fields.
     InvalidArgument,
+    /// No such session or checkpoint.
     NotFound,
+    /// The session, or another checkpoint under that key, exists already.
     AlreadyExists,
+    /// The session's owner is alive (resume without force, or a write from another process).
     OwnerAlive,
+    /// The write carried an older epoch: another process has resumed the session.
     Fenced,
+    /// `expect` did not match the latest checkpoint.
     Conflict,
+    /// The session is completed, failed or cancelled.
     SessionClosed,
+    /// Over a size limit (payload, meta, frame or line).
     TooLarge,
+    /// Another user's sessions, or a root-only field.
     PermissionDenied,
+    /// No protocol version in common.
     UnsupportedVersion,
+    /// The store cannot write now (a failing disk, the database away): try again.
     Unavailable,
+    /// A bug in the daemon.
     Internal,
 }
 
 impl ErrorKind {
+    /// The kind as the protocol spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidArgument => "invalid_argument",
@@ -315,7 +388,9 @@ impl fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct WireError {
+    /// What went wrong, for programs to branch on.
     pub kind: ErrorKind,
+    /// What went wrong, for people.
     pub message: String,
     /// For `owner_alive`: the live owner's PID.
     pub owner_pid: Option<u32>,
@@ -328,6 +403,7 @@ pub struct WireError {
 }
 
 impl WireError {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         WireError {
             kind,
@@ -337,34 +413,44 @@ impl WireError {
             owner_host: None,
         }
     }
+    /// An `invalid_argument` error.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
     }
+    /// A `not_found` error for session `name`.
     pub fn not_found(name: &str) -> Self {
         Self::new(
             ErrorKind::NotFound,
             format!("session {name:?} does not exist"),
         )
     }
+    /// An `internal` error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
+    /// An `unavailable` error.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
 }
 
+/// A request that names one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameRequest {
+    /// The session's name.
     pub name: String,
 }
 
+/// `create`: a new session.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CreateRequest {
+    /// The session's name.
     pub name: String,
+    /// Its owner, if not the caller (a live process of the caller's user).
     pub owner_pid: Option<u32>,
     /// Checkpoints to retain; `None` takes the daemon's default, 0 keeps all.
     pub keep: Option<u32>,
+    /// Its metadata.
     pub meta: Meta,
     /// No owner: never marked stale (a framework's thread, not a process's job).
     pub detached: bool,
@@ -373,10 +459,14 @@ pub struct CreateRequest {
     pub owner_parent: bool,
 }
 
+/// `checkpoint`: a new checkpoint of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRequest {
+    /// The session's name.
     pub name: String,
+    /// The payload.
     pub payload: Payload,
+    /// Its metadata.
     pub meta: Meta,
     /// Accept only if the latest checkpoint number is this (0: none yet).
     pub expect: Option<u64>,
@@ -387,10 +477,14 @@ pub struct CheckpointRequest {
     pub key: Option<String>,
 }
 
+/// `resume`: take a session over.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResumeRequest {
+    /// The session's name.
     pub name: String,
+    /// The new owner, if not the caller.
     pub owner_pid: Option<u32>,
+    /// Take it even from a live owner (its later writes are fenced).
     pub force: bool,
     /// Return the latest checkpoint's attachments too.
     pub attachments: bool,
@@ -401,21 +495,29 @@ pub struct ResumeRequest {
 /// A checkpoint named by its number or by its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckpointRef {
+    /// By number.
     Number(u64),
+    /// By key.
     Key(String),
 }
 
+/// `get`: a checkpoint's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GetRequest {
+    /// The session's name.
     pub name: String,
     /// A specific checkpoint; `None` (and no key) is the latest intact one.
     pub number: Option<u64>,
+    /// The checkpoint with this key.
     pub key: Option<String>,
+    /// Its attachments too.
     pub attachments: bool,
 }
 
+/// `list`: the caller's sessions (or every user's, for root).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ListRequest {
+    /// Only sessions in this status.
     pub status: Option<Status>,
     /// Every pair must match the session's meta.
     pub meta: Meta,
@@ -425,12 +527,14 @@ pub struct ListRequest {
     pub prefix: Option<String>,
     /// Only names after this one (in name order): the next page.
     pub after: Option<String>,
+    /// At most this many.
     pub limit: Option<u32>,
 }
 
 /// `history`'s filters: which retained checkpoints, in which order, with what.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HistoryRequest {
+    /// The session's name.
     pub name: String,
     /// Every pair must match the checkpoint's meta.
     pub meta: Meta,
@@ -438,11 +542,13 @@ pub struct HistoryRequest {
     pub before: Option<CheckpointRef>,
     /// Only checkpoints newer than this one (exclusive).
     pub after: Option<CheckpointRef>,
+    /// At most this many.
     pub limit: Option<u32>,
     /// Newest first.
     pub reverse: bool,
     /// Each entry with its payload (read from disk; without it, none is).
     pub payloads: bool,
+    /// Each checkpoint's attachments too.
     pub attachments: bool,
 }
 
@@ -450,58 +556,81 @@ pub struct HistoryRequest {
 /// every pair of `session_meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Target {
+    /// One session, by name.
     pub name: Option<String>,
+    /// Every session of the caller whose meta has these pairs.
     pub session_meta: Option<Meta>,
 }
 
+/// `attach`: a record attached to a retained checkpoint (a framework's pending writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRequest {
+    /// The session's name.
     pub name: String,
+    /// The checkpoint, by number or key.
     pub checkpoint: CheckpointRef,
+    /// The attachment's name, unique per checkpoint.
     pub attach_key: String,
+    /// The payload.
     pub payload: Payload,
+    /// Its metadata.
     pub meta: Meta,
     /// Replace one already attached under this key (else the first write wins).
     pub replace: bool,
+    /// Accept only at this epoch.
     pub epoch: Option<u64>,
 }
 
+/// `delete_checkpoints`: some checkpoints of one or more sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeleteCheckpointsRequest {
+    /// Whose checkpoints.
     pub target: Target,
+    /// These numbers.
     pub numbers: Vec<u64>,
+    /// The checkpoints with these keys.
     pub keys: Vec<String>,
     /// Every checkpoint whose meta has every pair.
     pub meta: Option<Meta>,
 }
 
+/// `prune`: keep only the newest checkpoints, now.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PruneRequest {
+    /// Whose checkpoints.
     pub target: Target,
     /// Checkpoints each session keeps, the newest (0: none).
     pub keep: u32,
 }
 
+/// `copy`: a new session holding another's checkpoints, keys and attachments.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CopyRequest {
+    /// The session copied.
     pub name: String,
+    /// The new session's name (it must not exist).
     pub to: String,
     /// The new session's meta.
     pub meta: Meta,
 }
 
+/// `batch`: mutations applied in order, all or none, in one commit.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BatchRequest {
     /// Mutations, applied in order, all or none.
     pub ops: Vec<Request>,
 }
 
+/// `fail`: mark a session failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailRequest {
+    /// The session's name.
     pub name: String,
+    /// What went wrong.
     pub error: Option<String>,
 }
 
+/// `watch`: events as they happen.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WatchRequest {
     /// One session, or every session of the caller.
@@ -511,25 +640,45 @@ pub struct WatchRequest {
 /// Every operation of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// Is the daemon there? (its version and protocol)
     Ping,
+    /// Create a session.
     Create(CreateRequest),
+    /// Write a checkpoint.
     Checkpoint(CheckpointRequest),
+    /// Take a session over.
     Resume(ResumeRequest),
+    /// Read a checkpoint.
     Get(GetRequest),
+    /// Describe a session.
     Show(NameRequest),
+    /// List sessions.
     List(ListRequest),
+    /// A session's retained checkpoints.
     History(HistoryRequest),
+    /// Pause a session.
     Pause(NameRequest),
+    /// Mark a session completed.
     Complete(NameRequest),
+    /// Mark a session failed.
     Fail(FailRequest),
+    /// Mark a session cancelled.
     Cancel(NameRequest),
+    /// Delete sessions (by name or meta).
     Delete(Target),
+    /// Events as they happen.
     Watch(WatchRequest),
+    /// The daemon's counters.
     Stats,
+    /// Attach a record to a checkpoint.
     Attach(AttachRequest),
+    /// Delete some checkpoints.
     DeleteCheckpoints(DeleteCheckpointsRequest),
+    /// Keep only the newest checkpoints.
     Prune(PruneRequest),
+    /// Copy a session.
     Copy(CopyRequest),
+    /// Several mutations, all or none.
     Batch(BatchRequest),
 }
 
@@ -614,34 +763,50 @@ impl Request {
 /// A request with its correlation id and, for root, the user it acts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFrame {
+    /// Echoed on the reply.
     pub id: u64,
     /// Root only: act on this user's sessions.
     pub uid: Option<u32>,
+    /// The request.
     pub request: Request,
 }
 
 /// A successful reply body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
+    /// The daemon answers.
     Pong {
+        /// Its version.
         version: String,
+        /// The protocol version the connection speaks.
         protocol: u32,
     },
+    /// A session's description.
     Session(SessionInfo),
+    /// A checkpoint (`None`: none yet).
     Checkpoint(Option<CheckpointInfo>),
+    /// A resumed session and its latest intact checkpoint.
     Resumed {
+        /// The session, owned by the caller at its new epoch.
         session: SessionInfo,
+        /// Its latest intact checkpoint, with its payload.
         checkpoint: Option<CheckpointInfo>,
     },
+    /// Sessions.
     Sessions(Vec<SessionInfo>),
+    /// Checkpoints.
     Checkpoints(Vec<CheckpointInfo>),
+    /// Whether a session was deleted.
     Deleted(bool),
+    /// The daemon's counters.
     Stats(Stats),
     /// First reply of a `watch`; events follow with the same id.
     Watching,
+    /// A watch's event.
     Event(Event),
     /// How many were deleted (`delete_checkpoints`, `prune`, `delete` by `session_meta`).
     Count(u64),
+    /// An attachment, written or there already.
     Attached(AttachInfo),
     /// One reply per op of a `batch`, in order.
     Batch(Vec<Reply>),
@@ -650,6 +815,8 @@ pub enum Reply {
 /// A reply (or a watch event) to the request with the same id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {
+    /// The request's id.
     pub id: u64,
+    /// The reply, or the error.
     pub result: Result<Reply, WireError>,
 }

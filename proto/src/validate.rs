@@ -2,13 +2,17 @@
 
 use crate::{Meta, WireError};
 
+/// Longest session name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// Limits on a meta map; the defaults are the contract's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetaLimits {
+    /// Most pairs.
     pub max_entries: usize,
+    /// Longest key, in bytes.
     pub max_key_len: usize,
+    /// Longest value, in bytes.
     pub max_value_len: usize,
 }
 
@@ -49,6 +53,7 @@ pub fn session_name(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Longest checkpoint key or attach key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
 /// A checkpoint's `key` or an attachment's `attach_key` (`what` says which): 1–256 bytes of
@@ -70,6 +75,7 @@ pub fn key(what: &str, key: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// A meta map within `limits`.
 pub fn meta(meta: &Meta, limits: &MetaLimits) -> Result<(), WireError> {
     if meta.len() > limits.max_entries {
         return Err(WireError::invalid(format!(

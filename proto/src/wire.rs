@@ -15,9 +15,12 @@ use crate::{ErrorKind, Reply, RequestFrame, ResponseFrame, WireError, PROTOCOL_V
 /// The byte that starts a JSON-lines connection; no binary hello starts with it.
 pub const JSON_START: u8 = b'{';
 
+/// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
+    /// Length-prefixed bincode frames after a hello.
     Binary,
+    /// JSON lines (the connection's first byte is `{`).
     Json,
 }
 
@@ -25,8 +28,15 @@ pub enum Encoding {
 /// the reply's payloads go raw after its line).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestId {
+    /// A binary frame's id.
     Binary(u64),
-    Json { id: Value, raw: bool },
+    /// A JSON line's `id` (any JSON value), and whether its reply's payloads go raw.
+    Json {
+        /// The `id` as given.
+        id: Value,
+        /// `"raw": true` was asked for.
+        raw: bool,
+    },
 }
 
 impl RequestId {
@@ -45,7 +55,9 @@ impl RequestId {
 /// Bounds on what one request may take on the wire.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Longest binary frame.
     pub max_frame_bytes: usize,
+    /// Longest JSON line (raw payload bytes after it counted apart).
     pub max_line_bytes: usize,
 }
 
@@ -56,7 +68,9 @@ pub enum Opening {
     /// Send `reply` (empty for JSON lines, which has no hello), then serve `requests`, or, if
     /// there are none (an unsupported version or not a client of ours), close.
     Speak {
+        /// The server hello to send (empty for JSON lines).
         reply: Vec<u8>,
+        /// The connection's requests from now on (`None`: close after the reply).
         requests: Option<Requests>,
     },
 }
@@ -122,6 +136,7 @@ pub fn refusal(start: &[u8], error: WireError) -> Option<Vec<u8>> {
 
 /// A connection's requests as their bytes arrive.
 pub enum Requests {
+    /// Binary frames.
     Binary(FrameDecoder),
     /// Boxed: it holds a request awaiting its raw bytes.
     Json(Box<JsonRequests>),
@@ -139,6 +154,7 @@ pub struct JsonRequests {
 /// The next request of a connection: its wire length, to be decoded once the server is ready
 /// to hold it.
 pub enum Next<'a> {
+    /// A request's bytes, whole.
     Request(Pending<'a>),
     /// A request that could not be taken (too large: dropped as it arrives).
     Refused(RequestId, WireError),
@@ -158,10 +174,12 @@ impl Pending<'_> {
         self.bytes.len() + self.raw.len()
     }
 
+    /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The request, with its id (a request that does not decode is answered with the error).
     pub fn decode(self) -> (RequestId, Result<RequestFrame, WireError>) {
         match self.encoding {
             Encoding::Binary => match codec::decode::<RequestFrame>(&self.bytes) {
@@ -188,6 +206,7 @@ impl Pending<'_> {
 }
 
 impl Requests {
+    /// Which protocol they come in.
     pub fn encoding(&self) -> Encoding {
         match self {
             Requests::Binary(_) => Encoding::Binary,
@@ -204,6 +223,8 @@ impl Requests {
         }
     }
 
+    /// Accounts for the bytes read into [`Requests::read_buffer`] (its length before was
+    /// `from`).
     pub fn appended(&mut self, from: usize) {
         match self {
             Requests::Binary(d) => d.appended(from),

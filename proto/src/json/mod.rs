@@ -70,6 +70,7 @@ struct JsonRequest {
     raw: Option<bool>,
 }
 
+/// Every op a JSON-lines request may name.
 pub const OPS: &[&str] = &[
     "ping",
     "create",
@@ -100,6 +101,7 @@ pub struct Decoded {
     pub id: Value,
     /// Its reply's payloads go as raw bytes after the line.
     pub raw: bool,
+    /// The request, or why it is not one (answered with that error and the line's `id`).
     pub request: Result<RequestFrame, WireError>,
 }
 

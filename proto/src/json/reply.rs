@@ -346,10 +346,13 @@ pub fn raw_payloads(reply: &Value) -> Vec<u64> {
     out
 }
 
+/// Why a JSON-lines reply could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
+    /// Not JSON.
     #[error("invalid JSON reply: {0}")]
     Json(#[from] serde_json::Error),
+    /// JSON, but not a reply of this protocol.
     #[error("unrecognised JSON reply: {0}")]
     Shape(String),
 }
