@@ -64,6 +64,7 @@ fn as_user(user: &Option<String>, program: &str) -> Command {
 extern "C" fn stop_at_exit() {
     if let Some(c) = CLUSTER.get() {
         c.stop();
+        let _ = std::fs::remove_dir_all(&c.dir);
     }
 }
 
