@@ -212,7 +212,6 @@ async fn check_owners_at_start(
     alive
 }
 
-/// Binds the socket, replacing a leftover file only if no daemon answers on it.
 /// Another daemon answers on `path`.
 fn refuse_a_live_socket(path: &Path) -> Result<(), StartError> {
     if std::fs::symlink_metadata(path).is_ok()
@@ -278,6 +277,7 @@ fn give_to_group(path: &Path, group: &str) -> Result<(), StartError> {
     })
 }
 
+/// Binds the socket, replacing a leftover file only if no daemon answers on it.
 fn bind(cfg: &Config) -> Result<Listener, StartError> {
     let path = &cfg.socket;
     if let Some(parent) = path.parent() {
