@@ -532,67 +532,6 @@ impl SessionTable {
     }
 
     /// The owner watched for `key` as the batch stands (without copying its state).
-    /// One writer per session: a write without an epoch to an active session whose owner
-    /// lives must come from the owner or a process it started (`sessionctl` in the owning
-    /// script); anything else would be a second writer no epoch fences.
-    fn check_writer(
-        &self,
-        overlay: &Overlay,
-        key: &SessionKey,
-        epoch: Option<u64>,
-        writer: Option<u32>,
-        probe: &dyn ProcessProbe,
-    ) -> Result<(), WireError> {
-        let (Some(writer), None) = (writer, epoch) else {
-            return Ok(());
-        };
-        let state = match overlay.get(key) {
-            Some(staged) => staged.as_ref().map(|s| &s.state),
-            None => self.base(key).map(|s| &s.state),
-        };
-        let Some(state) = state.filter(|s| s.status == Status::Active) else {
-            return Ok(());
-        };
-        let Some(owner) = state.owner else {
-            return Ok(());
-        };
-        let host = state.owner_host.clone();
-        let here = host.is_none() || host.as_deref() == self.host.as_deref();
-        if here {
-            // The writer or one of its ancestors is the owner (at most a few hops: a shell,
-            // a script, sessionctl).
-            let mut pid = writer;
-            for _ in 0..64 {
-                if pid == owner.pid {
-                    return Ok(());
-                }
-                match probe.parent_of(pid) {
-                    Some(parent) if parent > 1 && parent != pid => pid = parent,
-                    _ => break,
-                }
-            }
-            if !probe.is_alive(&owner) {
-                return Ok(());
-            }
-        } else if !host.as_ref().is_some_and(|h| self.live_hosts.contains(h)) {
-            return Ok(());
-        }
-        let whose = match &host {
-            Some(h) if !here => format!("pid {} on host {h}", owner.pid),
-            _ => format!("pid {}", owner.pid),
-        };
-        Err(WireError {
-            kind: ErrorKind::OwnerAlive,
-            message: format!(
-                "session {:?} is owned by {whose}, which is alive: write from it or a process it started, or pass the session's epoch (sessionctl checkpoint --epoch N)",
-                key.name
-            ),
-            owner_pid: Some(owner.pid),
-            index: None,
-            owner_host: host,
-        })
-    }
-
     pub(super) fn owner_in_view(&self, overlay: &Overlay, key: &SessionKey) -> Option<Owner> {
         let state = match overlay.get(key) {
             Some(staged) => staged.as_ref().map(|s| &s.state),
