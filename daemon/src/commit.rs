@@ -157,10 +157,12 @@ fn prepare(
     jobs: &mut VecDeque<Job>,
     scope: &Scope,
 ) -> bool {
-    match store
-        .ready()
-        .and_then(|()| store.prepare(scope, &state.table))
-    {
+    // Reads' catch-ups only read: no back-off holds them.
+    let reads_only = jobs
+        .iter()
+        .all(|j| matches!(j.mutation, Mutation::Refresh { .. }));
+    let ready = if reads_only { Ok(()) } else { store.ready() };
+    match ready.and_then(|()| store.prepare(scope, &state.table)) {
         Ok(replaced) => {
             for key in replaced {
                 state.cache.remove(&key);

@@ -267,6 +267,7 @@ fn a_paused_host_acknowledges_nothing_with_the_old_epoch_after_a_takeover() {
         (2, b"taken over".to_vec())
     );
     // Once it runs again A serves the session as B left it.
+    // (Reads need no lease: they are answered while A renews it.)
     assert!(wait_until(DEADLINE, || {
         let s = ca.show("job").unwrap();
         s.owner_host.as_deref() == Some("host-b") && s.latest_checkpoint == Some(2)

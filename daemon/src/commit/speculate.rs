@@ -54,7 +54,13 @@ pub fn speculate(
     scope: &Scope,
 ) -> bool {
     let planned = plan(state, jobs);
-    let attempt = match store.ready() {
+    // A batch that writes nothing (a read's catch-up) is not held back by a failing store's
+    // back-off: it only reads.
+    let writes = planned
+        .iter()
+        .any(|s| s.planned.as_ref().is_ok_and(|p| !p.changes.is_empty()));
+    let ready = if writes { store.ready() } else { Ok(()) };
+    let attempt = match ready {
         Err(message) => Speculation::Failed(message),
         Ok(()) => {
             let units: Vec<Unit<'_>> = planned

@@ -378,14 +378,18 @@ async fn write_after<'a>(
     // A transaction of its own (speculative), or the one `begin` opened.
     let begin = (!first.is_empty()).then_some("BEGIN");
     let mut stmts: Vec<Stmt<'_>> = first;
-    stmts.push(Stmt::new(
-        "SELECT sessiond_hold_lease($1, $2, $3)",
-        vec![
-            Box::new(cfg.host_id.as_str()),
-            Box::new(i64::from(std::process::id())),
-            Box::new(cfg.lease_ttl.as_secs_f64()),
-        ],
-    ));
+    // Only what writes needs the lease: a batch that writes nothing (a read's catch-up) is
+    // answered by a host whose lease has lapsed too.
+    if units.iter().any(|u| !u.changes.is_empty()) {
+        stmts.push(Stmt::new(
+            "SELECT sessiond_hold_lease($1, $2, $3)",
+            vec![
+                Box::new(cfg.host_id.as_str()),
+                Box::new(i64::from(std::process::id())),
+                Box::new(cfg.lease_ttl.as_secs_f64()),
+            ],
+        ));
+    }
     // Per change: its first statement, and the payload bytes if that returns its row's id.
     let mut places: Vec<(usize, Option<usize>)> = Vec::new();
     let mut notices = Vec::new();
