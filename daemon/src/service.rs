@@ -481,11 +481,8 @@ impl Service {
             return Ok(());
         }
         let refresh = Mutation::Refresh {
-            names: match request {
-                Request::List(r) if r.all_users => None,
-                Request::List(_) => None,
-                _ => name.map(|n| vec![n.clone()]),
-            },
+            // A list's catch-up reloads whatever changed (`None`: every session).
+            names: name.map(|n| vec![n.clone()]),
         };
         match self.enqueue(uid, refresh, None) {
             Started::Committing(rx) => rx.await.map_err(|_| closing())?.map(|_| ()),

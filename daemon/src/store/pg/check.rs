@@ -4,29 +4,22 @@
 
 use tokio_postgres::NoTls;
 
-use super::{schema, url_config, PgConfig};
+use super::{db_error, schema, url_config, PgConfig};
 use crate::store::log::check::CheckReport;
 use crate::store::StoreError;
 
 const PAGE: i64 = 256;
 
-fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::Db {
-        context: context.into(),
-        error: e.to_string(),
-    }
-}
-
 pub async fn check(cfg: &PgConfig) -> Result<CheckReport, StoreError> {
     let (client, connection) = url_config(cfg)?
         .connect(NoTls)
         .await
-        .map_err(db("cannot connect to the database"))?;
+        .map_err(db_error("cannot connect to the database"))?;
     tokio::spawn(connection);
     let mut report = CheckReport::default();
     match schema::version(&client)
         .await
-        .map_err(db("cannot read the schema's version"))?
+        .map_err(db_error("cannot read the schema's version"))?
     {
         None => {
             report.problems += 1;
@@ -60,7 +53,7 @@ pub async fn check(cfg: &PgConfig) -> Result<CheckReport, StoreError> {
             let rows = client
                 .query(&sql, &[&after])
                 .await
-                .map_err(db("cannot read the payloads"))?;
+                .map_err(db_error("cannot read the payloads"))?;
             for row in &rows {
                 counts[i] += 1;
                 let payload: &[u8] = row.get(4);
@@ -94,7 +87,7 @@ pub async fn check(cfg: &PgConfig) -> Result<CheckReport, StoreError> {
             &[],
         )
         .await
-        .map_err(db("cannot read the sessions"))?;
+        .map_err(db_error("cannot read the sessions"))?;
     for row in &behind {
         report.problems += 1;
         report.lines.push(format!(
@@ -108,7 +101,7 @@ pub async fn check(cfg: &PgConfig) -> Result<CheckReport, StoreError> {
     let sessions: i64 = client
         .query_one("SELECT count(*) FROM sessions", &[])
         .await
-        .map_err(db("cannot count the sessions"))?
+        .map_err(db_error("cannot count the sessions"))?
         .get(0);
     report.lines.push(format!(
         "{sessions} sessions, {} checkpoints, {} attachments checked: {}",

@@ -97,9 +97,8 @@ pub struct PgStore {
     health: Arc<Health>,
     retry: Backoff,
     error: String,
-    renewed: Instant,
-    /// `renewed`, for `stats`.
-    renewed_seen: Arc<Mutex<Instant>>,
+    /// When this host's lease was last renewed (shared with `stats`).
+    renewed: Arc<Mutex<Instant>>,
     versions: Arc<Versions>,
     /// The connection of the prepared batch, in its transaction, and what it locked.
     open: Option<(Object, Scope)>,
@@ -211,8 +210,7 @@ impl PgStore {
             health,
             retry: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             error: String::new(),
-            renewed: Instant::now(),
-            renewed_seen: renewed,
+            renewed,
             versions,
             open: None,
             pending: None,
@@ -222,8 +220,14 @@ impl PgStore {
     }
 
     fn lease_renewed(&mut self) {
-        self.renewed = Instant::now();
-        *self.renewed_seen.lock().unwrap_or_else(|p| p.into_inner()) = self.renewed;
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn since_renewed(&self) -> Duration {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     fn failed(&mut self, message: String) -> String {
@@ -415,7 +419,7 @@ impl Store for PgStore {
     fn release(&mut self, _released: &[Loc]) {}
 
     fn upkeep(&mut self, _index: &Mutex<dyn Index>) {
-        if self.renewed.elapsed() >= self.cfg.lease_interval {
+        if self.since_renewed() >= self.cfg.lease_interval {
             self.renew_lease();
         }
     }
@@ -441,7 +445,7 @@ impl Store for PgStore {
         let lease = self.cfg.lease_interval;
         Some(
             lease
-                .saturating_sub(self.renewed.elapsed())
+                .saturating_sub(self.since_renewed())
                 .min(lease.saturating_sub(self.lapsed_checked.elapsed()))
                 .max(Duration::from_millis(10)),
         )
