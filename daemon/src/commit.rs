@@ -330,6 +330,7 @@ mod tests {
             dir: dir.to_path_buf(),
             segment_bytes: 1 << 20,
             snapshot_every_bytes: 1 << 30,
+            reclaim_after: std::time::Duration::from_secs(3600),
         };
         let (store, reads, _) = LogStore::open(cfg, &table, health.clone()).unwrap();
         let (owners, _) = mpsc::unbounded_channel();

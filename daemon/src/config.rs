@@ -165,6 +165,12 @@ settings! {
     snapshot_every_bytes: u64 => u64, env "SESSIOND_SNAPSHOT_EVERY_BYTES", default 256 * MIB,
         AtRestart, check |v| in_range(*v, 1, u64::MAX);
 
+    /// Once records die (retention, a deletion, a prune), the disk they hold is given back
+    /// within about this long, whatever is written afterwards: a snapshot, compaction of the
+    /// segments they leave mostly dead, and deletion of dead ones [default: 2s].
+    reclaim_after: Interval => Duration, env "SESSIOND_RECLAIM_AFTER",
+        default Duration::from_secs(2), AtRestart;
+
     /// How often the owner sweep runs (e.g. 1s, 250ms). On Linux owner exits are seen at once
     /// through pidfds; the sweep is the fallback and safety net [default: 1s].
     stale_check_interval: Interval => Duration, env "SESSIOND_STALE_CHECK_INTERVAL",

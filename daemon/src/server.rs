@@ -114,6 +114,7 @@ fn open_store(
                 dir: cfg.state_dir.clone(),
                 segment_bytes: cfg.segment_bytes,
                 snapshot_every_bytes: cfg.snapshot_every_bytes,
+                reclaim_after: cfg.reclaim_after,
             };
             let (store, reads, report) = LogStore::open(log, &table, health.clone())?;
             let t = table.lock().unwrap_or_else(|p| p.into_inner());

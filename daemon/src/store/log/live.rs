@@ -61,6 +61,11 @@ impl LiveSegments {
         self.live.remove(&segment);
     }
 
+    /// How many segments hold a live record.
+    pub fn segments_in_use(&self) -> usize {
+        self.live.values().filter(|l| l.records > 0).count()
+    }
+
     /// Live bytes over all segments.
     pub fn bytes(&self) -> u64 {
         self.live.values().map(|l| l.bytes).sum()

@@ -38,7 +38,7 @@ pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::health::{Health, Work};
 use crate::model::Loc;
@@ -58,18 +58,23 @@ pub struct LogConfig {
     pub dir: PathBuf,
     pub segment_bytes: u64,
     pub snapshot_every_bytes: u64,
+    /// Dead records' disk is given back within about this long (see [`LogStore::reclaim_due`]).
+    pub reclaim_after: Duration,
 }
 
 impl LogConfig {
     /// Dead segment files to keep for reuse: as many as the log fills between two snapshots,
-    /// which is when garbage collection frees them, so that every new segment can reuse one.
-    fn free_segments(&self) -> usize {
+    /// which is when garbage collection frees them, so that every new segment can reuse one;
+    /// but no more than two beyond the segments in use, so that a log that shrank (sessions
+    /// deleted) gives its disk back instead of keeping it as free files.
+    fn free_segments(&self, in_use: usize) -> usize {
         let per_snapshot = self
             .snapshot_every_bytes
             .div_ceil(self.segment_bytes.max(1));
         usize::try_from(per_snapshot)
             .unwrap_or(usize::MAX)
             .clamp(1, 16)
+            .min(in_use + 2)
     }
 }
 
@@ -95,7 +100,14 @@ pub struct LogStore {
     since_snapshot: u64,
     rotations: u32,
     snapshot_retry: Backoff,
+    /// Bytes of records released since the last snapshot, and when the first of them was.
+    released: u64,
+    released_since: Option<Instant>,
+    snapshot_bytes: u64,
 }
+
+/// Dead bytes too few to be worth a snapshot of their own.
+const MIN_RECLAIM_BYTES: u64 = 64 << 10;
 
 impl LogStore {
     /// Opens the state directory: recovery into `index`, a fresh segment, a snapshot if
@@ -150,6 +162,9 @@ impl LogStore {
             since_snapshot: 0,
             rotations: 0,
             snapshot_retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+            released: 0,
+            released_since: None,
+            snapshot_bytes: 0,
             cfg,
         };
         if report.replayed_records > 0 || report.index != IndexState::Loaded {
@@ -175,6 +190,19 @@ impl LogStore {
     fn snapshot_due(&self) -> bool {
         self.since_snapshot >= self.cfg.snapshot_every_bytes
             || self.rotations >= ROTATIONS_PER_SNAPSHOT
+            || self.reclaim_in() == Some(Duration::ZERO)
+    }
+
+    /// How long until the records released since the last snapshot are given back (`None`:
+    /// none worth it). Worth it once they add up to at least the snapshot that frees them
+    /// costs to write (and [`MIN_RECLAIM_BYTES`]), so reclaiming never writes more than it
+    /// frees; then a snapshot lets garbage collection and compaction give the disk back.
+    fn reclaim_in(&self) -> Option<Duration> {
+        let since = self.released_since?;
+        if self.released < self.snapshot_bytes.max(MIN_RECLAIM_BYTES) {
+            return None;
+        }
+        Some(self.cfg.reclaim_after.saturating_sub(since.elapsed()))
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -202,17 +230,22 @@ impl LogStore {
     /// A snapshot, then the garbage collection it allows; `false` if it failed (it is then
     /// retried after a back-off).
     fn snapshot(&mut self, index: &Mutex<dyn Index>) -> bool {
-        if let Err(e) = upkeep::write_snapshot(&self.cfg.dir, &self.log, index) {
-            self.health.failed(Work::IndexSnapshot, &e);
-            self.snapshot_retry.failed();
-            return false;
+        match upkeep::write_snapshot(&self.cfg.dir, &self.log, index) {
+            Ok(bytes) => self.snapshot_bytes = bytes,
+            Err(e) => {
+                self.health.failed(Work::IndexSnapshot, &e);
+                self.snapshot_retry.failed();
+                return false;
+            }
         }
+        self.released = 0;
+        self.released_since = None;
         self.health.succeeded(Work::IndexSnapshot);
         self.snapshot_retry.succeeded();
         self.since_snapshot = 0;
         self.rotations = 0;
         let covered = self.log.position().0;
-        let free = self.cfg.free_segments();
+        let free = self.cfg.free_segments(self.live.segments_in_use());
         let dir = self.cfg.dir.clone();
         match upkeep::collect_garbage(
             &dir,
@@ -349,6 +382,10 @@ impl Store for LogStore {
     fn release(&mut self, released: &[Loc]) {
         for loc in released {
             self.live.remove(loc);
+            self.released += loc.record_len();
+        }
+        if !released.is_empty() && self.released_since.is_none() {
+            self.released_since = Some(Instant::now());
         }
     }
 
@@ -369,8 +406,10 @@ impl Store for LogStore {
     }
 
     fn idle_wait(&self) -> Option<Duration> {
-        self.snapshot_due()
-            .then(|| self.snapshot_retry.remaining().unwrap_or(Duration::ZERO))
+        if self.snapshot_due() {
+            return Some(self.snapshot_retry.remaining().unwrap_or(Duration::ZERO));
+        }
+        self.reclaim_in()
     }
 
     fn finish(&mut self, index: &Mutex<dyn Index>) {

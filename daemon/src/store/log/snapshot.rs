@@ -79,7 +79,8 @@ pub enum SnapshotError {
 
 /// Replaces the index with `snap`. On error the old index stays (or, if the error came after
 /// the rename, the new one, which may not survive a crash), and no temp file is left.
-pub fn write(dir: &Path, snap: &Snapshot) -> io::Result<()> {
+/// Returns the file's size.
+pub fn write(dir: &Path, snap: &Snapshot) -> io::Result<u64> {
     let body = codec::encode(snap).map_err(io::Error::other)?;
     let tmp = dir.join(INDEX_TMP);
     within(scope::sessiond_io_snapshot, || {
@@ -96,7 +97,8 @@ pub fn write(dir: &Path, snap: &Snapshot) -> io::Result<()> {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fsync_dir(dir)
+        fsync_dir(dir)?;
+        Ok((HEADER_LEN + body.len()) as u64)
     })
 }
 

@@ -27,8 +27,8 @@ pub fn release_free_memory() {
     }
 }
 
-/// Writes an index snapshot as of the log's position.
-pub fn write_snapshot(dir: &Path, log: &LogWriter, index: &Mutex<dyn Index>) -> io::Result<()> {
+/// Writes an index snapshot as of the log's position; returns its size.
+pub fn write_snapshot(dir: &Path, log: &LogWriter, index: &Mutex<dyn Index>) -> io::Result<u64> {
     let (segment, offset) = log.position();
     let sessions = lock(index).export().into_iter().map(Into::into).collect();
     let snap = Snapshot {
@@ -52,9 +52,10 @@ fn lock(index: &Mutex<dyn Index>) -> std::sync::MutexGuard<'_, dyn Index + 'stat
 /// live record. Returns the deleted sequence numbers.
 ///
 /// A dead segment is renamed out of the log at once. Up to `keep_free` such files are kept
-/// (`.free`) for new segments to reuse; the others (`.dead`) are unlinked by the [`Reaper`]:
-/// freeing a large file's blocks takes tens of milliseconds, which the commit thread, and so
-/// every write, would otherwise wait for.
+/// (`.free`) for new segments to reuse, and free files beyond that (kept when the log held
+/// more) go too; the others (`.dead`) are unlinked by the [`Reaper`]: freeing a large file's
+/// blocks takes tens of milliseconds, which the commit thread, and so every write, would
+/// otherwise wait for.
 pub fn collect_garbage(
     dir: &Path,
     covered: u32,
@@ -92,7 +93,24 @@ pub fn collect_garbage(
             }
             deleted.push(seq);
         }
-        if !deleted.is_empty() {
+        if result.is_ok() {
+            // The oldest first; never the spare (number 0), which its own thread keeps.
+            let extra = segment::list_free(dir)?
+                .into_iter()
+                .filter(|&seq| seq != 0)
+                .collect::<Vec<_>>();
+            let over = extra.len().saturating_sub(keep_free);
+            for seq in extra.into_iter().take(over) {
+                let from = segment::free_path(dir, seq);
+                let to = from.with_extension(reaper::RETIRED_EXTENSION);
+                if let Err(e) = std::fs::rename(&from, &to) {
+                    result = Err(e);
+                    break;
+                }
+                retired.push(to);
+            }
+        }
+        if !deleted.is_empty() || !retired.is_empty() {
             let synced = fsync_dir(&dir.join(segment::LOG_DIR));
             reaper.delete(retired);
             synced?;
