@@ -178,7 +178,7 @@ pub(crate) fn deleted(r: Reply) -> Result<bool> {
 
 pub(crate) fn stats(r: Reply) -> Result<Stats> {
     match r {
-        Reply::Stats(s) => Ok(s),
+        Reply::Stats(s) => Ok(*s),
         other => Err(unexpected(&other)),
     }
 }

@@ -331,6 +331,7 @@ mod tests {
             segment_bytes: 1 << 20,
             snapshot_every_bytes: 1 << 30,
             reclaim_after: std::time::Duration::from_secs(3600),
+            chunking: true,
         };
         let (store, reads, _) = LogStore::open(cfg, &table, health.clone()).unwrap();
         let (owners, _) = mpsc::unbounded_channel();

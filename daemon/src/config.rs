@@ -171,6 +171,11 @@ settings! {
     reclaim_after: Interval => Duration, env "SESSIOND_RECLAIM_AFTER",
         default Duration::from_secs(2), AtRestart;
 
+    /// Store large checkpoint payloads in content-defined chunks, each distinct chunk once
+    /// per user and compressed when that is smaller (`false` stores every payload whole: for
+    /// measuring what chunking costs) [default: true].
+    chunking: bool => bool, env "SESSIOND_CHUNKING", default true, AtRestart;
+
     /// How often the owner sweep runs (e.g. 1s, 250ms). On Linux owner exits are seen at once
     /// through pidfds; the sweep is the fallback and safety net [default: 1s].
     stale_check_interval: Interval => Duration, env "SESSIOND_STALE_CHECK_INTERVAL",

@@ -115,6 +115,7 @@ fn open_store(
                 segment_bytes: cfg.segment_bytes,
                 snapshot_every_bytes: cfg.snapshot_every_bytes,
                 reclaim_after: cfg.reclaim_after,
+                chunking: cfg.chunking,
             };
             let (store, reads, report) = LogStore::open(log, &table, health.clone())?;
             let t = table.lock().unwrap_or_else(|p| p.into_inner());

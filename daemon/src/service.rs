@@ -43,6 +43,9 @@ pub struct Service {
 }
 
 /// How a request proceeds after [`Service::start`].
+// Moved once per request, on its way to the reply: a box would cost an allocation for every
+// reply given at once (pings, refusals).
+#[allow(clippy::large_enum_variant)]
 pub enum Started {
     Done(Result<Reply, WireError>),
     /// Queued for the commit thread; the reply comes once it is durable.
@@ -497,12 +500,20 @@ impl Service {
             self.catch_up(view, uid, &request).await?;
         }
         match request {
-            Request::Show(r) => self
-                .state
-                .table()
-                .session(uid, &r.name)
-                .map(Reply::Session)
-                .ok_or_else(|| WireError::not_found(&r.name)),
+            Request::Show(r) => {
+                let (info, records) = {
+                    let t = self.state.table();
+                    (t.session(uid, &r.name), t.records_of(uid, &r.name))
+                };
+                let (mut info, (logical, records)) = info
+                    .zip(records)
+                    .ok_or_else(|| WireError::not_found(&r.name))?;
+                let state = self.state.clone();
+                let stored = blocking(move || Ok(state.reads.stored_bytes(&records))).await?;
+                info.logical_bytes = Some(logical);
+                info.stored_bytes = Some(stored);
+                Ok(Reply::Session(info))
+            }
             Request::List(r) => {
                 let filter = ListFilter {
                     uid: (!r.all_users).then_some(uid),
@@ -558,10 +569,15 @@ impl Service {
                 if let Some(view) = &self.state.shared {
                     stats.shared = Some(view.describe().await);
                 }
+                let (logical, records) = self.state.table().all_records();
                 let state = self.state.clone();
-                let usage = blocking(move || Ok(state.reads.usage())).await?;
+                let (usage, stored) =
+                    blocking(move || Ok((state.reads.usage(), state.reads.stored_bytes(&records))))
+                        .await?;
                 (stats.log_segments, stats.log_bytes) = (usage.files, usage.bytes);
-                Ok(Reply::Stats(stats))
+                (stats.logical_bytes, stats.stored_bytes) = (logical, stored);
+                stats.chunks = usage.chunks;
+                Ok(Reply::Stats(Box::new(stats)))
             }
             other => Err(WireError::internal(format!("{} is not a read", other.op()))),
         }

@@ -20,7 +20,7 @@ pub use types::*;
 /// Version of the binary protocol, exchanged in the hello. 2: `stats` reports the store's
 /// health. 3: the framework ops (checkpoint keys, attachments, history filters and paging,
 /// list paging, delete_checkpoints, prune, copy, batch, detached sessions).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Version of the sessiond release these types belong to.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

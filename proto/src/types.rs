@@ -157,6 +157,12 @@ pub struct SessionInfo {
     /// The owner's host, when sessions are shared by several hosts' daemons.
     #[serde(default)]
     pub owner_host: Option<String>,
+    /// The retained checkpoints' payload bytes (`show` only; `None` in lists).
+    #[serde(default)]
+    pub logical_bytes: Option<u64>,
+    /// The bytes the store takes for them, each chunk counted once (`show` only).
+    #[serde(default)]
+    pub stored_bytes: Option<u64>,
 }
 
 /// A checkpoint's description, with its payload when the op returns it.
@@ -247,6 +253,16 @@ pub struct Stats {
     /// The shared store this daemon is on (PostgreSQL), `None` on the local log.
     #[serde(default)]
     pub shared: Option<SharedStore>,
+    /// Payload bytes of every retained checkpoint.
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Bytes the store's live records take for them (the records, and each distinct chunk
+    /// once): what the sessions cost on disk, before the store's free space.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Distinct chunks stored.
+    #[serde(default)]
+    pub chunks: u64,
 }
 
 /// The shared store as one host's daemon sees it.
@@ -799,7 +815,7 @@ pub enum Reply {
     /// Whether a session was deleted.
     Deleted(bool),
     /// The daemon's counters.
-    Stats(Stats),
+    Stats(Box<Stats>),
     /// First reply of a `watch`; events follow with the same id.
     Watching,
     /// A watch's event.

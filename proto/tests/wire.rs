@@ -37,6 +37,8 @@ fn session() -> SessionInfo {
         error: None,
         uid: 1000,
         owner_host: Some("host-a".into()),
+        logical_bytes: Some(300_000),
+        stored_bytes: Some(21_000),
     }
 }
 
@@ -247,6 +249,9 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
             lease_renewed_ms_ago: 120,
             live_hosts: vec!["host-a".into(), "host-b".into()],
         }),
+        logical_bytes: 1_000_000,
+        stored_bytes: 60_000,
+        chunks: 17,
     };
     vec![
         (
@@ -282,7 +287,7 @@ fn replies() -> Vec<(&'static str, Result<Reply, WireError>)> {
             Ok(Reply::Checkpoints(vec![checkpoint(None, vec![])])),
         ),
         ("deleted", Ok(Reply::Deleted(true))),
-        ("stats", Ok(Reply::Stats(stats))),
+        ("stats", Ok(Reply::Stats(Box::new(stats)))),
         ("watching", Ok(Reply::Watching)),
         ("count", Ok(Reply::Count(3))),
         (

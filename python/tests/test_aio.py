@@ -13,7 +13,7 @@ from sessiond import ops
 
 async def test_ops_errors_and_concurrency(daemon: Daemon) -> None:
     async with sessiond.AsyncClient(daemon.socket) as c:
-        assert (await c.ping()).protocol == 3
+        assert (await c.ping()).protocol == 4
         await c.create("a", detached=True, keep=0)
         # Concurrent tasks, each on a connection of its own: numbers are all different.
         written = await asyncio.gather(*[c.checkpoint("a", b"%d" % i) for i in range(32)])

@@ -208,12 +208,16 @@ def test_watch_reports_events(client: sessiond.Client) -> None:
 
 def test_ping_and_stats(client: sessiond.Client) -> None:
     pong = client.ping()
-    assert pong.protocol == 3
+    assert pong.protocol == 4
     client.create("s", detached=True)
     client.checkpoint("s", b"x")
     stats = client.stats()
     assert stats.sessions == 1 and stats.checkpoints_written >= 1
     assert stats.store["degraded"] is False
+    assert stats.logical_bytes == 1 and stats.stored_bytes > 1
+    shown = client.show("s")
+    assert shown.logical_bytes == 1 and (shown.stored_bytes or 0) > 1
+    assert client.list()[0].stored_bytes is None, "only show says what a session takes"
     wait_until("a connection to show", lambda: client.stats().connections >= 1)
 
 

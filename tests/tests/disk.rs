@@ -40,8 +40,10 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Unique and incompressible, so that each checkpoint takes its size on disk (chunks are
+/// stored once and compressed).
 fn payload(n: u64) -> Vec<u8> {
-    (0..100_000u64).map(|i| (i * 31 + n * 7) as u8).collect()
+    sessiond_tests::unique_bytes(n, 100_000)
 }
 
 #[test]

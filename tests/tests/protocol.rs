@@ -331,7 +331,11 @@ fn read_back_other_uid(d: &Daemon) -> sessiond_client::Reply {
     let mut j = d.json();
     let r = j.call(json!({"op": "show", "id": 1, "name": "s", "uid": 4321}));
     assert_eq!(r["session"]["uid"], json!(4321));
-    let s: sessiond_client::SessionInfo = serde_json::from_value(r["session"].clone()).unwrap();
+    let mut s: sessiond_client::SessionInfo = serde_json::from_value(r["session"].clone()).unwrap();
+    // Only show says what a session takes: the rest of it is what create said.
+    assert_eq!(s.logical_bytes, Some(0));
+    assert!(s.stored_bytes.is_some_and(|b| b > 0), "{s:?}");
+    (s.logical_bytes, s.stored_bytes) = (None, None);
     sessiond_client::Reply::Session(s)
 }
 
@@ -343,14 +347,14 @@ fn wrong_protocol_version_and_wrong_magic_are_refused_cleanly() {
         .expect("refused");
     assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion));
     assert!(e.to_string().contains("999"), "{e}");
-    // Clients of older protocols (1, and 2 from before keys and batches) are refused, never
-    // misread.
-    for old in [1, 2] {
+    // Clients of older protocols (1; 2 from before keys and batches; 3 from before sessions
+    // and stats said what they cost in bytes) are refused, never misread.
+    for old in [1, 2, 3] {
         let e = Client::connect_with_version(&d.socket, old)
             .err()
             .expect("refused");
         assert_eq!(e.kind(), Some(ErrorKind::UnsupportedVersion), "{e}");
-        assert!(e.to_string().contains("speaks protocol 3"), "{e}");
+        assert!(e.to_string().contains("speaks protocol 4"), "{e}");
     }
     // Not a sessiond hello at all: a clear refusal, then the connection closes.
     let mut s = UnixStream::connect(&d.socket).unwrap();

@@ -22,10 +22,9 @@ fn log_disk(state: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Unique and incompressible: each takes its size in the log.
 fn payload(session: usize, n: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64 ^ (n * 131 + session as u64 * 7)) as u8)
-        .collect()
+    sessiond_tests::unique_bytes(n * 1000 + session as u64, len)
 }
 
 fn daemon() -> Daemon {

@@ -15,6 +15,7 @@
 //! same.
 
 pub(crate) mod backoff;
+pub mod chunking;
 pub mod log;
 pub mod pg;
 
@@ -157,6 +158,8 @@ pub enum ReadError {
 pub struct Usage {
     pub files: u64,
     pub bytes: u64,
+    /// Distinct chunks stored.
+    pub chunks: u64,
 }
 
 /// Reads of what a store holds, from any thread.
@@ -171,6 +174,11 @@ pub trait Reads: Send + Sync {
     fn read_attachment(&self, at: &Loc) -> Result<(AttachMeta, Vec<u8>), ReadError>;
 
     fn usage(&self) -> Usage;
+
+    /// The bytes the store takes for these records, each chunk they use counted once.
+    fn stored_bytes(&self, records: &[Loc]) -> u64 {
+        records.iter().map(|l| u64::from(l.payload_len)).sum()
+    }
 }
 
 /// What a store needs of the in-memory index it recovers into and maintains: the session

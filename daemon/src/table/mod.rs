@@ -38,6 +38,22 @@ struct Session {
     extra: Option<Box<Extra>>,
 }
 
+impl Session {
+    fn records(&self) -> (u64, Vec<Loc>) {
+        let logical = self
+            .checkpoints
+            .iter()
+            .map(|c| u64::from(c.payload_len()))
+            .sum();
+        let mut locs = vec![self.state_loc];
+        locs.extend(self.checkpoints.iter().map(CkptEntry::loc));
+        if let Some(extra) = &self.extra {
+            locs.extend(extra.attachments.values().flatten().map(|a| a.loc));
+        }
+        (logical, locs)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Extra {
     keys: HashMap<String, KeyEntry>,
@@ -76,6 +92,8 @@ fn info(state: &SessionState, count: u64, latest: Option<u64>) -> SessionInfo {
         error: state.error.clone(),
         uid: state.uid,
         owner_host: state.owner.and(state.owner_host.clone()),
+        logical_bytes: None,
+        stored_bytes: None,
     }
 }
 
@@ -327,6 +345,23 @@ impl SessionTable {
 
     pub fn session_count(&self) -> u64 {
         self.sessions.len() as u64
+    }
+
+    /// A session's retained checkpoints' payload bytes, and the places of all its records
+    /// (state, checkpoints, attachments), for what it costs in the store.
+    pub fn records_of(&self, uid: u32, name: &str) -> Option<(u64, Vec<Loc>)> {
+        self.sessions.get(uid, name).map(Session::records)
+    }
+
+    /// As [`SessionTable::records_of`], over every session.
+    pub fn all_records(&self) -> (u64, Vec<Loc>) {
+        let mut out = (0, Vec::new());
+        for s in self.sessions.values() {
+            let (logical, locs) = s.records();
+            out.0 += logical;
+            out.1.extend(locs);
+        }
+        out
     }
 
     pub fn checkpoint_count(&self) -> u64 {

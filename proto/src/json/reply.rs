@@ -420,7 +420,7 @@ fn decode_body(mut m: Map<String, Value>) -> Result<Reply, JsonError> {
         }
         Reply::Batch(out)
     } else if let Some(s) = m.remove("stats") {
-        Reply::Stats(serde_json::from_value(s)?)
+        Reply::Stats(Box::new(serde_json::from_value(s)?))
     } else if m.remove("watching").is_some() {
         Reply::Watching
     } else if let (Some(version), Some(protocol)) = (m.remove("version"), m.remove("protocol")) {

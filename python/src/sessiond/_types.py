@@ -33,6 +33,10 @@ class Session:
     uid: int
     #: The owner's host, when sessions are shared by several hosts' daemons.
     owner_host: str | None = None
+    #: The retained checkpoints' payload bytes, and what the store takes for them, each
+    #: chunk once (``show`` only; ``None`` in lists).
+    logical_bytes: int | None = None
+    stored_bytes: int | None = None
 
     @classmethod
     def of(cls, v: dict[str, Any]) -> Session:
@@ -50,6 +54,8 @@ class Session:
             error=v.get("error"),
             uid=v.get("uid", 0),
             owner_host=v.get("owner_host"),
+            logical_bytes=v.get("logical_bytes"),
+            stored_bytes=v.get("stored_bytes"),
         )
 
 
@@ -178,6 +184,11 @@ class Stats:
     log_segments: int
     log_bytes: int
     store: dict[str, Any]
+    #: Payload bytes of every retained checkpoint, the bytes the store's live records take
+    #: for them (each distinct chunk once), and the distinct chunks.
+    logical_bytes: int = 0
+    stored_bytes: int = 0
+    chunks: int = 0
 
     @classmethod
     def of(cls, v: dict[str, Any]) -> Stats:
@@ -194,4 +205,7 @@ class Stats:
             log_segments=v.get("log_segments", 0),
             log_bytes=v.get("log_bytes", 0),
             store=v.get("store") or {},
+            logical_bytes=v.get("logical_bytes", 0),
+            stored_bytes=v.get("stored_bytes", 0),
+            chunks=v.get("chunks", 0),
         )

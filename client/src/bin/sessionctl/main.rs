@@ -446,7 +446,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let store = s.store.clone();
             let shared = s.shared.clone();
-            let v = wire_json::reply_body(&Reply::Stats(s))
+            let v = wire_json::reply_body(&Reply::Stats(Box::new(s)))
                 .remove("stats")
                 .unwrap_or(Value::Null);
             if out.json {

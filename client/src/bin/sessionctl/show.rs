@@ -48,6 +48,9 @@ impl Output {
                 s.keep.to_string()
             }
         );
+        if let (Some(logical), Some(stored)) = (s.logical_bytes, s.stored_bytes) {
+            println!("bytes:       {logical} in its checkpoints, {stored} stored");
+        }
         println!("created:     {}", local_time(s.created_at));
         println!("updated:     {}", local_time(s.updated_at));
         for (k, v) in &s.meta {
@@ -304,6 +307,24 @@ pub fn openmetrics(s: &sessiond_client::Stats) -> String {
         "gauge",
         "Bytes the store takes on disk.",
         &one(s.log_bytes),
+    );
+    family(
+        "logical_bytes",
+        "gauge",
+        "Payload bytes of every retained checkpoint.",
+        &one(s.logical_bytes),
+    );
+    family(
+        "stored_bytes",
+        "gauge",
+        "Bytes the store's live records take for them (each distinct chunk once).",
+        &one(s.stored_bytes),
+    );
+    family(
+        "chunks",
+        "gauge",
+        "Distinct payload chunks stored.",
+        &one(s.chunks),
     );
     family(
         "store_degraded",

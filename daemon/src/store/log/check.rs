@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::chunks::Chunks;
 
 use super::reads::SegmentFiles;
+use super::record::RecordHeader;
 use super::recovery::{find_cuts, load};
 use super::segment::{list_segments, segment_file_name, ScanItem, SegmentScanner};
 use super::snapshot;
@@ -167,13 +170,20 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
         }
     }
     // What the daemon would serve: every retained checkpoint must read back intact.
+    let mut chunks = Chunks::replaying();
     let sessions = {
         let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-        load(dir, &mut *index)?;
+        let (report, _) = load(dir, &mut *index, &mut chunks)?;
+        for (uid, missing) in report.missing_chunks {
+            r.problem(format!(
+                "uid {uid}: {missing} chunk(s) that retained checkpoints use are not in the log"
+            ));
+        }
         index.export()
     };
-    let files = SegmentFiles::new(dir);
-    let (mut retained, mut attached) = (0u64, 0u64);
+    let chunks = Arc::new(Mutex::new(chunks));
+    let files = SegmentFiles::new(dir, chunks.clone());
+    let (mut retained, mut attached, mut chunked) = (0u64, 0u64, 0u64);
     for (i, s) in sessions.iter().enumerate() {
         progress.tick("sessions' checkpoints", i + 1, sessions.len());
         let (uid, name) = (s.state.uid, &s.state.name);
@@ -190,6 +200,23 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
                     r.damaged_checkpoints.push((uid, name.clone(), n));
                 }
                 Ok((header, _)) => {
+                    if let RecordHeader::Chunked(c) | RecordHeader::Relocated3(c) = &header {
+                        chunked += 1;
+                        let manifest: Vec<_> = c.chunks.iter().map(|r| r.hash).collect();
+                        let indexed = lock(&chunks).manifest(&entry.loc());
+                        if indexed.as_ref().map(|m| &m.chunks) != Some(&manifest) {
+                            r.problem(format!(
+                                "session {name:?} (uid {uid}): checkpoint {n}'s chunks are not those its index entry counts"
+                            ));
+                        }
+                        if let Err(e) = files.assemble(c) {
+                            r.problem(format!(
+                                "session {name:?} (uid {uid}): checkpoint {n} cannot be served: {e}"
+                            ));
+                            r.damaged_checkpoints.push((uid, name.clone(), n));
+                            continue;
+                        }
+                    }
                     let stored = header.checkpoint().and_then(|h| h.key);
                     if stored.as_deref() != key_of.get(&n).copied() {
                         r.problem(format!(
@@ -227,6 +254,10 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
             }
         }
     }
+    let (distinct, stored) = lock(&chunks).usage();
+    r.note(format!(
+        "chunks: {distinct} distinct, {stored} bytes stored, used by {chunked} chunked checkpoints"
+    ));
     r.note(format!(
         "{} sessions, {retained} retained checkpoints, {attached} attachments, {} damaged; {} problem(s)",
         sessions.len(),
@@ -235,4 +266,8 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
     ));
     drop(progress);
     Ok(r)
+}
+
+fn lock(chunks: &Mutex<Chunks>) -> std::sync::MutexGuard<'_, Chunks> {
+    chunks.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -22,7 +22,9 @@
 //! are refused without touching the disk, so a failing disk costs neither a busy loop nor a
 //! log line per batch ([`crate::health`]). Snapshots that fail are retried the same way.
 
+mod batch;
 pub(crate) mod check;
+pub(crate) mod chunks;
 pub(crate) mod files;
 mod live;
 pub(crate) mod reads;
@@ -44,13 +46,14 @@ use crate::health::{Health, Work};
 use crate::model::Loc;
 use crate::store::backoff::Backoff;
 use crate::store::{io_context, Index, Store, StoreError, Unit, Written};
+use batch::{Batch, Kind};
+use chunks::Chunks;
 use live::LiveSegments;
 use reads::SegmentFiles;
 use reaper::Reaper;
-use record::RecordRef;
 pub use recovery::{IndexState, LoadReport};
 use upkeep::Compacting;
-use writer::{Fill, LogWriter, Pending};
+use writer::{Fill, LogWriter};
 
 /// What the log is told at start.
 #[derive(Debug, Clone)]
@@ -60,6 +63,8 @@ pub struct LogConfig {
     pub snapshot_every_bytes: u64,
     /// Dead records' disk is given back within about this long (see [`LogStore::reclaim_due`]).
     pub reclaim_after: Duration,
+    /// Large payloads stored in chunks (see [`crate::store::chunking`]).
+    pub chunking: bool,
 }
 
 impl LogConfig {
@@ -89,6 +94,9 @@ pub struct LogStore {
     log: LogWriter,
     live: LiveSegments,
     files: Arc<SegmentFiles>,
+    chunks: Arc<Mutex<Chunks>>,
+    /// Whether large payloads are stored in chunks (off only to measure what that costs).
+    chunking: bool,
     reaper: Reaper,
     health: Arc<Health>,
     /// After a failed write: when the next segment may be started.
@@ -125,10 +133,12 @@ impl LogStore {
         )))?;
         remove_leftovers(dir);
         let reaper = Reaper::start(dir, health.clone());
+        let mut chunks = Chunks::replaying();
         let (report, live) = {
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-            recovery::load(dir, &mut *index)?
+            recovery::load(dir, &mut *index, &mut chunks)?
         };
+        let chunks = Arc::new(Mutex::new(chunks));
         upkeep::release_free_memory();
         let next = report.segments.last().map_or(1, |s| s + 1);
         // Zeros once, for a new state directory; a restart does not keep recovery waiting for
@@ -149,11 +159,13 @@ impl LogStore {
                 tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are only allocated");
             }
         }
-        let files = Arc::new(SegmentFiles::new(dir));
+        let files = Arc::new(SegmentFiles::new(dir, chunks.clone()));
         let mut store = LogStore {
             log,
             live,
             files: files.clone(),
+            chunks,
+            chunking: cfg.chunking,
             reaper,
             health,
             log_retry: Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
@@ -230,7 +242,7 @@ impl LogStore {
     /// A snapshot, then the garbage collection it allows; `false` if it failed (it is then
     /// retried after a back-off).
     fn snapshot(&mut self, index: &Mutex<dyn Index>) -> bool {
-        match upkeep::write_snapshot(&self.cfg.dir, &self.log, index) {
+        match upkeep::write_snapshot(&self.cfg.dir, &self.log, index, &self.chunks) {
             Ok(bytes) => self.snapshot_bytes = bytes,
             Err(e) => {
                 self.health.failed(Work::IndexSnapshot, &e);
@@ -274,6 +286,7 @@ impl LogStore {
             log: &mut self.log,
             live: &mut self.live,
             files: &self.files,
+            chunks: &self.chunks,
             segment_bytes: self.cfg.segment_bytes,
         }
         .run(index);
@@ -317,32 +330,8 @@ impl Store for LogStore {
     }
 
     fn write(&mut self, units: &[Unit<'_>]) -> Result<Written, String> {
-        let encoding = |e: record::RecordError| format!("cannot encode a log record: {e}");
-        let mut pending = Vec::with_capacity(units.iter().map(|u| u.changes.len()).sum());
-        // Which of the records written are a group's marker (no change, no place returned).
-        let mut markers = Vec::new();
-        for unit in units.iter().map(|u| u.changes) {
-            if unit.len() > 1 {
-                let records = u32::try_from(unit.len())
-                    .map_err(|_| format!("a mutation of {} records is too large", unit.len()))?;
-                let marker = RecordRef::Group { records };
-                markers.push(pending.len());
-                pending.push(Pending {
-                    head: record::encode_with_crc(&marker, &[], crc32c::crc32c(&[]))
-                        .map_err(encoding)?,
-                    payload: &[],
-                });
-            }
-            for (change, payload) in unit.iter() {
-                let head =
-                    record::encode_with_crc(&RecordRef::from(change), &payload.bytes, payload.crc)
-                        .map_err(encoding)?;
-                pending.push(Pending {
-                    head,
-                    payload: &payload.bytes,
-                });
-            }
-        }
+        let batch = Batch::cut(units, &self.chunks, self.chunking);
+        let (mut pending, kinds) = batch.records(units)?;
         let appended = match self.log.append(&mut pending) {
             Ok(a) => a,
             Err(e) => return Err(self.failed(format!("cannot write the checkpoint log: {e}"))),
@@ -358,19 +347,31 @@ impl Store for LogStore {
         self.log_retry.succeeded();
         self.health.succeeded(Work::LogWrite);
         self.since_snapshot += appended.bytes;
-        let mut markers = markers.into_iter().peekable();
-        let locs: Vec<Loc> = appended
-            .locs
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| markers.next_if_eq(i).is_none())
-            .map(|(_, loc)| loc)
-            .collect();
-        let changes = units.iter().flat_map(|u| u.changes.iter());
-        for (loc, (change, _)) in locs.iter().zip(changes) {
-            // A deletion's or a drop's record is indexed nowhere: never live.
-            if change.is_kept() {
-                self.live.add(loc);
+        let mut changes = units.iter().flat_map(|u| u.changes.iter());
+        let mut locs = Vec::with_capacity(appended.locs.len());
+        let mut chunks = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
+        for (loc, kind) in appended.locs.into_iter().zip(kinds) {
+            match kind {
+                Kind::Marker => {}
+                Kind::Chunk(header) => chunks.stored(&mut self.live, &header, loc),
+                Kind::Change(chunked) => {
+                    let Some((change, _)) = changes.next() else {
+                        break;
+                    };
+                    let loc = match chunked {
+                        Some((len, manifest)) => {
+                            let loc = loc.chunked(len);
+                            chunks.add_manifest(&mut self.live, &loc, manifest);
+                            loc
+                        }
+                        None => loc,
+                    };
+                    // A deletion's or a drop's record is indexed nowhere: never live.
+                    if change.is_kept() {
+                        self.live.add(&loc);
+                    }
+                    locs.push(loc);
+                }
             }
         }
         Ok(Written {
@@ -380,9 +381,10 @@ impl Store for LogStore {
     }
 
     fn release(&mut self, released: &[Loc]) {
+        let mut chunks = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
         for loc in released {
             self.live.remove(loc);
-            self.released += loc.record_len();
+            self.released += loc.record_len() + chunks.released(&mut self.live, loc);
         }
         if !released.is_empty() && self.released_since.is_none() {
             self.released_since = Some(Instant::now());
@@ -413,7 +415,7 @@ impl Store for LogStore {
     }
 
     fn finish(&mut self, index: &Mutex<dyn Index>) {
-        if let Err(e) = upkeep::write_snapshot(&self.cfg.dir, &self.log, index) {
+        if let Err(e) = upkeep::write_snapshot(&self.cfg.dir, &self.log, index, &self.chunks) {
             tracing::error!(error = %e, "cannot write the index snapshot at shutdown; the next start replays more of the log");
         }
         self.log.trim();

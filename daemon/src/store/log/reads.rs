@@ -6,9 +6,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::record::RecordHeader;
+use super::chunks::Chunks;
+use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
 use crate::model::{AttachMeta, CheckpointMeta, Loc};
+use crate::store::chunking::{self, ChunkRef};
 use crate::store::{self, Reads, Usage};
 
 /// Segments in the log and their total size in bytes.
@@ -22,18 +24,77 @@ pub fn log_size(dir: &Path) -> (u64, u64) {
     (segments.len() as u64, bytes)
 }
 
-/// Open segment files for reads, shared by all readers.
+/// Open segment files for reads, shared by all readers, and where the chunks are.
 #[derive(Debug)]
 pub struct SegmentFiles {
     dir: PathBuf,
     open: Mutex<HashMap<u32, Arc<SegmentFile>>>,
+    chunks: Arc<Mutex<Chunks>>,
 }
 
 impl SegmentFiles {
-    pub fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path, chunks: Arc<Mutex<Chunks>>) -> Self {
         SegmentFiles {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
+            chunks,
+        }
+    }
+
+    fn chunks(&self) -> std::sync::MutexGuard<'_, Chunks> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A chunked checkpoint's payload, put together from its chunks and verified.
+    /// Compaction may move a chunk (and delete its old segment) between the lookup and the
+    /// read: a failed read is retried once at the chunk's current place before it counts.
+    pub fn assemble(&self, c: &ChunkedHeader) -> Result<Vec<u8>, store::ReadError> {
+        let uid = c.meta.uid;
+        let places: Vec<_> = {
+            let chunks = self.chunks();
+            c.chunks
+                .iter()
+                .map(|r| chunks.get(&(uid, r.hash)).and_then(|e| e.loc))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(usize::try_from(c.payload_len).unwrap_or(0));
+        for (r, place) in c.chunks.iter().zip(places) {
+            let key = (uid, r.hash);
+            let read = place
+                .ok_or_else(|| store::ReadError::Damaged("a chunk it uses is missing".into()))
+                .and_then(|loc| self.read_chunk(uid, r, &loc));
+            let bytes = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    let now = self.chunks().get(&key).and_then(|e| e.loc);
+                    match now.filter(|l| Some(*l) != place) {
+                        Some(moved) => self.read_chunk(uid, r, &moved),
+                        None => Err(e),
+                    }
+                    .inspect_err(|e| {
+                        if matches!(e, store::ReadError::Damaged(_)) {
+                            self.chunks().mark_damaged(&key);
+                        }
+                    })?
+                }
+            };
+            out.extend_from_slice(&bytes);
+        }
+        if out.len() as u64 != c.payload_len || crc32c::crc32c(&out) != c.payload_crc {
+            return Err(store::ReadError::Damaged(
+                "its chunks do not make up its payload (checksum mismatch)".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn read_chunk(&self, uid: u32, r: &ChunkRef, loc: &Loc) -> Result<Vec<u8>, store::ReadError> {
+        let (header, stored) = self.read_record(loc).map_err(damage_or_failure)?;
+        match header {
+            RecordHeader::Chunk(h) if h.uid == uid && h.chunk == *r => {
+                chunking::unpack(&stored, h.compressed, r).map_err(store::ReadError::Damaged)
+            }
+            _ => Err(another_record()),
         }
     }
 
@@ -94,7 +155,13 @@ impl SegmentFiles {
 impl Reads for SegmentFiles {
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), store::ReadError> {
         let (header, payload) = self.read_record(at).map_err(damage_or_failure)?;
-        Ok((header.checkpoint().ok_or_else(another_record)?, payload))
+        match header {
+            RecordHeader::Chunked(c) | RecordHeader::Relocated3(c) => {
+                let payload = self.assemble(&c)?;
+                Ok((c.meta, payload))
+            }
+            header => Ok((header.checkpoint().ok_or_else(another_record)?, payload)),
+        }
     }
 
     fn read_meta(&self, at: &Loc) -> Result<CheckpointMeta, store::ReadError> {
@@ -109,7 +176,21 @@ impl Reads for SegmentFiles {
 
     fn usage(&self) -> Usage {
         let (files, bytes) = log_size(&self.dir);
-        Usage { files, bytes }
+        let (chunks, _) = self.chunks().usage();
+        Usage {
+            files,
+            bytes,
+            chunks,
+        }
+    }
+
+    fn stored_bytes(&self, records: &[Loc]) -> u64 {
+        let own: u64 = records
+            .iter()
+            .filter(|l| l.header_bytes() > 0)
+            .map(Loc::record_len)
+            .sum();
+        own + self.chunks().bytes_used_by(records)
     }
 }
 

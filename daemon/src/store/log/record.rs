@@ -28,6 +28,7 @@ use sessiond_proto::codec;
 use sessiond_proto::Meta;
 
 use crate::model::{AttachMeta, Change, CheckpointMeta, Loc, SessionKey, SessionState};
+use crate::store::chunking::ChunkRef;
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
@@ -97,6 +98,41 @@ pub enum RecordHeader {
     Group {
         records: u32,
     },
+    /// A chunk of checkpoints' payloads (see [`crate::store::chunking`]); its payload is the
+    /// chunk as stored. Written before the first checkpoint that uses it, in its group, and
+    /// again (the same record) when compaction copies it forward.
+    Chunk(ChunkHeader),
+    /// A checkpoint whose payload is in chunks: the record itself has no payload.
+    Chunked(ChunkedHeader),
+    Relocated3(ChunkedHeader),
+}
+
+/// A chunk record's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkHeader {
+    /// Chunks are never shared between users.
+    pub uid: u32,
+    pub chunk: ChunkRef,
+    /// Whether the payload is zstd-compressed.
+    pub compressed: bool,
+}
+
+/// A chunked checkpoint's header: its meta, and its payload's length, checksum and chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkedHeader {
+    pub meta: CheckpointMeta,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// [`ChunkedHeader`], borrowed: encodes the same.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChunkedRef<'a> {
+    pub meta: &'a CheckpointMeta,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+    pub chunks: &'a [ChunkRef],
 }
 
 impl RecordHeader {
@@ -105,6 +141,7 @@ impl RecordHeader {
         match self {
             RecordHeader::Checkpoint(h) | RecordHeader::Relocated(h) => Some(h.into()),
             RecordHeader::Checkpoint2(h) | RecordHeader::Relocated2(h) => Some(h),
+            RecordHeader::Chunked(c) | RecordHeader::Relocated3(c) => Some(c.meta),
             _ => None,
         }
     }
@@ -147,6 +184,9 @@ pub enum RecordRef<'a> {
     Group {
         records: u32,
     },
+    Chunk(&'a ChunkHeader),
+    Chunked(ChunkedRef<'a>),
+    Relocated3(ChunkedRef<'a>),
 }
 
 impl<'a> From<&'a Change> for RecordRef<'a> {
@@ -193,18 +233,54 @@ impl RecordHeader {
                 session: SessionKey { uid, name },
                 numbers,
             },
-            RecordHeader::Cut { .. } | RecordHeader::Group { .. } => return None,
+            RecordHeader::Chunked(c) => Change::Checkpoint {
+                meta: c.meta,
+                payload_crc: c.payload_crc,
+            },
+            RecordHeader::Relocated3(c) => Change::Relocated {
+                meta: c.meta,
+                payload_crc: c.payload_crc,
+            },
+            RecordHeader::Cut { .. } | RecordHeader::Group { .. } | RecordHeader::Chunk(_) => {
+                return None
+            }
         })
     }
 }
 
+/// Marks, in a [`Loc`]'s `header_len`, a chunked checkpoint's record: its `payload_len` is
+/// then the checkpoint's payload length (kept in chunks), not the record's (none).
+const CHUNKED: u32 = 1 << 31;
+
 // The log's lengths of a record at a place.
 impl Loc {
+    /// The place of a chunked checkpoint's record, written at `self`.
+    pub fn chunked(self, payload_len: u64) -> Loc {
+        Loc {
+            header_len: self.header_len | CHUNKED,
+            payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
+            ..self
+        }
+    }
+    pub fn is_chunked(&self) -> bool {
+        self.header_len & CHUNKED != 0
+    }
+    pub fn header_bytes(&self) -> u32 {
+        self.header_len & !CHUNKED
+    }
+    /// The payload's length in the record itself.
+    pub fn stored_payload_len(&self) -> u32 {
+        if self.is_chunked() {
+            0
+        } else {
+            self.payload_len
+        }
+    }
     pub fn record_len(&self) -> u64 {
-        PREFIX_LEN as u64 + u64::from(self.header_len) + u64::from(self.payload_len)
+        PREFIX_LEN as u64 + u64::from(self.header_bytes()) + u64::from(self.stored_payload_len())
     }
     pub fn payload_offset(&self) -> u64 {
-        self.offset + PREFIX_LEN as u64 + u64::from(self.header_len)
+        self.offset + PREFIX_LEN as u64 + u64::from(self.header_bytes())
     }
 }
 
@@ -397,6 +473,62 @@ mod tests {
             panic!()
         };
         assert_eq!(meta.key, None);
+        // A chunked checkpoint and a chunk encode as the headers they decode to.
+        let chunks = [ChunkRef {
+            hash: [3; 16],
+            len: 9000,
+        }];
+        let meta = CheckpointMeta {
+            uid: 7,
+            name: "s".into(),
+            number: 4,
+            created_at: 1,
+            meta: Meta::new(),
+            key: None,
+        };
+        let chunked = ChunkedRef {
+            meta: &meta,
+            payload_len: 9000,
+            payload_crc: 5,
+            chunks: &chunks,
+        };
+        let header = ChunkedHeader {
+            meta: meta.clone(),
+            payload_len: 9000,
+            payload_crc: 5,
+            chunks: chunks.to_vec(),
+        };
+        for (written, read) in [
+            (
+                RecordRef::Chunked(chunked),
+                RecordHeader::Chunked(header.clone()),
+            ),
+            (
+                RecordRef::Relocated3(chunked),
+                RecordHeader::Relocated3(header),
+            ),
+        ] {
+            let decoded: RecordHeader = codec::decode(&codec::encode(&written).unwrap()).unwrap();
+            assert_eq!(decoded, read);
+            let Some(
+                Change::Checkpoint { payload_crc, .. } | Change::Relocated { payload_crc, .. },
+            ) = decoded.into_change(0)
+            else {
+                panic!()
+            };
+            assert_eq!(
+                payload_crc, 5,
+                "a chunked checkpoint's checksum is its payload's"
+            );
+        }
+        let chunk = ChunkHeader {
+            uid: 7,
+            chunk: chunks[0],
+            compressed: true,
+        };
+        let decoded: RecordHeader =
+            codec::decode(&codec::encode(&RecordRef::Chunk(&chunk)).unwrap()).unwrap();
+        assert_eq!(decoded, RecordHeader::Chunk(chunk));
         let cut = RecordRef::Cut {
             segment: 5,
             end: 99,

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
+use super::chunks::{Chunks, Manifest};
 use super::live::LiveSegments;
-use super::record::RecordHeader;
+use super::record::{ChunkHeader, RecordHeader};
 use super::segment::{self, list_segments, segment_path, ScanItem, SegmentFile, SegmentScanner};
 use super::snapshot;
 use crate::model::{Change, Loc};
@@ -35,6 +36,37 @@ pub struct LoadReport {
     /// Segments whose log ends before their last record (see [`RecordHeader::Cut`]):
     /// (segment, end).
     pub cuts: Vec<(u32, u64)>,
+    /// Chunks retained checkpoints use that the log does not hold: (uid, chunks).
+    pub missing_chunks: Vec<(u32, usize)>,
+}
+
+/// A record replay applies: a change (with the chunks of a chunked checkpoint), or a chunk.
+pub enum Replayed {
+    Change(Change, Loc, Option<Manifest>),
+    Chunk(ChunkHeader, Loc),
+}
+
+impl Replayed {
+    /// What a record says, at the place the scan found it.
+    fn of(header: RecordHeader, loc: Loc, payload_crc: u32) -> Option<Replayed> {
+        match header {
+            RecordHeader::Chunk(h) => Some(Replayed::Chunk(h, loc)),
+            RecordHeader::Chunked(ref c) | RecordHeader::Relocated3(ref c) => {
+                let manifest = Manifest {
+                    uid: c.meta.uid,
+                    chunks: c.chunks.iter().map(|r| r.hash).collect(),
+                };
+                let loc = loc.chunked(c.payload_len);
+                let change = header.into_change(payload_crc)?;
+                Some(Replayed::Change(change, loc, Some(manifest)))
+            }
+            header => Some(Replayed::Change(
+                header.into_change(payload_crc)?,
+                loc,
+                None,
+            )),
+        }
+    }
 }
 
 /// Where the log of each segment from `from` on ends, as later segments' cuts say.
@@ -52,9 +84,24 @@ pub fn find_cuts(dir: &Path, segments: &[u32]) -> HashMap<u32, u64> {
     cuts
 }
 
-/// Rebuilds `index` from the snapshot and the log after it, and counts the live records.
-/// Reads only; changes nothing.
-pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegments), StoreError> {
+/// Rebuilds `index` and `chunks` (empty) from the snapshot and the log after it, and counts
+/// the live records. Reads only; changes nothing.
+pub fn load(
+    dir: &Path,
+    index: &mut dyn Index,
+    chunks: &mut Chunks,
+) -> Result<(LoadReport, LiveSegments), StoreError> {
+    let (report, live) = replay(dir, &mut Replay { index, chunks })?;
+    Ok((report, live))
+}
+
+/// What replay applies records to.
+pub struct Replay<'a> {
+    pub index: &'a mut dyn Index,
+    pub chunks: &'a mut Chunks,
+}
+
+fn replay(dir: &Path, to: &mut Replay<'_>) -> Result<(LoadReport, LiveSegments), StoreError> {
     let segments = list_segments(dir).map_err(io_context(format!(
         "cannot list {}",
         dir.join(segment::LOG_DIR).display()
@@ -62,8 +109,9 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
     let (state, start, mut live) = match snapshot::read(dir) {
         Ok(Some(s)) => {
             let sessions = s.sessions.into_iter().map(Into::into).collect::<Vec<_>>();
-            let live = LiveSegments::of(&sessions);
-            index.restore(sessions);
+            let mut live = LiveSegments::of(&sessions);
+            to.index.restore(sessions);
+            to.chunks.restore(&mut live, s.chunks, s.manifests);
             (IndexState::Loaded, (s.segment, s.offset), live)
         }
         Ok(None) => (IndexState::Missing, (0, 0), LiveSegments::default()),
@@ -84,6 +132,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
         torn: Vec::new(),
         corrupt_payloads: Vec::new(),
         cuts: Vec::new(),
+        missing_chunks: Vec::new(),
     };
     let replayed: Vec<u32> = segments.iter().copied().filter(|&s| s >= start.0).collect();
     let cuts = find_cuts(dir, &replayed);
@@ -127,24 +176,27 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 } => {
                     report.replayed_records += 1;
                     if let RecordHeader::Group { records } = header {
-                        group.open(index, &mut live, records);
+                        group.open(to, &mut live, records);
                         continue;
                     }
-                    let Some(change) = header.into_change(payload_crc) else {
-                        group.member_lost(index, &mut live);
+                    let Some(item) = Replayed::of(header, loc, payload_crc) else {
+                        group.member_lost(to, &mut live);
                         continue;
                     };
                     if let (
-                        Change::Checkpoint { meta: h, .. } | Change::Relocated { meta: h, .. },
+                        Replayed::Change(
+                            Change::Checkpoint { meta: h, .. } | Change::Relocated { meta: h, .. },
+                            ..,
+                        ),
                         false,
-                    ) = (&change, payload_ok)
+                    ) = (&item, payload_ok)
                     {
                         tracing::warn!(session = %h.name, number = h.number, segment = seq, "checkpoint payload is damaged");
                         report
                             .corrupt_payloads
                             .push((h.uid, h.name.clone(), h.number));
                     }
-                    group.add(index, &mut live, change, loc);
+                    group.add(to, &mut live, item);
                 }
                 ScanItem::Damaged {
                     offset,
@@ -153,7 +205,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 } => {
                     tracing::warn!(segment = seq, offset, len, %reason, "skipping a damaged stretch of the log");
                     report.damaged.push((seq, offset, len, reason));
-                    group.member_lost(index, &mut live);
+                    group.member_lost(to, &mut live);
                 }
                 ScanItem::Torn { offset } => {
                     tracing::info!(
@@ -165,8 +217,19 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
                 }
             }
         }
-        group.end_of_segment(index, &mut live, seq);
+        group.end_of_segment(to, &mut live, seq);
     }
+    let mut missing: HashMap<u32, usize> = HashMap::new();
+    for (uid, _) in to.chunks.settle() {
+        *missing.entry(uid).or_default() += 1;
+    }
+    if !missing.is_empty() {
+        tracing::error!(
+            ?missing,
+            "retained checkpoints use chunks the log does not hold; they are damaged"
+        );
+    }
+    report.missing_chunks = missing.into_iter().collect();
     Ok((report, live))
 }
 
@@ -176,7 +239,7 @@ pub fn load(dir: &Path, index: &mut dyn Index) -> Result<(LoadReport, LiveSegmen
 struct Group {
     /// Records still to come.
     missing: u32,
-    held: Vec<(Change, Loc)>,
+    held: Vec<Replayed>,
     /// Some were lost to damage (which a write cut short does not cause).
     damaged: bool,
 }
@@ -185,44 +248,44 @@ impl Group {
     /// A new group's marker. One still open lost records to damage (a damaged stretch counts
     /// as one record, and may have held more): it was written whole, so its intact records
     /// count.
-    fn open(&mut self, index: &mut dyn Index, live: &mut LiveSegments, records: u32) {
-        self.apply_held(index, live);
+    fn open(&mut self, to: &mut Replay<'_>, live: &mut LiveSegments, records: u32) {
+        self.apply_held(to, live);
         self.missing = records;
     }
 
     /// A record, applied at once outside a group.
-    fn add(&mut self, index: &mut dyn Index, live: &mut LiveSegments, change: Change, loc: Loc) {
+    fn add(&mut self, to: &mut Replay<'_>, live: &mut LiveSegments, item: Replayed) {
         if self.missing == 0 {
-            return apply(index, live, change, loc);
+            return apply(to, live, item);
         }
-        self.held.push((change, loc));
+        self.held.push(item);
         self.missing -= 1;
         if self.missing == 0 {
-            self.apply_held(index, live);
+            self.apply_held(to, live);
         }
     }
 
     /// A damaged stretch, or a record that is no change, where a member should be.
-    fn member_lost(&mut self, index: &mut dyn Index, live: &mut LiveSegments) {
+    fn member_lost(&mut self, to: &mut Replay<'_>, live: &mut LiveSegments) {
         if self.missing > 0 {
             self.damaged = true;
             self.missing -= 1;
             if self.missing == 0 {
-                self.apply_held(index, live);
+                self.apply_held(to, live);
             }
         }
     }
 
-    fn apply_held(&mut self, index: &mut dyn Index, live: &mut LiveSegments) {
-        for (change, loc) in self.held.drain(..) {
-            apply(index, live, change, loc);
+    fn apply_held(&mut self, to: &mut Replay<'_>, live: &mut LiveSegments) {
+        for item in self.held.drain(..) {
+            apply(to, live, item);
         }
         *self = Group::default();
     }
 
     /// The log ends inside the group: its write was cut short, never acknowledged, and none
     /// of it counts (unless damage, not the end, took its missing records).
-    fn end_of_segment(&mut self, index: &mut dyn Index, live: &mut LiveSegments, seq: u32) {
+    fn end_of_segment(&mut self, to: &mut Replay<'_>, live: &mut LiveSegments, seq: u32) {
         if self.missing == 0 {
             return;
         }
@@ -231,7 +294,7 @@ impl Group {
                 segment = seq,
                 "a mutation's records were partly lost to damage; applying the intact ones"
             );
-            return self.apply_held(index, live);
+            return self.apply_held(to, live);
         }
         tracing::info!(
             segment = seq,
@@ -243,14 +306,24 @@ impl Group {
     }
 }
 
-/// Applies a durable change kept at `loc` to `index`, and counts what is live: the record,
-/// unless it is a deletion (which nothing indexes), less what it made dead.
-pub fn apply(index: &mut dyn Index, live: &mut LiveSegments, change: Change, loc: Loc) {
-    if change.is_kept() {
-        live.add(&loc);
-    }
-    for dead in index.apply(change, loc) {
-        live.remove(&dead);
+/// Applies a durable record: a change kept at its place to the index (and a chunked
+/// checkpoint's chunks to the chunks), a chunk to the chunks; and counts what is live: the
+/// record, unless it is a deletion (which nothing indexes), less what it made dead.
+pub fn apply(to: &mut Replay<'_>, live: &mut LiveSegments, item: Replayed) {
+    match item {
+        Replayed::Chunk(header, loc) => to.chunks.stored(live, &header, loc),
+        Replayed::Change(change, loc, manifest) => {
+            if change.is_kept() {
+                live.add(&loc);
+            }
+            if let Some(m) = manifest {
+                to.chunks.add_manifest(live, &loc, m);
+            }
+            for dead in to.index.apply(change, loc) {
+                live.remove(&dead);
+                to.chunks.released(live, &dead);
+            }
+        }
     }
 }
 
@@ -337,7 +410,7 @@ mod tests {
         let mut next = LogWriter::start(dir.path(), 2, 1 << 20, Fill::Allocate, Some(cut)).unwrap();
         write(&mut next, checkpoint(2), b"two");
         let mut applied = Applied::default();
-        let (report, _) = load(dir.path(), &mut applied).unwrap();
+        let (report, _) = load(dir.path(), &mut applied, &mut Chunks::replaying()).unwrap();
         assert_eq!(report.cuts, vec![(1, end)]);
         let kinds: Vec<String> = applied
             .0
@@ -381,7 +454,7 @@ mod tests {
         write(&mut log, checkpoint(5), b"d");
         drop(log);
         let mut applied = Applied::default();
-        load(dir.path(), &mut applied).unwrap();
+        load(dir.path(), &mut applied, &mut Chunks::replaying()).unwrap();
         assert_eq!(numbers(&applied), [1, 2, 3]);
     }
 }

@@ -96,10 +96,11 @@ impl SegmentFile {
             .read_exact_at(&mut buf, loc.offset)
             .map_err(ReadError::Io)?;
         let (prefix, header) = check_header(&buf, self.seed)?;
-        if prefix.header_len != loc.header_len || prefix.payload_len != loc.payload_len {
+        if prefix.header_len != loc.header_bytes() || prefix.payload_len != loc.stored_payload_len()
+        {
             return Err(ReadError::Record(RecordError::HeaderLen(prefix.header_len)));
         }
-        let payload = buf.split_off(PREFIX_LEN + loc.header_len as usize);
+        let payload = buf.split_off(PREFIX_LEN + loc.header_bytes() as usize);
         Ok((header, payload, prefix.payload_crc))
     }
 
@@ -119,7 +120,7 @@ impl SegmentFile {
 
     /// Reads and verifies a record's header only.
     pub fn read_header(&self, loc: &Loc) -> Result<RecordHeader, ReadError> {
-        let mut buf = vec![0u8; PREFIX_LEN + loc.header_len as usize];
+        let mut buf = vec![0u8; PREFIX_LEN + loc.header_bytes() as usize];
         self.file
             .read_exact_at(&mut buf, loc.offset)
             .map_err(ReadError::Io)?;
@@ -497,7 +498,7 @@ mod tests {
     use super::*;
     use crate::model::CheckpointMeta;
     use crate::store::log::record::encode;
-    use crate::store::log::{LogWriter, Pending};
+    use crate::store::log::writer::{LogWriter, Pending};
 
     fn header(n: u64, meta_len: usize) -> RecordHeader {
         RecordHeader::Checkpoint2(CheckpointMeta {

@@ -2,11 +2,11 @@
 //! log position. Start-up loads it and replays only the log written after that position, so
 //! it never reads the payloads the snapshot already covers.
 //!
-//! File `index`: magic `SSNDIDX3`, body length (`u64` LE), crc32c of the body (`u32` LE), body
-//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory. Version 2
-//! (`SSNDIDX2`: no checkpoint keys or attachments) and version 1 (`SSNDIDX1`, whose
-//! checkpoint entries also held their creation time and a 64-bit offset) are still read; the
-//! next snapshot is written as version 3.
+//! File `index`: magic `SSNDIDX4`, body length (`u64` LE), crc32c of the body (`u32` LE), body
+//! (bincode). Replaced atomically: temp file, fsync, rename, fsync of the directory. Version 3
+//! (`SSNDIDX3`: no chunks), version 2 (`SSNDIDX2`: no checkpoint keys or attachments either)
+//! and version 1 (`SSNDIDX1`, whose checkpoint entries also held their creation time and a
+//! 64-bit offset) are still read; the next snapshot is written as version 4.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -15,13 +15,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sessiond_proto::codec;
 
+use super::chunks::{Manifest, SnapChunk};
 use super::files::fsync_dir;
 use super::scope::{self, within};
 use crate::model::{AttachEntry, CkptEntry, IndexedSession, KeyEntry, Loc, SessionState};
 
 pub const INDEX_FILE: &str = "index";
 pub const INDEX_TMP: &str = "index.tmp";
-const MAGIC: [u8; 8] = *b"SSNDIDX3";
+const MAGIC: [u8; 8] = *b"SSNDIDX4";
+const MAGIC_V3: [u8; 8] = *b"SSNDIDX3";
 const MAGIC_V2: [u8; 8] = *b"SSNDIDX2";
 const MAGIC_V1: [u8; 8] = *b"SSNDIDX1";
 const HEADER_LEN: usize = 20;
@@ -67,6 +69,9 @@ pub struct Snapshot {
     pub segment: u32,
     pub offset: u64,
     pub sessions: Vec<SnapSession>,
+    /// The live chunks, and the chunks of each retained chunked checkpoint.
+    pub chunks: Vec<SnapChunk>,
+    pub manifests: Vec<(Loc, Manifest)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +115,11 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
         Err(e) => return Err(e.into()),
     };
     let magic = bytes.get(..8).unwrap_or_default();
-    if bytes.len() < HEADER_LEN || ![MAGIC, MAGIC_V2, MAGIC_V1].iter().any(|m| m == magic) {
+    if bytes.len() < HEADER_LEN
+        || ![MAGIC, MAGIC_V3, MAGIC_V2, MAGIC_V1]
+            .iter()
+            .any(|m| m == magic)
+    {
         return Err(SnapshotError::Damaged("bad magic or short file".into()));
     }
     let mut len = [0u8; 8];
@@ -134,7 +143,35 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
     if bytes[..8] == MAGIC_V2 {
         return Ok(Some(v2::upgrade(codec::decode(body).map_err(damaged)?)));
     }
+    if bytes[..8] == MAGIC_V3 {
+        let v3::Index {
+            segment,
+            offset,
+            sessions,
+        } = codec::decode(body).map_err(damaged)?;
+        return Ok(Some(Snapshot {
+            segment,
+            offset,
+            sessions,
+            chunks: Vec::new(),
+            manifests: Vec::new(),
+        }));
+    }
     codec::decode(body).map(Some).map_err(damaged)
+}
+
+/// The third format (no chunks), read to upgrade a state directory in place.
+mod v3 {
+    use serde::Deserialize;
+
+    use super::SnapSession;
+
+    #[derive(Deserialize)]
+    pub struct Index {
+        pub segment: u32,
+        pub offset: u64,
+        pub sessions: Vec<SnapSession>,
+    }
 }
 
 /// The second format (no keys, no attachments), read to upgrade a state directory in place.
@@ -174,6 +211,8 @@ mod v2 {
             segment: old.segment,
             offset: old.offset,
             sessions,
+            chunks: Vec::new(),
+            manifests: Vec::new(),
         }
     }
 }
@@ -232,6 +271,8 @@ mod v1 {
             segment: old.segment,
             offset: old.offset,
             sessions,
+            chunks: Vec::new(),
+            manifests: Vec::new(),
         })
     }
 }

@@ -5,11 +5,13 @@ use std::io;
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::chunks::{Chunks, Manifest};
 use super::files::fsync_dir;
 use super::live::LiveSegments;
 use super::reads::{log_size, SegmentFiles};
 use super::reaper::{self, Reaper};
-use super::record::{self, RecordRef};
+use super::record::{self, ChunkedRef, RecordHeader, RecordRef};
+use super::recovery::{Replay, Replayed};
 use super::scope::{self, within};
 use super::segment::{self, list_segments, segment_path};
 use super::snapshot::{self, Snapshot};
@@ -28,18 +30,30 @@ pub fn release_free_memory() {
 }
 
 /// Writes an index snapshot as of the log's position; returns its size.
-pub fn write_snapshot(dir: &Path, log: &LogWriter, index: &Mutex<dyn Index>) -> io::Result<u64> {
+pub fn write_snapshot(
+    dir: &Path,
+    log: &LogWriter,
+    index: &Mutex<dyn Index>,
+    chunks: &Mutex<Chunks>,
+) -> io::Result<u64> {
     let (segment, offset) = log.position();
     let sessions = lock(index).export().into_iter().map(Into::into).collect();
+    let (chunks, manifests) = lock_chunks(chunks).export();
     let snap = Snapshot {
         segment,
         offset,
         sessions,
+        chunks,
+        manifests,
     };
     let written = snapshot::write(dir, &snap);
     drop(snap);
     release_free_memory();
     written
+}
+
+fn lock_chunks(chunks: &Mutex<Chunks>) -> std::sync::MutexGuard<'_, Chunks> {
+    chunks.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock(index: &Mutex<dyn Index>) -> std::sync::MutexGuard<'_, dyn Index + 'static> {
@@ -130,7 +144,52 @@ pub struct Compacting<'a> {
     pub log: &'a mut LogWriter,
     pub live: &'a mut LiveSegments,
     pub files: &'a SegmentFiles,
+    pub chunks: &'a Mutex<Chunks>,
     pub segment_bytes: u64,
+}
+
+/// A live record copied forward: what to write, and what replay would make of it.
+struct Copy {
+    head: Vec<u8>,
+    payload: Vec<u8>,
+    /// The place written is made this one's by [`Copy::placed`].
+    item: Replayed,
+}
+
+impl Copy {
+    fn plain(change: Change, payload: Vec<u8>, crc: u32) -> io::Result<Copy> {
+        let head = record::encode_with_crc(&RecordRef::from(&change), &payload, crc)
+            .map_err(io::Error::other)?;
+        Ok(Copy {
+            head,
+            payload,
+            item: Replayed::Change(change, placeholder(), None),
+        })
+    }
+
+    /// The item, at the place its record went.
+    fn placed(self, loc: crate::model::Loc) -> Replayed {
+        match self.item {
+            Replayed::Chunk(h, _) => Replayed::Chunk(h, loc),
+            Replayed::Change(change, old, manifest) => {
+                let loc = if old.is_chunked() {
+                    loc.chunked(u64::from(old.payload_len))
+                } else {
+                    loc
+                };
+                Replayed::Change(change, loc, manifest)
+            }
+        }
+    }
+}
+
+fn placeholder() -> crate::model::Loc {
+    crate::model::Loc {
+        segment: 0,
+        offset: 0,
+        header_len: 0,
+        payload_len: 0,
+    }
 }
 
 impl Compacting<'_> {
@@ -168,22 +227,33 @@ impl Compacting<'_> {
                 break;
             }
             let live = lock(index).records_in(seq);
-            let states: Vec<Change> = live.states.into_iter().map(Change::Session).collect();
-            let mut copies: Vec<(Change, Vec<u8>, u32)> = states
-                .into_iter()
-                .map(|c| (c, Vec::new(), crc32c::crc32c(&[])))
-                .collect();
+            let live_chunks = lock_chunks(self.chunks).in_segment(seq);
+            let mut copies = Vec::new();
+            for state in live.states {
+                copies.push(Copy::plain(
+                    Change::Session(state),
+                    Vec::new(),
+                    crc32c::crc32c(&[]),
+                )?);
+            }
             for (key, entry) in live.checkpoints {
                 match self.files.read_record_raw(&entry.loc()) {
-                    Ok((header, payload, crc)) => match header.checkpoint() {
-                        Some(h) if h.number == entry.number => {
-                            let change = Change::Relocated {
-                                meta: h,
-                                payload_crc: crc,
-                            };
-                            copies.push((change, payload, crc));
+                    Ok((header, payload, crc)) => match header {
+                        RecordHeader::Chunked(c) | RecordHeader::Relocated3(c)
+                            if c.meta.number == entry.number =>
+                        {
+                            copies.push(chunked_copy(c, entry.loc())?);
                         }
-                        _ => damaged(&key, entry.number, seq),
+                        header => match header.checkpoint() {
+                            Some(h) if h.number == entry.number => {
+                                let change = Change::Relocated {
+                                    meta: h,
+                                    payload_crc: crc,
+                                };
+                                copies.push(Copy::plain(change, payload, crc)?);
+                            }
+                            _ => damaged(&key, entry.number, seq),
+                        },
                     },
                     // The disk failing to read is not damage: try again later.
                     Err(e) if !e.is_damage() => return Err(io::Error::other(e)),
@@ -194,7 +264,7 @@ impl Compacting<'_> {
                 match self.files.read_record_raw(&loc) {
                     Ok((header, payload, crc)) => match header.attachment() {
                         Some(a) if a.number == number && a.attach_key == attach_key => {
-                            copies.push((Change::RelocatedAttach(a), payload, crc));
+                            copies.push(Copy::plain(Change::RelocatedAttach(a), payload, crc)?);
                         }
                         _ => damaged(&key, number, seq),
                     },
@@ -202,26 +272,78 @@ impl Compacting<'_> {
                     Err(_) => damaged(&key, number, seq),
                 }
             }
+            for c in live_chunks {
+                match self.files.read_record_raw(&c.loc) {
+                    Ok((RecordHeader::Chunk(h), payload, crc))
+                        if h.chunk == c.chunk && h.uid == c.uid =>
+                    {
+                        let head = record::encode_with_crc(&RecordRef::Chunk(&h), &payload, crc)
+                            .map_err(io::Error::other)?;
+                        copies.push(Copy {
+                            head,
+                            payload,
+                            item: Replayed::Chunk(h, c.loc),
+                        });
+                    }
+                    Err(e) if !e.is_damage() => return Err(io::Error::other(e)),
+                    _ => tracing::warn!(
+                        uid = c.uid,
+                        segment = seq,
+                        "cannot copy a damaged chunk forward; its segment stays"
+                    ),
+                }
+            }
             if copies.is_empty() {
                 continue;
             }
-            let mut pending = Vec::with_capacity(copies.len());
-            for (change, payload, crc) in &copies {
-                let head = record::encode_with_crc(&RecordRef::from(change), payload, *crc)
-                    .map_err(io::Error::other)?;
-                pending.push(Pending { head, payload });
-            }
+            let mut pending: Vec<Pending> = copies
+                .iter_mut()
+                .map(|c| Pending {
+                    head: std::mem::take(&mut c.head),
+                    payload: &c.payload,
+                })
+                .collect();
             let appended = self.log.append(&mut pending)?;
             self.log.sync()?;
             moved += appended.bytes;
             drop(pending);
             let mut index = lock(index);
-            for ((change, _, _), loc) in copies.into_iter().zip(appended.locs) {
-                super::recovery::apply(&mut *index, self.live, change, loc);
+            let mut chunks = lock_chunks(self.chunks);
+            let mut to = Replay {
+                index: &mut *index,
+                chunks: &mut chunks,
+            };
+            for (copy, loc) in copies.into_iter().zip(appended.locs) {
+                super::recovery::apply(&mut to, self.live, copy.placed(loc));
             }
             any = true;
             tracing::debug!(segment = seq, "copied live records forward");
         }
         Ok(any)
     }
+}
+
+/// A chunked checkpoint's record copied as it is (it has no payload; its chunks stay put).
+fn chunked_copy(c: record::ChunkedHeader, old: crate::model::Loc) -> io::Result<Copy> {
+    let empty = crc32c::crc32c(&[]);
+    let header = RecordRef::Relocated3(ChunkedRef {
+        meta: &c.meta,
+        payload_len: c.payload_len,
+        payload_crc: c.payload_crc,
+        chunks: &c.chunks,
+    });
+    let head = record::encode_with_crc(&header, &[], empty).map_err(io::Error::other)?;
+    let manifest = Manifest {
+        uid: c.meta.uid,
+        chunks: c.chunks.iter().map(|r| r.hash).collect(),
+    };
+    let change = Change::Relocated {
+        payload_crc: c.payload_crc,
+        meta: c.meta,
+    };
+    Ok(Copy {
+        head,
+        payload: Vec::new(),
+        item: Replayed::Change(change, old, Some(manifest)),
+    })
 }

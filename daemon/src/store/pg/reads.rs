@@ -88,6 +88,7 @@ impl Reads for PgReads {
         Usage {
             files: 0,
             bytes: bytes.unwrap_or(0),
+            chunks: 0,
         }
     }
 }
