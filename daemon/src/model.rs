@@ -141,12 +141,18 @@ pub struct AttachEntry {
 pub struct CheckedPayload {
     pub bytes: Vec<u8>,
     pub crc: u32,
+    /// Cut into chunks ahead of the commit, when the store stores it so.
+    pub prepared: Option<Box<crate::store::chunking::Prepared>>,
 }
 
 impl CheckedPayload {
     pub fn new(bytes: Vec<u8>) -> Self {
         let crc = crc32c::crc32c(&bytes);
-        CheckedPayload { bytes, crc }
+        CheckedPayload {
+            bytes,
+            crc,
+            prepared: None,
+        }
     }
 }
 

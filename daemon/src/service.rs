@@ -451,9 +451,32 @@ impl Service {
                 })
             }
             request => {
-                let mutation = mutation(peer, request, &limits)?;
+                let mut mutation = mutation(peer, request, &limits)?;
+                self.prepare(uid, &mut mutation);
                 Ok(self.enqueue(uid, mutation, direct))
             }
+        }
+    }
+
+    /// Whether the store has work to do ahead on this request's payloads (see
+    /// [`crate::store::Reads::prepare`]).
+    pub fn prepares(&self, req: &RequestFrame) -> bool {
+        fn large(r: &Request, reads: &dyn crate::store::Reads) -> bool {
+            match r {
+                Request::Checkpoint(c) => reads.prepares(c.payload.0.len()),
+                Request::Batch(b) => b.ops.iter().any(|op| large(op, reads)),
+                _ => false,
+            }
+        }
+        large(&req.request, &*self.state.reads)
+    }
+
+    /// Has the store do ahead what it can of writing the mutation's checkpoint payloads.
+    fn prepare(&self, uid: u32, mutation: &mut Mutation) {
+        match mutation {
+            Mutation::Checkpoint { payload, .. } => self.state.reads.prepare(uid, payload),
+            Mutation::Batch(ops) => ops.iter_mut().for_each(|op| self.prepare(uid, op)),
+            _ => {}
         }
     }
 

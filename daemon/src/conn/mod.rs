@@ -318,7 +318,24 @@ async fn drain(
                 None => return false,
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
-                    let started = dispatch(service, peer, parsed, out.direct(&id));
+                    let direct = out.direct(&id);
+                    let started = if parsed.as_ref().is_ok_and(|r| service.prepares(r)) {
+                        // Cutting a large payload takes a while: off the async worker, which
+                        // every connection shares (the connection's next request waits, so
+                        // its requests are still committed in order).
+                        let service = service.clone();
+                        tokio::task::spawn_blocking(move || {
+                            dispatch(&service, peer, parsed, direct)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Started::Done(Err(WireError::internal(format!(
+                                "request task failed: {e}"
+                            ))))
+                        })
+                    } else {
+                        dispatch(service, peer, parsed, direct)
+                    };
                     (id, started, Some(permit))
                 }
             },

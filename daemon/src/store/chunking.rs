@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// it could share nothing but an identical payload, and would cost a chunk record besides.
 pub const INLINE_MAX: usize = 16 << 10;
 
-const MIN_CHUNK: u32 = 2 << 10;
+// Cutting skips the first MIN_CHUNK bytes of each chunk: the larger it is, the less there is
+// to hash, and the less freely the cuts follow the content.
+const MIN_CHUNK: u32 = 4 << 10;
 const AVG_CHUNK: u32 = 8 << 10;
 const MAX_CHUNK: u32 = 64 << 10;
 const ZSTD_LEVEL: i32 = 3;
@@ -59,18 +61,121 @@ pub fn split(payload: &[u8]) -> Vec<Piece<'_>> {
         .collect()
 }
 
+thread_local! {
+    // A compression context is costly to make (its tables): one per thread, reused.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The bytes to store for a chunk, and whether they are compressed.
 pub fn pack(bytes: &[u8]) -> (Vec<u8>, bool) {
-    match zstd::bulk::compress(bytes, ZSTD_LEVEL) {
-        Ok(packed) if packed.len() < bytes.len() => (packed, true),
+    let packed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        c.as_mut()?.compress(bytes).ok()
+    });
+    match packed {
+        Some(packed) if packed.len() < bytes.len() => (packed, true),
         _ => (bytes.to_vec(), false),
     }
+}
+
+fn decompress(stored: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(d) => d.decompress(stored, len),
+            None => zstd::bulk::decompress(stored, len),
+        }
+    })
+}
+
+/// Packs the chunks of one payload in turn. Once a chunk does not compress, the next few are
+/// stored as they are without trying (random or already compressed data costs a compression
+/// attempt per chunk otherwise); every [`RETRY_EVERY`]th is tried again.
+#[derive(Debug, Default)]
+pub struct Packer {
+    skip: u32,
+}
+
+const RETRY_EVERY: u32 = 8;
+
+/// A chunk's bytes as they will be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The store held the chunk when it was cut: nothing packed.
+    Known,
+    /// Stored as it is in the payload (it does not compress), with its checksum.
+    Raw { crc: u32 },
+    /// Compressed, with the checksum of the compressed bytes.
+    Packed { bytes: Vec<u8>, crc: u32 },
+}
+
+impl Packer {
+    pub fn pack(&mut self, bytes: &[u8]) -> Stored {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Stored::Raw {
+                crc: crc32c::crc32c(bytes),
+            };
+        }
+        match pack(bytes) {
+            (packed, true) => Stored::Packed {
+                crc: crc32c::crc32c(&packed),
+                bytes: packed,
+            },
+            (_, false) => {
+                self.skip = RETRY_EVERY - 1;
+                Stored::Raw {
+                    crc: crc32c::crc32c(bytes),
+                }
+            }
+        }
+    }
+}
+
+/// A payload cut and packed ahead of the commit (where it was decoded, off the thread every
+/// write waits on): its chunks, and the stored bytes of those the store lacked then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub chunks: Vec<ChunkRef>,
+    /// Per chunk: where it is in the payload, and how it is stored.
+    pub parts: Vec<(usize, Stored)>,
+}
+
+/// Cuts `payload` and packs the chunks `known` says the store lacks.
+pub fn prepare(payload: &[u8], known: impl Fn(&[ChunkRef]) -> Vec<bool>) -> Prepared {
+    let pieces = split(payload);
+    let chunks: Vec<ChunkRef> = pieces.iter().map(|p| p.chunk).collect();
+    let known = known(&chunks);
+    let mut packer = Packer::default();
+    let parts = pieces
+        .iter()
+        .zip(known.iter().chain(std::iter::repeat(&false)))
+        .map(|(p, known)| {
+            let at = p.bytes.as_ptr() as usize - payload.as_ptr() as usize;
+            let stored = if *known {
+                Stored::Known
+            } else {
+                packer.pack(p.bytes)
+            };
+            (at, stored)
+        })
+        .collect();
+    Prepared { chunks, parts }
 }
 
 /// A chunk's bytes from what was stored, checked against its name.
 pub fn unpack(stored: &[u8], compressed: bool, chunk: &ChunkRef) -> Result<Vec<u8>, String> {
     let bytes = if compressed {
-        zstd::bulk::decompress(stored, chunk.len as usize)
+        decompress(stored, chunk.len as usize)
             .map_err(|e| format!("a chunk does not decompress: {e}"))?
     } else {
         stored.to_vec()

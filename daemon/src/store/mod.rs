@@ -175,6 +175,16 @@ pub trait Reads: Send + Sync {
 
     fn usage(&self) -> Usage;
 
+    /// Work on a payload to be written that can be done ahead, on the thread that decoded it
+    /// (for the log: cutting it into chunks and packing those it lacks), so that the commit
+    /// thread, which every write waits on, has less to do.
+    fn prepare(&self, _uid: u32, _payload: &mut CheckedPayload) {}
+
+    /// Whether [`Reads::prepare`] has work for a payload of `len` bytes.
+    fn prepares(&self, _len: usize) -> bool {
+        false
+    }
+
     /// The bytes the store takes for these records, each chunk they use counted once.
     fn stored_bytes(&self, records: &[Loc]) -> u64 {
         records.iter().map(|l| u64::from(l.payload_len)).sum()

@@ -3,13 +3,14 @@
 //! followed by a chunked checkpoint record, and what each record is, so that once the batch
 //! is durable the chunks and places can be noted.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::chunks::{ChunkKey, Chunks, Manifest};
 use super::record::{self, ChunkHeader, ChunkedRef, RecordRef};
 use super::writer::Pending;
 use crate::model::{Change, CheckedPayload};
-use crate::store::chunking::{self, ChunkRef};
+use crate::store::chunking::{self, ChunkRef, Stored};
 use crate::store::Unit;
 
 /// What one record of the batch is.
@@ -22,51 +23,79 @@ pub enum Kind {
 }
 
 /// A large payload cut into chunks, with the stored bytes of those the log lacks.
-struct Cut {
+struct Cut<'a> {
     chunks: Vec<ChunkRef>,
-    new: Vec<(ChunkHeader, Vec<u8>)>,
+    /// With the stored bytes' checksum.
+    new: Vec<(ChunkHeader, Cow<'a, [u8]>, u32)>,
 }
 
-/// A payload's user, its chunks, and their bytes in it.
-type Pieces<'a> = (u32, Vec<ChunkRef>, Vec<&'a [u8]>);
-
-/// The batch, encoded: owns the chunks' stored bytes the records borrow.
-pub struct Batch {
-    cuts: Vec<Option<Cut>>,
+/// A payload's chunks: each one's bytes in it, and its stored bytes if packed ahead.
+struct Pieces<'a> {
+    uid: u32,
+    chunks: Vec<ChunkRef>,
+    parts: Vec<(&'a [u8], Option<&'a Stored>)>,
 }
 
-impl Batch {
-    /// Cuts the large payloads of `units` (when `chunking`) and finds, in `chunks`, which of
-    /// their chunks must be written.
-    pub fn cut(units: &[Unit<'_>], chunks: &std::sync::Mutex<Chunks>, chunking: bool) -> Batch {
-        let mut pieces: Vec<Option<Pieces<'_>>> = Vec::new();
+fn pieces<'a>(uid: u32, payload: &'a CheckedPayload) -> Pieces<'a> {
+    let bytes = &payload.bytes;
+    match &payload.prepared {
+        Some(p) => Pieces {
+            uid,
+            chunks: p.chunks.clone(),
+            parts: p
+                .chunks
+                .iter()
+                .zip(&p.parts)
+                .map(|(c, (at, stored))| {
+                    let piece = bytes.get(*at..*at + c.len as usize).unwrap_or_default();
+                    (piece, Some(stored))
+                })
+                .collect(),
+        },
+        None => {
+            let split = chunking::split(bytes);
+            Pieces {
+                uid,
+                chunks: split.iter().map(|p| p.chunk).collect(),
+                parts: split.iter().map(|p| (p.bytes, None)).collect(),
+            }
+        }
+    }
+}
+
+/// The batch, encoded: holds the chunks' stored bytes the records borrow.
+pub struct Batch<'a> {
+    cuts: Vec<Option<Cut<'a>>>,
+}
+
+impl<'a> Batch<'a> {
+    /// Cuts the large payloads of `units` (when `chunking`; those prepared ahead are cut
+    /// already) and finds, in `chunks`, which of their chunks must be written.
+    pub fn cut(units: &'a [Unit<'a>], chunks: &std::sync::Mutex<Chunks>, chunking: bool) -> Self {
+        let mut all: Vec<Option<Pieces<'a>>> = Vec::new();
         for unit in units {
             for (change, payload) in unit.changes {
-                let cut = match change {
+                all.push(match change {
                     Change::Checkpoint { meta, .. }
                         if chunking && chunking::chunked(payload.bytes.len()) =>
                     {
-                        let split = chunking::split(&payload.bytes);
-                        let refs = split.iter().map(|p| p.chunk).collect();
-                        let bytes = split.iter().map(|p| p.bytes).collect();
-                        Some((meta.uid, refs, bytes))
+                        Some(pieces(meta.uid, payload))
                     }
                     _ => None,
-                };
-                pieces.push(cut);
+                });
             }
         }
         // Which chunks to write: those the log lacks, once in the batch.
         let mut planned: HashSet<ChunkKey> = HashSet::new();
         let wanted: Vec<Vec<bool>> = {
             let chunks = chunks.lock().unwrap_or_else(|p| p.into_inner());
-            pieces
-                .iter()
+            all.iter()
                 .map(|p| match p {
-                    Some((uid, refs, _)) => refs
+                    Some(p) => p
+                        .chunks
                         .iter()
                         .map(|r| {
-                            let key = (*uid, r.hash);
+                            let key = (p.uid, r.hash);
                             !chunks.usable(&key) && planned.insert(key)
                         })
                         .collect(),
@@ -74,34 +103,53 @@ impl Batch {
                 })
                 .collect()
         };
-        let cuts = pieces
+        let cuts = all
             .into_iter()
             .zip(wanted)
             .map(|(p, wanted)| {
-                let (uid, refs, bytes) = p?;
-                let new = refs
+                let p = p?;
+                let mut packer = chunking::Packer::default();
+                let new = p
+                    .chunks
                     .iter()
-                    .zip(bytes)
+                    .zip(p.parts)
                     .zip(wanted)
                     .filter(|(_, w)| *w)
-                    .map(|((r, b), _)| {
-                        let (stored, compressed) = chunking::pack(b);
+                    .map(|((r, (piece, stored)), _)| {
+                        let (bytes, compressed, crc) = match stored {
+                            Some(Stored::Packed { bytes, crc }) => {
+                                (Cow::Borrowed(&bytes[..]), true, *crc)
+                            }
+                            Some(Stored::Raw { crc }) => (Cow::Borrowed(piece), false, *crc),
+                            // Not packed ahead (the store held it then, or the payload was
+                            // not prepared): now.
+                            Some(Stored::Known) | None => match packer.pack(piece) {
+                                Stored::Packed { bytes, crc } => (Cow::Owned(bytes), true, crc),
+                                Stored::Raw { crc } => (Cow::Borrowed(piece), false, crc),
+                                Stored::Known => {
+                                    (Cow::Borrowed(piece), false, crc32c::crc32c(piece))
+                                }
+                            },
+                        };
                         let header = ChunkHeader {
-                            uid,
+                            uid: p.uid,
                             chunk: *r,
                             compressed,
                         };
-                        (header, stored)
+                        (header, bytes, crc)
                     })
                     .collect();
-                Some(Cut { chunks: refs, new })
+                Some(Cut {
+                    chunks: p.chunks,
+                    new,
+                })
             })
             .collect();
         Batch { cuts }
     }
 
     /// The records to append, and what each one is.
-    pub fn records<'a>(
+    pub fn records(
         &'a self,
         units: &'a [Unit<'a>],
     ) -> Result<(Vec<Pending<'a>>, Vec<Kind>), String> {
@@ -111,7 +159,7 @@ impl Batch {
         let mut kinds = Vec::new();
         let mut cuts = self.cuts.iter();
         for unit in units {
-            let cuts: Vec<&Option<Cut>> = cuts.by_ref().take(unit.changes.len()).collect();
+            let cuts: Vec<&Option<Cut<'a>>> = cuts.by_ref().take(unit.changes.len()).collect();
             let records: usize = cuts
                 .iter()
                 .map(|c| 1 + c.as_ref().map_or(0, |c| c.new.len()))
@@ -141,13 +189,9 @@ impl Batch {
                     kinds.push(Kind::Change(None));
                     continue;
                 };
-                for (header, stored) in &cut.new {
-                    let head = record::encode_with_crc(
-                        &RecordRef::Chunk(header),
-                        stored,
-                        crc32c::crc32c(stored),
-                    )
-                    .map_err(encoding)?;
+                for (header, stored, crc) in &cut.new {
+                    let head = record::encode_with_crc(&RecordRef::Chunk(header), stored, *crc)
+                        .map_err(encoding)?;
                     pending.push(Pending {
                         head,
                         payload: stored,

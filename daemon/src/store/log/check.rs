@@ -182,7 +182,7 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
         index.export()
     };
     let chunks = Arc::new(Mutex::new(chunks));
-    let files = SegmentFiles::new(dir, chunks.clone());
+    let files = SegmentFiles::new(dir, chunks.clone(), false);
     let (mut retained, mut attached, mut chunked) = (0u64, 0u64, 0u64);
     for (i, s) in sessions.iter().enumerate() {
         progress.tick("sessions' checkpoints", i + 1, sessions.len());

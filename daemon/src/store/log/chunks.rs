@@ -9,6 +9,7 @@
 //! reference of a retained checkpoint, plus 40 bytes per chunked checkpoint.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,34 @@ use crate::store::chunking::{ChunkHash, ChunkRef};
 
 /// A chunk is known by its user and its hash.
 pub type ChunkKey = (u32, ChunkHash);
+
+/// The chunk maps' hasher: a chunk's name is already a cryptographic hash, so mixing its first
+/// bytes with the rest of the key is enough (SipHash, the default, costs more than the map).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.write_u64(u64::from_le_bytes(word));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkEntry {
@@ -56,8 +85,8 @@ pub struct SnapChunk {
 
 #[derive(Debug, Default)]
 pub struct Chunks {
-    map: HashMap<ChunkKey, ChunkEntry>,
-    manifests: HashMap<(u32, u64), Manifest>,
+    map: Map<ChunkKey, ChunkEntry>,
+    manifests: Map<(u32, u64), Manifest>,
     /// Replay keeps chunks no checkpoint uses yet (a later record may), until
     /// [`Chunks::settle`].
     replaying: bool,

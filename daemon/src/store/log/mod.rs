@@ -159,7 +159,7 @@ impl LogStore {
                 tracing::warn!(error = %e, "cannot start the spare segment thread; new segments are only allocated");
             }
         }
-        let files = Arc::new(SegmentFiles::new(dir, chunks.clone()));
+        let files = Arc::new(SegmentFiles::new(dir, chunks.clone(), cfg.chunking));
         let mut store = LogStore {
             log,
             live,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::chunks::Chunks;
 use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
-use crate::model::{AttachMeta, CheckpointMeta, Loc};
+use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc};
 use crate::store::chunking::{self, ChunkRef};
 use crate::store::{self, Reads, Usage};
 
@@ -30,14 +30,17 @@ pub struct SegmentFiles {
     dir: PathBuf,
     open: Mutex<HashMap<u32, Arc<SegmentFile>>>,
     chunks: Arc<Mutex<Chunks>>,
+    /// Whether large payloads are written in chunks.
+    chunking: bool,
 }
 
 impl SegmentFiles {
-    pub fn new(dir: &Path, chunks: Arc<Mutex<Chunks>>) -> Self {
+    pub fn new(dir: &Path, chunks: Arc<Mutex<Chunks>>, chunking: bool) -> Self {
         SegmentFiles {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
             chunks,
+            chunking,
         }
     }
 
@@ -182,6 +185,21 @@ impl Reads for SegmentFiles {
             bytes,
             chunks,
         }
+    }
+
+    fn prepares(&self, len: usize) -> bool {
+        self.chunking && chunking::chunked(len)
+    }
+
+    fn prepare(&self, uid: u32, payload: &mut CheckedPayload) {
+        if !self.prepares(payload.bytes.len()) {
+            return;
+        }
+        let prepared = chunking::prepare(&payload.bytes, |refs| {
+            let chunks = self.chunks();
+            refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
+        });
+        payload.prepared = Some(Box::new(prepared));
     }
 
     fn stored_bytes(&self, records: &[Loc]) -> u64 {

@@ -60,9 +60,53 @@ struct Args {
     fallocated: bool,
     /// `checkpoint` over JSON lines instead of the binary protocol.
     encoding: Option<lines::Payloads>,
+    /// Every checkpoint's payload new, incompressible bytes (else one constant payload, which
+    /// chunking stores once).
+    unique: bool,
+    /// Passed to the daemon `--spawn` starts.
+    daemon_args: Vec<String>,
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--encoding binary|json|raw] [--socket PATH | --spawn] [--json]";
+/// A client's payloads: the same one each time, or `--unique` bytes no earlier write had.
+struct Payloads {
+    payload: Vec<u8>,
+    unique: bool,
+    seed: u64,
+}
+
+impl Payloads {
+    fn new(size: usize, unique: bool, client: usize) -> Self {
+        let seed = (client as u64 + 1) << 40;
+        let payload = if unique {
+            sessiond_tests::unique_bytes(seed, size)
+        } else {
+            vec![0x5a; size]
+        };
+        Payloads {
+            payload,
+            unique,
+            seed,
+        }
+    }
+
+    fn next(&mut self) -> Vec<u8> {
+        if self.unique {
+            // xorshift64* over the buffer: fresh bytes at a few ns each.
+            self.seed += 1;
+            let mut x = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for word in self.payload.chunks_mut(8) {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+                word.copy_from_slice(&v[..word.len()]);
+            }
+        }
+        self.payload.clone()
+    }
+}
+
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--encoding binary|json|raw] [--unique] [--socket PATH | --spawn [--daemon-arg ARG]...] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -99,6 +143,8 @@ fn parse() -> Result<Args, String> {
         fallocated: false,
         json: false,
         encoding: None,
+        unique: false,
+        daemon_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1).peekable();
     if let Some(mode) = it.next_if(|m| !m.starts_with('-')) {
@@ -125,6 +171,8 @@ fn parse() -> Result<Args, String> {
             "--json" => a.json = true,
             "--threads" => a.threads = true,
             "--fallocated" => a.fallocated = true,
+            "--unique" => a.unique = true,
+            "--daemon-arg" => a.daemon_args.push(value()?),
             "--encoding" => {
                 a.encoding = match value()?.as_str() {
                     "binary" => None,
@@ -162,7 +210,7 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_daemon() -> (PathBuf, Spawned) {
+fn spawn_daemon(extra: &[String]) -> (PathBuf, Spawned) {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("bench.sock");
     let exe = std::env::current_exe()
@@ -173,6 +221,7 @@ fn spawn_daemon() -> (PathBuf, Spawned) {
         .arg(&socket)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
@@ -191,7 +240,7 @@ fn main() {
         }
     };
     let (socket, daemon) = if args.spawn {
-        let (s, d) = spawn_daemon();
+        let (s, d) = spawn_daemon(&args.daemon_args);
         (s, Some(d))
     } else {
         (
@@ -273,19 +322,23 @@ fn checkpoint_async(args: &Args, socket: &Path, plan: &[Op]) -> Result<Vec<Durat
                 .await
                 .map_err(|e| format!("create: {e}"))?;
             // Reads need something to read.
-            c.checkpoint(&name, vec![0x5a; args.size], Default::default())
-                .await
-                .map_err(|e| format!("checkpoint: {e}"))?;
+            c.checkpoint(
+                &name,
+                Payloads::new(args.size, args.unique, 0).next(),
+                Default::default(),
+            )
+            .await
+            .map_err(|e| format!("checkpoint: {e}"))?;
             clients.push((c, name));
         }
         let end = Instant::now() + Duration::from_secs_f64(args.seconds);
         let tasks: Vec<_> = clients
             .into_iter()
-            .map(|(mut c, name)| {
+            .enumerate()
+            .map(|(i, (mut c, name))| {
                 let plan = plan.to_vec();
-                let size = args.size;
+                let mut payloads = Payloads::new(args.size, args.unique, i);
                 tokio::spawn(async move {
-                    let payload = vec![0x5a; size];
                     let mut lat = Vec::with_capacity(100_000);
                     let mut ops = plan.iter().cycle();
                     while Instant::now() < end {
@@ -293,7 +346,7 @@ fn checkpoint_async(args: &Args, socket: &Path, plan: &[Op]) -> Result<Vec<Durat
                         let t = Instant::now();
                         let done = match op {
                             Op::Checkpoint => c
-                                .checkpoint(&name, payload.clone(), Default::default())
+                                .checkpoint(&name, payloads.next(), Default::default())
                                 .await
                                 .map(drop),
                             Op::Get => match c.get(&name, None).await {
@@ -325,15 +378,15 @@ fn checkpoint_threads(args: &Args, socket: &Path, plan: &[Op]) -> Vec<Duration> 
     let handles: Vec<_> = (0..args.clients)
         .map(|i| {
             let (socket, barrier) = (socket.to_path_buf(), barrier.clone());
-            let (size, seconds) = (args.size, args.seconds);
+            let seconds = args.seconds;
+            let mut payloads = Payloads::new(args.size, args.unique, i);
             let plan = plan.to_vec();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket).expect("connect");
                 let name = format!("bench-{run_id}-{i}");
                 c.create_keep(&name, Some(16)).expect("create");
-                let payload = vec![0x5a; size];
                 // Reads need something to read.
-                c.put(&name, payload.clone()).expect("checkpoint");
+                c.put(&name, payloads.next()).expect("checkpoint");
                 let mut lat = Vec::with_capacity(100_000);
                 barrier.wait();
                 let end = Instant::now() + Duration::from_secs_f64(seconds);
@@ -342,7 +395,7 @@ fn checkpoint_threads(args: &Args, socket: &Path, plan: &[Op]) -> Vec<Duration> 
                     let op = *ops.next().expect("a non-empty mix");
                     let t = Instant::now();
                     match op {
-                        Op::Checkpoint => drop(c.put(&name, payload.clone()).expect("checkpoint")),
+                        Op::Checkpoint => drop(c.put(&name, payloads.next()).expect("checkpoint")),
                         Op::Get => drop(c.get(&name, None).expect("get").expect("a checkpoint")),
                         Op::Resume => drop(c.resume(&name, None, false).expect("resume")),
                     }
@@ -684,7 +737,7 @@ fn durable_floor(args: &Args) -> Outcome {
 fn scale(args: &Args) -> Outcome {
     use std::os::unix::net::UnixStream;
     let sessions = args.owners;
-    let (socket, mut daemon) = spawn_daemon();
+    let (socket, mut daemon) = spawn_daemon(&args.daemon_args);
     let state = daemon._dir.path().join("state");
     let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
     let payload = vec![0x42u8; args.size];
