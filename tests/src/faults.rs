@@ -167,16 +167,16 @@ pub struct Workload {
 
 fn body(seed: u64, session: &str, number: u64) -> Body {
     let mut r = Rng::new(seed ^ crc(session) ^ number.wrapping_mul(0x9E37_79B9));
-    // Mostly small, now and then 64 KiB: segments fill within seconds.
+    // Mostly small, now and then 64 KiB (segments fill within seconds) or a large state
+    // sharing most of its chunks with the session's others (one document per 32 numbers).
     let len = if r.below(16) == 0 {
         65_536
     } else {
         1 + r.below(12_000) as usize
     };
-    Body {
-        len,
-        seed: r.next_u64(),
-    }
+    let small = Body::unique(len, r.next_u64());
+    let document = seed ^ crc(session) ^ (number / 32);
+    Body::mostly(&mut r, 8, document, small)
 }
 
 fn crc(s: &str) -> u64 {

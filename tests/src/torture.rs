@@ -38,17 +38,51 @@ impl Rng {
     }
 }
 
-/// A payload is described by (length, seed) and regenerated to compare.
+/// A payload is described by (length, seed) and regenerated to compare. Its first `shared`
+/// bytes come from `shared_seed`, so that bodies with the same one begin alike (as an agent's
+/// successive states do) and share the chunks they are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Body {
     pub len: usize,
     pub seed: u64,
+    pub shared: usize,
+    pub shared_seed: u64,
 }
 
 impl Body {
+    /// A body of its own bytes alone.
+    pub fn unique(len: usize, seed: u64) -> Body {
+        Body {
+            len,
+            seed,
+            shared: 0,
+            shared_seed: 0,
+        }
+    }
+
+    /// Now and then (one in `one_in`) a large body beginning as the writer's others with the
+    /// same `document` do (stored in chunks, most of them shared); else `small`.
+    pub fn mostly(rng: &mut Rng, one_in: u64, document: u64, small: Body) -> Body {
+        if rng.below(one_in) != 0 {
+            return small;
+        }
+        let len = 20_000 + rng.below(180_000) as usize;
+        Body {
+            len,
+            seed: rng.next_u64(),
+            shared: len - len / 8,
+            shared_seed: document,
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
-        let mut r = Rng::new(self.seed);
         let mut out = Vec::with_capacity(self.len + 8);
+        let mut r = Rng::new(self.shared_seed);
+        while out.len() < self.shared.min(self.len) {
+            out.extend_from_slice(&r.next_u64().to_le_bytes());
+        }
+        out.truncate(self.shared.min(self.len));
+        let mut r = Rng::new(self.seed);
         while out.len() < self.len {
             out.extend_from_slice(&r.next_u64().to_le_bytes());
         }
@@ -279,11 +313,13 @@ fn write_until_stopped(
         return Ok(());
     };
     let name = format!("t{w}");
+    let mut document = rng.next_u64();
     while !stop.load(Ordering::Relaxed) {
-        let body = Body {
-            len: 1 + rng.below(16 << 10) as usize,
-            seed: rng.next_u64(),
-        };
+        if rng.below(40) == 0 {
+            document = rng.next_u64();
+        }
+        let small = Body::unique(1 + rng.below(16 << 10) as usize, rng.next_u64());
+        let body = Body::mostly(rng, 4, document, small);
         let expect = {
             let mut wr = writer.lock().map_err(|_| "poisoned")?;
             wr.in_flight = Some(body);
