@@ -283,3 +283,54 @@ fn compaction_copies_the_chunks_old_checkpoints_use_forward() {
     let (ok, out) = d.check();
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_write_cut_short_among_its_chunks_leaves_none_of_them_counted() {
+    let mut d = Daemon::start_local(&[]);
+    let mut c = d.client();
+    let mut rng = Rng(13);
+    let first = rng.bytes(120_000);
+    let mut second = first.clone();
+    second.extend_from_slice(&rng.bytes(200_000));
+    c.create_keep("s", Some(0)).unwrap();
+    c.put("s", first.clone()).unwrap();
+    let chunks_before = c.stats().unwrap().chunks;
+    assert!(d.stop().success());
+    // The next run's writes go to a segment of their own.
+    d.restart();
+    let mut c = d.client();
+    c.put("s", second.clone()).unwrap();
+    assert!(d.stop().success());
+    let newest = d.segments().into_iter().max().unwrap();
+    let len = std::fs::metadata(&newest).unwrap().len();
+    // As if the daemon had died while the write was in flight: no snapshot covers it, and
+    // the log ends inside the new chunks' records, before the checkpoint's own.
+    std::fs::remove_file(d.state.join("index")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    d.restart();
+    let mut c = d.client();
+    let latest = c.get("s", None).unwrap().unwrap();
+    assert_eq!(
+        (latest.number, latest.payload.unwrap().0),
+        (1, first.clone())
+    );
+    assert_eq!(
+        c.stats().unwrap().chunks,
+        chunks_before,
+        "the chunks of the write cut short are not counted"
+    );
+    // Written again, it is whole.
+    c.put("s", second.clone()).unwrap();
+    assert_eq!(
+        c.get("s", None).unwrap().unwrap().payload.unwrap().0,
+        second
+    );
+    assert!(d.stop().success());
+    let (ok, out) = d.check();
+    assert!(ok, "{out}");
+}
