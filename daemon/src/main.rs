@@ -175,6 +175,8 @@ fn check(cli: &Cli, live: bool) -> Result<ExitCode> {
             lease_interval: cfg.lease_interval,
             lease_ttl: cfg.lease_ttl,
             statement_timeout: cfg.db_timeout,
+            chunking: cfg.chunking,
+            reclaim_after: cfg.reclaim_after,
         })?
     } else {
         let dir = paths::state_dir(cli.settings.state_dir.clone()).context(

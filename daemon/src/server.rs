@@ -92,6 +92,8 @@ fn open_store(
                 lease_interval: cfg.lease_interval,
                 lease_ttl: cfg.lease_ttl,
                 statement_timeout: cfg.db_timeout,
+                chunking: cfg.chunking,
+                reclaim_after: cfg.reclaim_after,
             };
             table
                 .lock()

@@ -532,7 +532,9 @@ impl Service {
                     .zip(records)
                     .ok_or_else(|| WireError::not_found(&r.name))?;
                 let state = self.state.clone();
-                let stored = blocking(move || Ok(state.reads.stored_bytes(&records))).await?;
+                let key = SessionKey::new(uid, r.name.clone());
+                let stored =
+                    blocking(move || Ok(state.reads.stored_bytes(Some(&key), &records))).await?;
                 info.logical_bytes = Some(logical);
                 info.stored_bytes = Some(stored);
                 Ok(Reply::Session(info))
@@ -594,9 +596,13 @@ impl Service {
                 }
                 let (logical, records) = self.state.table().all_records();
                 let state = self.state.clone();
-                let (usage, stored) =
-                    blocking(move || Ok((state.reads.usage(), state.reads.stored_bytes(&records))))
-                        .await?;
+                let (usage, stored) = blocking(move || {
+                    Ok((
+                        state.reads.usage(),
+                        state.reads.stored_bytes(None, &records),
+                    ))
+                })
+                .await?;
                 (stats.log_segments, stats.log_bytes) = (usage.files, usage.bytes);
                 (stats.logical_bytes, stats.stored_bytes) = (logical, stored);
                 stats.chunks = usage.chunks;

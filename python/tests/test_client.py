@@ -214,9 +214,10 @@ def test_ping_and_stats(client: sessiond.Client) -> None:
     stats = client.stats()
     assert stats.sessions == 1 and stats.checkpoints_written >= 1
     assert stats.store["degraded"] is False
-    assert stats.logical_bytes == 1 and stats.stored_bytes > 1
+    # Stored: the byte, and on the local log its record's header too.
+    assert stats.logical_bytes == 1 and stats.stored_bytes >= 1
     shown = client.show("s")
-    assert shown.logical_bytes == 1 and (shown.stored_bytes or 0) > 1
+    assert shown.logical_bytes == 1 and (shown.stored_bytes or 0) >= 1
     assert client.list()[0].stored_bytes is None, "only show says what a session takes"
     wait_until("a connection to show", lambda: client.stats().connections >= 1)
 

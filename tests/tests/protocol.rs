@@ -334,7 +334,8 @@ fn read_back_other_uid(d: &Daemon) -> sessiond_client::Reply {
     let mut s: sessiond_client::SessionInfo = serde_json::from_value(r["session"].clone()).unwrap();
     // Only show says what a session takes: the rest of it is what create said.
     assert_eq!(s.logical_bytes, Some(0));
-    assert!(s.stored_bytes.is_some_and(|b| b > 0), "{s:?}");
+    // (Its state record on the local log; nothing on PostgreSQL, where a session is a row.)
+    assert!(s.stored_bytes.is_some(), "{s:?}");
     (s.logical_bytes, s.stored_bytes) = (None, None);
     sessiond_client::Reply::Session(s)
 }

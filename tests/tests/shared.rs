@@ -381,3 +381,78 @@ fn concurrent_writers_keep_what_retention_says_on_every_host() {
         }
     }
 }
+
+/// A state that grows by one step's text and begins as the ones before it.
+fn growing_state(step: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..step {
+        out.extend_from_slice(format!("{{\"step\":{i},\"text\":\"").as_bytes());
+        out.extend(
+            sessiond_tests::unique_bytes(i as u64, 3000)
+                .iter()
+                .map(|b| b'a' + b % 26),
+        );
+        out.extend_from_slice(b"\"},");
+    }
+    out
+}
+
+#[test]
+fn chunks_in_the_database_are_shared_by_successive_states_read_on_every_host_and_freed() {
+    let (url, a, b) = two_hosts();
+    let db = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    ca.create_keep("agent", Some(0)).unwrap();
+    let mut logical = 0;
+    for step in 1..=40 {
+        let state = growing_state(step);
+        logical += state.len() as u64;
+        ca.checkpoint("agent", state, Default::default()).unwrap();
+    }
+    // Read back on the other host, byte for byte.
+    for step in [1, 17, 39] {
+        let got = cb.get("agent", Some(step as u64)).unwrap().unwrap();
+        assert!(
+            got.payload.unwrap().0 == growing_state(step),
+            "checkpoint {step}"
+        );
+    }
+    let shown = cb.show("agent").unwrap();
+    assert_eq!(shown.logical_bytes, Some(logical));
+    let stored = shown.stored_bytes.unwrap();
+    assert!(stored * 3 < logical, "{stored} stored for {logical}");
+    let count = |sql: &str| -> i64 { Cluster::get().sql(&db, sql).trim().parse().unwrap() };
+    assert!(count("SELECT count(*) FROM chunks") > 0);
+    // A damaged chunk: the checkpoints using it are damaged, check says so, reads fall back.
+    Cluster::get().sql(
+        &db,
+        "UPDATE chunks SET data = 'X'::bytea || substring(data from 2) WHERE hash = \
+         (SELECT l.hash FROM checkpoint_chunks l JOIN checkpoints c ON c.id = l.checkpoint_id \
+          WHERE c.number = 40 EXCEPT SELECT l.hash FROM checkpoint_chunks l \
+          JOIN checkpoints c ON c.id = l.checkpoint_id WHERE c.number = 39 LIMIT 1)",
+    );
+    let got = cb.get("agent", None).unwrap().unwrap();
+    assert_eq!((got.number, got.skipped_corrupt.clone()), (39, vec![40]));
+    let out = std::process::Command::new(sessiond_tests::bin("sessiond"))
+        .args(["check", "--store", &url])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("checkpoint 40: uses a damaged chunk"),
+        "{report}"
+    );
+    // Deleted on one host: the chunks go within the reclaim interval.
+    assert!(cb.delete("agent").unwrap());
+    assert!(
+        wait_until(DEADLINE, || count("SELECT count(*) FROM chunks") == 0),
+        "chunks left: {}",
+        count("SELECT count(*) FROM chunks")
+    );
+}

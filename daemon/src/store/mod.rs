@@ -185,10 +185,9 @@ pub trait Reads: Send + Sync {
         false
     }
 
-    /// The bytes the store takes for these records, each chunk they use counted once.
-    fn stored_bytes(&self, records: &[Loc]) -> u64 {
-        records.iter().map(|l| u64::from(l.payload_len)).sum()
-    }
+    /// The bytes the store takes for a session's records (`session`: `None` for every
+    /// session), each chunk they use counted once; `records` are the places the table holds.
+    fn stored_bytes(&self, session: Option<&SessionKey>, records: &[Loc]) -> u64;
 }
 
 /// What a store needs of the in-memory index it recovers into and maintains: the session

@@ -24,6 +24,9 @@ impl Reads for NoReads {
     fn usage(&self) -> Usage {
         Usage::default()
     }
+    fn stored_bytes(&self, _: Option<&crate::model::SessionKey>, _: &[Loc]) -> u64 {
+        0
+    }
 }
 
 fn ctx(probe: &FakeProbe) -> PlanContext<'_> {

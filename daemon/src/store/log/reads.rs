@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::chunks::Chunks;
 use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
-use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc};
+use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
 use crate::store::chunking::{self, ChunkRef};
 use crate::store::{self, Reads, Usage};
 
@@ -202,7 +202,7 @@ impl Reads for SegmentFiles {
         payload.prepared = Some(Box::new(prepared));
     }
 
-    fn stored_bytes(&self, records: &[Loc]) -> u64 {
+    fn stored_bytes(&self, _session: Option<&SessionKey>, records: &[Loc]) -> u64 {
         let own: u64 = records
             .iter()
             .filter(|l| l.header_bytes() > 0)

@@ -19,8 +19,10 @@ use crate::model::Loc;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SSNDLOG1";
 pub const SEGMENT_HEADER_LEN: u64 = 16;
 /// Format 2 seeds record checksums with the segment's number and ends records with a footer;
-/// format 1 is still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// format 3 adds chunks and chunked checkpoints (see [`super::record`]), records a daemon
+/// that knows only format 2 would take for damage, so it refuses such a segment instead.
+/// Formats 1 and 2 are still read.
+pub const FORMAT_VERSION: u32 = 3;
 pub const LOG_DIR: &str = "log";
 
 pub fn segment_file_name(seq: u32) -> String {
@@ -58,7 +60,7 @@ fn parse_segment_header(h: &[u8], seq: u32) -> io::Result<Option<u32>> {
     }
     match u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
         1 => Ok(None),
-        2 => Ok(Some(seq)),
+        2 | 3 => Ok(Some(seq)),
         v => Err(bad(&format!("unknown format version {v}"))),
     }
 }
@@ -625,10 +627,10 @@ mod tests {
         let file = SegmentFile::open(dir.path(), 1).unwrap();
         assert!(file.read_record(&locs[2]).is_err());
         // An unknown format is refused, not guessed at.
-        bytes[12..16].copy_from_slice(&3u32.to_le_bytes());
+        bytes[12..16].copy_from_slice(&4u32.to_le_bytes());
         std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
         let e = SegmentFile::open(dir.path(), 1).unwrap_err();
-        assert!(e.to_string().contains("format version 3"), "{e}");
+        assert!(e.to_string().contains("format version 4"), "{e}");
     }
 
     proptest! {

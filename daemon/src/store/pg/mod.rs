@@ -42,6 +42,10 @@ pub struct PgConfig {
     pub lease_ttl: Duration,
     /// How long one statement may take before the database cancels it.
     pub statement_timeout: Duration,
+    /// Large payloads stored in chunks (see [`crate::store::chunking`]).
+    pub chunking: bool,
+    /// Chunks no checkpoint uses any more are deleted within about this long.
+    pub reclaim_after: Duration,
 }
 
 fn db_error(context: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
@@ -105,6 +109,8 @@ pub struct PgStore {
     /// The versions the written batch left, for when it is in the index.
     pending: Option<(Scope, std::collections::HashMap<SessionKey, i64>)>,
     lapsed_checked: Instant,
+    /// Since when checkpoints this daemon removed may have left chunks no checkpoint uses.
+    unlinked_since: Option<Instant>,
 }
 
 /// The advisory lock every batch holds (shared; exclusively one that may touch any session).
@@ -187,6 +193,7 @@ impl PgStore {
         let reads = Arc::new(PgReads {
             pool: pool.clone(),
             rt: rt.clone(),
+            chunking: cfg.chunking,
         });
         let renewed = Arc::new(Mutex::new(Instant::now()));
         let view = Arc::new(PgView {
@@ -215,6 +222,7 @@ impl PgStore {
             open: None,
             pending: None,
             lapsed_checked: Instant::now(),
+            unlinked_since: None,
         };
         Ok((store, reads, view))
     }
@@ -259,6 +267,32 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Deletes the chunks no checkpoint uses. A chunk another host links meanwhile makes the
+    /// statement fail (the foreign key): it is tried again later.
+    fn delete_unused_chunks(&mut self) {
+        let deleted = self.local.block_on(async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "DELETE FROM chunks k WHERE NOT EXISTS (SELECT 1 FROM checkpoint_chunks l \
+                     WHERE l.uid = k.uid AND l.hash = k.hash)",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())
+        });
+        match deleted {
+            Ok(n) => {
+                tracing::debug!(chunks = n, "deleted chunks no checkpoint uses");
+                self.unlinked_since = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot delete unused chunks yet; trying again");
+                self.unlinked_since = Some(Instant::now());
+            }
+        }
+    }
+
     /// What a written (or refused) batch means for the store's state.
     fn outcome(
         &mut self,
@@ -416,11 +450,22 @@ impl Store for PgStore {
     }
 
     /// Rows are deleted in the transaction that makes them dead.
-    fn release(&mut self, _released: &[Loc]) {}
+    fn release(&mut self, released: &[Loc]) {
+        // The rows went in the batch's transaction; the chunks they alone used go later.
+        if !released.is_empty() && self.unlinked_since.is_none() {
+            self.unlinked_since = Some(Instant::now());
+        }
+    }
 
     fn upkeep(&mut self, _index: &Mutex<dyn Index>) {
         if self.since_renewed() >= self.cfg.lease_interval {
             self.renew_lease();
+        }
+        if self
+            .unlinked_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.reclaim_after)
+        {
+            self.delete_unused_chunks();
         }
     }
 
@@ -443,10 +488,14 @@ impl Store for PgStore {
 
     fn idle_wait(&self) -> Option<Duration> {
         let lease = self.cfg.lease_interval;
+        let reclaim = self.unlinked_since.map_or(Duration::MAX, |t| {
+            self.cfg.reclaim_after.saturating_sub(t.elapsed())
+        });
         Some(
             lease
                 .saturating_sub(self.since_renewed())
                 .min(lease.saturating_sub(self.lapsed_checked.elapsed()))
+                .min(reclaim)
                 .max(Duration::from_millis(10)),
         )
     }

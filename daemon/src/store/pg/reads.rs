@@ -4,13 +4,46 @@
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 
+use std::collections::HashMap;
+
 use super::rows::{attachment_of, checkpoint_of, id_of};
-use crate::model::{AttachMeta, CheckpointMeta, Loc};
+use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
+use crate::store::chunking::{self, ChunkRef};
 use crate::store::{ReadError, Reads, Usage};
 
 pub struct PgReads {
     pub(super) pool: Pool,
     pub(super) rt: Handle,
+    /// Whether large payloads are written in chunks.
+    pub(super) chunking: bool,
+}
+
+/// A chunked checkpoint row's chunk list: 16-byte hash and 4-byte length (LE) each.
+pub fn chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * 20);
+    for c in chunks {
+        out.extend_from_slice(&c.hash);
+        out.extend_from_slice(&c.len.to_le_bytes());
+    }
+    out
+}
+
+/// The chunks a row's chunk list names.
+pub fn parse_chunk_list(list: &[u8]) -> Result<Vec<ChunkRef>, ReadError> {
+    if !list.len().is_multiple_of(20) {
+        return Err(ReadError::Damaged("its chunk list is cut short".into()));
+    }
+    Ok(list
+        .chunks_exact(20)
+        .map(|c| {
+            let mut hash = [0u8; 16];
+            hash.copy_from_slice(&c[..16]);
+            ChunkRef {
+                hash,
+                len: u32::from_le_bytes([c[16], c[17], c[18], c[19]]),
+            }
+        })
+        .collect())
 }
 
 fn failed(e: impl std::fmt::Display) -> ReadError {
@@ -33,6 +66,41 @@ fn gone() -> ReadError {
 }
 
 impl PgReads {
+    /// A chunked checkpoint's payload from its chunks' rows, verified.
+    fn assemble(&self, uid: i64, list: &[u8], crc: i64) -> Result<Vec<u8>, ReadError> {
+        let chunks = parse_chunk_list(list)?;
+        let hashes: Vec<&[u8]> = chunks.iter().map(|c| &c.hash[..]).collect();
+        let rows = self.rt.block_on(async {
+            let client = self.pool.get().await.map_err(failed)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT hash, compressed, data, crc FROM chunks \
+                     WHERE uid = $1 AND hash = ANY($2)",
+                )
+                .await
+                .map_err(failed)?;
+            client.query(&stmt, &[&uid, &hashes]).await.map_err(failed)
+        })?;
+        let mut found: HashMap<Vec<u8>, (bool, Vec<u8>, i64)> = rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        let mut out = Vec::new();
+        for c in &chunks {
+            let Some((compressed, data, chunk_crc)) = found.get(&c.hash[..]) else {
+                return Err(ReadError::Damaged("a chunk it uses is missing".into()));
+            };
+            if i64::from(crc32c::crc32c(data)) != *chunk_crc {
+                return Err(ReadError::Damaged(
+                    "a chunk's checksum does not match in the database".into(),
+                ));
+            }
+            out.extend(chunking::unpack(data, *compressed, c).map_err(ReadError::Damaged)?);
+        }
+        found.clear();
+        verified(out, crc)
+    }
+
     fn row(&self, sql: &str, at: &Loc) -> Result<tokio_postgres::Row, ReadError> {
         let id = id_of(at);
         self.rt.block_on(async {
@@ -50,11 +118,14 @@ impl PgReads {
 impl Reads for PgReads {
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), ReadError> {
         let row = self.row(
-            "SELECT id, uid, name, number, created_at, meta, key, payload, payload_crc \
+            "SELECT id, uid, name, number, created_at, meta, key, payload, payload_crc, chunks \
              FROM checkpoints WHERE id = $1",
             at,
         )?;
-        let payload = verified(row.get(7), row.get(8))?;
+        let payload = match row.get::<_, Option<Vec<u8>>>(9) {
+            Some(list) => self.assemble(row.get(1), &list, row.get(8))?,
+            None => verified(row.get(7), row.get(8))?,
+        };
         Ok((checkpoint_of(&row), payload))
     }
 
@@ -77,18 +148,62 @@ impl Reads for PgReads {
     }
 
     fn usage(&self) -> Usage {
-        let bytes = self.rt.block_on(async {
+        let sizes = self.rt.block_on(async {
             let client = self.pool.get().await.ok()?;
             let row = client
-                .query_one("SELECT pg_database_size(current_database())", &[])
+                .query_one(
+                    "SELECT pg_database_size(current_database()), (SELECT count(*) FROM chunks)",
+                    &[],
+                )
+                .await
+                .ok()?;
+            Some((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        });
+        let (bytes, chunks) = sizes.unwrap_or((0, 0));
+        Usage {
+            files: 0,
+            bytes,
+            chunks,
+        }
+    }
+
+    fn prepares(&self, len: usize) -> bool {
+        self.chunking && chunking::chunked(len)
+    }
+
+    fn prepare(&self, _uid: u32, payload: &mut CheckedPayload) {
+        if self.prepares(payload.bytes.len()) {
+            // Every chunk packed: which ones the database holds is learnt as they are written.
+            let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
+            payload.prepared = Some(Box::new(prepared));
+        }
+    }
+
+    fn stored_bytes(&self, session: Option<&SessionKey>, _records: &[Loc]) -> u64 {
+        let (uid, name) = match session {
+            Some(k) => (Some(i64::from(k.uid)), Some(k.name.as_str())),
+            None => (None, None),
+        };
+        let sum = self.rt.block_on(async {
+            let client = self.pool.get().await.ok()?;
+            // The rows' own payloads, and each distinct chunk their checkpoints use once.
+            let row = client
+                .query_one(
+                    "WITH c AS (SELECT id, payload FROM checkpoints \
+                         WHERE ($1::bigint IS NULL OR (uid = $1 AND name = $2))), \
+                     a AS (SELECT payload FROM attachments \
+                         WHERE ($1::bigint IS NULL OR (uid = $1 AND name = $2))) \
+                     SELECT ((SELECT coalesce(sum(octet_length(payload)), 0) FROM c) \
+                         + (SELECT coalesce(sum(octet_length(payload)), 0) FROM a) \
+                         + (SELECT coalesce(sum(octet_length(k.data)), 0) FROM chunks k \
+                             WHERE (k.uid, k.hash) IN (SELECT l.uid, l.hash \
+                                 FROM checkpoint_chunks l JOIN c ON c.id = l.checkpoint_id)))::bigint",
+                    &[&uid, &name],
+                )
                 .await
                 .ok()?;
             Some(row.get::<_, i64>(0) as u64)
         });
-        Usage {
-            files: 0,
-            bytes: bytes.unwrap_or(0),
-            chunks: 0,
-        }
+        sum.unwrap_or(0)
     }
 }

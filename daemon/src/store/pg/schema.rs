@@ -133,6 +133,41 @@ const MIGRATIONS: &[&str] = &[
             WHERE (s.uid, s.name) IN (SELECT * FROM unnest(s_uids, s_names));
     END $$;
     "#,
+    // 3: payloads stored by what changed: each user's distinct chunks once (see
+    // store::chunking), a chunked checkpoint's row naming its chunks (16-byte hash and 4-byte
+    // length each, in order) and its payload's length, and a link per chunk it uses, so that
+    // a chunk a retained checkpoint uses cannot be deleted (the foreign key) and one no
+    // checkpoint uses is found by an index.
+    r#"
+    CREATE TABLE chunks (
+        uid         bigint NOT NULL,
+        hash        bytea NOT NULL,
+        len         integer NOT NULL,
+        compressed  boolean NOT NULL,
+        data        bytea NOT NULL,
+        crc         bigint NOT NULL,
+        PRIMARY KEY (uid, hash)
+    );
+    ALTER TABLE checkpoints ADD COLUMN chunks bytea, ADD COLUMN payload_len bigint;
+    CREATE TABLE checkpoint_chunks (
+        checkpoint_id bigint NOT NULL REFERENCES checkpoints (id) ON DELETE CASCADE,
+        uid           bigint NOT NULL,
+        hash          bytea NOT NULL,
+        PRIMARY KEY (checkpoint_id, hash),
+        FOREIGN KEY (uid, hash) REFERENCES chunks (uid, hash)
+    );
+    CREATE INDEX checkpoint_chunks_by_chunk ON checkpoint_chunks (uid, hash);
+    CREATE FUNCTION sessiond_link_chunks() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO checkpoint_chunks (checkpoint_id, uid, hash)
+            SELECT NEW.id, NEW.uid, substring(NEW.chunks FROM i * 20 + 1 FOR 16)
+            FROM generate_series(0, length(NEW.chunks) / 20 - 1) AS i
+            ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER checkpoints_link_chunks AFTER INSERT ON checkpoints
+        FOR EACH ROW WHEN (NEW.chunks IS NOT NULL) EXECUTE FUNCTION sessiond_link_chunks();
+    "#,
 ];
 
 /// The SQLSTATE `sessiond_hold_lease` fails with.

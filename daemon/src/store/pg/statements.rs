@@ -7,6 +7,7 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{meta_json, SessionParams};
 use crate::model::{Change, CheckedPayload};
+use crate::store::chunking::{self, Prepared, Stored};
 
 pub type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
@@ -51,6 +52,67 @@ const UPSERT_SESSION: &str = "INSERT INTO sessions (uid, name, status, owner_hos
 const INSERT_CHECKPOINT: &str = "INSERT INTO checkpoints \
      (uid, name, number, created_at, meta, key, payload, payload_crc) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+
+/// A chunked checkpoint: the chunks its user's rows lack, then its row naming them all (a
+/// trigger links the row to each).
+const INSERT_CHUNKED_CHECKPOINT: &str = "WITH k AS (INSERT INTO chunks \
+         (uid, hash, len, compressed, data, crc) \
+         SELECT $1, * FROM unnest($11::bytea[], $12::int[], $13::bool[], $14::bytea[], \
+             $15::bigint[]) \
+         ON CONFLICT DO NOTHING) \
+     INSERT INTO checkpoints \
+     (uid, name, number, created_at, meta, key, payload, payload_crc, chunks, payload_len) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+
+/// A chunked payload's chunk rows, as the columns [`INSERT_CHUNKED_CHECKPOINT`] takes, each
+/// distinct chunk once, and its chunk list.
+struct ChunkColumns<'a> {
+    hashes: Vec<&'a [u8]>,
+    lens: Vec<i32>,
+    compressed: Vec<bool>,
+    data: Vec<std::borrow::Cow<'a, [u8]>>,
+    crcs: Vec<i64>,
+    list: Vec<u8>,
+}
+
+fn chunk_columns<'a>(p: &'a Prepared, payload: &'a [u8]) -> ChunkColumns<'a> {
+    let mut c = ChunkColumns {
+        hashes: Vec::new(),
+        lens: Vec::new(),
+        compressed: Vec::new(),
+        data: Vec::new(),
+        crcs: Vec::new(),
+        list: super::reads::chunk_list(&p.chunks),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (chunk, (at, stored)) in p.chunks.iter().zip(&p.parts) {
+        if !seen.insert(chunk.hash) {
+            continue;
+        }
+        let piece = payload
+            .get(*at..*at + chunk.len as usize)
+            .unwrap_or_default();
+        let (data, compressed, crc) = match stored {
+            Stored::Packed { bytes, crc } => (std::borrow::Cow::Borrowed(&bytes[..]), true, *crc),
+            Stored::Raw { crc } => (std::borrow::Cow::Borrowed(piece), false, *crc),
+            Stored::Known => match chunking::Packer::default().pack(piece) {
+                Stored::Packed { bytes, crc } => (std::borrow::Cow::Owned(bytes), true, crc),
+                Stored::Raw { crc } => (std::borrow::Cow::Borrowed(piece), false, crc),
+                Stored::Known => (
+                    std::borrow::Cow::Borrowed(piece),
+                    false,
+                    crc32c::crc32c(piece),
+                ),
+            },
+        };
+        c.hashes.push(&chunk.hash[..]);
+        c.lens.push(chunk.len as i32);
+        c.compressed.push(compressed);
+        c.data.push(data);
+        c.crcs.push(i64::from(crc));
+    }
+    c
+}
 
 /// Retention as the table applies it (the newest `keep` stay), and the session's version.
 const RETAIN: &str = "WITH s AS (UPDATE sessions SET version = version + 1, \
@@ -100,21 +162,49 @@ pub fn of_change<'a>(change: &'a Change, payload: &'a CheckedPayload) -> Vec<Stm
             payload_crc,
         } => {
             let (uid, number) = (i64::from(h.uid), h.number as i64);
-            let insert = Stmt {
-                payload: Some(payload.bytes.len()),
-                ..Stmt::new(
-                    INSERT_CHECKPOINT,
-                    vec![
-                        Box::new(uid),
-                        Box::new(h.name.as_str()),
-                        Box::new(number),
-                        Box::new(h.created_at),
-                        Box::new(meta_json(&h.meta)),
-                        Box::new(h.key.as_deref()),
-                        Box::new(payload.bytes.as_slice()),
-                        Box::new(i64::from(*payload_crc)),
-                    ],
-                )
+            let insert = match &payload.prepared {
+                Some(p) => {
+                    let c = chunk_columns(p, &payload.bytes);
+                    Stmt {
+                        payload: Some(payload.bytes.len()),
+                        ..Stmt::new(
+                            INSERT_CHUNKED_CHECKPOINT,
+                            vec![
+                                Box::new(uid),
+                                Box::new(h.name.as_str()),
+                                Box::new(number),
+                                Box::new(h.created_at),
+                                Box::new(meta_json(&h.meta)),
+                                Box::new(h.key.as_deref()),
+                                Box::new(&[][..] as &[u8]),
+                                Box::new(i64::from(*payload_crc)),
+                                Box::new(c.list),
+                                Box::new(payload.bytes.len() as i64),
+                                Box::new(c.hashes),
+                                Box::new(c.lens),
+                                Box::new(c.compressed),
+                                Box::new(c.data),
+                                Box::new(c.crcs),
+                            ],
+                        )
+                    }
+                }
+                None => Stmt {
+                    payload: Some(payload.bytes.len()),
+                    ..Stmt::new(
+                        INSERT_CHECKPOINT,
+                        vec![
+                            Box::new(uid),
+                            Box::new(h.name.as_str()),
+                            Box::new(number),
+                            Box::new(h.created_at),
+                            Box::new(meta_json(&h.meta)),
+                            Box::new(h.key.as_deref()),
+                            Box::new(payload.bytes.as_slice()),
+                            Box::new(i64::from(*payload_crc)),
+                        ],
+                    )
+                },
             };
             let retain = Stmt::new(
                 RETAIN,
@@ -187,6 +277,10 @@ pub fn of_checkpoints<'a>(changes: &[&'a (Change, CheckedPayload)]) -> Option<[S
         else {
             return None;
         };
+        if payload.prepared.is_some() {
+            // Chunked: a statement of its own.
+            return None;
+        }
         uids.push(i64::from(h.uid));
         names.push(h.name.as_str());
         numbers.push(h.number as i64);

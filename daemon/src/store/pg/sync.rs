@@ -171,7 +171,8 @@ pub async fn load(
     let checkpoints = client
         .query(
             &format!(
-                "SELECT id, uid, name, number, created_at, meta, key, octet_length(payload), \
+                "SELECT id, uid, name, number, created_at, meta, key, \
+                 coalesce(payload_len, octet_length(payload))::integer, \
                  payload_crc FROM checkpoints{} ORDER BY uid, name, number",
                 clause.sql
             ),

@@ -240,6 +240,10 @@ async fn put_checkpoints(
         else {
             return None;
         };
+        if payload.prepared.is_some() {
+            // A chunked checkpoint is written by a statement of its own, after a prepare.
+            return None;
+        }
         c.uids.push(i64::from(h.uid));
         c.names.push(h.name.as_str());
         c.numbers.push(h.number as i64);
