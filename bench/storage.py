@@ -27,10 +27,44 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 import sessiond
 
-WORDS = (
-    "the agent called a tool to search for the latest figures and then wrote a short summary "
-    "of what it found, with the sources it used and what it plans to do next step by step"
-).split()
+WORDS = [
+    "the",
+    "agent",
+    "called",
+    "a",
+    "tool",
+    "to",
+    "search",
+    "for",
+    "the",
+    "latest",
+    "figures",
+    "and",
+    "then",
+    "wrote",
+    "a",
+    "short",
+    "summary",
+    "of",
+    "what",
+    "it",
+    "found,",
+    "with",
+    "the",
+    "sources",
+    "it",
+    "used",
+    "and",
+    "what",
+    "it",
+    "plans",
+    "to",
+    "do",
+    "next",
+    "step",
+    "by",
+    "step",
+]
 
 
 def message(rng: random.Random, size: int) -> str:
