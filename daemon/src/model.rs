@@ -142,7 +142,7 @@ pub struct CheckedPayload {
     pub bytes: Vec<u8>,
     pub crc: u32,
     /// Cut into chunks ahead of the commit, when the store stores it so.
-    pub prepared: Option<Box<crate::store::chunking::Prepared>>,
+    pub prepared: Option<Box<crate::chunking::Prepared>>,
 }
 
 impl CheckedPayload {

@@ -15,7 +15,6 @@
 //! same.
 
 pub(crate) mod backoff;
-pub mod chunking;
 pub mod log;
 pub mod pg;
 

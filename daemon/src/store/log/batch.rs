@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use super::chunks::{ChunkKey, Chunks, Manifest};
 use super::record::{self, ChunkHeader, ChunkedRef, RecordRef};
 use super::writer::Pending;
+use crate::chunking::{self, ChunkRef, Stored};
 use crate::model::{Change, CheckedPayload};
-use crate::store::chunking::{self, ChunkRef, Stored};
 use crate::store::Unit;
 
 /// What one record of the batch is.

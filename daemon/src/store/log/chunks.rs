@@ -1,4 +1,4 @@
-//! The log's chunks (see [`crate::store::chunking`]): where each user's distinct chunks are
+//! The log's chunks (see [`crate::chunking`]): where each user's distinct chunks are
 //! and how many retained checkpoints use them, and which chunks each retained chunked
 //! checkpoint uses. A chunk counts as a live record while a retained checkpoint uses it;
 //! when the last one goes, so does the chunk (a later payload holding the same bytes stores
@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::live::LiveSegments;
 use super::record::ChunkHeader;
+use crate::chunking::{ChunkHash, ChunkRef};
 use crate::model::Loc;
-use crate::store::chunking::{ChunkHash, ChunkRef};
 
 /// A chunk is known by its user and its hash.
 pub type ChunkKey = (u32, ChunkHash);

@@ -63,7 +63,7 @@ pub struct LogConfig {
     pub snapshot_every_bytes: u64,
     /// Dead records' disk is given back within about this long (see [`LogStore::reclaim_due`]).
     pub reclaim_after: Duration,
-    /// Large payloads stored in chunks (see [`crate::store::chunking`]).
+    /// Large payloads stored in chunks (see [`crate::chunking`]).
     pub chunking: bool,
 }
 

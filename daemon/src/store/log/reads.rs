@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use super::chunks::Chunks;
 use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
+use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
-use crate::store::chunking::{self, ChunkRef};
 use crate::store::{self, Reads, Usage};
 
 /// Segments in the log and their total size in bytes.

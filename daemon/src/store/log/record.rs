@@ -27,8 +27,8 @@ use sessiond_proto::codec;
 
 use sessiond_proto::Meta;
 
+use crate::chunking::ChunkRef;
 use crate::model::{AttachMeta, Change, CheckpointMeta, Loc, SessionKey, SessionState};
-use crate::store::chunking::ChunkRef;
 
 pub const MAGIC: [u8; 4] = *b"SRC1";
 pub const PREFIX_LEN: usize = 20;
@@ -98,7 +98,7 @@ pub enum RecordHeader {
     Group {
         records: u32,
     },
-    /// A chunk of checkpoints' payloads (see [`crate::store::chunking`]); its payload is the
+    /// A chunk of checkpoints' payloads (see [`crate::chunking`]); its payload is the
     /// chunk as stored. Written before the first checkpoint that uses it, in its group, and
     /// again (the same record) when compaction copies it forward.
     Chunk(ChunkHeader),

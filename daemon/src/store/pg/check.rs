@@ -5,7 +5,7 @@
 use tokio_postgres::NoTls;
 
 use super::{db_error, schema, url_config, PgConfig};
-use crate::store::chunking::{self, ChunkRef};
+use crate::chunking::{self, ChunkRef};
 use crate::store::log::check::CheckReport;
 use crate::store::StoreError;
 

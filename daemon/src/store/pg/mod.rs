@@ -42,7 +42,7 @@ pub struct PgConfig {
     pub lease_ttl: Duration,
     /// How long one statement may take before the database cancels it.
     pub statement_timeout: Duration,
-    /// Large payloads stored in chunks (see [`crate::store::chunking`]).
+    /// Large payloads stored in chunks (see [`crate::chunking`]).
     pub chunking: bool,
     /// Chunks no checkpoint uses any more are deleted within about this long.
     pub reclaim_after: Duration,

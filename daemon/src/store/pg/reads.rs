@@ -7,8 +7,8 @@ use tokio::runtime::Handle;
 use std::collections::HashMap;
 
 use super::rows::{attachment_of, checkpoint_of, id_of};
+use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
-use crate::store::chunking::{self, ChunkRef};
 use crate::store::{ReadError, Reads, Usage};
 
 pub struct PgReads {

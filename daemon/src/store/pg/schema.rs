@@ -134,7 +134,7 @@ const MIGRATIONS: &[&str] = &[
     END $$;
     "#,
     // 3: payloads stored by what changed: each user's distinct chunks once (see
-    // store::chunking), a chunked checkpoint's row naming its chunks (16-byte hash and 4-byte
+    // crate::chunking), a chunked checkpoint's row naming its chunks (16-byte hash and 4-byte
     // length each, in order) and its payload's length, and a link per chunk it uses, so that
     // a chunk a retained checkpoint uses cannot be deleted (the foreign key) and one no
     // checkpoint uses is found by an index.

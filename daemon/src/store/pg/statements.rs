@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use tokio_postgres::types::ToSql;
 
 use super::rows::{meta_json, SessionParams};
+use crate::chunking::{self, Prepared, Stored};
 use crate::model::{Change, CheckedPayload};
-use crate::store::chunking::{self, Prepared, Stored};
 
 pub type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
