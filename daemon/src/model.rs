@@ -143,6 +143,9 @@ pub struct CheckedPayload {
     pub crc: u32,
     /// Cut into chunks ahead of the commit, when the store stores it so.
     pub prepared: Option<Box<crate::chunking::Prepared>>,
+    /// Stored whole although it is large: its session's recent payloads shared and
+    /// compressed nothing (see [`crate::chunking::Yields`]).
+    pub whole: bool,
 }
 
 impl CheckedPayload {
@@ -152,6 +155,7 @@ impl CheckedPayload {
             bytes,
             crc,
             prepared: None,
+            whole: false,
         }
     }
 }

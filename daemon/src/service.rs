@@ -474,7 +474,10 @@ impl Service {
     /// Has the store do ahead what it can of writing the mutation's checkpoint payloads.
     fn prepare(&self, uid: u32, mutation: &mut Mutation) {
         match mutation {
-            Mutation::Checkpoint { payload, .. } => self.state.reads.prepare(uid, payload),
+            Mutation::Checkpoint { name, payload, .. } => {
+                let key = SessionKey::new(uid, name.clone());
+                self.state.reads.prepare(&key, payload);
+            }
             Mutation::Batch(ops) => ops.iter_mut().for_each(|op| self.prepare(uid, op)),
             _ => {}
         }

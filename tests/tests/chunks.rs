@@ -334,3 +334,36 @@ fn a_write_cut_short_among_its_chunks_leaves_none_of_them_counted() {
     let (ok, out) = d.check();
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_session_whose_payloads_share_and_compress_nothing_is_stored_whole() {
+    let d = Daemon::start_local(&[]);
+    let mut c = d.client();
+    let mut rng = Rng(17);
+    c.create_keep("blobs", Some(0)).unwrap();
+    let mut written = Vec::new();
+    let mut chunks = Vec::new();
+    for _ in 0..12 {
+        let blob = rng.bytes(100_000);
+        c.put("blobs", blob.clone()).unwrap();
+        written.push(blob);
+        chunks.push(c.stats().unwrap().chunks);
+    }
+    // The first few are cut (and found to share nothing), the rest stored whole.
+    assert!(chunks[3] > 0, "{chunks:?}");
+    assert_eq!(chunks[4..], [chunks[3]; 8], "{chunks:?}");
+    let got = all_payloads(&mut c, "blobs");
+    assert!(
+        got.iter().map(|(_, p)| p).eq(written.iter()),
+        "read back as written"
+    );
+    // Bytes that repeat are shared again once a probe sees them.
+    for _ in 0..20 {
+        c.put("blobs", written[0].clone()).unwrap();
+    }
+    let shown = c.show("blobs").unwrap();
+    assert!(
+        shown.stored_bytes.unwrap() < 12 * 100_000 + 16 * 100_000,
+        "repeats are not all stored whole: {shown:?}"
+    );
+}

@@ -77,7 +77,7 @@ impl<'a> Batch<'a> {
             for (change, payload) in unit.changes {
                 all.push(match change {
                     Change::Checkpoint { meta, .. }
-                        if chunking && chunking::chunked(payload.bytes.len()) =>
+                        if chunking && chunking::chunked(payload.bytes.len()) && !payload.whole =>
                     {
                         Some(pieces(meta.uid, payload))
                     }

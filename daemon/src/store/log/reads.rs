@@ -32,6 +32,7 @@ pub struct SegmentFiles {
     chunks: Arc<Mutex<Chunks>>,
     /// Whether large payloads are written in chunks.
     chunking: bool,
+    yields: Mutex<chunking::Yields>,
 }
 
 impl SegmentFiles {
@@ -41,6 +42,7 @@ impl SegmentFiles {
             open: Mutex::new(HashMap::new()),
             chunks,
             chunking,
+            yields: Mutex::default(),
         }
     }
 
@@ -191,14 +193,21 @@ impl Reads for SegmentFiles {
         self.chunking && chunking::chunked(len)
     }
 
-    fn prepare(&self, uid: u32, payload: &mut CheckedPayload) {
+    fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
         if !self.prepares(payload.bytes.len()) {
             return;
         }
+        let yields = || self.yields.lock().unwrap_or_else(|p| p.into_inner());
+        if !yields().cut(session) {
+            payload.whole = true;
+            return;
+        }
+        let uid = session.uid;
         let prepared = chunking::prepare(&payload.bytes, |refs| {
             let chunks = self.chunks();
             refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
         });
+        yields().record(session, prepared.gained());
         payload.prepared = Some(Box::new(prepared));
     }
 

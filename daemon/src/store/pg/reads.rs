@@ -171,7 +171,7 @@ impl Reads for PgReads {
         self.chunking && chunking::chunked(len)
     }
 
-    fn prepare(&self, _uid: u32, payload: &mut CheckedPayload) {
+    fn prepare(&self, _session: &SessionKey, payload: &mut CheckedPayload) {
         if self.prepares(payload.bytes.len()) {
             // Every chunk packed: which ones the database holds is learnt as they are written.
             let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
