@@ -235,7 +235,9 @@ pub fn prepare(payload: &[u8], known: impl Fn(&[ChunkRef]) -> Vec<bool>) -> Prep
     Prepared { chunks, parts }
 }
 
-/// A chunk's bytes from what was stored, checked against its name.
+/// A chunk's bytes from what was stored, of the length its name says. Reads check no hash:
+/// the stored bytes' checksum and the whole payload's checksum after the chunks are put
+/// together catch damage; [`unpack_verified`] (for `sessiond check`) checks the hash too.
 pub fn unpack(stored: &[u8], compressed: bool, chunk: &ChunkRef) -> Result<Vec<u8>, String> {
     let bytes = if compressed {
         decompress(stored, chunk.len as usize)
@@ -243,7 +245,20 @@ pub fn unpack(stored: &[u8], compressed: bool, chunk: &ChunkRef) -> Result<Vec<u
     } else {
         stored.to_vec()
     };
-    if bytes.len() != chunk.len as usize || hash(&bytes) != chunk.hash {
+    if bytes.len() != chunk.len as usize {
+        return Err("a chunk is not as long as its name says".into());
+    }
+    Ok(bytes)
+}
+
+/// As [`unpack`], and the bytes must hash to the chunk's name.
+pub fn unpack_verified(
+    stored: &[u8],
+    compressed: bool,
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>, String> {
+    let bytes = unpack(stored, compressed, chunk)?;
+    if hash(&bytes) != chunk.hash {
         return Err("a chunk's bytes do not match its hash".into());
     }
     Ok(bytes)
@@ -316,10 +331,10 @@ mod tests {
                 len: bytes.len() as u32,
             };
             let (stored, compressed) = pack(&bytes);
-            assert_eq!(unpack(&stored, compressed, &chunk).unwrap(), bytes);
+            assert_eq!(unpack_verified(&stored, compressed, &chunk).unwrap(), bytes);
             let mut bad = stored.clone();
             bad[10] ^= 1;
-            assert!(unpack(&bad, compressed, &chunk).is_err());
+            assert!(unpack_verified(&bad, compressed, &chunk).is_err());
         }
         let random: Vec<u8> = (0..9000u64)
             .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)

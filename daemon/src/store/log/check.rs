@@ -209,7 +209,7 @@ pub fn check(dir: &Path, index: &Mutex<dyn Index>) -> Result<CheckReport, StoreE
                                 "session {name:?} (uid {uid}): checkpoint {n}'s chunks are not those its index entry counts"
                             ));
                         }
-                        if let Err(e) = files.assemble(c) {
+                        if let Err(e) = files.assemble(c, true) {
                             r.problem(format!(
                                 "session {name:?} (uid {uid}): checkpoint {n} cannot be served: {e}"
                             ));

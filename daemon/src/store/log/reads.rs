@@ -53,7 +53,8 @@ impl SegmentFiles {
     /// A chunked checkpoint's payload, put together from its chunks and verified.
     /// Compaction may move a chunk (and delete its old segment) between the lookup and the
     /// read: a failed read is retried once at the chunk's current place before it counts.
-    pub fn assemble(&self, c: &ChunkedHeader) -> Result<Vec<u8>, store::ReadError> {
+    /// `hashes`: each chunk's bytes checked against its name too (for `sessiond check`).
+    pub fn assemble(&self, c: &ChunkedHeader, hashes: bool) -> Result<Vec<u8>, store::ReadError> {
         let uid = c.meta.uid;
         let places: Vec<_> = {
             let chunks = self.chunks();
@@ -67,13 +68,13 @@ impl SegmentFiles {
             let key = (uid, r.hash);
             let read = place
                 .ok_or_else(|| store::ReadError::Damaged("a chunk it uses is missing".into()))
-                .and_then(|loc| self.read_chunk(uid, r, &loc));
+                .and_then(|loc| self.read_chunk(uid, r, &loc, hashes));
             let bytes = match read {
                 Ok(b) => b,
                 Err(e) => {
                     let now = self.chunks().get(&key).and_then(|e| e.loc);
                     match now.filter(|l| Some(*l) != place) {
-                        Some(moved) => self.read_chunk(uid, r, &moved),
+                        Some(moved) => self.read_chunk(uid, r, &moved, hashes),
                         None => Err(e),
                     }
                     .inspect_err(|e| {
@@ -93,11 +94,22 @@ impl SegmentFiles {
         Ok(out)
     }
 
-    fn read_chunk(&self, uid: u32, r: &ChunkRef, loc: &Loc) -> Result<Vec<u8>, store::ReadError> {
+    fn read_chunk(
+        &self,
+        uid: u32,
+        r: &ChunkRef,
+        loc: &Loc,
+        hashes: bool,
+    ) -> Result<Vec<u8>, store::ReadError> {
         let (header, stored) = self.read_record(loc).map_err(damage_or_failure)?;
         match header {
             RecordHeader::Chunk(h) if h.uid == uid && h.chunk == *r => {
-                chunking::unpack(&stored, h.compressed, r).map_err(store::ReadError::Damaged)
+                let unpack = if hashes {
+                    chunking::unpack_verified
+                } else {
+                    chunking::unpack
+                };
+                unpack(&stored, h.compressed, r).map_err(store::ReadError::Damaged)
             }
             _ => Err(another_record()),
         }
@@ -162,7 +174,7 @@ impl Reads for SegmentFiles {
         let (header, payload) = self.read_record(at).map_err(damage_or_failure)?;
         match header {
             RecordHeader::Chunked(c) | RecordHeader::Relocated3(c) => {
-                let payload = self.assemble(&c)?;
+                let payload = self.assemble(&c, false)?;
                 Ok((c.meta, payload))
             }
             header => Ok((header.checkpoint().ok_or_else(another_record)?, payload)),

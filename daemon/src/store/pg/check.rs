@@ -148,7 +148,7 @@ async fn check_chunks(
                         hash: h,
                         len: row.get::<_, i32>(2) as u32,
                     };
-                    chunking::unpack(data, row.get(3), &chunk).is_ok()
+                    chunking::unpack_verified(data, row.get(3), &chunk).is_ok()
                 });
             if intact {
                 continue;
