@@ -183,6 +183,13 @@ struct Yield {
 }
 
 impl Yields {
+    /// What [`Yields::cut`] will say, without counting the payload.
+    pub fn would_cut(&self, session: &crate::model::SessionKey) -> bool {
+        self.sessions
+            .get(session)
+            .is_none_or(|y| y.misses < MISSES_TO_STORE_WHOLE || y.since_probe + 1 >= PROBE_EVERY)
+    }
+
     /// Whether to cut the session's next payload.
     pub fn cut(&mut self, session: &crate::model::SessionKey) -> bool {
         let Some(y) = self.sessions.get_mut(session) else {
@@ -308,7 +315,14 @@ mod tests {
             assert!(y.cut(&s));
             y.record(&s, false);
         }
-        let cuts: Vec<bool> = (0..2 * PROBE_EVERY).map(|_| y.cut(&s)).collect();
+        let cuts: Vec<bool> = (0..2 * PROBE_EVERY)
+            .map(|_| {
+                let said = y.would_cut(&s);
+                let cut = y.cut(&s);
+                assert_eq!(said, cut, "would_cut foretells cut");
+                cut
+            })
+            .collect();
         assert_eq!(cuts.iter().filter(|c| **c).count(), 2, "{cuts:?}");
         assert!(
             cuts[PROBE_EVERY as usize - 1],

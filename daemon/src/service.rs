@@ -460,15 +460,20 @@ impl Service {
 
     /// Whether the store has work to do ahead on this request's payloads (see
     /// [`crate::store::Reads::prepare`]).
-    pub fn prepares(&self, req: &RequestFrame) -> bool {
-        fn large(r: &Request, reads: &dyn crate::store::Reads) -> bool {
+    pub fn prepares(&self, peer: &Peer, req: &RequestFrame) -> bool {
+        fn large(uid: u32, r: &Request, reads: &dyn crate::store::Reads) -> bool {
             match r {
-                Request::Checkpoint(c) => reads.prepares(c.payload.0.len()),
-                Request::Batch(b) => b.ops.iter().any(|op| large(op, reads)),
+                Request::Checkpoint(c) => {
+                    reads.prepares(&SessionKey::new(uid, c.name.clone()), c.payload.0.len())
+                }
+                Request::Batch(b) => b.ops.iter().any(|op| large(uid, op, reads)),
                 _ => false,
             }
         }
-        large(&req.request, &*self.state.reads)
+        let Ok(uid) = Self::acting_uid(peer, req.uid) else {
+            return false;
+        };
+        large(uid, &req.request, &*self.state.reads)
     }
 
     /// Has the store do ahead what it can of writing the mutation's checkpoint payloads.

@@ -319,7 +319,7 @@ async fn drain(
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
                     let direct = out.direct(&id);
-                    let started = if parsed.as_ref().is_ok_and(|r| service.prepares(r)) {
+                    let started = if parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
                         // Cutting a large payload takes a while: off the async worker, which
                         // every connection shares (the connection's next request waits, so
                         // its requests are still committed in order).

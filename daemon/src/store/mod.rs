@@ -179,8 +179,8 @@ pub trait Reads: Send + Sync {
     /// thread, which every write waits on, has less to do.
     fn prepare(&self, _session: &SessionKey, _payload: &mut CheckedPayload) {}
 
-    /// Whether [`Reads::prepare`] has work for a payload of `len` bytes.
-    fn prepares(&self, _len: usize) -> bool {
+    /// Whether [`Reads::prepare`] has work for a payload of `len` bytes of `session`.
+    fn prepares(&self, _session: &SessionKey, _len: usize) -> bool {
         false
     }
 

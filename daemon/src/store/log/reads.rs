@@ -46,6 +46,10 @@ impl SegmentFiles {
         }
     }
 
+    fn yields(&self) -> std::sync::MutexGuard<'_, chunking::Yields> {
+        self.yields.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn chunks(&self) -> std::sync::MutexGuard<'_, Chunks> {
         self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -201,16 +205,15 @@ impl Reads for SegmentFiles {
         }
     }
 
-    fn prepares(&self, len: usize) -> bool {
-        self.chunking && chunking::chunked(len)
+    fn prepares(&self, session: &SessionKey, len: usize) -> bool {
+        self.chunking && chunking::chunked(len) && self.yields().would_cut(session)
     }
 
     fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
-        if !self.prepares(payload.bytes.len()) {
+        if !self.chunking || !chunking::chunked(payload.bytes.len()) {
             return;
         }
-        let yields = || self.yields.lock().unwrap_or_else(|p| p.into_inner());
-        if !yields().cut(session) {
+        if !self.yields().cut(session) {
             payload.whole = true;
             return;
         }
@@ -219,7 +222,7 @@ impl Reads for SegmentFiles {
             let chunks = self.chunks();
             refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
         });
-        yields().record(session, prepared.gained());
+        self.yields().record(session, prepared.gained());
         payload.prepared = Some(Box::new(prepared));
     }
 

@@ -167,12 +167,12 @@ impl Reads for PgReads {
         }
     }
 
-    fn prepares(&self, len: usize) -> bool {
+    fn prepares(&self, _session: &SessionKey, len: usize) -> bool {
         self.chunking && chunking::chunked(len)
     }
 
     fn prepare(&self, _session: &SessionKey, payload: &mut CheckedPayload) {
-        if self.prepares(payload.bytes.len()) {
+        if self.chunking && chunking::chunked(payload.bytes.len()) {
             // Every chunk packed: which ones the database holds is learnt as they are written.
             let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
             payload.prepared = Some(Box::new(prepared));
