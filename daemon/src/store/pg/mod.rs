@@ -194,6 +194,8 @@ impl PgStore {
             pool: pool.clone(),
             rt: rt.clone(),
             chunking: cfg.chunking,
+            yields: Default::default(),
+            last_cut: Default::default(),
         });
         let renewed = Arc::new(Mutex::new(Instant::now()));
         let view = Arc::new(PgView {

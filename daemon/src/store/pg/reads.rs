@@ -16,7 +16,14 @@ pub struct PgReads {
     pub(super) rt: Handle,
     /// Whether large payloads are written in chunks.
     pub(super) chunking: bool,
+    pub(super) yields: std::sync::Mutex<chunking::Yields>,
+    /// Each session's last cut payload's chunks: what its next one may share (the database
+    /// is not asked which chunks it holds before a write).
+    pub(super) last_cut: std::sync::Mutex<HashMap<SessionKey, Vec<chunking::ChunkHash>>>,
 }
+
+/// Sessions whose last cut payload's chunks are kept at most (the map starts over beyond).
+const LAST_CUT_SESSIONS: usize = 1 << 14;
 
 /// A chunked checkpoint row's chunk list: 16-byte hash and 4-byte length (LE) each.
 pub fn chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
@@ -66,24 +73,18 @@ fn gone() -> ReadError {
 }
 
 impl PgReads {
-    /// A chunked checkpoint's payload from its chunks' rows, verified.
-    fn assemble(&self, uid: i64, list: &[u8], crc: i64) -> Result<Vec<u8>, ReadError> {
+    /// A chunked checkpoint's payload from its chunks (their rows' hashes, compression
+    /// flags, data and checksums, as read with its row), verified.
+    fn assemble(row: &tokio_postgres::Row, list: &[u8], crc: i64) -> Result<Vec<u8>, ReadError> {
         let chunks = parse_chunk_list(list)?;
-        let hashes: Vec<&[u8]> = chunks.iter().map(|c| &c.hash[..]).collect();
-        let rows = self.rt.block_on(async {
-            let client = self.pool.get().await.map_err(failed)?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT hash, compressed, data, crc FROM chunks \
-                     WHERE uid = $1 AND hash = ANY($2)",
-                )
-                .await
-                .map_err(failed)?;
-            client.query(&stmt, &[&uid, &hashes]).await.map_err(failed)
-        })?;
-        let mut found: HashMap<Vec<u8>, (bool, Vec<u8>, i64)> = rows
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        let hashes: Vec<Vec<u8>> = row.get::<_, Option<Vec<Vec<u8>>>>(10).unwrap_or_default();
+        let compressed: Vec<bool> = row.get::<_, Option<Vec<bool>>>(11).unwrap_or_default();
+        let data: Vec<Vec<u8>> = row.get::<_, Option<Vec<Vec<u8>>>>(12).unwrap_or_default();
+        let crcs: Vec<i64> = row.get::<_, Option<Vec<i64>>>(13).unwrap_or_default();
+        let found: HashMap<&[u8], (bool, &[u8], i64)> = hashes
+            .iter()
+            .zip(compressed.iter().zip(data.iter().zip(&crcs)))
+            .map(|(h, (c, (d, k)))| (&h[..], (*c, &d[..], *k)))
             .collect();
         let mut out = Vec::new();
         for c in &chunks {
@@ -97,7 +98,6 @@ impl PgReads {
             }
             out.extend(chunking::unpack(data, *compressed, c).map_err(ReadError::Damaged)?);
         }
-        found.clear();
         verified(out, crc)
     }
 
@@ -117,13 +117,21 @@ impl PgReads {
 
 impl Reads for PgReads {
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), ReadError> {
+        // The row and, for a chunked checkpoint, its chunks: one round trip.
         let row = self.row(
-            "SELECT id, uid, name, number, created_at, meta, key, payload, payload_crc, chunks \
-             FROM checkpoints WHERE id = $1",
+            "SELECT c.id, c.uid, c.name, c.number, c.created_at, c.meta, c.key, c.payload, \
+                 c.payload_crc, c.chunks, k.hashes, k.compressed, k.data, k.crcs \
+             FROM checkpoints c LEFT JOIN LATERAL (SELECT array_agg(hash) AS hashes, \
+                 array_agg(compressed) AS compressed, array_agg(data) AS data, \
+                 array_agg(crc) AS crcs FROM chunks \
+                 WHERE c.chunks IS NOT NULL AND uid = c.uid AND hash IN \
+                     (SELECT substring(c.chunks FROM i * 20 + 1 FOR 16) \
+                      FROM generate_series(0, length(c.chunks) / 20 - 1) AS i)) k ON true \
+             WHERE c.id = $1",
             at,
         )?;
         let payload = match row.get::<_, Option<Vec<u8>>>(9) {
-            Some(list) => self.assemble(row.get(1), &list, row.get(8))?,
+            Some(list) => Self::assemble(&row, &list, row.get(8))?,
             None => verified(row.get(7), row.get(8))?,
         };
         Ok((checkpoint_of(&row), payload))
@@ -167,16 +175,37 @@ impl Reads for PgReads {
         }
     }
 
-    fn prepares(&self, _session: &SessionKey, len: usize) -> bool {
-        self.chunking && chunking::chunked(len)
+    fn prepares(&self, session: &SessionKey, len: usize) -> bool {
+        self.chunking && chunking::chunked(len) && lock(&self.yields).would_cut(session)
     }
 
-    fn prepare(&self, _session: &SessionKey, payload: &mut CheckedPayload) {
-        if self.chunking && chunking::chunked(payload.bytes.len()) {
-            // Every chunk packed: which ones the database holds is learnt as they are written.
-            let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
-            payload.prepared = Some(Box::new(prepared));
+    fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
+        if !self.chunking || !chunking::chunked(payload.bytes.len()) {
+            return;
         }
+        if !lock(&self.yields).cut(session) {
+            payload.whole = true;
+            return;
+        }
+        // Every chunk packed (the database may lack any); what the session's last payload
+        // had counts as shared, for whether cutting pays.
+        let last = lock(&self.last_cut)
+            .get(session)
+            .cloned()
+            .unwrap_or_default();
+        let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
+        let shared = prepared.chunks.iter().any(|c| last.contains(&c.hash));
+        lock(&self.yields).record(session, shared || prepared.gained());
+        let mut cuts = lock(&self.last_cut);
+        if cuts.len() >= LAST_CUT_SESSIONS && !cuts.contains_key(session) {
+            cuts.clear();
+        }
+        cuts.insert(
+            session.clone(),
+            prepared.chunks.iter().map(|c| c.hash).collect(),
+        );
+        drop(cuts);
+        payload.prepared = Some(Box::new(prepared));
     }
 
     fn stored_bytes(&self, session: Option<&SessionKey>, _records: &[Loc]) -> u64 {
@@ -206,4 +235,8 @@ impl Reads for PgReads {
         });
         sum.unwrap_or(0)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
