@@ -73,18 +73,16 @@ fn gone() -> ReadError {
 }
 
 impl PgReads {
-    /// A chunked checkpoint's payload from its chunks (their rows' hashes, compression
-    /// flags, data and checksums, as read with its row), verified.
-    fn assemble(row: &tokio_postgres::Row, list: &[u8], crc: i64) -> Result<Vec<u8>, ReadError> {
+    /// A chunked checkpoint's payload from its chunks (a row per distinct chunk it uses:
+    /// hash, compression flag, data and checksum in columns 10 to 13), verified.
+    fn assemble(rows: &[tokio_postgres::Row], list: &[u8], crc: i64) -> Result<Vec<u8>, ReadError> {
         let chunks = parse_chunk_list(list)?;
-        let hashes: Vec<Vec<u8>> = row.get::<_, Option<Vec<Vec<u8>>>>(10).unwrap_or_default();
-        let compressed: Vec<bool> = row.get::<_, Option<Vec<bool>>>(11).unwrap_or_default();
-        let data: Vec<Vec<u8>> = row.get::<_, Option<Vec<Vec<u8>>>>(12).unwrap_or_default();
-        let crcs: Vec<i64> = row.get::<_, Option<Vec<i64>>>(13).unwrap_or_default();
-        let found: HashMap<&[u8], (bool, &[u8], i64)> = hashes
+        let found: HashMap<Vec<u8>, (bool, Vec<u8>, i64)> = rows
             .iter()
-            .zip(compressed.iter().zip(data.iter().zip(&crcs)))
-            .map(|(h, (c, (d, k)))| (&h[..], (*c, &d[..], *k)))
+            .filter_map(|r| {
+                let hash: Option<Vec<u8>> = r.get(10);
+                Some((hash?, (r.get(11), r.get(12), r.get(13))))
+            })
             .collect();
         let mut out = Vec::new();
         for c in &chunks {
@@ -99,6 +97,15 @@ impl PgReads {
             out.extend(chunking::unpack(data, *compressed, c).map_err(ReadError::Damaged)?);
         }
         verified(out, crc)
+    }
+
+    fn rows(&self, sql: &str, at: &Loc) -> Result<Vec<tokio_postgres::Row>, ReadError> {
+        let id = id_of(at);
+        self.rt.block_on(async {
+            let client = self.pool.get().await.map_err(failed)?;
+            let stmt = client.prepare_cached(sql).await.map_err(failed)?;
+            client.query(&stmt, &[&id]).await.map_err(failed)
+        })
     }
 
     fn row(&self, sql: &str, at: &Loc) -> Result<tokio_postgres::Row, ReadError> {
@@ -117,24 +124,22 @@ impl PgReads {
 
 impl Reads for PgReads {
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), ReadError> {
-        // The row and, for a chunked checkpoint, its chunks: one round trip.
-        let row = self.row(
+        // The row and, for a chunked checkpoint, its chunks (through its links): one round
+        // trip, a row per chunk.
+        let rows = self.rows(
             "SELECT c.id, c.uid, c.name, c.number, c.created_at, c.meta, c.key, c.payload, \
-                 c.payload_crc, c.chunks, k.hashes, k.compressed, k.data, k.crcs \
-             FROM checkpoints c LEFT JOIN LATERAL (SELECT array_agg(hash) AS hashes, \
-                 array_agg(compressed) AS compressed, array_agg(data) AS data, \
-                 array_agg(crc) AS crcs FROM chunks \
-                 WHERE c.chunks IS NOT NULL AND uid = c.uid AND hash IN \
-                     (SELECT substring(c.chunks FROM i * 20 + 1 FOR 16) \
-                      FROM generate_series(0, length(c.chunks) / 20 - 1) AS i)) k ON true \
+                 c.payload_crc, c.chunks, k.hash, k.compressed, k.data, k.crc \
+             FROM checkpoints c LEFT JOIN checkpoint_chunks l ON l.checkpoint_id = c.id \
+                 LEFT JOIN chunks k ON k.uid = l.uid AND k.hash = l.hash \
              WHERE c.id = $1",
             at,
         )?;
+        let row = rows.first().ok_or_else(gone)?;
         let payload = match row.get::<_, Option<Vec<u8>>>(9) {
-            Some(list) => Self::assemble(&row, &list, row.get(8))?,
+            Some(list) => Self::assemble(&rows, &list, row.get(8))?,
             None => verified(row.get(7), row.get(8))?,
         };
-        Ok((checkpoint_of(&row), payload))
+        Ok((checkpoint_of(row), payload))
     }
 
     fn read_meta(&self, at: &Loc) -> Result<CheckpointMeta, ReadError> {
