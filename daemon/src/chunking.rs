@@ -141,6 +141,27 @@ impl Packer {
     }
 }
 
+/// A chunk's bytes as written (compressed or as they are in the payload, `piece`), whether
+/// they are compressed, and their checksum: as packed ahead (`stored`), or packed now by
+/// `packer` when it was not (the store held the chunk then, or the payload was not prepared).
+pub fn stored_bytes<'a>(
+    piece: &'a [u8],
+    stored: Option<&'a Stored>,
+    packer: &mut Packer,
+) -> (std::borrow::Cow<'a, [u8]>, bool, u32) {
+    use std::borrow::Cow;
+    match stored {
+        Some(Stored::Packed { bytes, crc }) => (Cow::Borrowed(&bytes[..]), true, *crc),
+        Some(Stored::Raw { crc }) => (Cow::Borrowed(piece), false, *crc),
+        Some(Stored::Known) | None => match packer.pack(piece) {
+            Stored::Packed { bytes, crc } => (Cow::Owned(bytes), true, crc),
+            Stored::Raw { crc } => (Cow::Borrowed(piece), false, crc),
+            // Never what a packer returns.
+            Stored::Known => (Cow::Borrowed(piece), false, crc32c::crc32c(piece)),
+        },
+    }
+}
+
 /// A payload cut and packed ahead of the commit (where it was decoded, off the thread every
 /// write waits on): its chunks, and the stored bytes of those the store lacked then.
 #[derive(Debug, Clone, PartialEq, Eq)]

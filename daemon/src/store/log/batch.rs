@@ -116,21 +116,8 @@ impl<'a> Batch<'a> {
                     .zip(wanted)
                     .filter(|(_, w)| *w)
                     .map(|((r, (piece, stored)), _)| {
-                        let (bytes, compressed, crc) = match stored {
-                            Some(Stored::Packed { bytes, crc }) => {
-                                (Cow::Borrowed(&bytes[..]), true, *crc)
-                            }
-                            Some(Stored::Raw { crc }) => (Cow::Borrowed(piece), false, *crc),
-                            // Not packed ahead (the store held it then, or the payload was
-                            // not prepared): now.
-                            Some(Stored::Known) | None => match packer.pack(piece) {
-                                Stored::Packed { bytes, crc } => (Cow::Owned(bytes), true, crc),
-                                Stored::Raw { crc } => (Cow::Borrowed(piece), false, crc),
-                                Stored::Known => {
-                                    (Cow::Borrowed(piece), false, crc32c::crc32c(piece))
-                                }
-                            },
-                        };
+                        let (bytes, compressed, crc) =
+                            chunking::stored_bytes(piece, stored, &mut packer);
                         let header = ChunkHeader {
                             uid: p.uid,
                             chunk: *r,

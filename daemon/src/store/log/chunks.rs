@@ -221,42 +221,31 @@ impl Chunks {
             .collect()
     }
 
+    /// The live chunks, as the snapshot keeps them.
+    fn live_chunks(&self) -> impl Iterator<Item = SnapChunk> + '_ {
+        self.map.iter().filter_map(|((uid, hash), e)| {
+            Some(SnapChunk {
+                uid: *uid,
+                chunk: ChunkRef {
+                    hash: *hash,
+                    len: e.len,
+                },
+                compressed: e.compressed,
+                loc: *e.live()?,
+            })
+        })
+    }
+
     /// The live chunks whose records are in `segment`, to copy forward.
     pub fn in_segment(&self, segment: u32) -> Vec<SnapChunk> {
-        self.map
-            .iter()
-            .filter_map(|((uid, hash), e)| {
-                let loc = e.live().filter(|l| l.segment == segment)?;
-                Some(SnapChunk {
-                    uid: *uid,
-                    chunk: ChunkRef {
-                        hash: *hash,
-                        len: e.len,
-                    },
-                    compressed: e.compressed,
-                    loc: *loc,
-                })
-            })
+        self.live_chunks()
+            .filter(|c| c.loc.segment == segment)
             .collect()
     }
 
     /// Everything, for the index snapshot.
     pub fn export(&self) -> (Vec<SnapChunk>, Vec<(Loc, Manifest)>) {
-        let chunks = self
-            .map
-            .iter()
-            .filter_map(|((uid, hash), e)| {
-                Some(SnapChunk {
-                    uid: *uid,
-                    chunk: ChunkRef {
-                        hash: *hash,
-                        len: e.len,
-                    },
-                    compressed: e.compressed,
-                    loc: *e.live()?,
-                })
-            })
-            .collect();
+        let chunks = self.live_chunks().collect();
         let manifests = self
             .manifests
             .iter()

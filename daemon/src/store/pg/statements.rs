@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use tokio_postgres::types::ToSql;
 
 use super::rows::{meta_json, SessionParams};
-use crate::chunking::{self, Prepared, Stored};
+use crate::chunking::{self, Prepared};
 use crate::model::{Change, CheckedPayload};
 
 pub type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
@@ -85,6 +85,7 @@ fn chunk_columns<'a>(p: &'a Prepared, payload: &'a [u8]) -> ChunkColumns<'a> {
         list: super::reads::chunk_list(&p.chunks),
     };
     let mut seen = std::collections::HashSet::new();
+    let mut packer = chunking::Packer::default();
     for (chunk, (at, stored)) in p.chunks.iter().zip(&p.parts) {
         if !seen.insert(chunk.hash) {
             continue;
@@ -92,19 +93,7 @@ fn chunk_columns<'a>(p: &'a Prepared, payload: &'a [u8]) -> ChunkColumns<'a> {
         let piece = payload
             .get(*at..*at + chunk.len as usize)
             .unwrap_or_default();
-        let (data, compressed, crc) = match stored {
-            Stored::Packed { bytes, crc } => (std::borrow::Cow::Borrowed(&bytes[..]), true, *crc),
-            Stored::Raw { crc } => (std::borrow::Cow::Borrowed(piece), false, *crc),
-            Stored::Known => match chunking::Packer::default().pack(piece) {
-                Stored::Packed { bytes, crc } => (std::borrow::Cow::Owned(bytes), true, crc),
-                Stored::Raw { crc } => (std::borrow::Cow::Borrowed(piece), false, crc),
-                Stored::Known => (
-                    std::borrow::Cow::Borrowed(piece),
-                    false,
-                    crc32c::crc32c(piece),
-                ),
-            },
-        };
+        let (data, compressed, crc) = chunking::stored_bytes(piece, Some(stored), &mut packer);
         c.hashes.push(&chunk.hash[..]);
         c.lens.push(chunk.len as i32);
         c.compressed.push(compressed);
@@ -162,49 +151,40 @@ pub fn of_change<'a>(change: &'a Change, payload: &'a CheckedPayload) -> Vec<Stm
             payload_crc,
         } => {
             let (uid, number) = (i64::from(h.uid), h.number as i64);
-            let insert = match &payload.prepared {
+            // The row's columns; a chunked one names its chunks and adds those it may lack.
+            let mut params: Vec<Param<'a>> = vec![
+                Box::new(uid),
+                Box::new(h.name.as_str()),
+                Box::new(number),
+                Box::new(h.created_at),
+                Box::new(meta_json(&h.meta)),
+                Box::new(h.key.as_deref()),
+            ];
+            let sql = match &payload.prepared {
                 Some(p) => {
                     let c = chunk_columns(p, &payload.bytes);
-                    Stmt {
-                        payload: Some(payload.bytes.len()),
-                        ..Stmt::new(
-                            INSERT_CHUNKED_CHECKPOINT,
-                            vec![
-                                Box::new(uid),
-                                Box::new(h.name.as_str()),
-                                Box::new(number),
-                                Box::new(h.created_at),
-                                Box::new(meta_json(&h.meta)),
-                                Box::new(h.key.as_deref()),
-                                Box::new(&[][..] as &[u8]),
-                                Box::new(i64::from(*payload_crc)),
-                                Box::new(c.list),
-                                Box::new(payload.bytes.len() as i64),
-                                Box::new(c.hashes),
-                                Box::new(c.lens),
-                                Box::new(c.compressed),
-                                Box::new(c.data),
-                                Box::new(c.crcs),
-                            ],
-                        )
-                    }
+                    params.extend([
+                        Box::new(&[][..] as &[u8]) as Param<'a>,
+                        Box::new(i64::from(*payload_crc)),
+                        Box::new(c.list),
+                        Box::new(payload.bytes.len() as i64),
+                        Box::new(c.hashes),
+                        Box::new(c.lens),
+                        Box::new(c.compressed),
+                        Box::new(c.data),
+                        Box::new(c.crcs),
+                    ]);
+                    INSERT_CHUNKED_CHECKPOINT
                 }
-                None => Stmt {
-                    payload: Some(payload.bytes.len()),
-                    ..Stmt::new(
-                        INSERT_CHECKPOINT,
-                        vec![
-                            Box::new(uid),
-                            Box::new(h.name.as_str()),
-                            Box::new(number),
-                            Box::new(h.created_at),
-                            Box::new(meta_json(&h.meta)),
-                            Box::new(h.key.as_deref()),
-                            Box::new(payload.bytes.as_slice()),
-                            Box::new(i64::from(*payload_crc)),
-                        ],
-                    )
-                },
+                None => {
+                    params.push(Box::new(payload.bytes.as_slice()));
+                    params.push(Box::new(i64::from(*payload_crc)));
+                    INSERT_CHECKPOINT
+                }
+            };
+            let insert = Stmt {
+                payload: Some(payload.bytes.len()),
+                ..Stmt::new(sql, params)
             };
             let retain = Stmt::new(
                 RETAIN,
