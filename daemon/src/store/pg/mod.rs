@@ -111,6 +111,17 @@ pub struct PgStore {
     lapsed_checked: Instant,
     /// Since when checkpoints this daemon removed may have left chunks no checkpoint uses.
     unlinked_since: Option<Instant>,
+    /// The sweep for them runs on the daemon's runtime and pool, off the commit thread:
+    /// whether one runs, and whether the last one failed.
+    sweeping: Arc<Sweep>,
+    shared_rt: Handle,
+    shared_pool: Pool,
+}
+
+#[derive(Default)]
+struct Sweep {
+    running: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// The advisory lock every batch holds (shared; exclusively one that may touch any session).
@@ -225,6 +236,9 @@ impl PgStore {
             pending: None,
             lapsed_checked: Instant::now(),
             unlinked_since: None,
+            sweeping: Arc::default(),
+            shared_rt: rt,
+            shared_pool: pool,
         };
         Ok((store, reads, view))
     }
@@ -269,30 +283,38 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// Deletes the chunks no checkpoint uses. A chunk another host links meanwhile makes the
+    /// Deletes the chunks no checkpoint uses, on the daemon's runtime (a scan of every chunk
+    /// that writes need not wait for). A chunk another host links meanwhile makes the
     /// statement fail (the foreign key): it is tried again later.
     fn delete_unused_chunks(&mut self) {
-        let deleted = self.local.block_on(async {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .execute(
-                    "DELETE FROM chunks k WHERE NOT EXISTS (SELECT 1 FROM checkpoint_chunks l \
-                     WHERE l.uid = k.uid AND l.hash = k.hash)",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())
-        });
-        match deleted {
-            Ok(n) => {
-                tracing::debug!(chunks = n, "deleted chunks no checkpoint uses");
-                self.unlinked_since = None;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot delete unused chunks yet; trying again");
-                self.unlinked_since = Some(Instant::now());
-            }
+        use std::sync::atomic::Ordering;
+        if self.sweeping.running.swap(true, Ordering::AcqRel) {
+            // One at a time; tried again at the next upkeep.
+            return;
         }
+        self.unlinked_since = None;
+        let (pool, sweep) = (self.shared_pool.clone(), self.sweeping.clone());
+        self.shared_rt.spawn(async move {
+            let deleted = async {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                client
+                    .execute(
+                        "DELETE FROM chunks k WHERE NOT EXISTS (SELECT 1 FROM checkpoint_chunks l \
+                         WHERE l.uid = k.uid AND l.hash = k.hash)",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match deleted.await {
+                Ok(n) => tracing::debug!(chunks = n, "deleted chunks no checkpoint uses"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot delete unused chunks yet; trying again");
+                    sweep.failed.store(true, Ordering::Release);
+                }
+            }
+            sweep.running.store(false, Ordering::Release);
+        });
     }
 
     /// What a written (or refused) batch means for the store's state.
@@ -462,6 +484,13 @@ impl Store for PgStore {
     fn upkeep(&mut self, _index: &Mutex<dyn Index>) {
         if self.since_renewed() >= self.cfg.lease_interval {
             self.renew_lease();
+        }
+        if self
+            .sweeping
+            .failed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.unlinked_since.get_or_insert_with(Instant::now);
         }
         if self
             .unlinked_since
