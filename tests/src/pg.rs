@@ -158,6 +158,12 @@ impl Cluster {
         self.url(&db)
     }
 
+    /// The database a URL of [`Cluster::url`] names.
+    pub fn database_of(url: &str) -> String {
+        let path = url.split('?').next().unwrap_or(url);
+        path.rsplit('/').next().unwrap_or(path).to_string()
+    }
+
     /// psql on database `db`, to run by hand (a client that holds locks).
     pub fn psql(&self, db: &str) -> Command {
         let mut c = tool("psql");

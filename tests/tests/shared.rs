@@ -285,12 +285,7 @@ fn a_damaged_row_is_never_served() {
     drop(c);
     let mut d = d;
     d.stop();
-    let db = url
-        .split('?')
-        .next()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap()
-        .to_string();
+    let db = Cluster::database_of(&url);
     Cluster::get().sql(
         &db,
         "UPDATE checkpoints SET payload = 'X'::bytea || substring(payload from 2) WHERE number = 2",
@@ -400,12 +395,7 @@ fn growing_state(step: usize) -> Vec<u8> {
 #[test]
 fn chunks_in_the_database_are_shared_by_successive_states_read_on_every_host_and_freed() {
     let (url, a, b) = two_hosts();
-    let db = url
-        .split('?')
-        .next()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap()
-        .to_string();
+    let db = Cluster::database_of(&url);
     let (mut ca, mut cb) = (a.client(), b.client());
     ca.create_keep("agent", Some(0)).unwrap();
     let mut logical = 0;

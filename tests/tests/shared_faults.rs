@@ -172,12 +172,7 @@ fn a_stuck_database_is_answered_unavailable_within_the_timeout_not_a_hang() {
     c.create("job", CreateOptions::default()).unwrap();
     c.put("job", b"before".to_vec()).unwrap();
     // Another client of the database holds every session row locked, and does not let go.
-    let db = url
-        .split('?')
-        .next()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap()
-        .to_string();
+    let db = Cluster::database_of(&url);
     let mut holder = cluster
         .psql(&db)
         .args([
