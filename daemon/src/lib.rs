@@ -7,7 +7,7 @@
 
 mod cache;
 pub mod check;
-pub mod chunking;
+mod chunking;
 mod commit;
 pub mod config;
 mod conn;

@@ -144,7 +144,7 @@ pub struct CheckedPayload {
     /// Cut into chunks ahead of the commit, when the store stores it so.
     pub prepared: Option<Box<crate::chunking::Prepared>>,
     /// Stored whole although it is large: its session's recent payloads shared and
-    /// compressed nothing (see [`crate::chunking::Yields`]).
+    /// compressed nothing (see [`crate::store::yields::Yields`]).
     pub whole: bool,
 }
 

@@ -17,6 +17,7 @@
 pub(crate) mod backoff;
 pub mod log;
 pub mod pg;
+pub(crate) mod yields;
 
 use std::io;
 use std::sync::Mutex;

@@ -5,40 +5,15 @@
 use chrono::{DateTime, Utc};
 use sessiond_proto::{AttachInfo, CheckpointRef, ErrorKind, Meta, Reply, Status, WireError};
 
+use super::mutation::{AttachWrite, Mutation, Selection, Which};
+use super::overlay::Overlay;
 use super::overlay::{StagedCkpt, View};
-use super::plan::{closed, exists, fenced, Mutation, Overlay, PlanContext, Planned};
+use super::planned::{closed, exists, fenced, PlanContext, Planned};
 use super::{meta_matches, SessionTable};
 use crate::model::{
     AttachMeta, Change, CheckedPayload, CheckpointMeta, KeyEntry, SessionKey, SessionState,
 };
 use crate::store::ReadError;
-
-/// The sessions an op applies to.
-#[derive(Debug, Clone)]
-pub enum Selection {
-    Name(String),
-    /// Every session of the caller whose meta has these pairs (at least one).
-    Meta(Meta),
-}
-
-/// Which checkpoints of a session: any named by number or key, or whose meta has these pairs.
-#[derive(Debug, Clone, Default)]
-pub struct Which {
-    pub numbers: Vec<u64>,
-    pub keys: Vec<String>,
-    pub meta: Option<Meta>,
-}
-
-/// An attach request's parts beyond its session.
-#[derive(Debug)]
-pub(super) struct AttachWrite {
-    pub checkpoint: CheckpointRef,
-    pub attach_key: String,
-    pub payload: CheckedPayload,
-    pub meta: Meta,
-    pub replace: bool,
-    pub epoch: Option<u64>,
-}
 
 fn no_checkpoint(name: &str, which: &CheckpointRef) -> WireError {
     let what = match which {

@@ -12,6 +12,7 @@ mod map;
 mod mutation;
 mod overlay;
 mod plan;
+mod planned;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

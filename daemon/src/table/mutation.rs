@@ -4,7 +4,6 @@
 use sessiond_proto::{CheckpointRef, Meta, Status};
 
 use super::claim::OwnerClaim;
-use super::framework::{Selection, Which};
 use super::overlay::Overlay;
 use crate::model::{CheckedPayload, Owner, Scope, SessionKey};
 
@@ -158,4 +157,31 @@ impl Mutation {
             _ => false,
         }
     }
+}
+
+/// The sessions an op applies to.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Name(String),
+    /// Every session of the caller whose meta has these pairs (at least one).
+    Meta(Meta),
+}
+
+/// Which checkpoints of a session: any named by number or key, or whose meta has these pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Which {
+    pub numbers: Vec<u64>,
+    pub keys: Vec<String>,
+    pub meta: Option<Meta>,
+}
+
+/// An attach request's parts beyond its session.
+#[derive(Debug)]
+pub(super) struct AttachWrite {
+    pub checkpoint: CheckpointRef,
+    pub attach_key: String,
+    pub payload: CheckedPayload,
+    pub meta: Meta,
+    pub replace: bool,
+    pub epoch: Option<u64>,
 }

@@ -11,6 +11,7 @@ use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
 use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
+use crate::store::yields::Yields;
 use crate::store::{self, Reads, Usage};
 
 /// Segments in the log and their total size in bytes.
@@ -32,7 +33,7 @@ pub struct SegmentFiles {
     chunks: Arc<Mutex<Chunks>>,
     /// Whether large payloads are written in chunks.
     chunking: bool,
-    yields: Mutex<chunking::Yields>,
+    yields: Mutex<Yields>,
 }
 
 impl SegmentFiles {
@@ -46,7 +47,7 @@ impl SegmentFiles {
         }
     }
 
-    fn yields(&self) -> std::sync::MutexGuard<'_, chunking::Yields> {
+    fn yields(&self) -> std::sync::MutexGuard<'_, Yields> {
         self.yields.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -4,7 +4,8 @@
 
 use tokio_postgres::NoTls;
 
-use super::{db_error, schema, url_config, PgConfig};
+use super::connect::{db_error, url_config, PgConfig};
+use super::schema;
 use crate::chunking::{self, ChunkRef};
 use crate::store::log::check::CheckReport;
 use crate::store::StoreError;

@@ -11,8 +11,8 @@ use sessiond_proto::Event;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::connect::{url_config, PgConfig};
 use super::write::{Notice, CHANNEL};
-use super::{url_config, PgConfig};
 
 /// Starts the listener on the current runtime.
 pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {

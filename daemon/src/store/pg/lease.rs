@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Object;
 
-use super::{db_error, PgConfig};
+use super::connect::{db_error, PgConfig};
 use crate::model::{Owner, SessionKey};
 use crate::store::{LapsedOwner, StoreError};
 

@@ -6,12 +6,13 @@
 //! daemon holds) and loads every session's index into the table; payloads stay in the
 //! database and are read by row id.
 
-pub mod check;
+pub(crate) mod check;
+mod connect;
 mod events;
 mod lease;
 mod reads;
 mod rows;
-pub mod schema;
+pub(crate) mod schema;
 mod statements;
 mod sync;
 mod view;
@@ -20,77 +21,19 @@ mod write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use tokio::runtime::Handle;
-use tokio_postgres::{Config as PgUrl, NoTls};
 
 use crate::health::{Health, Work};
 use crate::model::{Loc, Scope, SessionKey};
 use crate::store::backoff::Backoff;
 use crate::store::{Index, LapsedOwner, Speculation, Store, StoreError, Unit, Written};
+pub use connect::PgConfig;
+use connect::{connect_at_start, db_error, pool};
 pub use events::listen;
 pub use reads::PgReads;
 use sync::{Filter, Versions};
 pub use view::{PgView, Reading};
-
-/// Where the shared store is and who this daemon is in it.
-#[derive(Debug, Clone)]
-pub struct PgConfig {
-    pub url: String,
-    pub host_id: String,
-    pub lease_interval: Duration,
-    pub lease_ttl: Duration,
-    /// How long one statement may take before the database cancels it.
-    pub statement_timeout: Duration,
-    /// Large payloads stored in chunks (see [`crate::chunking`]).
-    pub chunking: bool,
-    /// Chunks no checkpoint uses any more are deleted within about this long.
-    pub reclaim_after: Duration,
-}
-
-fn db_error(context: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
-    move |e| StoreError::Db {
-        context: context.to_string(),
-        error: e.to_string(),
-    }
-}
-
-/// The database's connection settings, with the statement timeout.
-fn url_config(cfg: &PgConfig) -> Result<PgUrl, StoreError> {
-    let mut url: PgUrl = cfg.url.parse().map_err(|e| StoreError::Db {
-        context: "the --store URL".into(),
-        error: format!("{e}"),
-    })?;
-    url.options(format!(
-        "-c statement_timeout={} -c lock_timeout={}",
-        cfg.statement_timeout.as_millis(),
-        cfg.statement_timeout.as_millis()
-    ));
-    url.connect_timeout(cfg.statement_timeout);
-    Ok(url)
-}
-
-/// A pool of connections to the database, each with the statement timeout set.
-fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
-    let url = url_config(cfg)?;
-    let manager = Manager::from_config(
-        url,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(8)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(cfg.statement_timeout))
-        .create_timeout(Some(cfg.statement_timeout))
-        .build()
-        .map_err(|e| StoreError::Db {
-            context: "cannot make a pool of database connections".into(),
-            error: e.to_string(),
-        })
-}
 
 pub struct PgStore {
     cfg: PgConfig,
@@ -127,44 +70,6 @@ struct Sweep {
 /// The advisory lock every batch holds (shared; exclusively one that may touch any session).
 /// `sessiond_put_checkpoints` in the schema takes it by its decimal value.
 const ALL_SESSIONS_LOCK: i64 = 0x7365_7373_0000_0001;
-
-/// The first connection: an unreachable database (not started yet, a network down, the
-/// server starting up) is waited for, with a back-off; an error waiting cannot fix (a
-/// refused login, a missing database) ends the start at once.
-fn connect_at_start(pool: &Pool, rt: &Handle) -> Result<Object, StoreError> {
-    let mut wait = Duration::from_millis(100);
-    let mut told = false;
-    loop {
-        let error = match rt.block_on(pool.get()) {
-            Ok(client) => {
-                if told {
-                    tracing::info!("the database answers");
-                }
-                return Ok(client);
-            }
-            Err(e) => e,
-        };
-        let waitable = match &error {
-            deadpool_postgres::PoolError::Backend(e) => e
-                .code()
-                .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
-            deadpool_postgres::PoolError::Timeout(_) => true,
-            _ => false,
-        };
-        if !waitable {
-            return Err(StoreError::Db {
-                context: "cannot connect to the database".into(),
-                error: error.to_string(),
-            });
-        }
-        if !told {
-            tracing::warn!(error = %error, "the database is unreachable; waiting for it (ready once it answers)");
-            told = true;
-        }
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_secs(2));
-    }
-}
 
 impl PgStore {
     /// Connects, migrates the schema, takes this host's lease and loads the index.

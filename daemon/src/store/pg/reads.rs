@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use super::rows::{attachment_of, checkpoint_of, id_of};
 use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
+use crate::store::yields::Yields;
 use crate::store::{ReadError, Reads, Usage};
 
 pub struct PgReads {
@@ -16,7 +17,7 @@ pub struct PgReads {
     pub(super) rt: Handle,
     /// Whether large payloads are written in chunks.
     pub(super) chunking: bool,
-    pub(super) yields: std::sync::Mutex<chunking::Yields>,
+    pub(super) yields: std::sync::Mutex<Yields>,
     /// Each session's last cut payload's chunks: what its next one may share (the database
     /// is not asked which chunks it holds before a write).
     pub(super) last_cut: std::sync::Mutex<HashMap<SessionKey, Vec<chunking::ChunkHash>>>,
