@@ -141,17 +141,23 @@ fn users_never_share_chunks() {
     mine.create_keep("s", Some(0)).unwrap();
     mine.put("s", payload.clone()).unwrap();
     let one = segment_bytes_used(&d);
-    // The same bytes again, same user: stored once.
+    // The same bytes again, same user: the first copy shared and compressed nothing and was
+    // stored whole; the second is stored in chunks, which later copies share.
+    mine.put("s", payload.clone()).unwrap();
+    let two = segment_bytes_used(&d);
+    assert!(two - one >= 400_000, "{one} then {two}");
     mine.put("s", payload.clone()).unwrap();
     let again = segment_bytes_used(&d);
-    assert!(again - one < 10_000, "{one} then {again}");
-    // Another user's same bytes are stored for them.
+    assert!(again - two < 10_000, "{two} then {again}");
+    // Another user's same bytes are stored for them: in chunks of their own the second time.
     let mut theirs = d.client();
     theirs.act_as_uid(Some(65534));
     theirs.create_keep("s", Some(0)).unwrap();
     theirs.put("s", payload.clone()).unwrap();
+    let whole = segment_bytes_used(&d);
+    theirs.put("s", payload.clone()).unwrap();
     let other = segment_bytes_used(&d);
-    assert!(other - again >= 400_000, "{again} then {other}");
+    assert!(other - whole >= 400_000, "{whole} then {other}");
     assert_eq!(
         theirs.get("s", None).unwrap().unwrap().payload.unwrap().0,
         payload
@@ -162,17 +168,20 @@ fn users_never_share_chunks() {
     );
 }
 
-/// Flips one byte of the segment file where `needle` is stored.
+/// Flips one byte of the segment file where `needle` was stored last (a chunk, where an
+/// earlier checkpoint of the same bytes was stored whole).
 fn damage_where(state: &Path, needle: &[u8]) {
-    for entry in std::fs::read_dir(state.join("log")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "seg") {
-            continue;
-        }
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+    let mut segments: Vec<_> = std::fs::read_dir(state.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    for path in segments.iter().rev() {
+        let mut bytes = std::fs::read(path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).rposition(|w| w == needle) {
             bytes[at + needle.len() / 2] ^= 0xff;
-            std::fs::write(&path, bytes).unwrap();
+            std::fs::write(path, bytes).unwrap();
             return;
         }
     }
@@ -221,20 +230,26 @@ fn a_damaged_chunk_damages_every_checkpoint_using_it_and_a_new_write_heals_it() 
         longer
     );
 
-    // A chunk both use: neither can be served.
+    // A chunk two checkpoints use: neither can be served. (The session's first state, which
+    // shared and compressed nothing, was stored whole; the next two share chunks.)
     c.create_keep("t", Some(0)).unwrap();
     let shared = rng.bytes(150_000);
     let mut more = shared.clone();
     more.extend_from_slice(&rng.bytes(50_000));
+    let mut other = shared.clone();
+    other.extend_from_slice(&rng.bytes(50_000));
     c.put("t", shared.clone()).unwrap();
     c.put("t", more).unwrap();
+    c.put("t", other).unwrap();
     assert!(d.stop().success());
     damage_where(&d.state, &shared[70_000..70_064]);
     d.restart();
     let mut c = d.client();
-    assert!(c.get("t", Some(1)).is_err());
     assert!(c.get("t", Some(2)).is_err());
-    assert!(c.get("t", None).is_err(), "no intact checkpoint is left");
+    assert!(c.get("t", Some(3)).is_err());
+    let got = c.get("t", None).unwrap().unwrap();
+    assert_eq!((got.number, got.skipped_corrupt), (1, vec![3, 2]));
+    assert_eq!(got.payload.unwrap().0, shared);
 }
 
 #[test]
@@ -247,10 +262,15 @@ fn compaction_copies_the_chunks_old_checkpoints_use_forward() {
     ]);
     let mut c = d.client();
     let mut rng = Rng(5);
-    // A session written once, whose chunks sit in the first segments.
-    let old = rng.bytes(100_000);
+    // A session written twice, whose chunks sit in the first segments (its first state,
+    // sharing nothing yet, stored whole; its second in chunks).
+    let first = rng.bytes(100_000);
+    let mut old = first.clone();
+    old.extend_from_slice(&rng.bytes(20_000));
     c.create_keep("old", Some(0)).unwrap();
+    c.put("old", first).unwrap();
     c.put("old", old.clone()).unwrap();
+    assert!(c.stats().unwrap().chunks > 0);
     // Another that churns through many segments, keeping one checkpoint.
     c.create_keep("churn", Some(1)).unwrap();
     for _ in 0..120 {
@@ -289,12 +309,15 @@ fn a_write_cut_short_among_its_chunks_leaves_none_of_them_counted() {
     let mut d = Daemon::start_local(&[]);
     let mut c = d.client();
     let mut rng = Rng(13);
-    let first = rng.bytes(120_000);
+    // Text, which compresses: stored in chunks from the first state on; the second adds
+    // chunks of random bytes after those.
+    let first = rng.text(120_000).into_bytes();
     let mut second = first.clone();
     second.extend_from_slice(&rng.bytes(200_000));
     c.create_keep("s", Some(0)).unwrap();
     c.put("s", first.clone()).unwrap();
     let chunks_before = c.stats().unwrap().chunks;
+    assert!(chunks_before > 0);
     assert!(d.stop().success());
     // The next run's writes go to a segment of their own.
     d.restart();
@@ -342,28 +365,34 @@ fn a_session_whose_payloads_share_and_compress_nothing_is_stored_whole() {
     let mut rng = Rng(17);
     c.create_keep("blobs", Some(0)).unwrap();
     let mut written = Vec::new();
-    let mut chunks = Vec::new();
     for _ in 0..12 {
         let blob = rng.bytes(100_000);
         c.put("blobs", blob.clone()).unwrap();
         written.push(blob);
-        chunks.push(c.stats().unwrap().chunks);
     }
-    // The first few are cut (and found to share nothing), the rest stored whole.
-    assert!(chunks[3] > 0, "{chunks:?}");
-    assert_eq!(chunks[4..], [chunks[3]; 8], "{chunks:?}");
+    // Each was cut (the first few) or not (once cutting had gained nothing four times), and
+    // stored whole: one record each, no chunk.
+    assert_eq!(c.stats().unwrap().chunks, 0);
     let got = all_payloads(&mut c, "blobs");
     assert!(
         got.iter().map(|(_, p)| p).eq(written.iter()),
         "read back as written"
     );
-    // Bytes that repeat are shared again once a probe sees them.
-    for _ in 0..20 {
+    // Bytes that repeat are stored in chunks, and shared, once probes see them: a probe
+    // remembers what it cut, the next finds it again.
+    for _ in 0..40 {
         c.put("blobs", written[0].clone()).unwrap();
     }
+    assert!(c.stats().unwrap().chunks > 0);
     let shown = c.show("blobs").unwrap();
     assert!(
-        shown.stored_bytes.unwrap() < 12 * 100_000 + 16 * 100_000,
+        shown.stored_bytes.unwrap() < (12 + 30) * 100_000,
         "repeats are not all stored whole: {shown:?}"
+    );
+    assert_eq!(
+        all_payloads(&mut c, "blobs")[12..],
+        (13..=52)
+            .map(|n| (n, written[0].clone()))
+            .collect::<Vec<_>>()[..]
     );
 }

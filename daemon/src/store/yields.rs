@@ -2,28 +2,47 @@
 
 use std::collections::HashMap;
 
+use crate::chunking::{ChunkHash, ChunkRef, Prepared};
 use crate::model::SessionKey;
 
 /// After this many large payloads of a session in a row that shared no chunk and compressed
-/// none (random or already compressed bytes), its next ones are stored whole...
+/// none (random or already compressed bytes), its next ones are stored whole without being
+/// cut...
 const MISSES_TO_STORE_WHOLE: u32 = 4;
 /// ...but every so many is cut again, to see whether that has changed.
 const PROBE_EVERY: u32 = 16;
 /// Sessions tracked at most (the map starts over beyond: a few payloads cut needlessly).
-const TRACKED: usize = 1 << 16;
+const TRACKED: usize = 1 << 14;
+/// How many of a cut payload's chunk hashes are kept, the smallest: all of them for a payload
+/// of up to this many chunks (about 256 KiB), else a sample that a payload sharing much with
+/// it shares some of (a bottom-k sketch), whatever part of it changed.
+const SKETCH: usize = 32;
 
-/// Whether cutting each session's payloads pays. Cutting and hashing cost about 1 us per KiB
-/// on this project's 2-core machines, which a session whose bytes never repeat nor compress
-/// pays for nothing; its payloads are stored whole instead, as with chunking off.
+/// Whether cutting each session's payloads pays. A payload that shares no chunk with what the
+/// store holds or with its session's last payload, and compresses nowhere, gains nothing from
+/// chunks: it is stored whole (one record or row, read back in one piece). Cutting and hashing
+/// cost about 1 us per KiB on this project's 2-core machines, which a session whose bytes never
+/// repeat nor compress pays for nothing: after a few such payloads its next ones are not cut.
 #[derive(Debug, Default)]
 pub struct Yields {
     sessions: HashMap<SessionKey, Yield>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Yield {
     misses: u32,
     since_probe: u32,
+    /// The smallest chunk hashes of its last cut payload.
+    sketch: Vec<ChunkHash>,
+}
+
+/// The `SKETCH` smallest of `chunks`' hashes, sorted.
+fn sketch(chunks: &[ChunkRef]) -> Vec<ChunkHash> {
+    let mut hashes: Vec<ChunkHash> = chunks.iter().map(|c| c.hash).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes.truncate(SKETCH);
+    hashes
 }
 
 impl Yields {
@@ -50,31 +69,69 @@ impl Yields {
         false
     }
 
-    /// What cutting the session's payload came to.
-    pub fn record(&mut self, session: &SessionKey, gained: bool) {
-        if gained {
-            self.sessions.remove(session);
-            return;
-        }
+    /// What cutting the session's payload came to: whether to store it in its chunks (a chunk
+    /// the store holds, one that compressed, or one the session's last cut payload had),
+    /// rather than whole.
+    pub fn judge(&mut self, session: &SessionKey, prepared: &Prepared) -> bool {
+        let now = sketch(&prepared.chunks);
         if self.sessions.len() >= TRACKED && !self.sessions.contains_key(session) {
             self.sessions.clear();
         }
         let y = self.sessions.entry(session.clone()).or_default();
-        y.misses = y.misses.saturating_add(1);
+        let shared = now.iter().any(|h| y.sketch.binary_search(h).is_ok());
+        let gained = shared || prepared.gained();
+        y.sketch = now;
+        if gained {
+            y.misses = 0;
+            y.since_probe = 0;
+        } else {
+            y.misses = y.misses.saturating_add(1);
+        }
+        gained
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunking::Stored;
+
+    /// A payload cut into chunks named `names`, none of which the store held or compressed
+    /// (or, with `packed`, the first compressed).
+    fn cut(names: impl IntoIterator<Item = u64>, packed: bool) -> Prepared {
+        let chunks: Vec<ChunkRef> = names
+            .into_iter()
+            .map(|n| ChunkRef {
+                hash: crate::chunking::hash(&n.to_le_bytes()),
+                len: 8192,
+            })
+            .collect();
+        let parts = (0..chunks.len())
+            .map(|i| {
+                let stored = if packed && i == 0 {
+                    Stored::Packed {
+                        bytes: vec![0; 10],
+                        crc: 0,
+                    }
+                } else {
+                    Stored::Raw { crc: 0 }
+                };
+                (i * 8192, stored)
+            })
+            .collect();
+        Prepared { chunks, parts }
+    }
 
     #[test]
     fn a_session_whose_payloads_gain_nothing_is_stored_whole_and_probed_now_and_then() {
         let (s, other) = (SessionKey::new(1, "s"), SessionKey::new(1, "t"));
         let mut y = Yields::default();
-        for _ in 0..MISSES_TO_STORE_WHOLE {
+        for i in 0..MISSES_TO_STORE_WHOLE as u64 {
             assert!(y.cut(&s));
-            y.record(&s, false);
+            assert!(
+                !y.judge(&s, &cut(i * 100..i * 100 + 30, false)),
+                "stored whole"
+            );
         }
         let cuts: Vec<bool> = (0..2 * PROBE_EVERY)
             .map(|_| {
@@ -90,8 +147,26 @@ mod tests {
             "the probe comes every {PROBE_EVERY}"
         );
         assert!(y.cut(&other), "another session is cut");
-        // A probe that gains: cut again from then on.
-        y.record(&s, true);
+        // A probe that gains (a chunk compressed): cut again from then on.
+        assert!(y.judge(&s, &cut(5000..5030, true)));
         assert!((0..PROBE_EVERY).all(|_| y.cut(&s)));
+    }
+
+    #[test]
+    fn a_payload_sharing_chunks_with_its_sessions_last_is_stored_in_chunks() {
+        let (s, other) = (SessionKey::new(1, "s"), SessionKey::new(1, "t"));
+        let mut y = Yields::default();
+        // The first of a session's incompressible states: nothing to share yet, stored whole;
+        // the next, mostly the same bytes, is stored in chunks, so that later ones share them.
+        assert!(!y.judge(&s, &cut(0..25, false)));
+        assert!(y.judge(&s, &cut(1..26, false)));
+        // Another session's last payload is not what this one's shares.
+        assert!(!y.judge(&other, &cut(2..27, false)));
+        // Large payloads (more chunks than the sketch keeps) sharing nine chunks in ten, the
+        // changed ones anywhere, are found to share; disjoint ones are not.
+        let big = SessionKey::new(1, "big");
+        assert!(!y.judge(&big, &cut(0..400, false)));
+        assert!(y.judge(&big, &cut((0..400).filter(|i| i % 10 != 3), false)));
+        assert!(!y.judge(&big, &cut(10_000..10_400, false)));
     }
 }

@@ -223,8 +223,11 @@ impl Reads for SegmentFiles {
             let chunks = self.chunks();
             refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
         });
-        self.yields().record(session, prepared.gained());
-        payload.prepared = Some(Box::new(prepared));
+        if self.yields().judge(session, &prepared) {
+            payload.prepared = Some(Box::new(prepared));
+        } else {
+            payload.whole = true;
+        }
     }
 
     fn stored_bytes(&self, _session: Option<&SessionKey>, records: &[Loc]) -> u64 {

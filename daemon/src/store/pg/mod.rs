@@ -111,7 +111,6 @@ impl PgStore {
             rt: rt.clone(),
             chunking: cfg.chunking,
             yields: Default::default(),
-            last_cut: Default::default(),
         });
         let renewed = Arc::new(Mutex::new(Instant::now()));
         let view = Arc::new(PgView {

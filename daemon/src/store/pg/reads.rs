@@ -18,13 +18,7 @@ pub struct PgReads {
     /// Whether large payloads are written in chunks.
     pub(super) chunking: bool,
     pub(super) yields: std::sync::Mutex<Yields>,
-    /// Each session's last cut payload's chunks: what its next one may share (the database
-    /// is not asked which chunks it holds before a write).
-    pub(super) last_cut: std::sync::Mutex<HashMap<SessionKey, Vec<chunking::ChunkHash>>>,
 }
-
-/// Sessions whose last cut payload's chunks are kept at most (the map starts over beyond).
-const LAST_CUT_SESSIONS: usize = 1 << 14;
 
 /// A chunked checkpoint row's chunk list: 16-byte hash and 4-byte length (LE) each.
 pub fn chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
@@ -193,25 +187,13 @@ impl Reads for PgReads {
             payload.whole = true;
             return;
         }
-        // Every chunk packed (the database may lack any); what the session's last payload
-        // had counts as shared, for whether cutting pays.
-        let last = lock(&self.last_cut)
-            .get(session)
-            .cloned()
-            .unwrap_or_default();
+        // Every chunk packed: the database may lack any (it is not asked before a write).
         let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
-        let shared = prepared.chunks.iter().any(|c| last.contains(&c.hash));
-        lock(&self.yields).record(session, shared || prepared.gained());
-        let mut cuts = lock(&self.last_cut);
-        if cuts.len() >= LAST_CUT_SESSIONS && !cuts.contains_key(session) {
-            cuts.clear();
+        if lock(&self.yields).judge(session, &prepared) {
+            payload.prepared = Some(Box::new(prepared));
+        } else {
+            payload.whole = true;
         }
-        cuts.insert(
-            session.clone(),
-            prepared.chunks.iter().map(|c| c.hash).collect(),
-        );
-        drop(cuts);
-        payload.prepared = Some(Box::new(prepared));
     }
 
     fn stored_bytes(&self, session: Option<&SessionKey>, _records: &[Loc]) -> u64 {
