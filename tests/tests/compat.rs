@@ -1,6 +1,7 @@
 //! State directories written by each format are checked in and must load forever: v1, v2
-//! (the index with compact entries) and v3 (checkpoint keys and attachments). Changing the on-disk format is a versioned decision:
-//! bump `CURRENT` and generate its directory with
+//! (the index with compact entries), v3 (checkpoint keys and attachments) and v4 (payloads in
+//! chunks). Changing the on-disk format is a versioned decision: bump `CURRENT` and generate
+//! its directory with
 //! `cargo test -p sessiond-tests --test compat -- --ignored`, alongside the format bump.
 
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use sessiond_client::{
 use sessiond_tests::ClientExt;
 use sessiond_tests::Daemon;
 
-const FORMATS: [&str; 3] = ["state-v1", "state-v2", "state-v3"];
-const CURRENT: &str = "state-v3";
+const FORMATS: [&str; 4] = ["state-v1", "state-v2", "state-v3", "state-v4"];
+const CURRENT: &str = "state-v4";
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,6 +26,21 @@ fn payload(name: &str, n: u64) -> Vec<u8> {
     let mut v = format!("{name}#{n}:").into_bytes();
     v.extend((0..(n * 97 % 700) as u32).map(|i| (i * 13 + n as u32) as u8));
     v
+}
+
+/// A large state that compresses (so it is stored in chunks), each one the one before with
+/// more text after it.
+fn chunked_state(n: u64) -> Vec<u8> {
+    let words = [
+        "state ", "of ", "the ", "agent ", "step ", "tool ", "result\n",
+    ];
+    let mut x = 7u64;
+    (0..(3000 + n * 1000))
+        .flat_map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            words[(x >> 60) as usize % words.len()].bytes()
+        })
+        .collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -57,10 +73,16 @@ fn verify(d: &Daemon, format: &str) {
         // Detached: never stale.
         want.push(("delta".into(), Status::Active));
     }
+    if format >= "state-v4" {
+        want.push(("epsilon".into(), Status::Active));
+    }
     want.push(("gamma".into(), Status::Failed));
     assert_eq!(names, want);
     if format >= "state-v3" {
         verify_framework(&mut c);
+    }
+    if format >= "state-v4" {
+        verify_chunks(&mut c);
     }
     let alpha = c.show("alpha").unwrap();
     assert_eq!(
@@ -111,6 +133,41 @@ fn every_checked_in_state_directory_still_loads() {
             d.log()
         );
     }
+}
+
+/// Format 4's chunked session: two retained states sharing their chunks, one dropped by
+/// retention.
+fn verify_chunks(c: &mut sessiond_client::Client) {
+    let numbers: Vec<u64> = c
+        .history("epsilon")
+        .unwrap()
+        .iter()
+        .map(|h| h.number)
+        .collect();
+    assert_eq!(numbers, [2, 3]);
+    for n in 2..=3 {
+        let got = c.get("epsilon", Some(n)).unwrap().unwrap();
+        assert!(got.payload.unwrap().0 == chunked_state(n), "checkpoint {n}");
+    }
+    let shown = c.show("epsilon").unwrap();
+    let logical = chunked_state(2).len() + chunked_state(3).len();
+    assert_eq!(shown.logical_bytes, Some(logical as u64));
+    assert!(
+        shown.stored_bytes.unwrap() * 4 < logical as u64,
+        "{shown:?}"
+    );
+    assert!(c.stats().unwrap().chunks > 0);
+    // The next state shares the chunks the old daemon stored.
+    let next = c.put("epsilon", chunked_state(4)).unwrap().number;
+    assert_eq!(
+        c.get("epsilon", Some(next))
+            .unwrap()
+            .unwrap()
+            .payload
+            .unwrap()
+            .0,
+        chunked_state(4)
+    );
 }
 
 /// Format 3's framework session: keys, attachments, a hole where checkpoints were deleted.
@@ -252,6 +309,16 @@ fn generate_current_state_dir() {
         ..Default::default()
     })
     .unwrap();
+    let options = CreateOptions {
+        keep: Some(2),
+        detached: true,
+        ..Default::default()
+    };
+    c.create("epsilon", options).unwrap();
+    for n in 1..=3 {
+        c.put("epsilon", chunked_state(n)).unwrap();
+    }
+    assert!(c.stats().unwrap().chunks > 0);
     drop(c);
     assert!(d.stop().success());
     let out = fixture(CURRENT);
