@@ -17,11 +17,10 @@ secs=${SECONDS_PER:-5}
 rounds=${ROUNDS:-3}
 work=$(mktemp -d /var/tmp/sessiond-postgres.XXXXXX)   # on the disk, not a tmpfs
 daemon_pid=
-as_pg=()
-pgbin=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")
+source bench/pg-cluster.sh
 stop_all() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  [ -d "$work/pg" ] && "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1
+  pg_stop
   rm -rf "$work"
 }
 trap stop_all EXIT
@@ -31,13 +30,8 @@ echo "== building sessiond (release)" >&2
 cargo build --release --locked -q -p sessiond
 results=$work/results.jsonl
 
-echo "== a throwaway PostgreSQL cluster in $work" >&2
-if [ "$(id -u)" = 0 ]; then as_pg=(runuser -u postgres --); chown postgres: "$work"; fi
-"${as_pg[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust -E UTF8 >/dev/null
-"${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg" -o "-k $work -c listen_addresses= -p 5432 -c max_connections=200" \
-  -w -l "$work/pg.log" start >/dev/null
-url() { echo "postgresql:///$1?host=$work&port=5432&user=postgres"; }
-for db in sessiond langgraph stale; do psql -q "$(url postgres)" -c "CREATE DATABASE $db"; done
+pg_start
+for db in sessiond langgraph stale; do pg_create "$db"; done
 
 run() { # label, then a command printing one JSON object
   local label=$1; shift
@@ -46,10 +40,10 @@ run() { # label, then a command printing one JSON object
 }
 
 ./target/release/sessiond --socket "$work/sessiond.sock" --state-dir "$work/state" \
-  --store "$(url sessiond)" --host-id bench 2>"$work/sessiond.log" &
+  --store "$(pg_url sessiond)" --host-id bench 2>"$work/sessiond.log" &
 daemon_pid=$!
 for _ in $(seq 100); do [ -S "$work/sessiond.sock" ] && break; sleep 0.1; done
-savers() { "$venv/bin/python" bench/savers.py "$@" --socket "$work/sessiond.sock" --dir "$work" --seconds "$secs" --pg-url "$(url langgraph)"; }
+savers() { "$venv/bin/python" bench/savers.py "$@" --socket "$work/sessiond.sock" --dir "$work" --seconds "$secs" --pg-url "$(pg_url langgraph)"; }
 
 for round in $(seq "$rounds"); do
   echo "== round $round of $rounds" >&2
@@ -62,7 +56,7 @@ for round in $(seq "$rounds"); do
 done
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
 run "stale" "$venv/bin/python" bench/stale.py --sessiond ./target/release/sessiond \
-  --store "$(url stale)" --dir "$work/stale" --sessions 100
+  --store "$(pg_url stale)" --dir "$work/stale" --sessions 100
 
 "$venv/bin/python" - "$results" <<'PY'
 import json, statistics, sys

@@ -2,14 +2,16 @@
 same states, and random payloads.
 
     python bench/storage.py --socket PATH --sqlite-dir DIR [--sessions 16] [--steps 200]
+        [--pg-url URL]   (the daemon's database, when its store is PostgreSQL)
 
 The agent-like workload: each session's state is a JSON document (a few small fields that
 change every step, and a list of messages that grows by one 2 KiB text message per step),
 checkpointed whole at every step, every checkpoint kept. sessiond gets the document's bytes;
 SqliteSaver gets the same document as a checkpoint's channel values (which it serializes
 itself). Every sessiond checkpoint is read back and compared byte for byte. Then random
-(incompressible, unique) 64 KiB payloads. Prints one JSON object; bench/chunks.sh adds what
-the state directory takes once the daemon has stopped.
+(incompressible, unique) 64 KiB payloads. With `--pg-url`, what the database grew by with
+each (after VACUUM). Prints one JSON object; bench/chunks.sh adds what the state directory
+takes once the daemon has stopped.
 """
 
 from __future__ import annotations
@@ -157,6 +159,18 @@ def random_payloads(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def database_bytes(url: str | None) -> int | None:
+    """The database's size on disk after VACUUM (dead rows' space given back to it)."""
+    if url is None:
+        return None
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM")
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--socket", required=True)
@@ -164,8 +178,17 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--random-steps", type=int, default=50)
+    p.add_argument("--pg-url", default=None)
     a = p.parse_args()
-    print(json.dumps({"agent": agent(a), "random": random_payloads(a)}))
+    before = database_bytes(a.pg_url)
+    agent_run = agent(a)
+    after_agent = database_bytes(a.pg_url)
+    random_run = random_payloads(a)
+    after_random = database_bytes(a.pg_url)
+    if before is not None and after_agent is not None and after_random is not None:
+        agent_run["database_growth_bytes"] = after_agent - before
+        random_run["database_growth_bytes"] = after_random - after_agent
+    print(json.dumps({"agent": agent_run, "random": random_run}))
 
 
 if __name__ == "__main__":
