@@ -7,6 +7,7 @@
 # measured the same way in the same run. Installs what it needs (valgrind, redis via apt).
 #
 #   bench/instructions.sh            (SECONDS_PER=10 of load under callgrind per cell)
+#   CALLGRIND_DIR=DIR bench/instructions.sh   (keeps each cell's callgrind.out in DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER:-10}
@@ -92,6 +93,10 @@ results=$work/results.txt
   echo "== redis SET" >&2;                 redis_cell redis-set set
   echo "== redis GET" >&2;                 redis_cell redis-get get
 } > "$results"
+if [ -n "${CALLGRIND_DIR:-}" ]; then
+  mkdir -p "$CALLGRIND_DIR"
+  for f in "$work"/*/callgrind.out; do cp "$f" "$CALLGRIND_DIR/$(basename "$(dirname "$f")").out"; done
+fi
 
 python3 - "$results" <<'PY'
 import sys
