@@ -308,7 +308,7 @@ impl LineDecoder {
                 }
             }
             let avail = &self.buf[self.pos..];
-            let newline = avail[self.scanned..].iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', &avail[self.scanned..]);
             if let Some(scan) = &mut self.discarding {
                 let upto = newline.map_or(avail.len(), |i| self.scanned + i);
                 scan.feed(&avail[self.scanned..upto]);

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -90,7 +89,7 @@ impl fmt::Debug for Payload {
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+            s.serialize_str(&base64_simd::STANDARD.encode_to_string(&self.0))
         } else {
             s.serialize_bytes(&self.0)
         }
@@ -100,13 +99,24 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
-            let text = String::deserialize(d)?;
-            base64::engine::general_purpose::STANDARD
-                .decode(text.as_bytes())
-                .map(Payload)
-                .map_err(|e| {
-                    serde::de::Error::custom(format!("payload_b64 is not valid base64: {e}"))
-                })
+            // Decoded from the request's own bytes where it can be (base64 has nothing to
+            // escape): no copy of the text first.
+            struct TextVisitor;
+            impl serde::de::Visitor<'_> for TextVisitor {
+                type Value = Payload;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a base64 string")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Payload, E> {
+                    base64_simd::STANDARD
+                        .decode_to_vec(v.as_bytes())
+                        .map(Payload)
+                        .map_err(|_| {
+                            E::custom("payload_b64 is not valid base64 (the standard alphabet, padded with =)")
+                        })
+                }
+            }
+            d.deserialize_str(TextVisitor)
         } else {
             struct BytesVisitor;
             impl<'de> serde::de::Visitor<'de> for BytesVisitor {

@@ -344,7 +344,7 @@ impl JsonRequests {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// A reply in the encoding of the request it answers. A reply that cannot be encoded (it

@@ -119,6 +119,20 @@ fn json_bad_requests_get_errors_and_the_connection_survives() {
         assert!(!r["error"]["message"].as_str().unwrap().is_empty());
         still_works(&mut j);
     }
+    // Base64 that is not: another alphabet, or the padding left out.
+    for (id, text) in [(24, "a-b_"), (25, "aGVsbG8")] {
+        let r = j.call(json!({"op": "checkpoint", "id": id, "name": "s", "payload_b64": text}));
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message
+                .contains("payload_b64 is not valid base64 (the standard alphabet, padded with =)"),
+            "{text} -> {r}"
+        );
+    }
+    assert_eq!(
+        j.call(json!({"op": "checkpoint", "id": 26, "name": "s", "payload_b64": "aGVsbG8="}))["ok"],
+        json!(true)
+    );
     // Not JSON, not an object, binary junk, an empty line.
     for raw in [
         &b"hello\n"[..],
