@@ -133,6 +133,13 @@ fn json_bad_requests_get_errors_and_the_connection_survives() {
         j.call(json!({"op": "checkpoint", "id": 26, "name": "s", "payload_b64": "aGVsbG8="}))["ok"],
         json!(true)
     );
+    // Escapes in the string (some encoders write `/` as `\/`) are undone before decoding.
+    j.send_raw(
+        b"{\"op\": \"checkpoint\", \"id\": 27, \"name\": \"s\", \"payload_b64\": \"\\/w==\"}\n",
+    );
+    assert_eq!(j.read()["ok"], json!(true));
+    let got = j.call(json!({"op": "get", "id": 28, "name": "s"}));
+    assert_eq!(got["checkpoint"]["payload_b64"], json!("/w=="), "{got}");
     // Not JSON, not an object, binary junk, an empty line.
     for raw in [
         &b"hello\n"[..],

@@ -1,9 +1,60 @@
-//! Whether cutting a session's payloads into chunks pays, for either engine.
+//! Whether cutting a session's payloads into chunks pays, and cutting them ahead of the
+//! commit: one policy for either engine.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use crate::chunking::{ChunkHash, ChunkRef, Prepared};
-use crate::model::SessionKey;
+use crate::chunking::{self, ChunkHash, ChunkRef, Prepared};
+use crate::model::{CheckedPayload, SessionKey};
+
+/// What an engine's readers do ahead of the commit with its large payloads (`--chunking`):
+/// cut them, or mark them to be stored whole, as [`Yields`] says.
+#[derive(Debug, Default)]
+pub struct Cutting {
+    enabled: bool,
+    yields: Mutex<Yields>,
+}
+
+impl Cutting {
+    pub fn new(enabled: bool) -> Self {
+        Cutting {
+            enabled,
+            yields: Mutex::default(),
+        }
+    }
+
+    fn yields(&self) -> MutexGuard<'_, Yields> {
+        self.yields.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether [`Cutting::prepare`] would cut a payload of `len` bytes of `session`.
+    pub fn prepares(&self, session: &SessionKey, len: usize) -> bool {
+        self.enabled && chunking::chunked(len) && self.yields().would_cut(session)
+    }
+
+    /// Cuts and packs `payload` for `session` (`known` says which chunks the store holds), or
+    /// marks it to be stored whole.
+    pub fn prepare(
+        &self,
+        session: &SessionKey,
+        payload: &mut CheckedPayload,
+        known: impl Fn(&[ChunkRef]) -> Vec<bool>,
+    ) {
+        if !self.enabled || !chunking::chunked(payload.bytes.len()) {
+            return;
+        }
+        if !self.yields().cut(session) {
+            payload.whole = true;
+            return;
+        }
+        let prepared = chunking::prepare(&payload.bytes, known);
+        if self.yields().judge(session, &prepared) {
+            payload.prepared = Some(Box::new(prepared));
+        } else {
+            payload.whole = true;
+        }
+    }
+}
 
 /// After this many large payloads of a session in a row that shared no chunk and compressed
 /// none (random or already compressed bytes), its next ones are stored whole without being

@@ -11,7 +11,7 @@ use super::record::{ChunkedHeader, RecordHeader};
 use super::segment::{list_segments, segment_path, ReadError, SegmentFile};
 use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
-use crate::store::yields::Yields;
+use crate::store::yields::Cutting;
 use crate::store::{self, Reads, Usage};
 
 /// Segments in the log and their total size in bytes.
@@ -31,9 +31,8 @@ pub struct SegmentFiles {
     dir: PathBuf,
     open: Mutex<HashMap<u32, Arc<SegmentFile>>>,
     chunks: Arc<Mutex<Chunks>>,
-    /// Whether large payloads are written in chunks.
-    chunking: bool,
-    yields: Mutex<Yields>,
+    /// Whether and how large payloads are written in chunks.
+    cutting: Cutting,
 }
 
 impl SegmentFiles {
@@ -42,13 +41,8 @@ impl SegmentFiles {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
             chunks,
-            chunking,
-            yields: Mutex::default(),
+            cutting: Cutting::new(chunking),
         }
-    }
-
-    fn yields(&self) -> std::sync::MutexGuard<'_, Yields> {
-        self.yields.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn chunks(&self) -> std::sync::MutexGuard<'_, Chunks> {
@@ -207,27 +201,15 @@ impl Reads for SegmentFiles {
     }
 
     fn prepares(&self, session: &SessionKey, len: usize) -> bool {
-        self.chunking && chunking::chunked(len) && self.yields().would_cut(session)
+        self.cutting.prepares(session, len)
     }
 
     fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
-        if !self.chunking || !chunking::chunked(payload.bytes.len()) {
-            return;
-        }
-        if !self.yields().cut(session) {
-            payload.whole = true;
-            return;
-        }
         let uid = session.uid;
-        let prepared = chunking::prepare(&payload.bytes, |refs| {
+        self.cutting.prepare(session, payload, |refs| {
             let chunks = self.chunks();
             refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
         });
-        if self.yields().judge(session, &prepared) {
-            payload.prepared = Some(Box::new(prepared));
-        } else {
-            payload.whole = true;
-        }
     }
 
     fn stored_bytes(&self, _session: Option<&SessionKey>, records: &[Loc]) -> u64 {

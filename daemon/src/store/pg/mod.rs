@@ -27,6 +27,7 @@ use tokio::runtime::Handle;
 use crate::health::{Health, Work};
 use crate::model::{Loc, Scope, SessionKey};
 use crate::store::backoff::Backoff;
+use crate::store::yields::Cutting;
 use crate::store::{Index, LapsedOwner, Speculation, Store, StoreError, Unit, Written};
 pub use connect::PgConfig;
 use connect::{connect_at_start, db_error, pool};
@@ -109,8 +110,7 @@ impl PgStore {
         let reads = Arc::new(PgReads {
             pool: pool.clone(),
             rt: rt.clone(),
-            chunking: cfg.chunking,
-            yields: Default::default(),
+            cutting: Cutting::new(cfg.chunking),
         });
         let renewed = Arc::new(Mutex::new(Instant::now()));
         let view = Arc::new(PgView {

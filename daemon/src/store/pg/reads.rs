@@ -9,15 +9,14 @@ use std::collections::HashMap;
 use super::rows::{attachment_of, checkpoint_of, id_of};
 use crate::chunking::{self, ChunkRef};
 use crate::model::{AttachMeta, CheckedPayload, CheckpointMeta, Loc, SessionKey};
-use crate::store::yields::Yields;
+use crate::store::yields::Cutting;
 use crate::store::{ReadError, Reads, Usage};
 
 pub struct PgReads {
     pub(super) pool: Pool,
     pub(super) rt: Handle,
-    /// Whether large payloads are written in chunks.
-    pub(super) chunking: bool,
-    pub(super) yields: std::sync::Mutex<Yields>,
+    /// Whether and how large payloads are written in chunks.
+    pub(super) cutting: Cutting,
 }
 
 /// A chunked checkpoint row's chunk list: 16-byte hash and 4-byte length (LE) each.
@@ -176,24 +175,13 @@ impl Reads for PgReads {
     }
 
     fn prepares(&self, session: &SessionKey, len: usize) -> bool {
-        self.chunking && chunking::chunked(len) && lock(&self.yields).would_cut(session)
+        self.cutting.prepares(session, len)
     }
 
     fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
-        if !self.chunking || !chunking::chunked(payload.bytes.len()) {
-            return;
-        }
-        if !lock(&self.yields).cut(session) {
-            payload.whole = true;
-            return;
-        }
         // Every chunk packed: the database may lack any (it is not asked before a write).
-        let prepared = chunking::prepare(&payload.bytes, |refs| vec![false; refs.len()]);
-        if lock(&self.yields).judge(session, &prepared) {
-            payload.prepared = Some(Box::new(prepared));
-        } else {
-            payload.whole = true;
-        }
+        self.cutting
+            .prepare(session, payload, |refs| vec![false; refs.len()]);
     }
 
     fn stored_bytes(&self, session: Option<&SessionKey>, _records: &[Loc]) -> u64 {
@@ -223,8 +211,4 @@ impl Reads for PgReads {
         });
         sum.unwrap_or(0)
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
