@@ -1,11 +1,10 @@
-//! The commit thread: the only writer. It takes every mutation queued while the previous
-//! flush ran, plans them against the table, has the store make their changes durable as one
-//! unit (group commit), applies them to the table and only then answers. Between batches it
-//! gives the store its upkeep.
+//! Committing: a batch of every mutation queued while the previous flush ran is planned
+//! against the table, made durable by the store as one unit (group commit), applied to the
+//! table, and only then answered. Who commits, and when the store gets its upkeep, is
+//! [`leader`]'s.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 
 use sessiond_proto::{Reply, WireError};
@@ -18,9 +17,12 @@ use crate::state::DaemonState;
 use crate::store::{Store, Unit};
 use crate::table::{Mutation, Overlay, PlanContext, Planned};
 
+pub mod leader;
 mod speculate;
 
-/// One mutation waiting for the commit thread.
+pub use leader::{Committer, Committing, Lead};
+
+/// One mutation waiting to be committed.
 pub struct Job {
     pub uid: u32,
     pub mutation: Mutation,
@@ -33,67 +35,6 @@ impl Job {
     fn bytes(&self) -> usize {
         self.mutation.payload_bytes()
     }
-}
-
-const MAX_BATCH_JOBS: usize = 4096;
-/// How long the commit thread waits for the next job on the CPU before it blocks.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
-
-fn spin_for(jobs: &Receiver<Job>, spin: std::time::Duration) -> Option<Job> {
-    let until = std::time::Instant::now() + spin;
-    loop {
-        match jobs.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if std::time::Instant::now() >= until => return None,
-            Err(TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-}
-const MAX_BATCH_BYTES: usize = 256 << 20;
-
-/// The commit thread's loop: until every sender of jobs is gone.
-pub fn run(state: Arc<DaemonState>, mut store: Box<dyn Store>, jobs: Receiver<Job>) {
-    loop {
-        // A client waiting for its last write's reply often sends the next one within
-        // microseconds: waiting for it on the CPU a little first saves the wake-up a
-        // blocked thread costs (tens of microseconds on a virtual machine).
-        let spun = spin_for(&jobs, SPIN);
-        let first = match spun {
-            Some(job) => job,
-            None => match store.idle_wait() {
-                None => match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
-                Some(wait) => match jobs.recv_timeout(wait) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        store.upkeep(&state.table);
-                        mark_lapsed(&state, &mut *store);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-            },
-        };
-        let mut bytes = first.bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_JOBS && bytes < MAX_BATCH_BYTES {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    bytes += job.bytes();
-                    batch.push(job);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        commit(&state, &mut *store, batch);
-        store.upkeep(&state.table);
-        mark_lapsed(&state, &mut *store);
-    }
-    store.finish(&state.table);
-    tracing::debug!("commit thread finished");
 }
 
 /// Marks stale, as one batch, the sessions of other hosts whose leases have lapsed (a shared
@@ -323,7 +264,7 @@ mod tests {
     use crate::store::log::{LogConfig, LogStore};
     use crate::table::{OwnerClaim, SessionTable};
 
-    fn open(dir: &std::path::Path) -> (DaemonState, LogStore) {
+    pub(super) fn open(dir: &std::path::Path) -> (DaemonState, LogStore) {
         let health = Arc::new(Health::new());
         let table = Mutex::new(SessionTable::new(16));
         let cfg = LogConfig {
@@ -363,7 +304,7 @@ mod tests {
         rx.blocking_recv().unwrap()
     }
 
-    fn checkpoint(payload: &[u8]) -> Mutation {
+    pub(super) fn checkpoint(payload: &[u8]) -> Mutation {
         Mutation::Checkpoint {
             name: "s".into(),
             payload: CheckedPayload::new(payload.to_vec()),

@@ -272,11 +272,16 @@ impl OwnerWatcher {
         let owned = tokio::task::spawn_blocking(move || service.owned_by(&dead))
             .await
             .unwrap_or_default();
-        for (key, owner) in owned {
-            tracing::info!(session = %key.name, uid = key.uid, pid = owner.pid, "owner exited; marking the session stale");
-            // The reply is not needed.
-            drop(self.service.mark_stale(key, owner));
-        }
+        let marks: Vec<_> = owned
+            .into_iter()
+            .map(|(key, owner)| {
+                tracing::info!(session = %key.name, uid = key.uid, pid = owner.pid, "owner exited; marking the session stale");
+                self.service.mark_stale(key, owner)
+            })
+            .collect();
+        // The replies are not needed; dropped once all are queued, they are committed as one
+        // batch.
+        drop(marks);
     }
 
     async fn sweep(&mut self, full: bool) {

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::LatestCache;
-use crate::commit;
+use crate::commit::Committer;
 use crate::config::Config;
 use crate::conn::{self, ConnLimits};
 use crate::health::Health;
@@ -209,8 +209,8 @@ async fn check_owners_at_start(
         stale.push(service.mark_stale(key, owner));
     }
     for started in stale {
-        if let crate::service::Started::Committing(rx) = started {
-            let _ = rx.await;
+        if let crate::service::Started::Committing(c) = started {
+            let _ = c.answer().await;
         }
     }
     alive
@@ -386,20 +386,20 @@ pub async fn run(
         tokio::task::spawn_blocking(move || open_store(&open_cfg, open_probe, notify))
             .await
             .map_err(|e| io_err("recovery task failed")(io::Error::other(e)))??;
-    let (jobs_tx, jobs_rx) = mpsc::channel();
-    let commit_state = state.clone();
+    let commits = Committer::new(state.clone(), store);
+    let commit_thread = commits.clone();
     // Dropped when the commit thread ends, which before shutdown means it died.
     let (commit_alive, mut commit_ended) = tokio::sync::oneshot::channel::<()>();
     let committer = std::thread::Builder::new()
         .name("sessiond-commit".into())
         .spawn(move || {
             let _alive = commit_alive;
-            commit::run(commit_state, store, jobs_rx)
+            commit_thread.run()
         })
         .map_err(io_err("cannot start the commit thread"))?;
     let service = Arc::new(Service::new(
         state.clone(),
-        jobs_tx,
+        commits,
         Limits {
             max_checkpoint_bytes: cfg.max_checkpoint_bytes,
             meta: cfg.meta_limits(),

@@ -13,10 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::commit::Lead;
 use crate::service::{Peer, Service, Started};
 
 pub mod replies;
@@ -217,6 +218,7 @@ async fn read_requests(
     ));
     loop {
         let mut answerable = false;
+        let mut lead = None;
         if !drain(
             &mut requests,
             service,
@@ -225,16 +227,20 @@ async fn read_requests(
             &mut watching,
             &budget,
             &mut answerable,
+            &mut lead,
         )
         .await
         {
             return Ok(());
         }
-        if answerable {
+        if answerable || lead.is_some() {
             // Let the reply side answer what is ready (a cached read) before the next read of
-            // the socket, which would most often only find it empty.
+            // the socket, which would most often only find it empty; and let the other
+            // connections whose requests are ready too queue theirs, to share this commit.
             tokio::task::yield_now().await;
         }
+        // Commits, here, this connection's mutations and every one queued meanwhile.
+        drop(lead);
         partial_since = if requests.in_progress() {
             partial_since.or_else(|| Some(Instant::now()))
         } else {
@@ -275,7 +281,8 @@ async fn read_requests(
             match requests.finish() {
                 Ok(Some(last)) => {
                     let (id, parsed) = last.decode();
-                    let started = dispatch(service, peer, parsed, out.direct(&id));
+                    let mut started = dispatch(service, peer, parsed, out.direct(&id));
+                    drop(take_lead(&mut started));
                     let _ = out.push((id, started, None)).await;
                 }
                 Ok(None) => {}
@@ -294,7 +301,10 @@ enum Timeout {
 }
 
 /// Dispatches every complete request buffered; `answerable` is set if one can be answered
-/// without waiting for a commit. `false` once the reply side is gone.
+/// without waiting for a commit, `lead` if this connection is to commit the queue. It commits
+/// before waiting for anything that may wait for those commits. `false` once the reply side
+/// is gone.
+#[allow(clippy::too_many_arguments)]
 async fn drain(
     requests: &mut Requests,
     service: &Arc<Service>,
@@ -303,6 +313,7 @@ async fn drain(
     watching: &mut bool,
     budget: &Arc<Semaphore>,
     answerable: &mut bool,
+    lead: &mut Option<Lead>,
 ) -> bool {
     loop {
         if *watching {
@@ -314,15 +325,17 @@ async fn drain(
         let (id, started, permit) = match requests.next_request() {
             None => return true,
             Some(Next::Refused(id, e)) => (id, Started::Done(Err(e)), None),
-            Some(Next::Request(pending)) => match take_budget(budget, pending.len()).await {
+            Some(Next::Request(pending)) => match take_budget(budget, pending.len(), lead).await {
                 None => return false,
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
                     let direct = out.direct(&id);
-                    let started = if parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
+                    let mut started = if parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
                         // Cutting a large payload takes a while: off the async worker, which
                         // every connection shares (the connection's next request waits, so
-                        // its requests are still committed in order).
+                        // its requests are still committed in order; those queued are
+                        // committed first, not held up by it).
+                        drop(lead.take());
                         let service = service.clone();
                         tokio::task::spawn_blocking(move || {
                             dispatch(&service, peer, parsed, direct)
@@ -336,25 +349,48 @@ async fn drain(
                     } else {
                         dispatch(service, peer, parsed, direct)
                     };
+                    if let Some(l) = take_lead(&mut started) {
+                        *lead = Some(l);
+                    }
                     (id, started, Some(permit))
                 }
             },
         };
         *watching |= matches!(started, Started::Watch { .. });
         *answerable |= matches!(started, Started::Done(_) | Started::Read { .. });
+        if out.would_wait() {
+            drop(lead.take());
+        }
         if !out.push((id, started, permit)).await {
             return false;
         }
     }
 }
 
-/// Waits until `len` more bytes of requests may be held (replies free them).
-async fn take_budget(budget: &Arc<Semaphore>, len: usize) -> Option<OwnedSemaphorePermit> {
-    budget
-        .clone()
-        .acquire_many_owned(u32::try_from(len.max(1)).ok()?)
-        .await
-        .ok()
+/// Waits until `len` more bytes of requests may be held (replies free them; so if it has to
+/// wait, the queue is committed first when this connection leads).
+async fn take_budget(
+    budget: &Arc<Semaphore>,
+    len: usize,
+    lead: &mut Option<Lead>,
+) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(len.max(1)).ok()?;
+    match budget.clone().try_acquire_many_owned(n) {
+        Ok(permit) => Some(permit),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoPermits) => {
+            drop(lead.take());
+            budget.clone().acquire_many_owned(n).await.ok()
+        }
+    }
+}
+
+/// The duty to commit that queuing the request may have given.
+fn take_lead(started: &mut Started) -> Option<Lead> {
+    match started {
+        Started::Committing(c) | Started::Resuming { committed: c, .. } => c.take_lead(),
+        _ => None,
+    }
 }
 
 fn dispatch(
@@ -385,7 +421,7 @@ async fn write_replies(
     while let Some(((id, started, _permit), seq)) = replies.recv().await {
         let result = match started {
             Started::Done(r) => r,
-            Started::Committing(rx) => committed(rx).await,
+            Started::Committing(c) => c.answer().await,
             Started::Read { uid, request } => service.read(uid, request).await,
             Started::Resuming {
                 uid,
@@ -393,7 +429,7 @@ async fn write_replies(
                 committed: rx,
             } => {
                 service
-                    .finish_resume(uid, attachments, committed(rx).await)
+                    .finish_resume(uid, attachments, rx.answer().await)
                     .await
             }
             Started::Watch { uid, name, events } => {
@@ -413,11 +449,6 @@ async fn write_replies(
         }
     }
     Ok(())
-}
-
-async fn committed(rx: oneshot::Receiver<Result<Reply, WireError>>) -> Result<Reply, WireError> {
-    rx.await
-        .unwrap_or_else(|_| Err(WireError::internal("the commit thread stopped")))
 }
 
 async fn stream_events(

@@ -70,6 +70,11 @@ impl<T> Outbox<T> {
         })
     }
 
+    /// Whether [`Outbox::push`] would wait for the reply side to take one first.
+    pub fn would_wait(&self) -> bool {
+        self.queue.capacity() == 0
+    }
+
     /// `false` once the reply side is gone.
     pub async fn push(&mut self, item: T) -> bool {
         let seq = self.next_seq;

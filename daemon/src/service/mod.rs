@@ -4,8 +4,7 @@
 mod requests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use sessiond_proto::validate;
@@ -15,7 +14,7 @@ use sessiond_proto::{
 };
 use tokio::sync::{broadcast, oneshot};
 
-use crate::commit::Job;
+use crate::commit::{Committer, Committing, Job};
 use crate::conn::replies::DirectReply;
 use crate::model::{Owner, SessionKey};
 use crate::reads::{self, blocking};
@@ -27,7 +26,7 @@ pub use requests::{Limits, Peer};
 
 pub struct Service {
     state: Arc<DaemonState>,
-    jobs: Mutex<Option<Sender<Job>>>,
+    committer: Arc<Committer>,
     limits: std::sync::RwLock<Limits>,
     started: Instant,
     pub connections: AtomicU64,
@@ -39,8 +38,8 @@ pub struct Service {
 #[allow(clippy::large_enum_variant)]
 pub enum Started {
     Done(Result<Reply, WireError>),
-    /// Queued for the commit thread; the reply comes once it is durable.
-    Committing(oneshot::Receiver<Result<Reply, WireError>>),
+    /// Queued for commit; the reply comes once it is durable.
+    Committing(Committing),
     Read {
         uid: u32,
         request: Request,
@@ -49,7 +48,7 @@ pub enum Started {
     Resuming {
         uid: u32,
         attachments: bool,
-        committed: oneshot::Receiver<Result<Reply, WireError>>,
+        committed: Committing,
     },
     /// A watch: the `Watching` reply, then the events for this user (and session).
     Watch {
@@ -64,10 +63,10 @@ fn closing() -> WireError {
 }
 
 impl Service {
-    pub fn new(state: Arc<DaemonState>, jobs: Sender<Job>, limits: Limits) -> Self {
+    pub fn new(state: Arc<DaemonState>, committer: Arc<Committer>, limits: Limits) -> Self {
         Service {
             state,
-            jobs: Mutex::new(Some(jobs)),
+            committer,
             limits: std::sync::RwLock::new(limits),
             started: Instant::now(),
             connections: AtomicU64::new(0),
@@ -86,27 +85,22 @@ impl Service {
 
     /// Stops accepting mutations; the commit thread ends once those queued are done.
     pub fn close(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.committer.close();
     }
 
-    /// Queues a mutation for the commit thread now, so that a connection's mutations are
-    /// committed in request order.
+    /// Queues a mutation now, so that a connection's mutations are committed in request
+    /// order. Its `lead`, if any, is the duty to commit the queue.
     fn enqueue(&self, uid: u32, mutation: Mutation, direct: Option<DirectReply>) -> Started {
         let (tx, rx) = oneshot::channel();
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = jobs.as_ref().map(|sender| {
-            sender
-                .send(Job {
-                    uid,
-                    mutation,
-                    reply: tx,
-                    direct,
-                })
-                .is_ok()
-        });
-        match sent {
-            Some(true) => Started::Committing(rx),
-            _ => Started::Done(Err(closing())),
+        let job = Job {
+            uid,
+            mutation,
+            reply: tx,
+            direct,
+        };
+        match self.committer.submit(job) {
+            Ok(lead) => Started::Committing(Committing { reply: rx, lead }),
+            Err(_) => Started::Done(Err(closing())),
         }
     }
 
@@ -294,7 +288,7 @@ impl Service {
             names: name.map(|n| vec![n.clone()]),
         };
         match self.enqueue(uid, refresh, None) {
-            Started::Committing(rx) => rx.await.map_err(|_| closing())?.map(|_| ()),
+            Started::Committing(c) => c.answer().await.map(|_| ()),
             Started::Done(r) => r.map(|_| ()),
             _ => Ok(()),
         }

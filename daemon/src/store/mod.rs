@@ -133,8 +133,11 @@ pub trait Store: Send {
     /// garbage collection). `index` is locked only briefly.
     fn upkeep(&mut self, index: &Mutex<dyn Index>);
 
-    /// How long the commit thread may wait for work before [`Store::upkeep`] is due anyway
-    /// (`None`: until the next batch).
+    /// The part of [`Store::upkeep`] that cannot wait for the commit thread and is quick
+    /// (for the log: a full segment's rotation); done by whoever committed the batch.
+    fn after_batch(&mut self) {}
+
+    /// How long until [`Store::upkeep`] is due (`None`: not before a batch changes that).
     fn idle_wait(&self) -> Option<Duration>;
 
     /// The last work of a clean stop.

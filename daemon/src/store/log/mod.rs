@@ -392,6 +392,13 @@ impl Store for LogStore {
     }
 
     fn upkeep(&mut self, index: &Mutex<dyn Index>) {
+        self.after_batch();
+        if self.snapshot_due() && self.snapshot_retry.remaining().is_none() {
+            self.snapshot_and_compact(index);
+        }
+    }
+
+    fn after_batch(&mut self) {
         if self.log.is_full()
             && !self.log.is_poisoned()
             && self.rotation_retry.remaining().is_none()
@@ -401,9 +408,6 @@ impl Store for LogStore {
                 Ok(()) => self.rotation_retry.succeeded(),
                 Err(_) => self.rotation_retry.failed(),
             }
-        }
-        if self.snapshot_due() && self.snapshot_retry.remaining().is_none() {
-            self.snapshot_and_compact(index);
         }
     }
 

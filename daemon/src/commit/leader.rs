@@ -1,0 +1,418 @@
+//! Who commits: the queue of jobs and the right to the store.
+//!
+//! With a local store, a connection whose mutation finds nobody committing leads: on its own
+//! thread it commits its job and every one queued meanwhile, batch after batch, and answers
+//! them all, until the queue is empty. A request is read, committed and answered on one thread,
+//! with no hand-off to another and no wake-up of one (each costs tens of microseconds on a
+//! virtual machine); mutations that arrive while a batch flushes queue and are the next batch
+//! (group commit). The commit thread only does what must not hold up a request (snapshots,
+//! compaction, reclaiming), when nobody leads.
+//!
+//! A shared store's transactions run on a runtime of their own, which cannot be entered from
+//! the daemon's: there the commit thread leads every batch, as it picks them from the queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{commit, mark_lapsed, Job};
+use crate::state::DaemonState;
+use crate::store::Store;
+
+const MAX_BATCH_JOBS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 256 << 20;
+/// How long the commit thread, leading for a shared store, waits on the CPU for the next job
+/// before it blocks: a client waiting for its last write's reply often sends the next one
+/// within microseconds, and this saves the wake-up a blocked thread costs.
+const SPIN: Duration = Duration::from_micros(200);
+
+pub struct Committer {
+    state: Arc<DaemonState>,
+    /// Only whoever leads locks it. Taken (and dropped) by the commit thread at its end: a
+    /// shared store's runtime must not be dropped on the daemon's.
+    store: Mutex<Option<Box<dyn Store>>>,
+    queue: Mutex<Queue>,
+    /// The commit thread's wake-up: jobs for it to lead, upkeep due, leadership given up, or
+    /// closing.
+    wake: Condvar,
+    /// Jobs queued: what the commit thread spins on.
+    queued: AtomicUsize,
+    /// Connections lead (a local store); otherwise the commit thread does.
+    inline: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Somebody commits (and holds the store) until the queue is empty.
+    leading: bool,
+    /// No more jobs are taken; the commit thread finishes once the queue is empty.
+    closed: bool,
+    /// When the store next wants its upkeep, as it said after the last batch.
+    upkeep_at: Option<Instant>,
+    /// The commit thread waits for the leader to give up the store (its upkeep is due).
+    waiting: bool,
+    /// A commit panicked: the store's state is unknown, nothing more is committed.
+    broken: bool,
+    /// Jobs queued by others while a connection held the lead and had not used it yet.
+    joined: usize,
+    /// A connection handed the lead to the commit thread.
+    handed: bool,
+}
+
+/// The committer takes no more jobs: the daemon is stopping.
+#[derive(Debug)]
+pub struct Closed;
+
+/// The right, and the duty, to commit the queue: whoever holds it commits when it is dropped
+/// (after letting the jobs of other connections ready at the same moment join the batch).
+#[must_use = "dropping it commits the queue on this thread"]
+pub struct Lead(Arc<Committer>);
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        self.0.lead_here();
+    }
+}
+
+/// Leading ends with a panic: the commit thread is told to stop (the daemon then stops, and
+/// the service manager restarts it), and nobody commits again.
+struct BreaksOnPanic<'a>(&'a Committer);
+
+impl Drop for BreaksOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = self.0.queue();
+            q.broken = true;
+            q.closed = true;
+            q.leading = false;
+            drop(q);
+            self.0.wake.notify_all();
+        }
+    }
+}
+
+/// A queued mutation's answer, and maybe the duty to commit it first.
+pub struct Committing {
+    pub reply: oneshot::Receiver<Result<sessiond_proto::Reply, sessiond_proto::WireError>>,
+    pub lead: Option<Lead>,
+}
+
+impl Committing {
+    /// The duty to commit, taken by a connection that commits after its other buffered
+    /// requests have joined the queue.
+    pub fn take_lead(&mut self) -> Option<Lead> {
+        self.lead.take()
+    }
+
+    /// The answer, once committed (first commits the queue if it is this one's duty).
+    pub async fn answer(self) -> Result<sessiond_proto::Reply, sessiond_proto::WireError> {
+        drop(self.lead);
+        self.reply.await.unwrap_or_else(|_| {
+            Err(sessiond_proto::WireError::internal(
+                "the commit thread stopped",
+            ))
+        })
+    }
+}
+
+impl Committer {
+    pub fn new(state: Arc<DaemonState>, store: Box<dyn Store>) -> Arc<Self> {
+        let inline = !store.shared();
+        Arc::new(Committer {
+            state,
+            store: Mutex::new(Some(store)),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            inline,
+        })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job (`Err`: closed, it is dropped). With `Some`, the caller leads.
+    pub fn submit(self: &Arc<Self>, job: Job) -> Result<Option<Lead>, Closed> {
+        let mut q = self.queue();
+        if q.closed {
+            return Err(Closed);
+        }
+        q.jobs.push_back(job);
+        self.queued.fetch_add(1, Ordering::Release);
+        if !self.inline {
+            drop(q);
+            self.wake.notify_one();
+            return Ok(None);
+        }
+        if q.leading {
+            q.joined += 1;
+            return Ok(None);
+        }
+        q.leading = true;
+        q.joined = 0;
+        Ok(Some(Lead(self.clone())))
+    }
+
+    /// Takes no more jobs; the commit thread ends once those queued are committed.
+    pub fn close(&self) {
+        self.queue().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// The next batch (empty when the queue is).
+    fn next_batch(&self, q: &mut Queue) -> Vec<Job> {
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH_JOBS && bytes < MAX_BATCH_BYTES {
+            let Some(job) = q.jobs.pop_front() else { break };
+            bytes += job.bytes();
+            batch.push(job);
+        }
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        batch
+    }
+
+    /// A connection's lead: commits here when its jobs are alone in the queue. When other
+    /// connections' jobs joined them, the commit thread leads instead, and goes on leading
+    /// while jobs keep coming: with many clients the connections' requests are then read
+    /// while a batch flushes, where committing here would hold up every reading until the
+    /// flush is done.
+    fn lead_here(&self) {
+        {
+            let mut q = self.queue();
+            if q.joined > 0 {
+                q.handed = true;
+                drop(q);
+                self.wake.notify_all();
+                return;
+            }
+        }
+        self.lead(false);
+    }
+
+    /// Commits the queue until it is empty; the caller leads. `by_thread`: the commit thread
+    /// leads, and gives the store all its upkeep after each batch (a leading connection gives
+    /// it only what cannot wait, and leaves the rest to the commit thread); after a batch of
+    /// several jobs, or for a shared store, it waits on the CPU a little for the next.
+    fn lead(&self, by_thread: bool) {
+        let _broken = BreaksOnPanic(self);
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = store.as_deref_mut() else {
+            // Finished: nothing is queued any more.
+            return;
+        };
+        let mut last = 0;
+        loop {
+            if by_thread && (last > 1 || (last > 0 && !self.inline)) {
+                self.spin();
+            }
+            let batch = {
+                let mut q = self.queue();
+                let batch = self.next_batch(&mut q);
+                if batch.is_empty() {
+                    q.leading = false;
+                    let at = store.idle_wait().map(|w| Instant::now() + w);
+                    // Recomputed after every batch, the same deadline moves by the time it
+                    // took: only a deadline truly sooner is worth waking the thread for.
+                    let sooner = match (at, q.upkeep_at) {
+                        (Some(at), Some(was)) => at + Duration::from_millis(1) < was,
+                        (at, _) => at.is_some(),
+                    };
+                    q.upkeep_at = at;
+                    let wake = !by_thread && (sooner || q.closed || q.waiting);
+                    q.waiting = false;
+                    drop(q);
+                    if wake {
+                        self.wake.notify_all();
+                    }
+                    return;
+                }
+                batch
+            };
+            last = batch.len();
+            commit(&self.state, store, batch);
+            if by_thread {
+                store.upkeep(&self.state.table);
+                mark_lapsed(&self.state, store);
+            } else {
+                store.after_batch();
+            }
+        }
+    }
+
+    /// The commit thread: leads when a connection hands it the lead, every batch for a
+    /// shared store, and the store's upkeep when it is due and nobody leads; at the end, once
+    /// closed and the queue is empty, the store's last work.
+    pub fn run(&self) {
+        loop {
+            let mut q = self.queue();
+            let due = loop {
+                if q.handed {
+                    q.handed = false;
+                    break false;
+                }
+                let due = q.upkeep_at.is_some_and(|at| at <= Instant::now());
+                if !q.leading && (due || !q.jobs.is_empty() || q.closed) {
+                    if q.broken {
+                        // Their senders dropped, the queued jobs are refused as the commit
+                        // thread's end.
+                        q.jobs.clear();
+                        drop(q);
+                        tracing::error!("a commit failed in the middle: committing nothing more");
+                        drop(self.take_store());
+                        return;
+                    }
+                    if q.closed && q.jobs.is_empty() {
+                        drop(q);
+                        if let Some(mut store) = self.take_store() {
+                            store.finish(&self.state.table);
+                        }
+                        tracing::debug!("commit thread finished");
+                        return;
+                    }
+                    q.leading = true;
+                    break due;
+                }
+                // Due while somebody leads: woken when the store is given up.
+                q.waiting = q.leading && due;
+                q = match q.upkeep_at {
+                    Some(at) if !q.waiting => {
+                        let wait = at.saturating_duration_since(Instant::now());
+                        self.wake
+                            .wait_timeout(q, wait)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    _ => self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+                };
+            };
+            drop(q);
+            if due {
+                let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(store) = store.as_deref_mut() {
+                    store.upkeep(&self.state.table);
+                    mark_lapsed(&self.state, store);
+                }
+            }
+            self.lead(true);
+        }
+    }
+
+    fn take_store(&self) -> Option<Box<dyn Store>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Waits on the CPU, a little, for the next job.
+    fn spin(&self) {
+        let until = Instant::now() + SPIN;
+        while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_proto::{Meta, Reply, WireError};
+
+    use super::*;
+    use crate::commit::tests::{checkpoint, open};
+    use crate::table::{Mutation, OwnerClaim};
+
+    fn job(m: Mutation) -> (Job, oneshot::Receiver<Result<Reply, WireError>>) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            uid: 1,
+            mutation: m,
+            reply: tx,
+            direct: None,
+        };
+        (job, rx)
+    }
+
+    fn committer(dir: &std::path::Path) -> Arc<Committer> {
+        let (state, store) = open(dir);
+        let c = Committer::new(Arc::new(state), Box::new(store));
+        let create = Mutation::Create {
+            name: "s".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: Some(OwnerClaim::default()),
+        };
+        let (j, mut rx) = job(create);
+        drop(c.submit(j).unwrap());
+        assert!(rx.try_recv().unwrap().is_ok());
+        c
+    }
+
+    #[test]
+    fn a_connection_alone_commits_on_its_own_thread_and_the_next_one_leads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = committer(dir.path());
+        for n in 1..=3 {
+            let (j, mut rx) = job(checkpoint(b"x"));
+            let lead = c.submit(j).unwrap();
+            assert!(lead.is_some(), "nobody leads: the submitter does");
+            assert!(rx.try_recv().is_err(), "not before the lead is used");
+            drop(lead);
+            // No commit thread runs: the answer was made durable here.
+            let Ok(Ok(Reply::Checkpoint(Some(cp)))) = rx.try_recv() else {
+                panic!("answered by the time the lead is given up")
+            };
+            assert_eq!(cp.number, n);
+        }
+    }
+
+    #[test]
+    fn jobs_that_joined_a_lead_are_committed_by_the_commit_thread_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = committer(dir.path());
+        let (first, mut first_rx) = job(checkpoint(b"a"));
+        let lead = c.submit(first).unwrap();
+        let (second, mut second_rx) = job(checkpoint(b"b"));
+        assert!(c.submit(second).unwrap().is_none(), "one leader at a time");
+        drop(lead);
+        assert!(
+            first_rx.try_recv().is_err() && second_rx.try_recv().is_err(),
+            "handed to the commit thread, which is not running yet"
+        );
+        let thread = {
+            let c = c.clone();
+            std::thread::spawn(move || c.run())
+        };
+        let numbers: Vec<u64> = [first_rx, second_rx]
+            .into_iter()
+            .map(|rx| match rx.blocking_recv() {
+                Ok(Ok(Reply::Checkpoint(Some(cp)))) => cp.number,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, [1, 2], "in the order queued");
+        // Once the thread has given the lead up, a submitter leads again; after closing,
+        // nothing is taken and the thread finishes.
+        let (mut j, mut rx) = job(checkpoint(b"c"));
+        let lead = loop {
+            match c.submit(j) {
+                Ok(Some(lead)) => break lead,
+                Ok(None) => {
+                    // The thread still led and takes this one: wait for it, try again.
+                    assert!(rx.blocking_recv().unwrap().is_ok());
+                    let (again, again_rx) = job(checkpoint(b"c"));
+                    (j, rx) = (again, again_rx);
+                    continue;
+                }
+                Err(Closed) => panic!("not closed"),
+            }
+        };
+        drop(lead);
+        assert!(rx.try_recv().unwrap().is_ok());
+        c.close();
+        assert!(c.submit(job(checkpoint(b"d")).0).is_err());
+        thread.join().unwrap();
+    }
+}
