@@ -3,7 +3,10 @@
 # socket), SQLite (WAL, synchronous=FULL, one transaction per write) and LangGraph's
 # SqliteSaver, on durable checkpoint writes of 1 KiB and 64 KiB with 1 and 16 clients, and on
 # reading the latest checkpoint. Installs what it needs (redis via apt as root; LangGraph in
-# the pinned virtualenv of scripts/python-env.sh). Prints a table with the ratio sessiond / peer.
+# the pinned virtualenv of scripts/python-env.sh). Prints a table with the ratio sessiond / peer,
+# then the write path against the machine's floor (a minimal server's best shape, the same
+# writes) and Redis over both encodings (binary protocol and JSON lines), and reads against
+# the bare socket round trip with both ends placed alike (one CPU, two CPUs).
 #
 #   bench/compare.sh            (SECONDS_PER=5 per measurement, ROUNDS=3 by default)
 set -euo pipefail
@@ -59,15 +62,20 @@ for round in $(seq "$rounds"); do
     for clients in 1 16; do
       run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
       run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
-      if [ "$size" = 1024 ]; then
-        # What a minimal server gets from this machine for the same writes, right after.
-        TMPDIR="$work" run "durable write floor $size x$clients" "$bench" floor --clients "$clients" --size "$size" --seconds "$secs" --json
-      fi
+      run "sessiond json put $size x$clients" "$bench" checkpoint --spawn --encoding json --clients "$clients" --size "$size" --seconds "$secs" --json
+      # What a minimal server gets from this machine for the same writes, right after.
+      TMPDIR="$work" run "durable write floor $size x$clients" "$bench" floor --clients "$clients" --size "$size" --seconds "$secs" --json
       run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
       run "langgraph put $size x$clients" "$venv/bin/python" bench/peers.py langgraph put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
     done
   done
   run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  run "sessiond json get 1024 x1" "$bench" checkpoint --spawn --encoding json --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  # The same reads with the daemon and the client placed as the round trip's ends were.
+  run "sessiond get 1024 x1 one cpu" "$bench" checkpoint --spawn --client-cpu 0 --daemon-cpu 0 --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  if [ "$(nproc)" -gt 1 ]; then
+    run "sessiond get 1024 x1 two cpus" "$bench" checkpoint --spawn --client-cpu 0 --daemon-cpu 1 --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  fi
   run "redis get 1024 x1" redis_rate get 1024 1 100000
   run "sqlite get 1024 x1" python3 bench/peers.py sqlite get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
   run "langgraph get 1024 x1" "$venv/bin/python" bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
@@ -122,4 +130,26 @@ for clients, times, bar in ((1, 2, "2x redis"), (16, 3, "3x redis")):
           % (clients, floor, bar, key, times * redis, ours, 100 * ours / (floor or 1)))
     pairs = zip(runs.get("durable write floor " + key, []), runs.get("redis put " + key, []), runs.get("sessiond put " + key, []))
     print("  each round, floor / %s / sessiond: " % bar + "; ".join("%.0f / %.0f / %.0f" % (f["ops_per_sec"], times * x["ops_per_sec"], s["ops_per_sec"]) for f, x, s in pairs))
+
+# The write path at the machine's floor: each cell against the floor's best shape for the
+# same writes and against Redis (appendfsync always), over both encodings, in this run.
+print()
+print("the write path against the floor (a minimal server's best of three shapes) and redis, medians:")
+print("%-16s %10s %10s %10s %10s %10s %10s %10s %10s" % ("work", "binary/s", "json/s", "floor/s", "bin/floor", "json/floor", "redis/s", "bin/redis", "json/redis"))
+for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
+    key = "%d x%d" % (size, clients)
+    b, j, f, x = rate("sessiond put " + key), rate("sessiond json put " + key), rate("durable write floor " + key), rate("redis put " + key)
+    print("%-16s %10.0f %10.0f %10.0f %9.0f%% %9.0f%% %10.0f %9.2fx %9.2fx" % ("put " + key, b, j, f, 100 * b / (f or 1), 100 * j / (f or 1), x, b / (x or 1), j / (x or 1)))
+b, j, x = rate("sessiond get 1024 x1"), rate("sessiond json get 1024 x1"), rate("redis get 1024 x1")
+print("%-16s %10.0f %10.0f %10s %10s %10s %10.0f %9.2fx %9.2fx" % ("get 1024 x1", b, j, "", "", "", x, b / (x or 1), j / (x or 1)))
+t = r.get("socket round trip", {})
+for label, placed, trip in (("as placed", "sessiond get 1024 x1", t.get("p50_us")),
+                            ("one cpu", "sessiond get 1024 x1 one cpu", t.get("same_cpu_p50_us")),
+                            ("two cpus", "sessiond get 1024 x1 two cpus", t.get("cross_cpu_p50_us"))):
+    g = r.get(placed, {}).get("p50_us")
+    if g and trip:
+        print("get p50, %-9s: sessiond %.1f us, bare round trip %.1f us: %.1fx" % (label, g, trip, g / trip))
+j = r.get("sessiond json get 1024 x1", {}).get("p50_us")
+if j and t.get("p50_us"):
+    print("get p50 over JSON lines, as placed: %.1f us (%.1fx the round trip as placed)" % (j, j / t["p50_us"]))
 PY

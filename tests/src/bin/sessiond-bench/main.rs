@@ -65,6 +65,9 @@ struct Args {
     unique: bool,
     /// Passed to the daemon `--spawn` starts.
     daemon_args: Vec<String>,
+    /// The CPU the daemon `--spawn` starts runs on, and this process's.
+    daemon_cpu: Option<usize>,
+    client_cpu: Option<usize>,
 }
 
 /// A client's payloads: the same one each time, or `--unique` bytes no earlier write had.
@@ -106,7 +109,7 @@ impl Payloads {
     }
 }
 
-const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--encoding binary|json|raw] [--unique] [--socket PATH | --spawn [--daemon-arg ARG]...] [--json]";
+const USAGE: &str = "usage: sessiond-bench [checkpoint|stale|idle|rtt|scale|fsync|floor] [--clients N] [--size BYTES] [--seconds S] [--mix checkpoint:8,get:1,resume:1] [--owners N] [--checkpoints N] [--threads] [--fallocated] [--encoding binary|json|raw] [--unique] [--socket PATH | --spawn [--daemon-arg ARG]... [--daemon-cpu N]] [--client-cpu N] [--json]";
 
 /// `checkpoint`, `get`, or a weighted list like `checkpoint:8,get:2,resume:1`.
 fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
@@ -145,6 +148,8 @@ fn parse() -> Result<Args, String> {
         encoding: None,
         unique: false,
         daemon_args: Vec::new(),
+        daemon_cpu: None,
+        client_cpu: None,
     };
     let mut it = std::env::args().skip(1).peekable();
     if let Some(mode) = it.next_if(|m| !m.starts_with('-')) {
@@ -173,6 +178,12 @@ fn parse() -> Result<Args, String> {
             "--fallocated" => a.fallocated = true,
             "--unique" => a.unique = true,
             "--daemon-arg" => a.daemon_args.push(value()?),
+            "--daemon-cpu" => {
+                a.daemon_cpu = Some(value()?.parse().map_err(|e| format!("--daemon-cpu: {e}"))?)
+            }
+            "--client-cpu" => {
+                a.client_cpu = Some(value()?.parse().map_err(|e| format!("--client-cpu: {e}"))?)
+            }
             "--encoding" => {
                 a.encoding = match value()?.as_str() {
                     "binary" => None,
@@ -210,13 +221,26 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_daemon(extra: &[String]) -> (PathBuf, Spawned) {
+fn spawn_daemon(extra: &[String], cpu: Option<usize>) -> (PathBuf, Spawned) {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("bench.sock");
     let exe = std::env::current_exe()
         .expect("exe")
         .with_file_name("sessiond");
-    let child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    if let Some(cpu) = cpu {
+        // SAFETY: between fork and exec only a system call, no allocation or lock.
+        unsafe {
+            command.pre_exec(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                Ok(())
+            });
+        }
+    }
+    let child = command
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")
@@ -239,8 +263,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(e) = pin_to(args.client_cpu) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
     let (socket, daemon) = if args.spawn {
-        let (s, d) = spawn_daemon(&args.daemon_args);
+        let (s, d) = spawn_daemon(&args.daemon_args, args.daemon_cpu);
         (s, Some(d))
     } else {
         (
@@ -587,10 +615,28 @@ fn idle(args: &Args, socket: &Path, daemon_pid: u32) -> Outcome {
 }
 
 /// The floor: a one-byte ping-pong over a bare Unix socket pair, between two threads.
-fn rtt(args: &Args) -> Outcome {
+/// Pins the calling thread to one CPU (none: wherever the scheduler puts it).
+fn pin_to(cpu: Option<usize>) -> Result<(), String> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| e.to_string())?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))
+}
+
+/// The p50 (us) and rate of one-byte round trips over a Unix socket pair, for `seconds`,
+/// the echoing thread and the measuring one each pinned as given.
+fn round_trips(
+    seconds: f64,
+    echo_cpu: Option<usize>,
+    our_cpu: Option<usize>,
+) -> Result<(f64, f64), String> {
     use std::io::{Read, Write};
     let (mut a, mut b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     let echo = std::thread::spawn(move || {
+        if pin_to(echo_cpu).is_err() {
+            return;
+        }
         let mut byte = [0u8; 1];
         while b.read_exact(&mut byte).is_ok() && byte[0] != 0 {
             if b.write_all(&byte).is_err() {
@@ -598,23 +644,46 @@ fn rtt(args: &Args) -> Outcome {
             }
         }
     });
-    let mut lat = Vec::new();
-    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let mut byte = [1u8; 1];
-    while Instant::now() < end {
-        let t = Instant::now();
-        a.write_all(&[1]).map_err(|e| e.to_string())?;
-        a.read_exact(&mut byte).map_err(|e| e.to_string())?;
-        lat.push(t.elapsed());
-    }
-    let _ = a.write_all(&[0]);
+    // On a thread of its own: the pinning ends with it.
+    let measuring = std::thread::spawn(move || {
+        pin_to(our_cpu)?;
+        let mut lat = Vec::new();
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut byte = [1u8; 1];
+        while Instant::now() < end {
+            let t = Instant::now();
+            a.write_all(&[1]).map_err(|e| e.to_string())?;
+            a.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            lat.push(t.elapsed());
+        }
+        let _ = a.write_all(&[0]);
+        Ok::<_, String>(lat)
+    });
+    let measured = measuring
+        .join()
+        .map_err(|_| "the measuring thread failed".to_string());
     let _ = echo.join();
+    let mut lat = measured??;
     lat.sort_unstable();
-    let p50 = percentile(&lat, 0.5);
-    let rate = lat.len() as f64 / args.seconds;
+    Ok((percentile(&lat, 0.5), lat.len() as f64 / seconds))
+}
+
+/// The bare socket round trip, as the scheduler places the two ends, and with both ends on
+/// one CPU and on two: on a virtual machine a wake-up across CPUs costs far more than one on
+/// the same CPU, and a daemon and its client may be placed either way.
+fn rtt(args: &Args) -> Outcome {
+    let (p50, rate) = round_trips(args.seconds, None, None)?;
+    let (same, _) = round_trips(args.seconds, Some(0), Some(0))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cross = if cpus > 1 {
+        Some(round_trips(args.seconds, Some(1), Some(0))?.0)
+    } else {
+        None
+    };
+    let cross_text = cross.map_or("-".to_string(), |c| format!("{c:.1} us"));
     Ok((
-        format!("bare Unix socket round trip: p50 {p50:.1} us, {rate:.0} round trips/s"),
-        json!({"mode": "rtt", "p50_us": p50, "ops_per_sec": rate}),
+        format!("bare Unix socket round trip: p50 {p50:.1} us, {rate:.0} round trips/s; both ends on one CPU {same:.1} us, on two {cross_text}"),
+        json!({"mode": "rtt", "p50_us": p50, "ops_per_sec": rate, "same_cpu_p50_us": same, "cross_cpu_p50_us": cross}),
     ))
 }
 
@@ -737,7 +806,7 @@ fn durable_floor(args: &Args) -> Outcome {
 fn scale(args: &Args) -> Outcome {
     use std::os::unix::net::UnixStream;
     let sessions = args.owners;
-    let (socket, mut daemon) = spawn_daemon(&args.daemon_args);
+    let (socket, mut daemon) = spawn_daemon(&args.daemon_args, args.daemon_cpu);
     let state = daemon._dir.path().join("state");
     let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
     let payload = vec![0x42u8; args.size];
