@@ -2,7 +2,7 @@
 //! long-running programs, served on a local socket.
 //!
 //! The binary is thin: it parses flags and calls [`run`]. The core ([`table`]) is plain logic
-//! driven by the commit thread ([`commit`]) over the on-disk [`store`]; [`server`] and
+//! driven by whoever commits ([`commit`]: a connection leading a batch, or the commit thread) over the on-disk [`store`]; [`server`] and
 //! [`conn`] are the socket layer around it.
 
 mod cache;

@@ -207,11 +207,11 @@ fn serve(cli: &Cli) -> Result<ExitCode> {
         None => Listen::Bind,
     };
     raise_fd_limit();
-    // One async worker: it only moves bytes between sockets and the commit thread, and on one
-    // thread a request and its reply never wait for another core to wake (measured: a single
-    // client's durable writes 1.4x and reads 1.2x faster than with a worker per core). Disk
-    // reads run on the blocking pool and commits on their own thread either way.
-    // TOKIO_WORKER_THREADS overrides it.
+    // One async worker: it moves bytes between sockets and commits what one client alone
+    // writes, and on one thread a request and its reply never wait for another core to wake
+    // (measured: a single client's durable writes 1.4x and reads 1.2x faster than with a
+    // worker per core). Disk reads run on the blocking pool, and the batches of many clients
+    // on the commit thread. TOKIO_WORKER_THREADS overrides it.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);

@@ -2,9 +2,9 @@
 //! writes it.
 //!
 //! Each request gets a sequence number from the connection's [`Outbox`]. The reply to a
-//! committed mutation is written straight from the commit thread when it is the next reply
-//! the connection owes, instead of waking the connection's task to write it: one thread
-//! hand-off fewer on every durable write ([`deliver`] decides when). The commit thread writes
+//! committed mutation is written straight by whoever committed it (the connection that led
+//! the batch, or the commit thread) when it is the next reply the connection owes, instead of
+//! waking the connection's task to write it ([`deliver`] decides when). The committer writes
 //! reply `seq` only while `next == seq` (every earlier reply is fully on the socket) and
 //! nothing it wrote is still unfinished. Otherwise, or when the socket would block, the reply
 //! goes the usual way, through the connection's writer, which asks [`ReplySink::turn`] what is
@@ -19,7 +19,7 @@ use sessiond_proto::wire::{self, RequestId};
 use sessiond_proto::{Reply, WireError};
 use tokio::sync::{mpsc, oneshot};
 
-/// Batches up to this many replies have them written by the commit thread: more would hold
+/// Batches up to this many replies have them written by their committer: more would hold
 /// up the next flush, while the connections' tasks, woken once, write them on the other core.
 const MAX_DIRECT_REPLIES: usize = 2;
 
@@ -46,7 +46,7 @@ pub fn deliver(replies: Vec<(Reply, ReplyTo)>) {
 /// The reader's side of a connection's reply queue: numbers each request it passes on.
 pub struct Outbox<T> {
     queue: mpsc::Sender<(T, u64)>,
-    /// The socket as the commit thread may write to it.
+    /// The socket as a committer may write to it.
     sink: Option<Arc<ReplySink>>,
     next_seq: u64,
 }
@@ -60,7 +60,7 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// Where the commit thread may write the reply to the request about to be pushed (its
+    /// Where a committer may write the reply to the request about to be pushed (its
     /// reply carries `id`).
     pub fn direct(&self, id: &RequestId) -> Option<DirectReply> {
         self.sink.as_ref().map(|sink| DirectReply {
@@ -94,7 +94,7 @@ pub struct ReplySink {
 struct State {
     /// The sequence number of the next reply the socket is owed.
     next: u64,
-    /// The unwritten end of a reply the commit thread could only partly write.
+    /// The unwritten end of a reply a committer could only partly write.
     rest: Option<(u64, Vec<u8>)>,
 }
 
@@ -109,9 +109,9 @@ pub struct DirectReply {
 /// What the connection's writer still has to do for a reply.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Turn {
-    /// The commit thread wrote all of it.
+    /// The committer wrote all of it.
     Sent,
-    /// The commit thread wrote its beginning; these bytes remain.
+    /// The committer wrote its beginning; these bytes remain.
     Rest(Vec<u8>),
     /// Nothing of it was written.
     Write,

@@ -1,9 +1,10 @@
-//! Storage engines behind one interface. The commit thread plans every mutation against the
+//! Storage engines behind one interface. The committer plans every mutation against the
 //! session table, then hands the changes to a [`Store`] to make durable as one unit (a group
 //! commit); once they are, it applies them to the table and tells the store which records
 //! they made dead. Readers fetch payloads through [`Reads`]. Recovery replays what the store
 //! holds into an [`Index`] (the table), and maintenance (snapshots, compaction, garbage
-//! collection) runs between batches on the commit thread through [`Store::upkeep`].
+//! collection) runs between batches on the commit thread through [`Store::upkeep`] (who
+//! commits and when: [`crate::commit::leader`]).
 //!
 //! Today's engine is the local log ([`log`]). A second engine plugs in by implementing the
 //! three traits: `write` becomes one transaction per batch (every change of the batch, then
@@ -76,7 +77,7 @@ pub struct LapsedOwner {
     pub host: String,
 }
 
-/// The durable side of the daemon: written by the commit thread alone.
+/// The durable side of the daemon: written by one committer at a time.
 pub trait Store: Send {
     /// Whether other hosts' daemons write to it too: then every batch is prepared.
     fn shared(&self) -> bool {
