@@ -57,7 +57,7 @@ struct Queue {
     waiting: bool,
     /// A commit panicked: the store's state is unknown, nothing more is committed.
     broken: bool,
-    /// Jobs queued by others while a connection held the lead and had not used it yet.
+    /// Jobs queued after the one that gave a connection the lead, before it used it.
     joined: usize,
     /// A connection handed the lead to the commit thread.
     handed: bool,
@@ -177,8 +177,9 @@ impl Committer {
         batch
     }
 
-    /// A connection's lead: commits here when its jobs are alone in the queue. When other
-    /// connections' jobs joined them, the commit thread leads instead, and goes on leading
+    /// A connection's lead: commits here when its first job is alone in the queue. When more
+    /// joined it (other connections', or this one's pipelined requests: jobs are not told
+    /// apart by connection), the commit thread leads instead, and goes on leading
     /// while jobs keep coming: with many clients the connections' requests are then read
     /// while a batch flushes, where committing here would hold up every reading until the
     /// flush is done.
