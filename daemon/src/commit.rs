@@ -292,7 +292,8 @@ mod tests {
         (state, store)
     }
 
-    fn run(state: &DaemonState, store: &mut LogStore, m: Mutation) -> Result<Reply, WireError> {
+    /// A job of user 1, and where its answer comes.
+    pub(super) fn job(m: Mutation) -> (Job, oneshot::Receiver<Result<Reply, WireError>>) {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             uid: 1,
@@ -300,6 +301,11 @@ mod tests {
             reply: tx,
             direct: None,
         };
+        (job, rx)
+    }
+
+    fn run(state: &DaemonState, store: &mut LogStore, m: Mutation) -> Result<Reply, WireError> {
+        let (job, rx) = job(m);
         commit(state, store, vec![job]);
         rx.blocking_recv().unwrap()
     }

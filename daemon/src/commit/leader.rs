@@ -319,22 +319,11 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
-    use sessiond_proto::{Meta, Reply, WireError};
+    use sessiond_proto::{Meta, Reply};
 
     use super::*;
-    use crate::commit::tests::{checkpoint, open};
+    use crate::commit::tests::{checkpoint, job, open};
     use crate::table::{Mutation, OwnerClaim};
-
-    fn job(m: Mutation) -> (Job, oneshot::Receiver<Result<Reply, WireError>>) {
-        let (tx, rx) = oneshot::channel();
-        let job = Job {
-            uid: 1,
-            mutation: m,
-            reply: tx,
-            direct: None,
-        };
-        (job, rx)
-    }
 
     fn committer(dir: &std::path::Path) -> Arc<Committer> {
         let (state, store) = open(dir);
