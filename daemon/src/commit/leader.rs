@@ -26,7 +26,9 @@ const MAX_BATCH_JOBS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 256 << 20;
 /// How long the commit thread, leading for a shared store, waits on the CPU for the next job
 /// before it blocks: a client waiting for its last write's reply often sends the next one
-/// within microseconds, and this saves the wake-up a blocked thread costs.
+/// within microseconds, and this saves the wake-up a blocked thread costs. Not for the local
+/// store: there the CPU it takes is the connections' (on two cores, many clients' writes on a
+/// tmpfs went from 45k to 80k/s without it, and on the disk stayed the same).
 const SPIN: Duration = Duration::from_micros(200);
 
 pub struct Committer {
@@ -198,8 +200,8 @@ impl Committer {
 
     /// Commits the queue until it is empty; the caller leads. `by_thread`: the commit thread
     /// leads, and gives the store all its upkeep after each batch (a leading connection gives
-    /// it only what cannot wait, and leaves the rest to the commit thread); after a batch of
-    /// several jobs, or for a shared store, it waits on the CPU a little for the next.
+    /// it only what cannot wait, and leaves the rest to the commit thread); for a shared
+    /// store, it waits on the CPU a little for the next job after a batch.
     fn lead(&self, by_thread: bool) {
         let _broken = BreaksOnPanic(self);
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,7 +211,7 @@ impl Committer {
         };
         let mut last = 0;
         loop {
-            if by_thread && (last > 1 || (last > 0 && !self.inline)) {
+            if by_thread && last > 0 && !self.inline {
                 self.spin();
             }
             let batch = {
