@@ -3,7 +3,8 @@
 #  - LangGraph checkpointers: SessiondSaver.put against SqliteSaver.put (WAL, same
 #    payloads), one saver shared by 1 and 16 threads each writing its own LangGraph thread;
 #    get_tuple by checkpoint id in a thread of 1,000 checkpoints against get_tuple of the
-#    latest (bench/savers.py);
+#    latest (bench/savers.py); and, on one thread, a floor request, a SessiondSaver.put and a
+#    SqliteSaver.put one after the other over and over (all three meet the same disk);
 #  - JSON lines against the binary protocol, same daemon, same load generator: 1 KiB and
 #    64 KiB checkpoints at 1 and 16 clients, and get-latest at 1 client, with payloads in
 #    base64 (`json`) and as raw bytes after the line (`raw`).
@@ -44,6 +45,7 @@ for round in $(seq "$rounds"); do
     run "sqlite saver put x$threads" savers put --saver sqlite --threads "$threads"
     run "python floor put x$threads" savers put --saver floor --threads "$threads"
   done
+  run "savers alternate" savers alternate
   run "sessiond saver get" savers get --saver sessiond --checkpoints 1000
   run "sqlite saver get" savers get --saver sqlite --checkpoints 1000
   for size in 1024 65536; do
@@ -81,6 +83,10 @@ print("  each round, SessiondSaver / SqliteSaver / floor:")
 for t in (1, 16):
     rows = zip(*(runs.get(f"{n} put x{t}", []) for n in ("sessiond saver", "sqlite saver", "python floor")))
     print(f"    x{t}: " + "; ".join(" / ".join(f"{v['ops_per_sec']:.0f}" for v in row) for row in rows))
+f, s, q = (med("savers alternate", k) for k in ("floor_p50_us", "sessiond_p50_us", "sqlite_p50_us"))
+print("\none thread, one after the other (a floor request, SessiondSaver.put, SqliteSaver.put), p50:")
+print(f"  floor {f:.0f} us, SessiondSaver {s:.0f} us, SqliteSaver {q:.0f} us: SessiondSaver "
+      f"{q / s if s else 0:.2f}x SqliteSaver, the floor {q / f if f else 0:.2f}x SqliteSaver")
 print("\nget_tuple in a thread of 1,000 checkpoints, p50:")
 print(f"{'saver':>14} {'by id us':>9} {'latest us':>10} {'id/latest':>10}")
 for name in ("sessiond", "sqlite"):

@@ -4,12 +4,16 @@ PostgresSaver.
     python bench/savers.py put --saver sessiond|sqlite|postgres|floor --threads N
         --size BYTES --seconds S --socket PATH --dir DIR --pg-url URL
     python bench/savers.py get --saver sessiond|sqlite|postgres --checkpoints 1000 ...
+    python bench/savers.py alternate --size BYTES --seconds S --socket PATH --dir DIR
 
 put: one saver instance shared by every thread (as a compiled graph shares its
 checkpointer), each thread writing checkpoints of its own LangGraph thread, each holding a
 channel value of SIZE bytes: ops/s over the window. get: a thread of CHECKPOINTS checkpoints;
 `get_tuple` of a checkpoint by its id (a random one each time) and of the latest, one after
-the other: p50 of each. Prints one JSON object.
+the other: p50 of each. alternate: on one thread, a floor request, a SessiondSaver.put and
+a SqliteSaver.put, one after the other over and over (so that all three meet the same disk
+from moment to moment, where runs one after the other meet a disk whose flush time moves by
+2x within minutes): p50 of each. Prints one JSON object.
 
 SqliteSaver runs on a file in DIR in WAL mode (synchronous=FULL, SQLite's default: each
 commit is durable), as its docs set it up for threads (check_same_thread=False).
@@ -166,6 +170,54 @@ def put(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def alternate(a: argparse.Namespace) -> dict[str, Any]:
+    import socket
+
+    import sessiond
+
+    run = uuid.uuid4().hex[:8]
+    name = f"floor-{run}"
+    sessiond.Client(a.socket).create(name, detached=True, keep=16)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(a.socket)
+    reader = sock.makefile("rb")
+    payload = b"x" * (a.size + 200)
+    head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
+    request = json.dumps(head).encode() + b"\n" + payload
+    a.saver = "sessiond"
+    ours = make_saver(a, "alternate")
+    a.saver = "sqlite"
+    theirs = make_saver(a, "alternate")
+    configs: list[Any] = [
+        {"configurable": {"thread_id": f"bench-{run}-{i}", "checkpoint_ns": ""}} for i in (0, 1)
+    ]
+    times: list[list[float]] = [[], [], []]
+    deadline = time.perf_counter() + a.seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+        t0 = time.perf_counter()
+        sock.sendall(request)
+        if not reader.readline().startswith(b'{"id":1,"ok":true'):
+            raise RuntimeError("the daemon refused a checkpoint")
+        t1 = time.perf_counter()
+        configs[0] = ours.put(configs[0], checkpoint(a.size), {"source": "loop", "step": n}, {})
+        t2 = time.perf_counter()
+        configs[1] = theirs.put(configs[1], checkpoint(a.size), {"source": "loop", "step": n}, {})
+        t3 = time.perf_counter()
+        for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+            times[i].append(t)
+    floor_us, sessiond_us, sqlite_us = (statistics.median(t) * 1e6 for t in times)
+    return {
+        "op": "alternate",
+        "size": a.size,
+        "rounds": n,
+        "floor_p50_us": floor_us,
+        "sessiond_p50_us": sessiond_us,
+        "sqlite_p50_us": sqlite_us,
+    }
+
+
 def get(a: argparse.Namespace) -> dict[str, Any]:
     saver = make_saver(a, "get")
     thread = f"bench-get-{uuid.uuid4().hex[:8]}"
@@ -202,8 +254,8 @@ def get(a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("op", choices=["put", "get"])
-    ap.add_argument("--saver", choices=["sessiond", "sqlite", "postgres", "floor"], required=True)
+    ap.add_argument("op", choices=["put", "get", "alternate"])
+    ap.add_argument("--saver", choices=["sessiond", "sqlite", "postgres", "floor"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--checkpoints", type=int, default=1000)
@@ -212,7 +264,10 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--pg-url", default=None)
     a = ap.parse_args()
-    print(json.dumps(put(a) if a.op == "put" else get(a)))
+    if a.op != "alternate" and a.saver is None:
+        ap.error(f"{a.op} needs --saver")
+    ops = {"put": put, "get": get, "alternate": alternate}
+    print(json.dumps(ops[a.op](a)))
 
 
 if __name__ == "__main__":
