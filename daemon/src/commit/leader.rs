@@ -27,8 +27,8 @@ const MAX_BATCH_BYTES: usize = 256 << 20;
 /// How long the commit thread, leading for a shared store, waits on the CPU for the next job
 /// before it blocks: a client waiting for its last write's reply often sends the next one
 /// within microseconds, and this saves the wake-up a blocked thread costs. Not for the local
-/// store: there the CPU it takes is the connections' (on two cores, many clients' writes on a
-/// tmpfs went from 45k to 80k/s without it, and on the disk stayed the same).
+/// store, whose batches are short: there the CPU it takes is the one the connections need to
+/// read and answer the next requests (bench/README.md has the measurement).
 const SPIN: Duration = Duration::from_micros(200);
 
 pub struct Committer {
