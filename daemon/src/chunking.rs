@@ -61,6 +61,48 @@ pub fn split(payload: &[u8]) -> Vec<Piece<'_>> {
         .collect()
 }
 
+/// A session's last cut payload, kept so that its next one is cut from where the two first
+/// differ (see [`split_reusing`]).
+#[derive(Debug, Clone)]
+pub struct LastCut {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Bytes past a chunk's end that must match too before its cut is taken as it was: a cut is
+/// decided from the bytes since the chunk's start and a byte or two after its end, and from
+/// how much follows (up to the average size), which a common stretch this long settles.
+const REUSE_MARGIN: usize = 8;
+
+/// `payload` cut exactly as [`split`] cuts it, taking the cuts and names of `last`'s chunks
+/// over the bytes the two begin with (compared, not hashed: a payload that grows or changes
+/// at its end costs a comparison of its unchanged part rather than its cutting and hashing).
+pub fn split_reusing<'a>(payload: &'a [u8], last: Option<&LastCut>) -> Vec<Piece<'a>> {
+    let mut pieces = Vec::new();
+    let mut at = 0usize;
+    if let Some(last) = last {
+        // The same bytes again: every cut, the last chunk's (which ends with the bytes) too.
+        let same = last.bytes == payload;
+        for chunk in &last.chunks {
+            let end = at + chunk.len as usize;
+            let through = if same { end } else { end + REUSE_MARGIN };
+            if through > payload.len()
+                || through > last.bytes.len()
+                || (!same && payload[at..through] != last.bytes[at..through])
+            {
+                break;
+            }
+            pieces.push(Piece {
+                chunk: *chunk,
+                bytes: &payload[at..end],
+            });
+            at = end;
+        }
+    }
+    pieces.extend(split(&payload[at..]));
+    pieces
+}
+
 thread_local! {
     // A compression context is costly to make (its tables): one per thread, reused.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -181,9 +223,14 @@ impl Prepared {
     }
 }
 
-/// Cuts `payload` and packs the chunks `known` says the store lacks.
-pub fn prepare(payload: &[u8], known: impl Fn(&[ChunkRef]) -> Vec<bool>) -> Prepared {
-    let pieces = split(payload);
+/// Cuts `payload` (reusing `last`'s cuts, see [`split_reusing`]) and packs the chunks `known`
+/// says the store lacks.
+pub fn prepare(
+    payload: &[u8],
+    last: Option<&LastCut>,
+    known: impl Fn(&[ChunkRef]) -> Vec<bool>,
+) -> Prepared {
+    let pieces = split_reusing(payload, last);
     let chunks: Vec<ChunkRef> = pieces.iter().map(|p| p.chunk).collect();
     let known = known(&chunks);
     let mut packer = Packer::default();
@@ -263,6 +310,90 @@ mod tests {
         );
         let whole: Vec<u8> = split(&b).iter().flat_map(|p| p.bytes.to_vec()).collect();
         assert_eq!(whole, b);
+    }
+
+    fn cuts(pieces: &[Piece<'_>], payload: &[u8]) -> Vec<(usize, ChunkRef)> {
+        pieces
+            .iter()
+            .map(|p| {
+                (
+                    p.bytes.as_ptr() as usize - payload.as_ptr() as usize,
+                    p.chunk,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_payload_cut_from_its_last_one_is_cut_as_it_would_be_afresh() {
+        for seed in 0..60u64 {
+            let base = text(40_000 + (seed as usize * 7919) % 120_000, seed);
+            let last = LastCut {
+                chunks: split(&base).iter().map(|p| p.chunk).collect(),
+                bytes: base.clone(),
+            };
+            let at = (seed as usize * 104_729) % base.len();
+            let mut changed = base.clone();
+            changed[at] ^= 0x20;
+            let mut grown = base.clone();
+            grown.extend_from_slice(&text(1 + seed as usize * 300, seed + 1000));
+            let mut cut_short = base.clone();
+            cut_short.truncate(at.max(1));
+            let mut inserted = base.clone();
+            inserted.splice(at..at, text(37, seed + 2000));
+            for (kind, next) in [
+                ("same", base.clone()),
+                ("changed", changed),
+                ("grown", grown),
+                ("cut short", cut_short),
+                ("inserted", inserted),
+                ("other", text(50_000, seed + 3000)),
+            ] {
+                let fresh = split(&next);
+                let again = split_reusing(&next, Some(&last));
+                assert_eq!(
+                    cuts(&again, &next),
+                    cuts(&fresh, &next),
+                    "{kind}, seed {seed}"
+                );
+                let whole: Vec<u8> = again.iter().flat_map(|p| p.bytes.to_vec()).collect();
+                assert_eq!(whole, next, "{kind}, seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_unchanged_part_is_taken_from_the_last_cut_not_cut_again() {
+        let base = text(200_000, 7);
+        // Names no hash gives: whatever carries them was taken, not hashed.
+        let marked: Vec<ChunkRef> = split(&base)
+            .iter()
+            .map(|p| ChunkRef {
+                hash: [0xAB; 16],
+                len: p.chunk.len,
+            })
+            .collect();
+        let last = LastCut {
+            bytes: base.clone(),
+            chunks: marked.clone(),
+        };
+        let same = split_reusing(&base, Some(&last));
+        assert!(same.iter().all(|p| p.chunk.hash == [0xAB; 16]));
+        let mut grown = base.clone();
+        grown.extend_from_slice(&text(5000, 8));
+        let taken = split_reusing(&grown, Some(&last))
+            .iter()
+            .take_while(|p| p.chunk.hash == [0xAB; 16])
+            .count();
+        assert!(
+            taken + 2 >= marked.len(),
+            "{taken} of {} taken",
+            marked.len()
+        );
+        let mut changed = base.clone();
+        changed[100] ^= 1;
+        let first = &split_reusing(&changed, Some(&last))[0];
+        assert_ne!(first.chunk.hash, [0xAB; 16], "a changed chunk is cut again");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::chunking::{self, ChunkHash, ChunkRef, Prepared};
+use crate::chunking::{self, ChunkHash, ChunkRef, LastCut, Prepared};
 use crate::model::{CheckedPayload, SessionKey};
 
 /// What an engine's readers do ahead of the commit with its large payloads (`--chunking`):
@@ -13,14 +13,53 @@ use crate::model::{CheckedPayload, SessionKey};
 pub struct Cutting {
     enabled: bool,
     yields: Mutex<Yields>,
+    lasts: Mutex<Lasts>,
+}
+
+/// Bytes of sessions' last cut payloads kept at most (the map starts over beyond: a few
+/// payloads cut in full).
+const LASTS_BUDGET: usize = 32 << 20;
+
+/// Each session's last cut payload, by which its next one is cut (`chunking::split_reusing`).
+#[derive(Debug, Default)]
+struct Lasts {
+    sessions: HashMap<SessionKey, LastCut>,
+    bytes: usize,
+}
+
+impl Lasts {
+    fn take(&mut self, session: &SessionKey) -> Option<LastCut> {
+        let last = self.sessions.remove(session)?;
+        self.bytes -= last.bytes.len();
+        Some(last)
+    }
+
+    fn keep(&mut self, session: &SessionKey, last: LastCut) {
+        let len = last.bytes.len();
+        if len > LASTS_BUDGET / 4 {
+            return;
+        }
+        if self.bytes + len > LASTS_BUDGET {
+            self.sessions.clear();
+            self.bytes = 0;
+        }
+        if let Some(was) = self.sessions.insert(session.clone(), last) {
+            self.bytes -= was.bytes.len();
+        }
+        self.bytes += len;
+    }
 }
 
 impl Cutting {
     pub fn new(enabled: bool) -> Self {
         Cutting {
             enabled,
-            yields: Mutex::default(),
+            ..Cutting::default()
         }
+    }
+
+    fn lasts(&self) -> MutexGuard<'_, Lasts> {
+        self.lasts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn yields(&self) -> MutexGuard<'_, Yields> {
@@ -47,7 +86,17 @@ impl Cutting {
             payload.whole = true;
             return;
         }
-        let prepared = chunking::prepare(&payload.bytes, known);
+        let last = self.lasts().take(session);
+        let prepared = chunking::prepare(&payload.bytes, last.as_ref(), known);
+        // Its buffer reused: a copy of the new bytes, not an allocation per payload.
+        let mut bytes = last.map(|l| l.bytes).unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&payload.bytes);
+        let cut = LastCut {
+            bytes,
+            chunks: prepared.chunks.clone(),
+        };
+        self.lasts().keep(session, cut);
         if self.yields().judge(session, &prepared) {
             payload.prepared = Some(Box::new(prepared));
         } else {
