@@ -5,7 +5,8 @@
 # reading the latest checkpoint. Installs what it needs (redis via apt as root; LangGraph in
 # the pinned virtualenv of scripts/python-env.sh). Prints a table with the ratio sessiond / peer,
 # then the write path against the machine's floor (a minimal server's best shape, the same
-# writes) and Redis over both encodings (binary protocol and JSON lines), and reads against
+# writes) and Redis over both encodings (binary protocol and JSON lines, their payloads in
+# base64 and as raw bytes after the line), and reads against
 # the bare socket round trip with both ends placed alike (one CPU, two CPUs).
 #
 #   bench/compare.sh            (SECONDS_PER=5 per measurement, ROUNDS=3 by default)
@@ -63,6 +64,7 @@ for round in $(seq "$rounds"); do
       run "sessiond put $size x$clients" "$bench" checkpoint --spawn --clients "$clients" --size "$size" --seconds "$secs" --json
       run "redis put $size x$clients" redis_rate set "$size" "$clients" $(( clients == 1 ? 8000 : 40000 ))
       run "sessiond json put $size x$clients" "$bench" checkpoint --spawn --encoding json --clients "$clients" --size "$size" --seconds "$secs" --json
+      run "sessiond raw put $size x$clients" "$bench" checkpoint --spawn --encoding raw --clients "$clients" --size "$size" --seconds "$secs" --json
       # What a minimal server gets from this machine for the same writes, right after.
       TMPDIR="$work" run "durable write floor $size x$clients" "$bench" floor --clients "$clients" --size "$size" --seconds "$secs" --json
       run "sqlite put $size x$clients" python3 bench/peers.py sqlite put --clients "$clients" --size "$size" --seconds "$secs" --dir "$work"
@@ -142,6 +144,11 @@ for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
     print("%-16s %10.0f %10.0f %10.0f %9.0f%% %9.0f%% %10.0f %9.2fx %9.2fx" % ("put " + key, b, j, f, 100 * b / (f or 1), 100 * j / (f or 1), x, b / (x or 1), j / (x or 1)))
 b, j, x = rate("sessiond get 1024 x1"), rate("sessiond json get 1024 x1"), rate("redis get 1024 x1")
 print("%-16s %10.0f %10.0f %10s %10s %10s %10.0f %9.2fx %9.2fx" % ("get 1024 x1", b, j, "", "", "", x, b / (x or 1), j / (x or 1)))
+print("JSON lines with the payload as raw bytes after the line (payload_len) instead of base64:")
+for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
+    key = "%d x%d" % (size, clients)
+    w, f, x = rate("sessiond raw put " + key), rate("durable write floor " + key), rate("redis put " + key)
+    print("%-16s %10.0f raw/s: %3.0f%% of the floor, %5.2fx redis" % ("put " + key, w, 100 * w / (f or 1), w / (x or 1)))
 t = r.get("socket round trip", {})
 for label, placed, trip in (("as placed", "sessiond get 1024 x1", t.get("p50_us")),
                             ("one cpu", "sessiond get 1024 x1 one cpu", t.get("same_cpu_p50_us")),
