@@ -207,6 +207,31 @@ fn a_dead_hosts_sessions_go_stale_within_the_lease_and_another_host_takes_them_o
 }
 
 #[test]
+fn a_host_that_has_served_nothing_but_a_watch_keeps_its_lease_and_sees_a_dead_host_go_stale() {
+    let (_url, mut a, b) = two_hosts();
+    // B serves this watch and nothing else: no write, no read, from its start to the end.
+    let events_on_b = watch(&b, "idle-b");
+    let owner = Owner::spawn();
+    let mut ca = a.client();
+    create_owned(&mut ca, "idle-b", &owner);
+    drop(ca);
+    assert_eq!(
+        next_of(&events_on_b, EventKind::Created).owner_pid,
+        Some(owner.pid())
+    );
+    // Idle past its lease's ttl (1s): a host that did not renew it would be taken for dead.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill9();
+    let stale = next_of(&events_on_b, EventKind::Stale);
+    assert_eq!(stale.name, "idle-b");
+    let s = b.client().show("idle-b").unwrap();
+    assert_eq!(s.status, Status::Stale, "{s:?}");
+    // B's own lease held all along: its write goes through.
+    let r = b.client().resume("idle-b", None, false).unwrap();
+    assert_eq!(r.session.epoch, 2);
+}
+
+#[test]
 fn a_paused_host_acknowledges_nothing_with_the_old_epoch_after_a_takeover() {
     let (_url, a, b) = two_hosts();
     let owner = Owner::spawn();

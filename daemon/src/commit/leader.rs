@@ -53,7 +53,7 @@ struct Queue {
     leading: bool,
     /// No more jobs are taken; the commit thread finishes once the queue is empty.
     closed: bool,
-    /// When the store next wants its upkeep, as it said after the last batch.
+    /// When the store next wants its upkeep, as it said at the start or after the last batch.
     upkeep_at: Option<Instant>,
     /// The commit thread waits for the leader to give up the store (its upkeep is due).
     waiting: bool,
@@ -124,10 +124,16 @@ impl Committing {
 impl Committer {
     pub fn new(state: Arc<DaemonState>, store: Box<dyn Store>) -> Arc<Self> {
         let inline = !store.shared();
+        // From the start, not from the first batch: a daemon that is never written to still
+        // renews its lease and marks lapsed hosts' sessions stale (the shared store's upkeep).
+        let queue = Queue {
+            upkeep_at: store.idle_wait().map(|w| Instant::now() + w),
+            ..Queue::default()
+        };
         Arc::new(Committer {
             state,
             store: Mutex::new(Some(store)),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(queue),
             wake: Condvar::new(),
             queued: AtomicUsize::new(0),
             inline,
