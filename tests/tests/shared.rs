@@ -208,7 +208,10 @@ fn a_dead_hosts_sessions_go_stale_within_the_lease_and_another_host_takes_them_o
 
 #[test]
 fn a_host_that_has_served_nothing_but_a_watch_keeps_its_lease_and_sees_a_dead_host_go_stale() {
-    let (_url, mut a, b) = two_hosts();
+    let (url, mut a, b) = two_hosts();
+    let db = Cluster::database_of(&url);
+    let sql = |q: &str| Cluster::get().sql(&db, q).trim().to_string();
+    let since = sql("SELECT now()");
     // B serves this watch and nothing else: no write, no read, from its start to the end.
     let events_on_b = watch(&b, "idle-b");
     let owner = Owner::spawn();
@@ -219,8 +222,16 @@ fn a_host_that_has_served_nothing_but_a_watch_keeps_its_lease_and_sees_a_dead_ho
         next_of(&events_on_b, EventKind::Created).owner_pid,
         Some(owner.pid())
     );
-    // Idle past its lease's ttl (1s): a host that did not renew it would be taken for dead.
-    std::thread::sleep(Duration::from_millis(1500));
+    // B renews its lease, idle, past the ttl (1s) of the one it took at its start (before
+    // `since`): a lease running 2.5s past `since` was renewed 1.5s after it at the earliest.
+    let renewed = format!(
+        "SELECT lease_until > '{since}'::timestamptz + interval '2.5 seconds' \
+         FROM hosts WHERE host_id = 'host-b'"
+    );
+    assert!(
+        wait_until(DEADLINE, || sql(&renewed) == "t"),
+        "an idle host never renewed its lease"
+    );
     a.kill9();
     let stale = next_of(&events_on_b, EventKind::Stale);
     assert_eq!(stale.name, "idle-b");
