@@ -84,32 +84,42 @@ def checkpoint(size: int) -> Any:
     return cp
 
 
+class FloorWriter:
+    """A raw socket sending one already-encoded checkpoint request of SIZE bytes (JSON line,
+    payload after it) to a session of its own, and waiting for the durable acknowledgement:
+    nothing of a client library around it."""
+
+    def __init__(self, path: str, name: str, size: int) -> None:
+        import socket
+
+        import sessiond
+
+        sessiond.Client(path).create(name, detached=True, keep=16)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.reader = self.sock.makefile("rb")
+        payload = b"x" * (size + 200)
+        head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
+        self.request = json.dumps(head).encode() + b"\n" + payload
+
+    def write(self) -> None:
+        self.sock.sendall(self.request)
+        if not self.reader.readline().startswith(b'{"id":1,"ok":true'):
+            raise RuntimeError("the daemon refused a checkpoint")
+
+
 def floor(a: argparse.Namespace) -> dict[str, Any]:
-    import socket
-
-    import sessiond
-
     run = uuid.uuid4().hex[:8]
     counts = [0] * a.threads
     barrier = threading.Barrier(a.threads + 1)
     stop = threading.Event()
-    client = sessiond.Client(a.socket)
 
     def work(i: int) -> None:
-        name = f"floor-{run}-{i}"
-        client.create(name, detached=True, keep=16)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(a.socket)
-        reader = sock.makefile("rb")
-        payload = b"x" * (a.size + 200)
-        head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
-        request = json.dumps(head).encode() + b"\n" + payload
+        writer = FloorWriter(a.socket, f"floor-{run}-{i}", a.size)
         barrier.wait()
         n = 0
         while not stop.is_set():
-            sock.sendall(request)
-            if not reader.readline().startswith(b'{"id":1,"ok":true'):
-                raise RuntimeError("the daemon refused a checkpoint")
+            writer.write()
             n += 1
         counts[i] = n
 
@@ -171,19 +181,8 @@ def put(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def alternate(a: argparse.Namespace) -> dict[str, Any]:
-    import socket
-
-    import sessiond
-
     run = uuid.uuid4().hex[:8]
-    name = f"floor-{run}"
-    sessiond.Client(a.socket).create(name, detached=True, keep=16)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(a.socket)
-    reader = sock.makefile("rb")
-    payload = b"x" * (a.size + 200)
-    head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
-    request = json.dumps(head).encode() + b"\n" + payload
+    writer = FloorWriter(a.socket, f"floor-{run}", a.size)
     a.saver = "sessiond"
     ours = make_saver(a, "alternate")
     a.saver = "sqlite"
@@ -197,9 +196,7 @@ def alternate(a: argparse.Namespace) -> dict[str, Any]:
     while time.perf_counter() < deadline:
         n += 1
         t0 = time.perf_counter()
-        sock.sendall(request)
-        if not reader.readline().startswith(b'{"id":1,"ok":true'):
-            raise RuntimeError("the daemon refused a checkpoint")
+        writer.write()
         t1 = time.perf_counter()
         configs[0] = ours.put(configs[0], checkpoint(a.size), {"source": "loop", "step": n}, {})
         t2 = time.perf_counter()
