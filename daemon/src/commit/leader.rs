@@ -366,6 +366,61 @@ mod tests {
         }
     }
 
+    /// A store whose every write panics (a bug in a commit, as far as the committer can tell).
+    struct PanickingStore;
+
+    impl Store for PanickingStore {
+        fn ready(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn write(
+            &mut self,
+            _units: &[crate::store::Unit<'_>],
+        ) -> Result<crate::store::Written, String> {
+            panic!("a commit that panics");
+        }
+        fn release(&mut self, _released: &[crate::model::Loc]) {}
+        fn upkeep(&mut self, _index: &std::sync::Mutex<dyn crate::store::Index>) {}
+        fn idle_wait(&self) -> Option<Duration> {
+            None
+        }
+        fn finish(&mut self, _index: &std::sync::Mutex<dyn crate::store::Index>) {}
+    }
+
+    #[test]
+    fn a_commit_that_panics_where_a_connection_leads_commits_nothing_more_and_ends_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = open(dir.path());
+        let c = Committer::new(Arc::new(state), Box::new(PanickingStore));
+        let create = Mutation::Create {
+            name: "s".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: Some(OwnerClaim::default()),
+        };
+        let (j, mut rx) = job(create);
+        let lead = c
+            .submit(j)
+            .unwrap()
+            .expect("nobody leads: the submitter does");
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(lead)));
+        assert!(
+            led.is_err(),
+            "the panic reaches the leading connection's task"
+        );
+        assert!(rx.try_recv().is_err(), "its job is not answered as done");
+        assert!(
+            c.submit(job(checkpoint(b"x")).0).is_err(),
+            "nothing more is taken"
+        );
+        // The commit thread, which the daemon's stop waits on, ends at once.
+        let thread = {
+            let c = c.clone();
+            std::thread::spawn(move || c.run())
+        };
+        thread.join().unwrap();
+    }
+
     #[test]
     fn jobs_that_joined_a_lead_are_committed_by_the_commit_thread_with_it() {
         let dir = tempfile::tempdir().unwrap();
