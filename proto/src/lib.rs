@@ -11,6 +11,7 @@ pub mod frame;
 pub mod hello;
 pub mod json;
 pub mod paths;
+pub mod time;
 pub mod types;
 pub mod validate;
 pub mod wire;

@@ -149,8 +149,10 @@ pub struct SessionInfo {
     /// Bumped by every resume; writes carrying an older one are fenced.
     pub epoch: u64,
     /// When it was created.
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// When it last changed.
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// The newest checkpoint's number (`None`: none yet).
     pub latest_checkpoint: Option<u64>,
@@ -183,6 +185,7 @@ pub struct CheckpointInfo {
     /// The payload's size in bytes.
     pub size: u64,
     /// When it was written.
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Its metadata.
     pub meta: Meta,
@@ -305,6 +308,7 @@ pub struct FailingWork {
     /// What the daemon was doing: `log write`, `new log segment`, `index snapshot`, ...
     pub work: String,
     /// When it started failing.
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub since: DateTime<Utc>,
     /// How many times it failed since.
     pub errors: u64,
@@ -351,6 +355,7 @@ pub struct Event {
     /// Events this watcher missed, being too slow (`lagged`).
     pub missed: Option<u64>,
     /// When it happened.
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub at: DateTime<Utc>,
 }
 

@@ -30,7 +30,7 @@ impl Serialize for CheckpointView<'_> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("number", &c.number)?;
         m.serialize_entry("size", &c.size)?;
-        m.serialize_entry("created_at", &c.created_at)?;
+        m.serialize_entry("created_at", &crate::time::Rfc3339(&c.created_at))?;
         m.serialize_entry("meta", &c.meta)?;
         if let Some(p) = &c.payload {
             payload_entry(&mut m, p, self.payloads)?;
