@@ -5,7 +5,7 @@
 //! session is exactly the cached one (same number, time and place in the log, and places are
 //! never reused), so a stale or racing insert can cost a miss, never a wrong answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use sessiond_proto::Meta;
@@ -25,7 +25,11 @@ pub struct Cached {
 
 /// Bytes an entry is charged: the payload dominates; the rest estimates the bookkeeping.
 fn cost(payload_len: usize, key: &SessionKey) -> usize {
-    payload_len + key.name.len() + 128
+    cost_of(payload_len, key.name.len())
+}
+
+fn cost_of(payload_len: usize, name_len: usize) -> usize {
+    payload_len + name_len + 128
 }
 
 impl Cached {
@@ -36,7 +40,7 @@ impl Cached {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<SessionKey, Arc<Cached>>,
+    entries: foldhash::HashMap<SessionKey, Arc<Cached>>,
     /// Insertion order, oldest first, for eviction; may name replaced entries (skipped).
     order: VecDeque<(SessionKey, CkptEntry)>,
     bytes: usize,
@@ -86,15 +90,19 @@ impl LatestCache {
         let cost = value.cost(&key);
         let admitted = self.admits(&key, value.payload.len());
         let mut inner = self.lock();
-        if let Some(old) = inner.entries.remove(&key) {
-            inner.bytes -= old.cost(&key);
-        }
         if !admitted {
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.bytes -= old.cost(&key);
+            }
             return;
         }
         inner.order.push_back((key.clone(), value.entry));
         inner.bytes += cost;
-        inner.entries.insert(key, Arc::new(value));
+        // The old entry's key is this one: it is charged as this one is.
+        let name_len = key.name.len();
+        if let Some(old) = inner.entries.insert(key, Arc::new(value)) {
+            inner.bytes -= cost_of(old.payload.len(), name_len);
+        }
         while inner.bytes > self.budget {
             let Some((key, entry)) = inner.order.pop_front() else {
                 break;

@@ -57,10 +57,10 @@ impl Session {
 
 #[derive(Debug, Clone, Default)]
 struct Extra {
-    keys: HashMap<String, KeyEntry>,
-    key_of: HashMap<u64, String>,
+    keys: foldhash::HashMap<String, KeyEntry>,
+    key_of: foldhash::HashMap<u64, String>,
     /// By checkpoint number, each list in the order first written.
-    attachments: HashMap<u64, Vec<AttachEntry>>,
+    attachments: foldhash::HashMap<u64, Vec<AttachEntry>>,
 }
 
 /// A retained checkpoint as a read needs it: where it is and what it is called.

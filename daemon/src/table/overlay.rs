@@ -3,7 +3,7 @@
 //! the table's (added, dropped by retention, removed, attached). A `batch` request plans its
 //! ops against the overlay with a journal, so that a failing op rolls back the ops before it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sessiond_proto::{CheckpointRef, Meta};
 
@@ -207,7 +207,7 @@ impl Staged {
 /// The batch's planned-but-not-durable view of the sessions it touches (`None`: deleted).
 #[derive(Debug, Default)]
 pub struct Overlay {
-    staged: HashMap<SessionKey, Option<Staged>>,
+    staged: foldhash::HashMap<SessionKey, Option<Staged>>,
     /// While a `batch` request is planned: what each session it touched was before it did.
     journal: Option<Vec<(SessionKey, Option<Option<Staged>>)>>,
 }
