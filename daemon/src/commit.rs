@@ -15,7 +15,7 @@ use crate::conn::replies::{self, DirectReply, ReplyTo};
 use crate::model::{now_micros, Change, CkptEntry, Loc, Scope};
 use crate::state::DaemonState;
 use crate::store::{Store, Unit};
-use crate::table::{Mutation, Overlay, PlanContext, Planned};
+use crate::table::{Mutation, PlanContext, Planned};
 
 pub mod leader;
 mod speculate;
@@ -124,9 +124,9 @@ fn prepare(
 /// need no write; returns the others.
 fn plan(state: &DaemonState, jobs: &mut VecDeque<Job>) -> Vec<(Planned, ReplyTo, u32)> {
     let now = now_micros();
-    let mut writes = Vec::new();
+    let mut writes = Vec::with_capacity(jobs.len());
     let table = state.table();
-    let mut overlay = Overlay::default();
+    let mut overlay = state.overlay();
     let ctx = PlanContext {
         probe: &*state.probe,
         reads: &*state.reads,
@@ -288,6 +288,7 @@ mod tests {
             health,
             counters: Counters::default(),
             shared: None,
+            overlay: Default::default(),
         };
         (state, store)
     }

@@ -142,6 +142,7 @@ fn open_store(
         health,
         counters: Counters::default(),
         shared,
+        overlay: Default::default(),
     });
     Ok((state, store))
 }

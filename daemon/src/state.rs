@@ -14,7 +14,7 @@ use crate::health::Health;
 use crate::process::ProcessProbe;
 use crate::store::pg::PgView;
 use crate::store::Reads;
-use crate::table::{OwnerChange, SessionTable};
+use crate::table::{Overlay, OwnerChange, SessionTable};
 
 pub struct DaemonState {
     pub table: Mutex<SessionTable>,
@@ -26,6 +26,9 @@ pub struct DaemonState {
     pub counters: Counters,
     /// A store other hosts' daemons write too: what reads check before they answer.
     pub shared: Option<Arc<PgView>>,
+    /// The commit's plan of its batch, kept between batches so that its map is not made
+    /// anew for each (only whoever holds the store plans: never contended).
+    pub overlay: Mutex<Overlay>,
 }
 
 /// Where committed changes are announced: events for `watch` streams (bounded; a slow
@@ -48,5 +51,12 @@ impl DaemonState {
         // A panic while holding the lock cannot leave the table half-updated in a way that
         // matters more than refusing service would.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The overlay to plan a batch on, empty.
+    pub fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        overlay.clear();
+        overlay
     }
 }

@@ -232,9 +232,7 @@ impl Service {
     pub fn prepares(&self, peer: &Peer, req: &RequestFrame) -> bool {
         fn large(uid: u32, r: &Request, reads: &dyn crate::store::Reads) -> bool {
             match r {
-                Request::Checkpoint(c) => {
-                    reads.prepares(&SessionKey::new(uid, c.name.clone()), c.payload.0.len())
-                }
+                Request::Checkpoint(c) => reads.prepares(uid, &c.name, c.payload.0.len()),
                 Request::Batch(b) => b.ops.iter().any(|op| large(uid, op, reads)),
                 _ => false,
             }
@@ -249,8 +247,7 @@ impl Service {
     fn prepare(&self, uid: u32, mutation: &mut Mutation) {
         match mutation {
             Mutation::Checkpoint { name, payload, .. } => {
-                let key = SessionKey::new(uid, name.clone());
-                self.state.reads.prepare(&key, payload);
+                self.state.reads.prepare(uid, name, payload);
             }
             Mutation::Batch(ops) => ops.iter_mut().for_each(|op| self.prepare(uid, op)),
             _ => {}

@@ -182,10 +182,10 @@ pub trait Reads: Send + Sync {
     /// Work on a payload to be written that can be done ahead, on the thread that decoded it
     /// (for the log: cutting it into chunks and packing those it lacks), so that the commit
     /// thread, which every write waits on, has less to do.
-    fn prepare(&self, _session: &SessionKey, _payload: &mut CheckedPayload) {}
+    fn prepare(&self, _uid: u32, _name: &str, _payload: &mut CheckedPayload) {}
 
     /// Whether [`Reads::prepare`] has work for a payload of `len` bytes of `session`.
-    fn prepares(&self, _session: &SessionKey, _len: usize) -> bool {
+    fn prepares(&self, _uid: u32, _name: &str, _len: usize) -> bool {
         false
     }
 

@@ -66,22 +66,26 @@ impl Cutting {
         self.yields.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether [`Cutting::prepare`] would cut a payload of `len` bytes of `session`.
-    pub fn prepares(&self, session: &SessionKey, len: usize) -> bool {
-        self.enabled && chunking::chunked(len) && self.yields().would_cut(session)
+    /// Whether [`Cutting::prepare`] would cut a payload of `len` bytes of the session.
+    pub fn prepares(&self, uid: u32, name: &str, len: usize) -> bool {
+        self.enabled
+            && chunking::chunked(len)
+            && self.yields().would_cut(&SessionKey::new(uid, name))
     }
 
     /// Cuts and packs `payload` for `session` (`known` says which chunks the store holds), or
     /// marks it to be stored whole.
     pub fn prepare(
         &self,
-        session: &SessionKey,
+        uid: u32,
+        name: &str,
         payload: &mut CheckedPayload,
         known: impl Fn(&[ChunkRef]) -> Vec<bool>,
     ) {
         if !self.enabled || !chunking::chunked(payload.bytes.len()) {
             return;
         }
+        let session = &SessionKey::new(uid, name);
         if !self.yields().cut(session) {
             payload.whole = true;
             return;

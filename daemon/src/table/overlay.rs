@@ -213,6 +213,16 @@ pub struct Overlay {
 }
 
 impl Overlay {
+    /// Empties it for the next batch, keeping the map's room unless a large batch left much.
+    pub fn clear(&mut self) {
+        if self.staged.capacity() > 1024 {
+            self.staged = Default::default();
+        } else {
+            self.staged.clear();
+        }
+        self.journal = None;
+    }
+
     pub(super) fn get(&self, key: &SessionKey) -> Option<&Option<Staged>> {
         self.staged.get(key)
     }

@@ -72,7 +72,8 @@ impl<'a> Batch<'a> {
     /// Cuts the large payloads of `units` (when `chunking`; those prepared ahead are cut
     /// already) and finds, in `chunks`, which of their chunks must be written.
     pub fn cut(units: &'a [Unit<'a>], chunks: &std::sync::Mutex<Chunks>, chunking: bool) -> Self {
-        let mut all: Vec<Option<Pieces<'a>>> = Vec::new();
+        let changes = units.iter().map(|u| u.changes.len()).sum();
+        let mut all: Vec<Option<Pieces<'a>>> = Vec::with_capacity(changes);
         for unit in units {
             for (change, payload) in unit.changes {
                 all.push(match change {
@@ -142,12 +143,13 @@ impl<'a> Batch<'a> {
     ) -> Result<(Vec<Pending<'a>>, Vec<Kind>), String> {
         let encoding = |e: record::RecordError| format!("cannot encode a log record: {e}");
         let empty = crc32c::crc32c(&[]);
-        let mut pending = Vec::new();
-        let mut kinds = Vec::new();
-        let mut cuts = self.cuts.iter();
+        let mut pending = Vec::with_capacity(self.cuts.len());
+        let mut kinds = Vec::with_capacity(self.cuts.len());
+        let mut cuts = self.cuts.as_slice();
         for unit in units {
-            let cuts: Vec<&Option<Cut<'a>>> = cuts.by_ref().take(unit.changes.len()).collect();
-            let records: usize = cuts
+            let (these, rest) = cuts.split_at(unit.changes.len().min(cuts.len()));
+            cuts = rest;
+            let records: usize = these
                 .iter()
                 .map(|c| 1 + c.as_ref().map_or(0, |c| c.new.len()))
                 .sum();
@@ -161,7 +163,7 @@ impl<'a> Batch<'a> {
                 });
                 kinds.push(Kind::Marker);
             }
-            for ((change, payload), cut) in unit.changes.iter().zip(cuts) {
+            for ((change, payload), cut) in unit.changes.iter().zip(these) {
                 let Some(cut) = cut else {
                     let head = record::encode_with_crc(
                         &RecordRef::from(change),

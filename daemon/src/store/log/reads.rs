@@ -200,13 +200,12 @@ impl Reads for SegmentFiles {
         }
     }
 
-    fn prepares(&self, session: &SessionKey, len: usize) -> bool {
-        self.cutting.prepares(session, len)
+    fn prepares(&self, uid: u32, name: &str, len: usize) -> bool {
+        self.cutting.prepares(uid, name, len)
     }
 
-    fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
-        let uid = session.uid;
-        self.cutting.prepare(session, payload, |refs| {
+    fn prepare(&self, uid: u32, name: &str, payload: &mut CheckedPayload) {
+        self.cutting.prepare(uid, name, payload, |refs| {
             let chunks = self.chunks();
             refs.iter().map(|r| chunks.usable(&(uid, r.hash))).collect()
         });

@@ -328,6 +328,9 @@ pub fn footer_matches(prefix_bytes: &[u8; PREFIX_LEN], footer: &[u8]) -> bool {
     prefix_bytes[16..20] == *footer
 }
 
+/// Room for a checkpoint's header with a little meta, so that encoding it seldom grows.
+const TYPICAL_HEADER_LEN: usize = 192;
+
 /// The prefix and header of a record; the payload is written after it as is. The header's
 /// checksum is left to [`seal`], once the segment it goes to is known. The payload's
 /// checksum is given: computed where the request was decoded ([`CheckedPayload`]), or, for a
@@ -338,19 +341,21 @@ pub fn encode_with_crc<H: Serialize>(
     payload: &[u8],
     payload_crc: u32,
 ) -> Result<Vec<u8>, RecordError> {
-    let body = codec::encode(header)?;
-    if body.len() > MAX_HEADER_LEN as usize {
-        return Err(RecordError::HeaderLen(body.len() as u32));
-    }
     let payload_len =
         u32::try_from(payload.len()).map_err(|_| RecordError::PayloadTooLarge(payload.len()))?;
-    let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
+    // The header encoded in place after its prefix, whose length is filled in after.
+    let mut out = Vec::with_capacity(PREFIX_LEN + TYPICAL_HEADER_LEN);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload_crc.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&body);
+    codec::encode_into(header, &mut out)?;
+    let body_len = out.len() - PREFIX_LEN;
+    if body_len > MAX_HEADER_LEN as usize {
+        return Err(RecordError::HeaderLen(body_len as u32));
+    }
+    out[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
     Ok(out)
 }
 

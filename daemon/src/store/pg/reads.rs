@@ -174,14 +174,14 @@ impl Reads for PgReads {
         }
     }
 
-    fn prepares(&self, session: &SessionKey, len: usize) -> bool {
-        self.cutting.prepares(session, len)
+    fn prepares(&self, uid: u32, name: &str, len: usize) -> bool {
+        self.cutting.prepares(uid, name, len)
     }
 
-    fn prepare(&self, session: &SessionKey, payload: &mut CheckedPayload) {
+    fn prepare(&self, uid: u32, name: &str, payload: &mut CheckedPayload) {
         // Every chunk packed: the database may lack any (it is not asked before a write).
         self.cutting
-            .prepare(session, payload, |refs| vec![false; refs.len()]);
+            .prepare(uid, name, payload, |refs| vec![false; refs.len()]);
     }
 
     fn stored_bytes(&self, session: Option<&SessionKey>, _records: &[Loc]) -> u64 {
