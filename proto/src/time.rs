@@ -32,11 +32,12 @@ struct Digits<'b> {
 }
 
 impl Digits<'_> {
-    fn number(&mut self, value: u32, digits: u32) {
-        for i in (0..digits).rev() {
-            self.buf[self.len] = b'0' + (value / 10u32.pow(i) % 10) as u8;
-            self.len += 1;
+    fn number(&mut self, mut value: u32, digits: usize) {
+        for at in (self.len..self.len + digits).rev() {
+            self.buf[at] = b'0' + (value % 10) as u8;
+            value /= 10;
         }
+        self.len += digits;
     }
 
     fn byte(&mut self, b: u8) {
