@@ -224,9 +224,11 @@ fn apply(
                 }
                 dead.extend(table.apply(change, loc));
             }
-            for event in p.events {
-                // No receiver is fine: nobody is watching.
-                let _ = state.notify.events.send(Arc::new((uid, event)));
+            // Nobody watching: nothing to send (nor to allocate for it).
+            if state.notify.events.receiver_count() > 0 {
+                for event in p.events {
+                    let _ = state.notify.events.send(Arc::new((uid, event)));
+                }
             }
             for change in p.ownership {
                 let _ = state.notify.owners.send(change);

@@ -100,7 +100,8 @@ impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             // Decoded from the request's own bytes where it can be (base64 has nothing to
-            // escape): no copy of the text first.
+            // escape): no copy of the text first. Asked for as bytes, which serde_json gives
+            // without checking them for UTF-8 first: base64 decoding refuses any non-ASCII.
             struct TextVisitor;
             impl serde::de::Visitor<'_> for TextVisitor {
                 type Value = Payload;
@@ -108,15 +109,18 @@ impl<'de> Deserialize<'de> for Payload {
                     f.write_str("a base64 string")
                 }
                 fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Payload, E> {
+                    self.visit_bytes(v.as_bytes())
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Payload, E> {
                     base64_simd::STANDARD
-                        .decode_to_vec(v.as_bytes())
+                        .decode_to_vec(v)
                         .map(Payload)
                         .map_err(|_| {
                             E::custom("payload_b64 is not valid base64 (the standard alphabet, padded with =)")
                         })
                 }
             }
-            d.deserialize_str(TextVisitor)
+            d.deserialize_bytes(TextVisitor)
         } else {
             struct BytesVisitor;
             impl<'de> serde::de::Visitor<'de> for BytesVisitor {
