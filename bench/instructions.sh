@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # CPU per request counted in instructions, which stay the same on a busy machine (hardware
 # counters are not available here): the server runs under `valgrind --tool=callgrind`, serves
-# the load, and is stopped; a run that starts and stops it with no load is subtracted; the
-# rest is divided by the requests served. sessiond (binary protocol and JSON lines, durable
-# 1 KiB checkpoints and get-latest, one client) against Redis (appendfsync always: SET, GET),
-# measured the same way in the same run. Installs what it needs (valgrind, redis via apt).
+# the load, and is stopped; a run that starts it, leaves it idle as long and stops it is
+# subtracted; the rest is divided by the requests served. sessiond (binary protocol and JSON
+# lines, durable 1 KiB checkpoints and get-latest, one client) against Redis (appendfsync
+# always: SET, GET), measured the same way in the same run. Installs what it needs (valgrind, redis via apt).
 #
 #   bench/instructions.sh            (SECONDS_PER=10 of load under callgrind per cell)
 #   CALLGRIND_DIR=DIR bench/instructions.sh   (keeps each cell's callgrind.out in DIR)
@@ -54,6 +54,10 @@ sessiond_cell() {
   local ops=0
   if [ $# -gt 0 ]; then
     ops=$("$bench" checkpoint --clients 1 --size 1024 --seconds "$secs" "$@" --socket "$dir/s.sock" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops"])')
+  else
+    # Idle as long as a loaded cell runs: what the daemon does by the clock (timers, upkeep)
+    # is subtracted with its start and stop, whatever the disk let the load get through.
+    sleep "$secs"
   fi
   stop_server
   echo "$label $(total "$dir/callgrind.out") $ops"
@@ -69,6 +73,7 @@ redis_cell() { # label, then set or get (none: no load) -> "label instructions r
   server_pid=$!
   wait_for redis-cli -s "$dir/redis.sock" ping
   local ops=0
+  [ -z "$test" ] && sleep "$secs"
   if [ -n "$test" ]; then
     # A GET reads what a SET wrote first (redis-benchmark's key space), as sessiond's get does.
     [ "$test" = get ] && redis-benchmark -s "$dir/redis.sock" -t set -d 1024 -c 1 -n 1 -q >/dev/null
@@ -109,7 +114,7 @@ def per_request(label, idle):
     return (ir - cells[idle][0]) / ops if ops else float("nan")
 redis_set = per_request("redis-set", "redis-idle")
 redis_get = per_request("redis-get", "redis-idle")
-print("instructions per request (callgrind; start-and-stop run subtracted)")
+print("instructions per request (callgrind; an idle run of as many seconds subtracted)")
 print("%-32s %12s %10s %s" % ("work", "instructions", "requests", "vs redis"))
 for label, peer, peer_ir in (("sessiond-put-binary", "SET", redis_set), ("sessiond-put-json", "SET", redis_set),
                              ("sessiond-get-binary", "GET", redis_get), ("sessiond-get-json", "GET", redis_get)):

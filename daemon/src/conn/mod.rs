@@ -330,25 +330,29 @@ async fn drain(
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
                     let direct = out.direct(&id);
-                    let mut started = if parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
-                        // Cutting a large payload takes a while: off the async worker, which
-                        // every connection shares (the connection's next request waits, so
-                        // its requests are still committed in order; those queued are
-                        // committed first, not held up by it).
-                        drop(lead.take());
-                        let service = service.clone();
-                        tokio::task::spawn_blocking(move || {
-                            dispatch(&service, peer, parsed, direct)
-                        })
-                        .await
-                        .unwrap_or_else(|e| {
-                            Started::Done(Err(WireError::internal(format!(
-                                "request task failed: {e}"
-                            ))))
-                        })
-                    } else {
-                        dispatch(service, peer, parsed, direct)
-                    };
+                    // Alone, this connection holds up nobody: the two wake-ups of a hand-off
+                    // cost it more than the worker's waiting does.
+                    let shared = service.connections.load(Ordering::Relaxed) > 1;
+                    let mut started =
+                        if shared && parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
+                            // Cutting a large payload takes a while: off the async worker, which
+                            // every connection shares (the connection's next request waits, so
+                            // its requests are still committed in order; those queued are
+                            // committed first, not held up by it).
+                            drop(lead.take());
+                            let service = service.clone();
+                            tokio::task::spawn_blocking(move || {
+                                dispatch(&service, peer, parsed, direct)
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                Started::Done(Err(WireError::internal(format!(
+                                    "request task failed: {e}"
+                                ))))
+                            })
+                        } else {
+                            dispatch(service, peer, parsed, direct)
+                        };
                     if let Some(l) = take_lead(&mut started) {
                         *lead = Some(l);
                     }
