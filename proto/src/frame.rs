@@ -198,6 +198,8 @@ pub struct LineDecoder {
     discarding: Option<IdScan>,
     /// Bytes still to drop that are no line (raw payload bytes of a refused request).
     skipping: u64,
+    /// Where the last [`Line::Text`] handed out lies in `buf` (until more is read).
+    last_text: std::ops::Range<usize>,
 }
 
 /// What [`LineDecoder::next_line`] found.
@@ -223,6 +225,7 @@ impl LineDecoder {
             scanned: 0,
             discarding: None,
             skipping: 0,
+            last_text: 0..0,
         }
     }
 
@@ -239,6 +242,7 @@ impl LineDecoder {
 
     /// Drops consumed bytes once they are half the buffer.
     fn compact(&mut self) {
+        self.last_text = 0..0;
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -341,6 +345,7 @@ impl LineDecoder {
                     if skip_blank && self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    self.last_text = start..end;
                     return Some(Line::Text(&self.buf[start..end]));
                 }
                 None => {
@@ -358,6 +363,11 @@ impl LineDecoder {
                 }
             }
         }
+    }
+
+    /// The last [`Line::Text`] handed out again, until more bytes are read (empty then).
+    pub fn last_text(&self) -> &[u8] {
+        self.buf.get(self.last_text.clone()).unwrap_or_default()
     }
 
     /// Call at end of stream: the unterminated last line, if any.

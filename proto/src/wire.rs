@@ -290,11 +290,20 @@ impl JsonRequests {
     fn next_request(&mut self) -> Option<Next<'_>> {
         if self.awaiting.is_none() {
             let max = self.lines.max();
-            let (line, id) = match self.lines.next_nonblank_line()? {
+            // Only a line that says so is parsed here (a quick look, then the real parse).
+            let (raw, id) = match self.lines.next_nonblank_line()? {
                 Line::TooLong { id } => (None, id),
-                Line::Text(line) => (Some(line.to_vec()), None),
+                Line::Text(line) => (Some(contains(line, b"\"payload_len\"")), None),
             };
-            let Some(line) = line else {
+            if raw == Some(false) {
+                // Nothing follows it: decoded where it lies, not copied.
+                return Some(Next::Request(Pending {
+                    bytes: self.lines.last_text().into(),
+                    raw: &[],
+                    encoding: Encoding::Json,
+                }));
+            }
+            let Some(line) = raw.map(|_| self.lines.last_text().to_vec()) else {
                 let id = id
                     .and_then(|bytes| serde_json::from_slice(&bytes).ok())
                     .unwrap_or(Value::Null);
@@ -306,12 +315,7 @@ impl JsonRequests {
                     ),
                 ));
             };
-            // Only a line that says so is parsed here (a quick look, then the real parse).
-            let announced = if contains(&line, b"\"payload_len\"") {
-                json::raw_len(&line).unwrap_or(0)
-            } else {
-                0
-            };
+            let announced = json::raw_len(&line).unwrap_or(0);
             if announced > self.max_raw as u64 {
                 let id = serde_json::from_slice::<Value>(&line)
                     .ok()
