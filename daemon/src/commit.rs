@@ -198,29 +198,31 @@ fn apply(
         for (p, reply, uid) in writes {
             for (change, payload) in p.changes {
                 let Some(loc) = locs.next() else { break };
-                match &change {
-                    Change::Checkpoint { meta: h, .. } => {
-                        state
-                            .counters
-                            .checkpoints_written
-                            .fetch_add(1, Ordering::Relaxed);
-                        // The payload was only borrowed for the write: it moves to the cache.
-                        let cached = CkptEntry::new(h.number, loc).map(|entry| Cached {
-                            entry,
-                            created_at: h.created_at,
-                            meta: h.meta.clone(),
-                            payload: payload.bytes,
-                        });
-                        cache.push((crate::model::SessionKey::new(h.uid, h.name.clone()), cached));
-                    }
-                    // The latest may be among those dropped: read again when asked.
-                    Change::Delete(key) | Change::DropCheckpoints { session: key, .. } => {
-                        cache.push((key.clone(), None))
-                    }
-                    Change::Session(_)
-                    | Change::Relocated { .. }
-                    | Change::Attach(_)
-                    | Change::RelocatedAttach(_) => {}
+                if let Change::Checkpoint {
+                    meta: h,
+                    payload_crc,
+                } = change
+                {
+                    state
+                        .counters
+                        .checkpoints_written
+                        .fetch_add(1, Ordering::Relaxed);
+                    dead.extend(table.apply_checkpoint(&h, payload_crc, loc));
+                    // The payload was only borrowed for the write, the name and meta only
+                    // read by the table: they move to the cache.
+                    let cached = CkptEntry::new(h.number, loc).map(|entry| Cached {
+                        entry,
+                        created_at: h.created_at,
+                        meta: h.meta,
+                        payload: payload.bytes,
+                    });
+                    cache.push((crate::model::SessionKey::new(h.uid, h.name), cached));
+                    continue;
+                }
+                // The latest may be among those dropped: read again when asked.
+                if let Change::Delete(key) | Change::DropCheckpoints { session: key, .. } = &change
+                {
+                    cache.push((key.clone(), None));
                 }
                 dead.extend(table.apply(change, loc));
             }

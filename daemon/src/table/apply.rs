@@ -37,7 +37,7 @@ impl SessionTable {
                 None => self.sessions.insert(Session::new(state, at)),
             },
             Change::Checkpoint { meta, payload_crc } => {
-                self.add_checkpoint(meta, payload_crc, at, &mut dead)
+                self.add_checkpoint(&meta, payload_crc, at, &mut dead)
             }
             Change::Relocated { meta, payload_crc } => {
                 self.relocate_checkpoint(meta, payload_crc, at, &mut dead)
@@ -62,17 +62,25 @@ impl SessionTable {
         dead
     }
 
+    /// [`SessionTable::apply`] of a [`Change::Checkpoint`], leaving the change to the caller.
+    pub fn apply_checkpoint(&mut self, h: &CheckpointMeta, payload_crc: u32, at: Loc) -> Vec<Loc> {
+        let mut dead = Vec::new();
+        self.add_checkpoint(h, payload_crc, at, &mut dead);
+        dead.retain(|loc| *loc != NO_RECORD);
+        dead
+    }
+
     fn add_checkpoint(
         &mut self,
-        h: CheckpointMeta,
+        h: &CheckpointMeta,
         payload_crc: u32,
         at: Loc,
         dead: &mut Vec<Loc>,
     ) {
-        let Some(entry) = Self::entry(&h, at, dead) else {
+        let Some(entry) = Self::entry(h, at, dead) else {
             return;
         };
-        let s = self.session_for_checkpoint(&h);
+        let s = self.session_for_checkpoint(h);
         let mut dropped = Vec::new();
         // A record numbered N replaces any N' >= N (only after an unacknowledged write).
         while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
@@ -83,7 +91,7 @@ impl SessionTable {
         s.state.last_number = s.state.last_number.max(h.number);
         s.state.updated_at = s.state.updated_at.max(h.created_at);
         s.forget(&dropped, dead);
-        s.remember_key(&h, payload_crc, at);
+        s.remember_key(h, payload_crc, at);
         self.checkpoints += 1;
         self.checkpoints -= dropped.len() as u64;
         dead.extend(dropped.iter().map(CkptEntry::loc));
