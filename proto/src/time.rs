@@ -1,7 +1,7 @@
 //! Timestamps as both codecs write them: RFC 3339 in UTC, exactly as chrono's own `Serialize`
 //! writes them (`SecondsFormat::AutoSi`, `Z`), but formatted into a buffer on the stack.
-//! chrono's goes through `collect_str`, which builds a `String` a character at a time: every
-//! reply carries a timestamp, and that was a tenth of a durable write's instructions.
+//! chrono's goes through `collect_str`, which builds a `String` a character at a time, and
+//! every reply carries a timestamp.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Serialize, Serializer};
