@@ -37,7 +37,7 @@ impl SessionTable {
                 None => self.sessions.insert(Session::new(state, at)),
             },
             Change::Checkpoint { meta, payload_crc } => {
-                self.add_checkpoint(&meta, payload_crc, at, &mut dead)
+                return self.apply_checkpoint(&meta, payload_crc, at)
             }
             Change::Relocated { meta, payload_crc } => {
                 self.relocate_checkpoint(meta, payload_crc, at, &mut dead)

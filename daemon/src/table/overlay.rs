@@ -285,3 +285,30 @@ impl Overlay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_empties_it_and_gives_back_the_room_a_large_batch_took() {
+        let key = |i: u32| SessionKey::new(i, "s");
+        let mut small = Overlay::default();
+        small.begin();
+        small.put(key(1), None);
+        small.clear();
+        assert!(small.get(&key(1)).is_none() && small.journal.is_none());
+        assert!(small.staged.capacity() > 0, "a small batch's room is kept");
+        let mut large = Overlay::default();
+        for i in 0..2000 {
+            large.put(key(i), None);
+        }
+        large.clear();
+        assert!(large.get(&key(7)).is_none());
+        assert_eq!(
+            large.staged.capacity(),
+            0,
+            "a large batch's room is given back"
+        );
+    }
+}
