@@ -339,6 +339,7 @@ fn admit(
         max_line_bytes: cfg.max_line_bytes(),
         idle_timeout: cfg.idle_timeout,
         request_timeout: cfg.request_timeout,
+        poll_window: cfg.poll_window,
     };
     tracker.spawn(conn::serve(
         stream,

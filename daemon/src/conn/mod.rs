@@ -21,7 +21,9 @@ use crate::commit::Lead;
 use crate::service::{Peer, Service, Started};
 
 pub mod replies;
+mod spin;
 use replies::{DirectReply, Outbox, ReplySink, Turn};
+use spin::Spinner;
 
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
@@ -35,6 +37,8 @@ pub struct ConnLimits {
     pub idle_timeout: Option<std::time::Duration>,
     /// A request must be complete this long after its first byte arrived.
     pub request_timeout: std::time::Duration,
+    /// How long to poll the socket for a quick client's next request (`None`: never).
+    pub poll_window: Option<std::time::Duration>,
 }
 
 /// A request on its way to the reply writer: how it proceeds, and its share of the
@@ -211,6 +215,7 @@ async fn read_requests(
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let mut watching = false;
+    let mut spinner = Spinner::new(&service.polling, limits.poll_window);
     let mut partial_since: Option<Instant> = None;
     // Requests held at once are bounded in bytes too: two maximal ones.
     let budget = Arc::new(Semaphore::new(
@@ -253,9 +258,18 @@ async fn read_requests(
                 .idle_timeout
                 .map(|d| (Instant::now() + d, Timeout::Idle)),
         };
+        spinner.before_read(!watching && out.all_answered());
         let target = requests.read_buffer(READ_CHUNK);
         let from = target.len();
-        let n = match read_some(stream, target, cancel, deadline.map(|(at, _)| at)).await? {
+        let read = match spinner.poll(stream, target).await? {
+            Some(n) => Read::Bytes(n),
+            None => {
+                let read = read_some(stream, target, cancel, deadline.map(|(at, _)| at)).await?;
+                spinner.heard();
+                read
+            }
+        };
+        let n = match read {
             Read::Bytes(n) => n,
             Read::Cancelled => return Ok(()),
             Read::TimedOut => {

@@ -75,6 +75,13 @@ impl<T> Outbox<T> {
         self.queue.capacity() == 0
     }
 
+    /// Whether every request pushed has its reply on the socket.
+    pub fn all_answered(&self) -> bool {
+        self.sink
+            .as_ref()
+            .is_some_and(|sink| sink.state().next >= self.next_seq)
+    }
+
     /// `false` once the reply side is gone.
     pub async fn push(&mut self, item: T) -> bool {
         let seq = self.next_seq;

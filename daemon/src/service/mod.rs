@@ -3,7 +3,7 @@
 
 mod requests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +30,8 @@ pub struct Service {
     limits: std::sync::RwLock<Limits>,
     started: Instant,
     pub connections: AtomicU64,
+    /// Held by the connection polling its socket for its next request (conn::spin).
+    pub polling: AtomicBool,
 }
 
 /// How a request proceeds after [`Service::start`].
@@ -70,6 +72,7 @@ impl Service {
             limits: std::sync::RwLock::new(limits),
             started: Instant::now(),
             connections: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
         }
     }
 
