@@ -245,3 +245,36 @@ def test_a_socket_directory_others_could_swap_the_socket_in_is_refused() -> None
             asyncio.run(ping())
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_call_polls_for_its_reply_only_until_it_arrives(daemon: Daemon) -> None:
+    import time
+
+    with pytest.raises(ValueError, match="poll_window"):
+        sessiond.Client(daemon.socket, poll_window=-1)
+    # A window far longer than any reply here: polling must end when the reply comes.
+    with sessiond.Client(daemon.socket, poll_window=10.0) as slow_to_give_up:
+        slow_to_give_up.create("polled", detached=True)
+        started = time.monotonic()
+        for i in range(3):
+            assert slow_to_give_up.checkpoint("polled", b"%d" % i).number == i + 1
+        assert time.monotonic() - started < 10, "a call waited out the window"
+    with sessiond.Client(daemon.socket, poll_window=0) as sleeper:
+        assert sleeper.get("polled").payload == b"2"  # type: ignore[union-attr]
+
+
+def test_json_lines_with_and_without_orjson(
+    client: sessiond.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessiond import _wire
+
+    assert _wire.orjson is not None, "the pinned test environment has orjson"
+    # What orjson refuses, the standard library's encoder takes.
+    assert _wire.dumps({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'.encode()
+    client.create("plain-json", detached=True)
+    monkeypatch.setattr(_wire, "orjson", None)
+    assert _wire.dumps({"s": "é"}) == '{"s":"é"}'.encode()
+    c = client.checkpoint("plain-json", b"x", meta={"é": "ü"})
+    assert client.get("plain-json", number=c.number).meta == {"é": "ü"}  # type: ignore[union-attr]
+    with pytest.raises(sessiond.NotFound):
+        client.show("nope")

@@ -12,7 +12,31 @@ from ._errors import ProtocolError, from_reply
 from ._types import Event
 from .ops import Op, Payload
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+try:
+    import orjson
+except ImportError:  # PyPy, or an install without it: the standard library's
+    orjson = None  # type: ignore[assignment]
+
+_stdlib_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON in UTF-8; orjson's where it is installed (many times faster than the
+    standard library's on a request line), else the standard library's."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(obj)
+        except TypeError:
+            pass  # what orjson refuses and the standard library takes (an int past 64 bits)
+    return _stdlib_dumps(obj).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """A JSON text's value (``ValueError`` if it is not JSON)."""
+    if orjson is not None:
+        return orjson.loads(data)
+    return json.loads(data)
+
 
 #: Payloads up to this size are copied into the line's buffer: one send beats a gather.
 SMALL_PAYLOAD = 16 << 10
@@ -69,7 +93,7 @@ def request_parts(op: Op[Any], request_id: int) -> list[Payload]:
     fields = op.fields
     fields["id"] = request_id
     try:
-        line = _dumps(fields).encode()
+        line = dumps(fields)
     finally:
         del fields["id"]
     if not op.payloads:
@@ -117,7 +141,7 @@ def parse_reply(
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:
     """The reply object of a line, and where the raw payloads that follow it go."""
     try:
-        reply = json.loads(line)
+        reply = loads(line)
     except ValueError as e:
         raise ProtocolError(f"reply is not JSON ({e}): {line[:200]!r}") from None
     if not isinstance(reply, dict):
@@ -146,6 +170,6 @@ def finish_reply(
 def event(line: bytes) -> Event:
     """A watch event's line."""
     try:
-        return Event.of(json.loads(line))
+        return Event.of(loads(line))
     except (ValueError, KeyError, TypeError) as e:
         raise ProtocolError(f"not an event ({e}): {line[:200]!r}") from None

@@ -46,7 +46,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from . import ops
+from . import _wire, ops
 from ._errors import AlreadyExists, Error, Fenced, NotFound
 from ._types import Checkpoint as StoredCheckpoint
 from ._types import Session
@@ -232,7 +232,7 @@ class SessiondSaver(BaseCheckpointSaver[str]):
     ) -> tuple[bytes, dict[str, str]]:
         type_, blob = self.serde.dumps_typed(checkpoint)
         md = get_checkpoint_metadata(config, metadata)
-        head = _compact_encoder.encode({"t": type_, "md": md})
+        head = _wire.dumps({"t": type_, "md": md})
         meta: dict[str, str] = {}
         parent = config["configurable"].get("checkpoint_id")
         if parent:
@@ -243,12 +243,12 @@ class SessiondSaver(BaseCheckpointSaver[str]):
             text = _canonical(v)
             if len(text) <= _MAX_INDEXED_VALUE:
                 meta["m." + k] = text
-        return head.encode() + b"\n" + blob, meta
+        return b"".join((head, b"\n", blob)), meta
 
     def _tuple(self, thread_id: str, ns: str, cp: StoredCheckpoint) -> CheckpointTuple:
         payload = cp.payload or b""
         cut = payload.index(b"\n")
-        head = json.loads(payload[:cut])
+        head = _wire.loads(payload[:cut])
         checkpoint = self.serde.loads_typed((head["t"], payload[cut + 1 :]))
         parent_id = cp.meta.get("lg.parent")
 
