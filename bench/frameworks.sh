@@ -77,8 +77,9 @@ for t in (1, 16):
     s, q = med(f"sessiond saver put x{t}", "ops_per_sec"), med(f"sqlite saver put x{t}", "ops_per_sec")
     f = med(f"python floor put x{t}", "ops_per_sec")
     print(f"{t:>8} {s:>16.0f} {q:>14.0f} {s / q if q else 0:>6.2f}x {f:>9.0f} {f / q if q else 0:>12.2f}x")
-print("  (floor: raw Python sockets sending pre-encoded requests, nothing else: what no Python")
-print("   client of an out-of-process store can beat here)")
+print("  (floor: raw Python sockets sending pre-encoded requests, nothing else, polling for the")
+print("   reply when alone as the client does: what no Python client of an out-of-process store")
+print("   can beat here)")
 print("  each round, SessiondSaver / SqliteSaver / floor:")
 for t in (1, 16):
     rows = zip(*(runs.get(f"{n} put x{t}", []) for n in ("sessiond saver", "sqlite saver", "python floor")))

@@ -23,8 +23,8 @@ connection per thread otherwise.
 
 `--saver floor` is what no Python client of any daemon can beat on this machine: each
 thread sends an already-encoded checkpoint request of the same size on a raw socket and
-waits for the daemon's durable acknowledgement, with no serialization, no framework and no
-client library around it.
+waits for the daemon's durable acknowledgement (polling for it first as the client does),
+with no serialization, no framework and no client library around it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import select
 import sqlite3
 import statistics
 import threading
@@ -43,6 +44,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from sessiond.client import DEFAULT_POLL_WINDOW as POLL_WINDOW
 from sessiond.langgraph import SessiondSaver
 
 
@@ -89,7 +91,7 @@ class FloorWriter:
     payload after it) to a session of its own, and waiting for the durable acknowledgement:
     nothing of a client library around it."""
 
-    def __init__(self, path: str, name: str, size: int) -> None:
+    def __init__(self, path: str, name: str, size: int, poll: bool) -> None:
         import socket
 
         import sessiond
@@ -98,12 +100,20 @@ class FloorWriter:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
         self.reader = self.sock.makefile("rb")
+        self.poll_window = POLL_WINDOW if poll else 0.0
+        self.readable = select.poll()
+        self.readable.register(self.sock, select.POLLIN)
         payload = b"x" * (size + 200)
         head = {"op": "checkpoint", "id": 1, "name": name, "payload_len": len(payload)}
         self.request = json.dumps(head).encode() + b"\n" + payload
 
     def write(self) -> None:
         self.sock.sendall(self.request)
+        # As sessiond.Client does with one call in flight: poll for the reply a moment
+        # before sleeping on it (a sleeping thread pays its CPU's wake-up).
+        until = time.perf_counter() + self.poll_window
+        while not self.readable.poll(0) and time.perf_counter() < until:
+            pass
         if not self.reader.readline().startswith(b'{"id":1,"ok":true'):
             raise RuntimeError("the daemon refused a checkpoint")
 
@@ -115,7 +125,7 @@ def floor(a: argparse.Namespace) -> dict[str, Any]:
     stop = threading.Event()
 
     def work(i: int) -> None:
-        writer = FloorWriter(a.socket, f"floor-{run}-{i}", a.size)
+        writer = FloorWriter(a.socket, f"floor-{run}-{i}", a.size, poll=a.threads == 1)
         barrier.wait()
         n = 0
         while not stop.is_set():
@@ -189,7 +199,7 @@ BLOCK = 20
 
 def alternate(a: argparse.Namespace) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    writer = FloorWriter(a.socket, f"floor-{run}", a.size)
+    writer = FloorWriter(a.socket, f"floor-{run}", a.size, poll=True)
     a.saver = "sessiond"
     ours = make_saver(a, "alternate")
     a.saver = "sqlite"
