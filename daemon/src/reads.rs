@@ -19,13 +19,15 @@ use crate::table::{meta_matches, Retained};
 
 /// A checkpoint (`None`: the latest intact one) with, if asked, its attachments: from the
 /// cache when it holds it and there are no attachments to read, which needs no disk and no
-/// thread hop, else read and verified on the blocking pool.
+/// thread hop, else read and verified (see [`run`]; `alone`: the caller's connection is
+/// the only one).
 pub async fn get(
     state: &Arc<DaemonState>,
     uid: u32,
     name: &str,
     which: Option<CheckpointRef>,
     attachments: bool,
+    alone: bool,
 ) -> Result<Option<CheckpointInfo>, WireError> {
     let Some(found) = state.table().find(uid, name, which.as_ref(), attachments)? else {
         return Ok(None);
@@ -44,7 +46,7 @@ pub async fn get(
         }
     }
     let shared = state.clone();
-    blocking(move || {
+    run(state, alone, move || {
         let Some(info) = (match which {
             Some(_) => read_named(&shared, &key, &found, attachments).map(Some)?,
             None => read_latest(&shared, &key, attachments)?,
@@ -69,6 +71,22 @@ pub async fn get(
         Ok(Some(info))
     })
     .await
+}
+
+/// Runs a read of the store: on the blocking pool, never on the async worker every
+/// connection shares; but in place when the caller's connection is the only one (`alone`)
+/// and the store reads local files, where the two wake-ups of the hand-off would cost it
+/// more than the read itself and nobody else waits on the worker.
+pub async fn run<T: Send + 'static>(
+    state: &DaemonState,
+    alone: bool,
+    f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    if alone && state.reads.reads_in_place() {
+        f()
+    } else {
+        blocking(f).await
+    }
 }
 
 pub async fn blocking<T: Send + 'static>(

@@ -1,5 +1,6 @@
 //! The in-memory cache of latest checkpoints never changes what a read returns: with it off,
-//! tiny (constant eviction) or at its default, every read gives the acknowledged bytes.
+//! tiny (constant eviction) or at its default, every read gives the acknowledged bytes, read
+//! in place for a lone connection and on the blocking pool while another is open.
 
 use std::os::unix::fs::FileExt;
 
@@ -19,6 +20,12 @@ fn exercise(args: &[&str]) {
     // Sizes around the tiny cache's per-payload limit (4096 / 8).
     let sizes = [10, 400, 600, 3000];
     for generation in 0..2u8 {
+        // The second generation is read while another connection is open.
+        let other = (generation == 1).then(|| {
+            let mut other = d.client();
+            other.ping().unwrap();
+            other
+        });
         for s in 0..sessions {
             let name = format!("job{s}");
             c.create(&name, CreateOptions::default()).unwrap();
@@ -41,6 +48,7 @@ fn exercise(args: &[&str]) {
             let resumed = c.resume(&name, None, true).unwrap();
             assert_eq!(resumed.checkpoint.unwrap().payload.unwrap().0, want(3));
         }
+        drop(other);
         // The same names and numbers again, with other bytes: nothing of the first
         // generation may be served for them.
         if generation == 0 {

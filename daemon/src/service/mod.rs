@@ -136,7 +136,15 @@ impl Service {
         let Reply::Resumed { session, .. } = committed? else {
             return Err(WireError::internal("resume committed without a session"));
         };
-        let checkpoint = reads::get(&self.state, uid, &session.name, None, attachments).await?;
+        let checkpoint = reads::get(
+            &self.state,
+            uid,
+            &session.name,
+            None,
+            attachments,
+            self.alone(),
+        )
+        .await?;
         Ok(Reply::Resumed {
             session,
             checkpoint,
@@ -147,6 +155,11 @@ impl Service {
     /// run when the connection's earlier requests are done (so it sees their effects).
     ///
     /// `direct`: where the commit thread may write a mutation's reply itself (see [`crate::sink`]).
+    /// Whether one connection is all the daemon serves (its reads may then run in place).
+    fn alone(&self) -> bool {
+        self.connections.load(Ordering::Relaxed) <= 1
+    }
+
     pub fn start(&self, peer: &Peer, frame: RequestFrame, direct: Option<DirectReply>) -> Started {
         match self.start_inner(peer, frame, direct) {
             Ok(started) => started,
@@ -329,7 +342,10 @@ impl Service {
             }
             Request::History(r) => {
                 let state = self.state.clone();
-                blocking(move || reads::history(&state, uid, &r)).await
+                reads::run(&self.state, self.alone(), move || {
+                    reads::history(&state, uid, &r)
+                })
+                .await
             }
             Request::Get(r) => {
                 let which = match (r.number, r.key) {
@@ -337,9 +353,16 @@ impl Service {
                     (None, Some(k)) => Some(CheckpointRef::Key(k)),
                     (None, None) => None,
                 };
-                reads::get(&self.state, uid, &r.name, which, r.attachments)
-                    .await
-                    .map(Reply::Checkpoint)
+                reads::get(
+                    &self.state,
+                    uid,
+                    &r.name,
+                    which,
+                    r.attachments,
+                    self.alone(),
+                )
+                .await
+                .map(Reply::Checkpoint)
             }
             Request::Stats => {
                 let (sessions, checkpoints, by_status) = {

@@ -184,6 +184,13 @@ pub trait Reads: Send + Sync {
     /// thread, which every write waits on, has less to do.
     fn prepare(&self, _uid: u32, _name: &str, _payload: &mut CheckedPayload) {}
 
+    /// Whether a read is quick enough to run on the async worker when no other connection
+    /// waits on it: files of this machine, mostly in its page cache (not a database's round
+    /// trip, on a runtime of the store's own that a worker cannot block on).
+    fn reads_in_place(&self) -> bool {
+        false
+    }
+
     /// Whether [`Reads::prepare`] has work for a payload of `len` bytes of `session`.
     fn prepares(&self, _uid: u32, _name: &str, _len: usize) -> bool {
         false

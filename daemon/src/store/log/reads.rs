@@ -169,6 +169,10 @@ impl SegmentFiles {
 }
 
 impl Reads for SegmentFiles {
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+
     fn read(&self, at: &Loc) -> Result<(CheckpointMeta, Vec<u8>), store::ReadError> {
         let (header, payload) = self.read_record(at).map_err(damage_or_failure)?;
         match header {
