@@ -259,6 +259,13 @@ def test_a_call_polls_for_its_reply_only_until_it_arrives(daemon: Daemon) -> Non
         for i in range(3):
             assert slow_to_give_up.checkpoint("polled", b"%d" % i).number == i + 1
         assert time.monotonic() - started < 10, "a call waited out the window"
+        assert slow_to_give_up._idle[0].quick, "replies came within the window"
+    # Replies slower than the window: the connection stops polling for them.
+    with sessiond.Client(daemon.socket, poll_window=1e-9) as hasty:
+        assert hasty.get("polled").payload == b"2"  # type: ignore[union-attr]
+        assert not hasty._idle[0].quick
+        assert hasty.get("polled").payload == b"2"  # type: ignore[union-attr]
+        assert not hasty._idle[0].quick
     with sessiond.Client(daemon.socket, poll_window=0) as sleeper:
         assert sleeper.get("polled").payload == b"2"  # type: ignore[union-attr]
 

@@ -54,6 +54,8 @@ class _Connection:
         self.next_id = 0
         self._readable = select.poll()
         self._readable.register(self.sock, select.POLLIN)
+        #: The last reply came within the poll window: poll for the next one.
+        self.quick = True
 
     def send(self, op: Op[Any]) -> int:
         self.next_id += 1
@@ -73,14 +75,16 @@ class _Connection:
                         sent = 0
         return self.next_id
 
-    def poll(self, window: float) -> None:
-        """Returns once the reply has begun to arrive, or after ``window`` seconds: a thread
-        that sleeps on the socket instead takes tens of microseconds to wake on a virtual
-        machine whose idle CPU has halted meanwhile."""
+    def poll(self, window: float) -> bool:
+        """Returns once the reply has begun to arrive (``True``), or after ``window`` seconds
+        (``False``): a thread that sleeps on the socket instead takes tens of microseconds to
+        wake on a virtual machine whose idle CPU has halted meanwhile."""
         until = time.perf_counter() + window
         ready = self._readable.poll
-        while not ready(0) and time.perf_counter() < until:
-            pass
+        while not ready(0):
+            if time.perf_counter() >= until:
+                return False
+        return True
 
     def receive(self, request_id: int, op: Op[T]) -> T:
         line = self.reader.readline()
@@ -111,10 +115,11 @@ class Client:
     errors raise the :class:`sessiond.Error` subclass of their kind.
 
     ``poll_window``: how long a call that is the client's only one in flight polls its
-    socket for the reply before sleeping on it (seconds; 0 never polls). A thread woken from
-    sleep pays a wake-up of its CPU, tens of microseconds on a virtual machine, a fair part
-    of a durable write; polling costs up to the window in CPU per call instead. The daemon
-    does the same for its clients' next requests (``--poll-window``).
+    socket for the reply before sleeping on it (seconds; 0 never polls), while the replies
+    on its connection come within it. A thread woken from sleep pays a wake-up of its CPU,
+    tens of microseconds on a virtual machine, a fair part of a durable write; polling
+    costs up to the window in CPU per call instead. The daemon does the same for its
+    clients' next requests (``--poll-window``).
 
     >>> c = Client()
     >>> c.create("job", keep=5)
@@ -177,9 +182,15 @@ class Client:
                 conn.close()
                 conn = _Connection(self.socket, self.timeout)
                 request_id = conn.send(op)
-            if window:
-                conn.poll(window)
+            # Polled for only while replies come within the window: a slow store (a
+            # database behind the daemon, a slow disk) would have it spend the whole window
+            # on every call, taking a CPU from the daemon and its store.
+            started = time.perf_counter() if window else 0.0
+            if window and conn.quick:
+                conn.quick = conn.poll(window)
             result = conn.receive(request_id, op)
+            if window and not conn.quick:
+                conn.quick = time.perf_counter() - started < window
         except (ConnectionFailed, ProtocolError):
             conn.close()
             raise
