@@ -252,6 +252,8 @@ def test_a_call_polls_for_its_reply_only_until_it_arrives(daemon: Daemon) -> Non
 
     with pytest.raises(ValueError, match="poll_window"):
         sessiond.Client(daemon.socket, poll_window=-1)
+    with pytest.raises(ValueError, match="poll_window"):
+        sessiond.Client(daemon.socket, poll_window=float("nan"))
     # A window far longer than any reply here: polling must end when the reply comes.
     with sessiond.Client(daemon.socket, poll_window=10.0) as slow_to_give_up:
         slow_to_give_up.create("polled", detached=True)

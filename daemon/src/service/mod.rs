@@ -151,15 +151,15 @@ impl Service {
         })
     }
 
-    /// Validates a request and starts it: answered at once, queued for commit, or a read to
-    /// run when the connection's earlier requests are done (so it sees their effects).
-    ///
-    /// `direct`: where the commit thread may write a mutation's reply itself (see [`crate::sink`]).
     /// Whether one connection is all the daemon serves (its reads may then run in place).
     fn alone(&self) -> bool {
         self.connections.load(Ordering::Relaxed) <= 1
     }
 
+    /// Validates a request and starts it: answered at once, queued for commit, or a read to
+    /// run when the connection's earlier requests are done (so it sees their effects).
+    ///
+    /// `direct`: where the commit thread may write a mutation's reply itself (see [`crate::sink`]).
     pub fn start(&self, peer: &Peer, frame: RequestFrame, direct: Option<DirectReply>) -> Started {
         match self.start_inner(peer, frame, direct) {
             Ok(started) => started,

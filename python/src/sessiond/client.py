@@ -133,7 +133,7 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         poll_window: float = DEFAULT_POLL_WINDOW,
     ):
-        if poll_window < 0:
+        if not poll_window >= 0:  # NaN too
             raise ValueError(f"poll_window must be 0 or more seconds, not {poll_window!r}")
         self.socket = socket or _wire.default_socket()
         self.timeout = timeout
