@@ -3,8 +3,9 @@
 #  - LangGraph checkpointers: SessiondSaver.put against SqliteSaver.put (WAL, same
 #    payloads), one saver shared by 1 and 16 threads each writing its own LangGraph thread;
 #    get_tuple by checkpoint id in a thread of 1,000 checkpoints against get_tuple of the
-#    latest (bench/savers.py); and, on one thread, a floor request, a SessiondSaver.put and a
-#    SqliteSaver.put one after the other over and over (all three meet the same disk);
+#    latest (bench/savers.py); and, on one thread, twenty floor requests, twenty
+#    SessiondSaver.put and twenty SqliteSaver.put, block after block (all three meet the
+#    same disk);
 #  - JSON lines against the binary protocol, same daemon, same load generator: 1 KiB and
 #    64 KiB checkpoints at 1 and 16 clients, and get-latest at 1 client, with payloads in
 #    base64 (`json`) and as raw bytes after the line (`raw`).
@@ -85,7 +86,7 @@ for t in (1, 16):
     rows = zip(*(runs.get(f"{n} put x{t}", []) for n in ("sessiond saver", "sqlite saver", "python floor")))
     print(f"    x{t}: " + "; ".join(" / ".join(f"{v['ops_per_sec']:.0f}" for v in row) for row in rows))
 f, s, q = (med("savers alternate", k) for k in ("floor_p50_us", "sessiond_p50_us", "sqlite_p50_us"))
-print("\none thread, one after the other (a floor request, SessiondSaver.put, SqliteSaver.put), p50:")
+print("\none thread, in turn (twenty floor requests, twenty SessiondSaver.put, twenty SqliteSaver.put), p50:")
 print(f"  floor {f:.0f} us, SessiondSaver {s:.0f} us, SqliteSaver {q:.0f} us: SessiondSaver "
       f"{q / s if s else 0:.2f}x SqliteSaver, the floor {q / f if f else 0:.2f}x SqliteSaver")
 print("\nget_tuple in a thread of 1,000 checkpoints, p50:")
