@@ -346,7 +346,7 @@ async fn drain(
                     let direct = out.direct(&id);
                     // Alone, this connection holds up nobody: the two wake-ups of a hand-off
                     // cost it more than the worker's waiting does.
-                    let shared = service.connections.load(Ordering::Relaxed) > 1;
+                    let shared = !service.alone();
                     let mut started =
                         if shared && parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
                             // Cutting a large payload takes a while: off the async worker, which

@@ -151,8 +151,9 @@ impl Service {
         })
     }
 
-    /// Whether one connection is all the daemon serves (its reads may then run in place).
-    fn alone(&self) -> bool {
+    /// Whether one connection is all the daemon serves: its reads and its payloads' cuts
+    /// then run on the async worker, which nobody else waits on.
+    pub fn alone(&self) -> bool {
         self.connections.load(Ordering::Relaxed) <= 1
     }
 
