@@ -48,7 +48,23 @@ pub(super) fn url_config(cfg: &PgConfig) -> Result<PgUrl, StoreError> {
 
 /// A pool of connections to the database, each with the statement timeout set.
 pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
-    let url = url_config(cfg)?;
+    pool_of(url_config(cfg)?, cfg)
+}
+
+/// The commit thread's pool: its statements find rows by key, and each is planned once for
+/// all its parameters (the planner, left to itself, plans the one-checkpoint write anew at
+/// every call, at more than its cost to run).
+pub(super) fn commit_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
+    let mut url = url_config(cfg)?;
+    let options = format!(
+        "{} -c plan_cache_mode=force_generic_plan",
+        url.get_options().unwrap_or_default()
+    );
+    url.options(options);
+    pool_of(url, cfg)
+}
+
+fn pool_of(url: PgUrl, cfg: &PgConfig) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         url,
         NoTls,

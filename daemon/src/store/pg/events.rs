@@ -1,7 +1,9 @@
-//! Other hosts' events: a connection of its own LISTENs on the channel every batch notifies
-//! its events on, and hands those of other hosts to this daemon's watchers. Lost, it
-//! reconnects with a back-off; events meanwhile are missed (a watcher reads the session to
-//! catch up, as after a lag).
+//! Other hosts' events: a connection of its own LISTENs on this host's channel, which every
+//! other host's batches notify their events on (`sessiond_notify`: to each host holding its
+//! lease, or holding it within the last ttl), and hands them to this daemon's watchers. Lost,
+//! it reconnects with a back-off; events meanwhile are missed (a watcher reads the session to
+//! catch up, as after a lag), as are those of a batch that read the hosts just before this
+//! one took its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::connect::{url_config, PgConfig};
-use super::write::{Notice, CHANNEL};
+use super::write::Notice;
 
 /// Starts the listener on the current runtime.
 pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {
@@ -58,7 +60,15 @@ async fn listen_once(
         }
         "the database closed the connection".to_string()
     });
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+    let listened = async {
+        let channel: String = client
+            .query_one("SELECT sessiond_channel($1)", &[&cfg.host_id])
+            .await?
+            .get(0);
+        // Letters, digits and a dot: quoted as they are.
+        client.batch_execute(&format!("LISTEN \"{channel}\"")).await
+    };
+    if let Err(e) = listened.await {
         receiving.abort();
         return Err(e.to_string());
     }

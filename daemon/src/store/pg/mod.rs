@@ -10,6 +10,7 @@ pub(crate) mod check;
 mod connect;
 mod events;
 mod lease;
+mod put;
 mod reads;
 mod rows;
 pub(crate) mod schema;
@@ -69,7 +70,6 @@ struct Sweep {
 }
 
 /// The advisory lock every batch holds (shared; exclusively one that may touch any session).
-/// `sessiond_put_checkpoints` in the schema takes it by its decimal value.
 const ALL_SESSIONS_LOCK: i64 = 0x7365_7373_0000_0001;
 
 impl PgStore {
@@ -128,7 +128,7 @@ impl PgStore {
                 source: e,
             })?;
         let store = PgStore {
-            pool: self::pool(&cfg)?,
+            pool: connect::commit_pool(&cfg)?,
             cfg,
             local,
             health,

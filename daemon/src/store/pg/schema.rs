@@ -168,6 +168,75 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER checkpoints_link_chunks AFTER INSERT ON checkpoints
         FOR EACH ROW WHEN (NEW.chunks IS NOT NULL) EXECUTE FUNCTION sessiond_link_chunks();
     "#,
+    // 4: a batch's notices go to each other host's own channel, not to one channel every
+    // host hears: a host no longer hears its own events, and a lone host notifies nobody
+    // (each notice heard costs the database a signal and the listening daemon a wake-up). An
+    // error a plain statement can raise, so that one statement can fail its transaction when
+    // the lease has lapsed after its writes (statements::PUT_ONE).
+    r#"
+    CREATE FUNCTION sessiond_channel(p_host text) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $$ SELECT 'sessiond.' || md5(p_host) $$;
+    -- Every host that holds its lease or held it within the last ttl (one paused or cut off
+    -- a moment still hears what it missed), read when called: after the batch's locks, so
+    -- that a host whose lease was taken before them is seen. (plpgsql: it keeps its plan for
+    -- the session, where a sql function is planned again at every statement that calls it.)
+    CREATE FUNCTION sessiond_notify(p_host text, p_ttl double precision, p_notices text[])
+    RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        sent bigint;
+    BEGIN
+        SELECT count(pg_notify(sessiond_channel(h.host_id), n)) INTO sent
+            FROM hosts h, unnest(p_notices) AS n
+            WHERE h.host_id <> p_host
+                AND h.lease_until > clock_timestamp() - make_interval(secs => p_ttl);
+        RETURN sent;
+    END $$;
+    CREATE FUNCTION sessiond_fail(p_code text, p_message text) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '%', p_message USING ERRCODE = p_code;
+    END $$;
+    -- Migration 2's, its notices sent as above.
+    CREATE OR REPLACE FUNCTION sessiond_put_checkpoints(
+        p_host text, p_pid bigint, p_ttl double precision,
+        s_uids bigint[], s_names text[], s_versions bigint[],
+        c_uids bigint[], c_names text[], c_numbers bigint[], c_created bigint[],
+        c_metas jsonb[], c_keys text[], c_payloads bytea[], c_crcs bigint[],
+        p_notices text[])
+    RETURNS TABLE (o_id bigint, o_uid bigint, o_name text, o_number bigint)
+    LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(8315179224767922177);
+        PERFORM pg_advisory_xact_lock(h) FROM (SELECT DISTINCT
+            hashtextextended(u::text || '/' || n, 0) AS h
+            FROM unnest(s_uids, s_names) AS t(u, n) ORDER BY 1) AS locks;
+        PERFORM sessiond_hold_lease(p_host, p_pid, p_ttl);
+        PERFORM sessiond_expect_versions(s_uids, s_names, s_versions);
+        RETURN QUERY INSERT INTO checkpoints
+                (uid, name, number, created_at, meta, key, payload, payload_crc)
+            SELECT * FROM unnest(c_uids, c_names, c_numbers, c_created, c_metas, c_keys,
+                c_payloads, c_crcs)
+            RETURNING id, uid, name, number;
+        WITH written AS (SELECT uid, name, max(number) AS number,
+                    max(created_at) AS created_at
+                FROM unnest(c_uids, c_names, c_numbers, c_created)
+                    AS t(uid, name, number, created_at) GROUP BY uid, name),
+            s AS (UPDATE sessions SET version = sessions.version + 1,
+                    last_number = GREATEST(sessions.last_number, written.number),
+                    updated_at = GREATEST(sessions.updated_at, written.created_at)
+                FROM written WHERE sessions.uid = written.uid AND sessions.name = written.name
+                RETURNING sessions.uid, sessions.name, sessions.keep)
+        DELETE FROM checkpoints c USING s
+            WHERE c.uid = s.uid AND c.name = s.name AND s.keep > 0
+                AND c.number <= (SELECT c2.number FROM checkpoints c2
+                    WHERE c2.uid = s.uid AND c2.name = s.name
+                    ORDER BY c2.number DESC OFFSET s.keep LIMIT 1);
+        PERFORM sessiond_notify(p_host, p_ttl, p_notices);
+        RETURN QUERY SELECT NULL::bigint, s.uid, s.name, s.version FROM sessions s
+            WHERE (s.uid, s.name) IN (SELECT * FROM unnest(s_uids, s_names));
+    END $$;
+    "#,
 ];
 
 /// The SQLSTATE `sessiond_hold_lease` fails with.
@@ -245,9 +314,20 @@ pub async fn version(
 
 #[cfg(test)]
 mod tests {
+    use super::super::statements::PUT_ONE;
+
     #[test]
-    fn the_functions_take_the_lock_every_batch_takes() {
+    fn the_one_statement_write_fails_with_the_code_the_daemon_reads_and_takes_the_lock() {
+        assert!(PUT_ONE.contains(&format!("sessiond_fail('{}'", super::LEASE_LAPSED)));
+        assert!(PUT_ONE.contains("pg_advisory_xact_lock_shared($3)"));
+    }
+
+    #[test]
+    fn the_functions_take_the_lock_every_batch_takes_and_notify_the_other_hosts() {
         let all = super::super::ALL_SESSIONS_LOCK.to_string();
-        assert!(super::MIGRATIONS[1].contains(&format!("pg_advisory_xact_lock_shared({all})")));
+        let latest = super::MIGRATIONS[3];
+        assert!(latest.contains(&format!("pg_advisory_xact_lock_shared({all})")));
+        assert!(latest.contains("PERFORM sessiond_notify(p_host, p_ttl, p_notices)"));
+        assert!(!latest.contains("pg_notify('sessiond'"));
     }
 }

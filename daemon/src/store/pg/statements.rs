@@ -36,6 +36,38 @@ impl<'a> Stmt<'a> {
     }
 }
 
+/// A speculative batch of one checkpoint (one client's write) as one statement in a
+/// transaction of its own, as plain as it can be (a statement's cost here is mostly the
+/// executor's set-up of every node of its plan): the session's version bumped if it is the
+/// one this daemon knows, under the locks a batch takes (taken in that condition, in order:
+/// a row another transaction changes meanwhile is re-read and the condition checked again,
+/// locks included), then its row, retention, and the notices. No row back: the session had
+/// changed, and nothing was written; a lapsed lease fails the transaction
+/// (`sessiond_fail`). Returns the row's id and the session's new version.
+///
+/// $1 host, $2 daemon pid, $3 the all-sessions lock, $4 uid, $5 name, $6 the session's
+/// known version, $7 number, $8 created_at, $9 meta, $10 key, $11 payload, $12 crc, $13 the
+/// notices, $14 the lease ttl in seconds (`sessiond_notify`'s).
+pub const PUT_ONE: &str = "\
+WITH b AS (UPDATE sessions SET version = version + 1, \
+            last_number = GREATEST(last_number, $7), updated_at = GREATEST(updated_at, $8) \
+        WHERE uid = $4 AND name = $5 AND version = $6 \
+            AND pg_advisory_xact_lock_shared($3)::text IS NOT NULL \
+            AND pg_advisory_xact_lock(hashtextextended($4::text || '/' || $5, 0))::text \
+                IS NOT NULL \
+        RETURNING keep, version), \
+    retained AS (DELETE FROM checkpoints d \
+        WHERE (SELECT keep FROM b) > 0 AND d.uid = $4 AND d.name = $5 \
+            AND d.number <= (SELECT d2.number FROM checkpoints d2 \
+                WHERE d2.uid = $4 AND d2.name = $5 \
+                ORDER BY d2.number DESC OFFSET (SELECT keep FROM b) - 1 LIMIT 1)) \
+INSERT INTO checkpoints (uid, name, number, created_at, meta, key, payload, payload_crc) \
+SELECT $4, $5, $7, $8, $9, $10, $11, $12 FROM b \
+WHERE CASE WHEN EXISTS (SELECT 1 FROM hosts WHERE host_id = $1 AND daemon_pid = $2 \
+        AND lease_until > clock_timestamp() AND b.version > 0) THEN true \
+    ELSE sessiond_fail('SDL01', 'the lease of host ' || $1 || ' has lapsed') IS NULL END \
+RETURNING id, (SELECT version FROM b), sessiond_notify($1, $14, $13)";
+
 const BUMP: &str = "UPDATE sessions SET version = version + 1 WHERE uid = $1 AND name = $2";
 
 const UPSERT_SESSION: &str = "INSERT INTO sessions (uid, name, status, owner_host, owner_pid, \

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::rows::{loc_of, meta_json, SESSION_ROW};
+use super::rows::{loc_of, SESSION_ROW};
 use super::statements::{self, Stmt};
 use super::sync::{self, Filter};
 use super::{schema, PgConfig, ALL_SESSIONS_LOCK};
@@ -168,9 +168,6 @@ pub struct Notice {
     pub event: sessiond_proto::Event,
 }
 
-/// The channel the notices go on.
-pub const CHANNEL: &str = "sessiond";
-
 /// The batch's statements in the begun transaction, then COMMIT, all sent at once; the
 /// versions it left. The first statement renews the lease and fails the transaction if it
 /// had lapsed.
@@ -201,7 +198,7 @@ pub async fn write_if_unchanged(
     known: &HashMap<SessionKey, i64>,
     units: &[Unit<'_>],
 ) -> Result<(Written, HashMap<SessionKey, i64>), Failure> {
-    if let Some(done) = put_checkpoints(client, cfg, scope, known, units).await {
+    if let Some(done) = super::put::checkpoints(client, cfg, scope, known, units).await {
         return done;
     }
     let mut first = locks(scope);
@@ -218,132 +215,8 @@ pub async fn write_if_unchanged(
     write_after(client, cfg, scope, units, first).await
 }
 
-/// A speculative batch of checkpoints alone, as one statement in a transaction of its own
-/// (`sessiond_put_checkpoints`); `None` if the batch holds anything else.
-async fn put_checkpoints(
-    client: &Object,
-    cfg: &PgConfig,
-    scope: &Scope,
-    known: &HashMap<SessionKey, i64>,
-    units: &[Unit<'_>],
-) -> Option<Result<(Written, HashMap<SessionKey, i64>), Failure>> {
-    let all: Vec<&(Change, CheckedPayload)> = units.iter().flat_map(|u| u.changes).collect();
-    if all.is_empty() || scope.all {
-        return None;
-    }
-    let mut c = Columns::default();
-    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
-        let Change::Checkpoint {
-            meta: h,
-            payload_crc,
-        } = change
-        else {
-            return None;
-        };
-        if payload.prepared.is_some() {
-            // A chunked checkpoint is written by a statement of its own, after a prepare.
-            return None;
-        }
-        c.uids.push(i64::from(h.uid));
-        c.names.push(h.name.as_str());
-        c.numbers.push(h.number as i64);
-        c.created.push(h.created_at);
-        c.metas.push(meta_json(&h.meta));
-        c.keys.push(h.key.as_deref());
-        c.payloads.push(payload.bytes.as_slice());
-        c.crcs.push(i64::from(*payload_crc));
-    }
-    let (s_uids, s_names): (Vec<i64>, Vec<&str>) = scope
-        .keys
-        .iter()
-        .map(|k| (i64::from(k.uid), k.name.as_str()))
-        .unzip();
-    let s_versions: Vec<Option<i64>> = scope.keys.iter().map(|k| known.get(k).copied()).collect();
-    let notices = notices(cfg, units);
-    let pid = i64::from(std::process::id());
-    let run = async {
-        let stmt = client
-            .prepare_cached(
-                "SELECT * FROM sessiond_put_checkpoints($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15)",
-            )
-            .await?;
-        client
-            .query(
-                &stmt,
-                &[
-                    &cfg.host_id,
-                    &pid,
-                    &cfg.lease_ttl.as_secs_f64(),
-                    &s_uids,
-                    &s_names,
-                    &s_versions,
-                    &c.uids,
-                    &c.names,
-                    &c.numbers,
-                    &c.created,
-                    &c.metas,
-                    &c.keys,
-                    &c.payloads,
-                    &c.crcs,
-                    &notices,
-                ],
-            )
-            .await
-    };
-    let rows = match run.await {
-        Ok(rows) => rows,
-        Err(e) => return Some(Err(failure(cfg, e))),
-    };
-    let mut ids: HashMap<(u32, String, u64), i64> = HashMap::new();
-    let mut versions = HashMap::new();
-    for row in &rows {
-        let (uid, name, n) = (
-            row.get::<_, i64>(1) as u32,
-            row.get::<_, String>(2),
-            row.get::<_, i64>(3),
-        );
-        match row.get::<_, Option<i64>>(0) {
-            Some(id) => {
-                ids.insert((uid, name, n as u64), id);
-            }
-            None => {
-                versions.insert(SessionKey::new(uid, name), n);
-            }
-        }
-    }
-    let mut locs = Vec::with_capacity(all.len());
-    let mut bytes = 0u64;
-    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
-        let Change::Checkpoint { meta: h, .. } = change else {
-            return None;
-        };
-        let Some(&id) = ids.get(&(h.uid, h.name.clone(), h.number)) else {
-            return Some(Err(Failure::Failed(
-                "the database returned no row id".into(),
-            )));
-        };
-        bytes += payload.bytes.len() as u64;
-        locs.push(loc_of(id, payload.bytes.len()));
-    }
-    Some(Ok((Written { locs, bytes }, versions)))
-}
-
-/// A batch's checkpoints as the columns of their rows.
-#[derive(Default)]
-struct Columns<'a> {
-    uids: Vec<i64>,
-    names: Vec<&'a str>,
-    numbers: Vec<i64>,
-    created: Vec<i64>,
-    metas: Vec<serde_json::Value>,
-    keys: Vec<Option<&'a str>>,
-    payloads: Vec<&'a [u8]>,
-    crcs: Vec<i64>,
-}
-
 /// The notices of a batch's events for other hosts.
-fn notices(cfg: &PgConfig, units: &[Unit<'_>]) -> Vec<String> {
+pub(super) fn notices(cfg: &PgConfig, units: &[Unit<'_>]) -> Vec<String> {
     let mut out = Vec::new();
     for unit in units {
         for event in unit.events {
@@ -361,7 +234,7 @@ fn notices(cfg: &PgConfig, units: &[Unit<'_>]) -> Vec<String> {
 }
 
 /// What a database error means for a batch.
-fn failure(cfg: &PgConfig, e: tokio_postgres::Error) -> Failure {
+pub(super) fn failure(cfg: &PgConfig, e: tokio_postgres::Error) -> Failure {
     match e.code().map(|c| c.code()) {
         Some(schema::CHANGED) => Failure::Changed,
         Some(schema::LEASE_LAPSED) => Failure::Failed(format!(
@@ -415,8 +288,12 @@ async fn write_after<'a>(
     notices.extend(self::notices(cfg, units));
     if !notices.is_empty() {
         stmts.push(Stmt::new(
-            "SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n",
-            vec![Box::new(CHANNEL), Box::new(notices)],
+            "SELECT sessiond_notify($1, $2, $3)",
+            vec![
+                Box::new(cfg.host_id.as_str()),
+                Box::new(cfg.lease_ttl.as_secs_f64()),
+                Box::new(notices),
+            ],
         ));
     }
     stmts.push(sync::versions_stmt(filter(scope)));
