@@ -177,8 +177,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE FUNCTION sessiond_channel(p_host text) RETURNS text
     LANGUAGE sql IMMUTABLE AS $$ SELECT 'sessiond.' || md5(p_host) $$;
     -- Every host that holds its lease or held it within the last ttl (one paused or cut off
-    -- a moment still hears what it missed), read when called: after the batch's locks, so
-    -- that a host whose lease was taken before them is seen. (plpgsql: it keeps its plan for
+    -- for a moment is still sent them), read when called: after the batch's locks, so that
+    -- a host whose lease was taken before them is seen. (plpgsql: it keeps its plan for
     -- the session, where a sql function is planned again at every statement that calls it.)
     CREATE FUNCTION sessiond_notify(p_host text, p_ttl double precision, p_notices text[])
     RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
