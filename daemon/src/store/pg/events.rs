@@ -1,8 +1,8 @@
 //! Other hosts' events: a connection of its own LISTENs on this host's channel, which every
 //! other host's batches notify their events on (`sessiond_notify`: to each host holding its
 //! lease, or holding it within the last ttl), and hands them to this daemon's watchers. Lost,
-//! it reconnects with a back-off; events meanwhile are missed (a watcher reads the session to
-//! catch up, as after a lag), as are those of a batch that read the hosts just before this
+//! it reconnects with a back-off; events meanwhile are not delivered here (reads still answer
+//! what the database holds), nor are those of a batch that read the hosts just before this
 //! one took its lease.
 
 use std::sync::Arc;
