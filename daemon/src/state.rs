@@ -31,6 +31,11 @@ pub struct DaemonState {
     pub overlay: Mutex<Overlay>,
 }
 
+/// The user an event for every watcher is announced to (no user has this uid: it is
+/// `(uid_t) -1`): a `lagged` event when events may have been lost on their way here (other
+/// hosts' events, while the shared store's listener was reconnecting).
+pub const EVERY_WATCHER: u32 = u32::MAX;
+
 /// Where committed changes are announced: events for `watch` streams (bounded; a slow
 /// watcher lags, never a writer), ownership changes for the owner watcher (never dropped).
 pub struct Notifier {

@@ -336,7 +336,8 @@ pub enum EventKind {
     Resumed,
     /// It was deleted.
     Deleted,
-    /// The watcher fell behind; `missed` events were dropped.
+    /// The watcher fell behind; `missed` events were dropped (none said: an unknown number,
+    /// other hosts' events lost while the shared store's listener reconnected).
     Lagged,
 }
 
@@ -356,7 +357,7 @@ pub struct Event {
     pub epoch: Option<u64>,
     /// The owner concerned (`created`, `stale`, `resumed`).
     pub owner_pid: Option<u32>,
-    /// Events this watcher missed, being too slow (`lagged`).
+    /// Events this watcher missed, being too slow (`lagged`; none when not known).
     pub missed: Option<u64>,
     /// When it happened.
     #[serde(serialize_with = "crate::time::rfc3339")]

@@ -1,5 +1,6 @@
 //! Where a host's events go on the shared store: to each other host's own channel, never to
-//! its own, and nowhere while it is alone. Observed from the database's side, by a psql that
+//! its own, and nowhere while it is alone; and what watchers hear when a host's listener was
+//! cut off. Observed from the database's side, by a psql that
 //! LISTENs on the channels; the order notifications arrive in is the order of the commits
 //! that sent them, so a marker sent after a write shows that the write sent nothing.
 
@@ -8,7 +9,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sessiond_client::CreateOptions;
+use sessiond_client::{CreateOptions, Event, EventKind};
 use sessiond_tests::pg::Cluster;
 use sessiond_tests::{ClientExt, Daemon};
 
@@ -158,4 +159,57 @@ fn a_host_notifies_only_the_other_hosts_and_nobody_while_alone() {
             && to_b.iter().all(|p| !p.contains("\"host\":\"host-b\"")),
         "a host heard its own events: {before:?}"
     );
+}
+
+#[test]
+fn watchers_are_told_when_other_hosts_events_may_have_been_lost() {
+    let cluster = Cluster::get();
+    let url = cluster.new_database();
+    let db = Cluster::database_of(&url);
+    let (a, b) = (host(&url, "host-a"), host(&url, "host-b"));
+    let mut ca = a.client();
+    ca.create("job", CreateOptions::default()).unwrap();
+    let watch = b.client().watch(Some("job")).unwrap();
+    let (tx, events) = mpsc::channel();
+    std::thread::spawn(move || {
+        for e in watch.flatten() {
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |kind: EventKind| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e: Event = events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {kind:?} event"));
+            if e.kind == kind {
+                return e;
+            }
+        }
+    };
+    // B hears A: its listener is up.
+    ca.put_at("job", b"one".to_vec(), 1).unwrap();
+    assert_eq!(next(EventKind::Checkpointed).number, Some(1));
+
+    // B's listening connection is cut: once it listens again, its watchers hear of the gap.
+    let listening = format!(
+        "LISTEN \"{}\"",
+        cluster.sql(&db, "SELECT sessiond_channel('host-b')").trim()
+    );
+    let cut = cluster.sql(
+        &db,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = '{}'",
+            listening.replace('\'', "''")
+        ),
+    );
+    assert_eq!(cut.trim(), "1", "B's listener found");
+    let gap = next(EventKind::Lagged);
+    assert_eq!((gap.name.as_str(), gap.missed), ("job", None));
+    // And it hears A again.
+    ca.put_at("job", b"two".to_vec(), 1).unwrap();
+    assert_eq!(next(EventKind::Checkpointed).number, Some(2));
 }

@@ -484,6 +484,10 @@ async fn stream_events(
         };
         let event = match event {
             Ok(e) if e.0 == uid && name.as_ref().is_none_or(|n| *n == e.1.name) => e.1.clone(),
+            Ok(e) if e.0 == crate::state::EVERY_WATCHER && e.1.kind == EventKind::Lagged => Event {
+                name: name.clone().unwrap_or_default(),
+                ..e.1.clone()
+            },
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(missed)) => Event {
                 kind: EventKind::Lagged,

@@ -143,7 +143,8 @@ class Pong:
 @dataclass(frozen=True)
 class Event:
     """One event of a ``watch``: ``kind`` is created, checkpointed, status, stale, resumed,
-    deleted, or lagged (``missed`` events were dropped)."""
+    deleted, or lagged (``missed`` events were dropped; ``missed`` None: an unknown number,
+    other hosts' events lost while the shared store's listener was reconnecting)."""
 
     kind: str
     name: str

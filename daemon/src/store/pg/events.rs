@@ -2,29 +2,33 @@
 //! other host's batches notify their events on (`sessiond_notify`: to each host holding its
 //! lease, or holding it within the last ttl), and hands them to this daemon's watchers. Lost,
 //! it reconnects with a back-off; events meanwhile are not delivered here (reads still answer
-//! what the database holds), nor are those of a batch that read the hosts just before this
-//! one took its lease.
+//! what the database holds), so once it hears again every watcher is sent `lagged` (with no
+//! count: how many is not known). Not delivered either: those of a batch that read the hosts
+//! just before this one took its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
-use sessiond_proto::Event;
+use sessiond_proto::{Event, EventKind};
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::connect::{url_config, PgConfig};
 use super::write::Notice;
+use crate::state::EVERY_WATCHER;
 
 /// Starts the listener on the current runtime.
 pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {
     let cfg = cfg.clone();
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(100);
+        let mut lost = false;
         loop {
-            match listen_once(&cfg, &events).await {
+            match listen_once(&cfg, &events, lost).await {
                 Ok(()) => wait = Duration::from_millis(100),
                 Err(e) => {
+                    lost = true;
                     tracing::warn!(error = %e, retry_in = ?wait, "not receiving other hosts' events");
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
@@ -34,14 +38,17 @@ pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {
     });
 }
 
+/// Listens until the connection is lost; once listening, tells every watcher that events
+/// may be missing if the connection had been `lost` before.
 async fn listen_once(
     cfg: &PgConfig,
     events: &broadcast::Sender<Arc<(u32, Event)>>,
+    lost: bool,
 ) -> Result<(), String> {
     let url = url_config(cfg).map_err(|e| e.to_string())?;
     let (client, mut connection) = url.connect(NoTls).await.map_err(|e| e.to_string())?;
     let host = cfg.host_id.clone();
-    let events = events.clone();
+    let heard = events.clone();
     let receiving = tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
@@ -49,9 +56,10 @@ async fn listen_once(
                     let Ok(notice) = serde_json::from_str::<Notice>(n.payload()) else {
                         continue;
                     };
-                    if notice.host != host {
+                    // Only this daemon says that events were lost.
+                    if notice.host != host && notice.event.kind != EventKind::Lagged {
                         // No receiver is fine: nobody is watching.
-                        let _ = events.send(Arc::new((notice.uid, notice.event)));
+                        let _ = heard.send(Arc::new((notice.uid, notice.event)));
                     }
                 }
                 Ok(_) => {}
@@ -73,6 +81,21 @@ async fn listen_once(
         return Err(e.to_string());
     }
     tracing::debug!("receiving other hosts' events");
+    if lost {
+        tracing::info!("receiving other hosts' events again; watchers are told some may be lost");
+        let gap = Event {
+            kind: EventKind::Lagged,
+            name: String::new(),
+            number: None,
+            status: None,
+            epoch: None,
+            owner_pid: None,
+            missed: None,
+            at: chrono::Utc::now(),
+        };
+        // No receiver is fine: nobody is watching.
+        let _ = events.send(Arc::new((EVERY_WATCHER, gap)));
+    }
     let ended = receiving.await.unwrap_or_else(|e| e.to_string());
     drop(client);
     Err(ended)
