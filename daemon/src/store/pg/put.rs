@@ -7,14 +7,16 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Object;
 
-use super::rows::{loc_of, meta_json};
-use super::statements;
-use super::write::{failure, notices, Failure};
+use super::statements::{self, CheckpointColumns};
+use super::write::{checkpoints_written, failure, notices, Failure};
 use super::{PgConfig, ALL_SESSIONS_LOCK};
 use crate::model::{Change, CheckedPayload, Scope, SessionKey};
 use crate::store::{Unit, Written};
 
 type Outcome = Result<(Written, HashMap<SessionKey, i64>), Failure>;
+
+/// Each checkpoint's row id by session and number, and the version each session was left at.
+type Ids = (HashMap<(u32, String, u64), i64>, HashMap<SessionKey, i64>);
 
 /// Writes the batch in one statement if it holds checkpoints alone, none of them chunked;
 /// `None` otherwise.
@@ -29,87 +31,46 @@ pub async fn checkpoints(
     if all.is_empty() || scope.all {
         return None;
     }
-    let mut c = Columns::default();
-    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
-        let Change::Checkpoint {
-            meta: h,
-            payload_crc,
-        } = change
-        else {
-            return None;
-        };
-        // A chunked checkpoint is written by a statement of its own, after a prepare.
-        if payload.prepared.is_some() {
-            return None;
-        }
-        c.uids.push(i64::from(h.uid));
-        c.names.push(h.name.as_str());
-        c.numbers.push(h.number as i64);
-        c.created.push(h.created_at);
-        c.metas.push(meta_json(&h.meta));
-        c.keys.push(h.key.as_deref());
-        c.payloads.push(payload.bytes.as_slice());
-        c.crcs.push(i64::from(*payload_crc));
-    }
+    let c = CheckpointColumns::of(&all)?;
     let notices = notices(cfg, units);
     // One checkpoint of the one session the batch may touch, whose version this daemon knows.
-    let alone = match (&scope.keys[..], &c.uids[..], &c.names[..]) {
-        ([key], [uid], [name]) if *uid == i64::from(key.uid) && *name == key.name => {
-            known.get(key).copied()
+    let alone = match (&scope.keys[..], &all[..]) {
+        ([key], [(Change::Checkpoint { meta: h, .. }, _)])
+            if h.uid == key.uid && h.name == key.name =>
+        {
+            known.get(key).map(|&v| (key, v))
         }
         _ => None,
     };
-    let written = match alone {
-        Some(version) => one(client, cfg, &c, version, &notices).await,
-        None => several(client, cfg, scope, known, &c, &notices).await,
-    };
-    Some(written.and_then(|(ids, versions)| {
-        let mut locs = Vec::with_capacity(all.len());
-        let mut bytes = 0u64;
-        for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
-            let Change::Checkpoint { meta: h, .. } = change else {
-                return Err(Failure::Failed(
-                    "a batch of checkpoints holds only checkpoints".into(),
-                ));
-            };
-            let id = ids
-                .get(&(h.uid, h.name.clone(), h.number))
-                .ok_or_else(|| Failure::Failed("the database returned no row id".into()))?;
-            bytes += payload.bytes.len() as u64;
-            locs.push(loc_of(*id, payload.bytes.len()));
+    Some(match alone {
+        Some((key, version)) => {
+            one(client, cfg, &c, version, &notices)
+                .await
+                .and_then(|(id, left)| {
+                    let written = checkpoints_written(&all, |_, _, _| Some(id))?;
+                    Ok((written, HashMap::from([(key.clone(), left)])))
+                })
         }
-        Ok((Written { locs, bytes }, versions))
-    }))
+        None => several(client, cfg, scope, known, &c, &notices)
+            .await
+            .and_then(|(ids, versions)| {
+                let written = checkpoints_written(&all, |uid, name, n| {
+                    ids.get(&(uid, name.to_string(), n)).copied()
+                })?;
+                Ok((written, versions))
+            }),
+    })
 }
 
-/// A batch's checkpoints as the columns of their rows.
-#[derive(Default)]
-struct Columns<'a> {
-    uids: Vec<i64>,
-    names: Vec<&'a str>,
-    numbers: Vec<i64>,
-    created: Vec<i64>,
-    metas: Vec<serde_json::Value>,
-    keys: Vec<Option<&'a str>>,
-    payloads: Vec<&'a [u8]>,
-    crcs: Vec<i64>,
-}
-
-/// Each checkpoint's row id by session and number, and the version each session was left at.
-type Ids = (HashMap<(u32, String, u64), i64>, HashMap<SessionKey, i64>);
-
-/// One checkpoint ([`statements::PUT_ONE`]).
+/// One checkpoint, the columns' only row ([`statements::PUT_ONE`]): its row id and the
+/// version its session was left at.
 async fn one(
     client: &Object,
     cfg: &PgConfig,
-    c: &Columns<'_>,
+    c: &CheckpointColumns<'_>,
     version: i64,
     notices: &[String],
-) -> Result<Ids, Failure> {
-    let (Some(uid), Some(name)) = (c.uids.first(), c.names.first()) else {
-        return Err(Failure::Failed("a batch of no checkpoint".into()));
-    };
-    let first = |v: &[i64]| v.first().copied().unwrap_or_default();
+) -> Result<(i64, i64), Failure> {
     let run = async {
         let stmt = client.prepare_cached(statements::PUT_ONE).await?;
         client
@@ -119,15 +80,15 @@ async fn one(
                     &cfg.host_id,
                     &i64::from(std::process::id()),
                     &ALL_SESSIONS_LOCK,
-                    uid,
-                    name,
+                    &c.uids[0],
+                    &c.names[0],
                     &version,
-                    &first(&c.numbers),
-                    &first(&c.created),
-                    &c.metas.first(),
-                    &c.keys.first().copied().flatten(),
-                    &c.payloads.first().copied().unwrap_or_default(),
-                    &first(&c.crcs),
+                    &c.numbers[0],
+                    &c.created[0],
+                    &c.metas[0],
+                    &c.keys[0],
+                    &c.payloads[0],
+                    &c.crcs[0],
                     &notices,
                     &cfg.lease_ttl.as_secs_f64(),
                 ],
@@ -139,11 +100,7 @@ async fn one(
         .await
         .map_err(|e| failure(cfg, e))?
         .ok_or(Failure::Changed)?;
-    let (uid, number) = (*uid as u32, first(&c.numbers) as u64);
-    Ok((
-        HashMap::from([((uid, name.to_string(), number), row.get(0))]),
-        HashMap::from([(SessionKey::new(uid, name.to_string()), row.get(1))]),
-    ))
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Several checkpoints (`sessiond_put_checkpoints`: the scope's sessions at the versions
@@ -153,7 +110,7 @@ async fn several(
     cfg: &PgConfig,
     scope: &Scope,
     known: &HashMap<SessionKey, i64>,
-    c: &Columns<'_>,
+    c: &CheckpointColumns<'_>,
     notices: &[String],
 ) -> Result<Ids, Failure> {
     let (s_uids, s_names): (Vec<i64>, Vec<&str>) = scope

@@ -268,40 +268,62 @@ pub fn of_change<'a>(change: &'a Change, payload: &'a CheckedPayload) -> Vec<Stm
     }
 }
 
+/// A batch's checkpoints as the columns of their rows, when it holds checkpoints alone and
+/// none is chunked (a chunked one is written by a statement of its own, after a prepare).
+#[derive(Default)]
+pub struct CheckpointColumns<'a> {
+    pub uids: Vec<i64>,
+    pub names: Vec<&'a str>,
+    pub numbers: Vec<i64>,
+    pub created: Vec<i64>,
+    pub metas: Vec<serde_json::Value>,
+    pub keys: Vec<Option<&'a str>>,
+    pub payloads: Vec<&'a [u8]>,
+    pub crcs: Vec<i64>,
+}
+
+impl<'a> CheckpointColumns<'a> {
+    pub fn of(changes: &[&'a (Change, CheckedPayload)]) -> Option<Self> {
+        let mut c = CheckpointColumns::default();
+        for (change, payload) in changes.iter().map(|c| (&c.0, &c.1)) {
+            let Change::Checkpoint {
+                meta: h,
+                payload_crc,
+            } = change
+            else {
+                return None;
+            };
+            if payload.prepared.is_some() {
+                return None;
+            }
+            c.uids.push(i64::from(h.uid));
+            c.names.push(h.name.as_str());
+            c.numbers.push(h.number as i64);
+            c.created.push(h.created_at);
+            c.metas.push(meta_json(&h.meta));
+            c.keys.push(h.key.as_deref());
+            c.payloads.push(payload.bytes.as_slice());
+            c.crcs.push(i64::from(*payload_crc));
+        }
+        Some(c)
+    }
+}
+
 /// All of a batch's checkpoints in two statements (the rows, then retention and the
 /// sessions' versions), when the batch holds nothing else: a busy host's usual batch, sent
 /// in two statements instead of two per checkpoint. The insert returns each row's id with
 /// its session and number.
 pub fn of_checkpoints<'a>(changes: &[&'a (Change, CheckedPayload)]) -> Option<[Stmt<'a>; 2]> {
-    let mut uids = Vec::with_capacity(changes.len());
-    let mut names = Vec::with_capacity(changes.len());
-    let mut numbers = Vec::with_capacity(changes.len());
-    let mut created = Vec::with_capacity(changes.len());
-    let mut metas = Vec::with_capacity(changes.len());
-    let mut keys = Vec::with_capacity(changes.len());
-    let mut payloads = Vec::with_capacity(changes.len());
-    let mut crcs = Vec::with_capacity(changes.len());
-    for (change, payload) in changes.iter().map(|c| (&c.0, &c.1)) {
-        let Change::Checkpoint {
-            meta: h,
-            payload_crc,
-        } = change
-        else {
-            return None;
-        };
-        if payload.prepared.is_some() {
-            // Chunked: a statement of its own.
-            return None;
-        }
-        uids.push(i64::from(h.uid));
-        names.push(h.name.as_str());
-        numbers.push(h.number as i64);
-        created.push(h.created_at);
-        metas.push(meta_json(&h.meta));
-        keys.push(h.key.as_deref());
-        payloads.push(payload.bytes.as_slice());
-        crcs.push(i64::from(*payload_crc));
-    }
+    let CheckpointColumns {
+        uids,
+        names,
+        numbers,
+        created,
+        metas,
+        keys,
+        payloads,
+        crcs,
+    } = CheckpointColumns::of(changes)?;
     let insert = Stmt::new(
         "INSERT INTO checkpoints (uid, name, number, created_at, meta, key, payload, payload_crc) \
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \

@@ -301,8 +301,10 @@ async fn write_after<'a>(
         Ok(rows) => rows,
         Err(e) => return Err(failure(cfg, e)),
     };
-    let mut locs = Vec::with_capacity(all.len());
-    let mut bytes = 0u64;
+    let versions = rows
+        .last()
+        .map(|r| sync::versions_from(r))
+        .unwrap_or_default();
     if places.is_empty() && !all.is_empty() {
         // The grouped insert: ids by session and number.
         let ids: HashMap<(u32, &str, u64), i64> = rows
@@ -320,19 +322,11 @@ async fn write_after<'a>(
                     .collect()
             })
             .unwrap_or_default();
-        for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
-            let Change::Checkpoint { meta: h, .. } = change else {
-                return Err(Failure::Failed(
-                    "a grouped batch holds only checkpoints".into(),
-                ));
-            };
-            let id = ids
-                .get(&(h.uid, h.name.as_str(), h.number))
-                .ok_or_else(|| Failure::Failed("the database returned no row id".into()))?;
-            bytes += payload.bytes.len() as u64;
-            locs.push(loc_of(*id, payload.bytes.len()));
-        }
+        let written = checkpoints_written(&all, |uid, name, n| ids.get(&(uid, name, n)).copied())?;
+        return Ok((written, versions));
     }
+    let mut locs = Vec::with_capacity(all.len());
+    let mut bytes = 0u64;
     for (at, payload) in places {
         let loc = match payload {
             Some(len) => {
@@ -348,9 +342,27 @@ async fn write_after<'a>(
         };
         locs.push(loc);
     }
-    let versions = rows
-        .last()
-        .map(|r| sync::versions_from(r))
-        .unwrap_or_default();
     Ok((Written { locs, bytes }, versions))
+}
+
+/// Where each of a batch of checkpoints went, by the row id `id` gives for its session and
+/// number.
+pub(super) fn checkpoints_written(
+    all: &[&(Change, CheckedPayload)],
+    id: impl Fn(u32, &str, u64) -> Option<i64>,
+) -> Result<Written, Failure> {
+    let mut locs = Vec::with_capacity(all.len());
+    let mut bytes = 0u64;
+    for (change, payload) in all.iter().map(|c| (&c.0, &c.1)) {
+        let Change::Checkpoint { meta: h, .. } = change else {
+            return Err(Failure::Failed(
+                "a batch of checkpoints holds only checkpoints".into(),
+            ));
+        };
+        let id = id(h.uid, &h.name, h.number)
+            .ok_or_else(|| Failure::Failed("the database returned no row id".into()))?;
+        bytes += payload.bytes.len() as u64;
+        locs.push(loc_of(id, payload.bytes.len()));
+    }
+    Ok(Written { locs, bytes })
 }
