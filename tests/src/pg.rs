@@ -10,6 +10,23 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+/// A daemon's flags as host `host` on the database at `url`, with leases short enough for a
+/// test to see them lapse (renewed every 200 ms, lapsed after 1 s), then `extra`.
+pub fn host_flags<'a>(url: &'a str, host: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--store",
+        url,
+        "--host-id",
+        host,
+        "--lease-interval",
+        "200ms",
+        "--lease-ttl",
+        "1s",
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
+
 /// Whether the tests run against the shared store.
 pub fn shared_store() -> bool {
     std::env::var("SESSIOND_TEST_STORE").is_ok_and(|v| v == "postgres")

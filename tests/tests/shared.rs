@@ -9,17 +9,13 @@ use sessiond_client::{
     CheckpointOptions, Client, CreateOptions, Error, ErrorKind, Event, EventKind, ListRequest,
     Status,
 };
-use sessiond_tests::pg::Cluster;
+use sessiond_tests::pg::{self, Cluster};
 use sessiond_tests::{wait_until, ClientExt, Daemon, Owner};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const LEASE: [&str; 4] = ["--lease-interval", "200ms", "--lease-ttl", "1s"];
-
 /// A daemon as host `host` on the database at `url`.
 fn host(url: &str, host: &str) -> Daemon {
-    let mut args = vec!["--store", url, "--host-id", host];
-    args.extend(LEASE);
-    Daemon::start_with(&args)
+    Daemon::start_with(&pg::host_flags(url, host, &[]))
 }
 
 fn two_hosts() -> (String, Daemon, Daemon) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sessiond_client::{CheckpointOptions, CreateOptions, ErrorKind};
-use sessiond_tests::pg::Cluster;
+use sessiond_tests::pg::{self, Cluster};
 use sessiond_tests::{wait_until, ClientExt, Daemon};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -17,18 +17,7 @@ type Acked = (String, u64, Vec<u8>);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn args<'a>(url: &'a str, host: &'a str) -> Vec<&'a str> {
-    vec![
-        "--store",
-        url,
-        "--host-id",
-        host,
-        "--lease-interval",
-        "200ms",
-        "--lease-ttl",
-        "1s",
-        "--db-timeout",
-        "2s",
-    ]
+    pg::host_flags(url, host, &["--db-timeout", "2s"])
 }
 
 #[test]

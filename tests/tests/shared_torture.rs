@@ -12,25 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sessiond_client::{CheckpointOptions, Client, CreateOptions, ErrorKind, ResumeRequest};
-use sessiond_tests::pg::Cluster;
+use sessiond_tests::pg::{self, Cluster};
 use sessiond_tests::torture::Rng;
 use sessiond_tests::Daemon;
 
 const SESSIONS: usize = 3;
 
 fn host(url: &str, id: &str) -> Daemon {
-    Daemon::start_with(&[
-        "--store",
-        url,
-        "--host-id",
-        id,
-        "--lease-interval",
-        "200ms",
-        "--lease-ttl",
-        "1s",
-        "--db-timeout",
-        "3s",
-    ])
+    Daemon::start_with(&pg::host_flags(url, id, &["--db-timeout", "3s"]))
 }
 
 /// An acknowledged checkpoint: session, number, epoch, writer, payload.

@@ -22,31 +22,39 @@ use crate::state::EVERY_WATCHER;
 pub fn listen(cfg: &PgConfig, events: broadcast::Sender<Arc<(u32, Event)>>) {
     let cfg = cfg.clone();
     tokio::spawn(async move {
-        let mut wait = Duration::from_millis(100);
+        const FIRST_WAIT: Duration = Duration::from_millis(100);
+        let mut wait = FIRST_WAIT;
         let mut lost = false;
         loop {
-            match listen_once(&cfg, &events, lost).await {
-                Ok(()) => wait = Duration::from_millis(100),
-                Err(e) => {
-                    lost = true;
-                    tracing::warn!(error = %e, retry_in = ?wait, "not receiving other hosts' events");
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+            let (listened, why) = listen_once(&cfg, &events, lost).await;
+            lost = true;
+            // A connection that listened starts the back-off over; failed attempts lengthen it.
+            if listened {
+                wait = FIRST_WAIT;
             }
+            tracing::warn!(error = %why, retry_in = ?wait, "not receiving other hosts' events");
             tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     });
 }
 
 /// Listens until the connection is lost; once listening, tells every watcher that events
-/// may be missing if the connection had been `lost` before.
+/// may be missing if the connection had been `lost` before. Whether it got to listen, and
+/// why it stopped.
 async fn listen_once(
     cfg: &PgConfig,
     events: &broadcast::Sender<Arc<(u32, Event)>>,
     lost: bool,
-) -> Result<(), String> {
-    let url = url_config(cfg).map_err(|e| e.to_string())?;
-    let (client, mut connection) = url.connect(NoTls).await.map_err(|e| e.to_string())?;
+) -> (bool, String) {
+    let url = match url_config(cfg) {
+        Ok(url) => url,
+        Err(e) => return (false, e.to_string()),
+    };
+    let (client, mut connection) = match url.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => return (false, e.to_string()),
+    };
     let host = cfg.host_id.clone();
     let heard = events.clone();
     let receiving = tokio::spawn(async move {
@@ -78,7 +86,7 @@ async fn listen_once(
     };
     if let Err(e) = listened.await {
         receiving.abort();
-        return Err(e.to_string());
+        return (false, e.to_string());
     }
     tracing::debug!("receiving other hosts' events");
     if lost {
@@ -98,5 +106,5 @@ async fn listen_once(
     }
     let ended = receiving.await.unwrap_or_else(|e| e.to_string());
     drop(client);
-    Err(ended)
+    (true, ended)
 }
