@@ -53,11 +53,14 @@ pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
 
 /// The commit thread's pool: its statements find rows by key, and each is planned once for
 /// all its parameters (the planner, left to itself, plans the one-checkpoint write anew at
-/// every call, at more than its cost to run).
+/// every call, at more than its cost to run). Never by bitmap: retention's delete would then
+/// visit every row that earlier writes deleted and vacuum has not yet removed (thousands a
+/// second on one session) at every write, where an index scan marks them dead in the index
+/// once and steps over them after.
 pub(super) fn commit_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
     let mut url = url_config(cfg)?;
     let options = format!(
-        "{} -c plan_cache_mode=force_generic_plan",
+        "{} -c plan_cache_mode=force_generic_plan -c enable_bitmapscan=off",
         url.get_options().unwrap_or_default()
     );
     url.options(options);
