@@ -53,19 +53,20 @@ pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
 
 /// The commit thread's pool: its statements find rows by key, and each is planned once for
 /// all its parameters (the planner, left to itself, plans the one-checkpoint write anew at
-/// every call, at more than its cost to run). Always by an index, never by a scan of the
-/// table nor by a bitmap: retention's delete would then read again, at every write, each row
-/// earlier writes removed and vacuum has not yet (a busy session leaves a thousand a second),
-/// where an index scan marks them dead in the index the first time and passes over them
-/// after. The planner picks those plans for a table whose statistics hold one session or a
-/// few (tests/tests/shared_retention.rs). A scan that has no index to use instead (the hosts'
-/// table, read whole) is then costed so high that JIT would compile it at every call, 50-200
-/// ms: no JIT and no parallel workers, which a keyed write never gains from.
+/// every call, at more than its cost to run). Planned once, a plan stays until the table's
+/// statistics change: made when they held one session or a few, it scans the table or reads
+/// a bitmap of the session's index range, and so reads again, at every write, each row that
+/// retention removed and vacuum has not yet (a busy session leaves a thousand a second, and
+/// autovacuum comes a minute apart). By index only, an index scan marks them dead in the
+/// index the first time and passes over them after (tests/tests/shared_retention.rs). A scan
+/// that has no index to use instead (the hosts' table, read whole) is then costed so high
+/// that JIT would compile it at every call, at 50-200 ms: no JIT, and no parallel workers,
+/// which a keyed statement never gains from.
 pub(super) fn commit_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
     let mut url = url_config(cfg)?;
     let options = format!(
-        "{} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c enable_bitmapscan=off \
-         -c jit=off -c max_parallel_workers_per_gather=0",
+        "{} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+         -c enable_bitmapscan=off -c jit=off -c max_parallel_workers_per_gather=0",
         url.get_options().unwrap_or_default()
     );
     url.options(options);
