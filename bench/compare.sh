@@ -73,6 +73,7 @@ for round in $(seq "$rounds"); do
   done
   run "sessiond get 1024 x1" "$bench" checkpoint --spawn --mix get --clients 1 --size 1024 --seconds "$secs" --json
   run "sessiond json get 1024 x1" "$bench" checkpoint --spawn --encoding json --mix get --clients 1 --size 1024 --seconds "$secs" --json
+  run "sessiond raw get 1024 x1" "$bench" checkpoint --spawn --encoding raw --mix get --clients 1 --size 1024 --seconds "$secs" --json
   # The same reads with the daemon and the client placed as the round trip's ends were.
   run "sessiond get 1024 x1 one cpu" "$bench" checkpoint --spawn --client-cpu 0 --daemon-cpu 0 --mix get --clients 1 --size 1024 --seconds "$secs" --json
   if [ "$(nproc)" -gt 1 ]; then
@@ -149,6 +150,8 @@ for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
     key = "%d x%d" % (size, clients)
     w, f, x = rate("sessiond raw put " + key), rate("durable write floor " + key), rate("redis put " + key)
     print("%-16s %10.0f raw/s: %3.0f%% of the floor, %5.2fx redis" % ("put " + key, w, 100 * w / (f or 1), w / (x or 1)))
+w, x = rate("sessiond raw get 1024 x1"), rate("redis get 1024 x1")
+print("%-16s %10.0f raw/s: %5.2fx redis GET" % ("get 1024 x1", w, w / (x or 1)))
 t = r.get("socket round trip", {})
 for label, placed, trip in (("as placed", "sessiond get 1024 x1", t.get("p50_us")),
                             ("one cpu", "sessiond get 1024 x1 one cpu", t.get("same_cpu_p50_us")),
