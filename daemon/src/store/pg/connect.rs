@@ -46,30 +46,39 @@ pub(super) fn url_config(cfg: &PgConfig) -> Result<PgUrl, StoreError> {
     Ok(url)
 }
 
-/// A pool of connections to the database, each with the statement timeout set.
+/// A pool of connections to the database, with the statement timeout and [`BY_INDEX`].
 pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
-    pool_of(url_config(cfg)?, cfg)
+    let mut url = url_config(cfg)?;
+    url.options(format!(
+        "{} {BY_INDEX}",
+        url.get_options().unwrap_or_default()
+    ));
+    pool_of(url, cfg)
 }
 
-/// The commit thread's pool: its statements find rows by key, and each is planned once for
-/// all its parameters (the planner, left to itself, plans the one-checkpoint write anew at
-/// every call, at more than its cost to run). Planned once, a plan stays until the table's
-/// statistics change: made when they held one session or a few, it scans the table or reads
-/// a bitmap of the session's index range, and so reads again, at every write, each row that
-/// retention removed and vacuum has not yet (a busy session leaves a thousand a second, and
-/// autovacuum comes a minute apart). By index only, an index scan marks them dead in the
-/// index the first time and passes over them after (tests/tests/shared_retention.rs). A scan
-/// that has no index to use instead (the hosts' table, read whole) is then costed so high
-/// that JIT would compile it at every call, at 50-200 ms: no JIT, and no parallel workers,
-/// which a keyed statement never gains from.
+/// The daemon's statements find rows by key, and are planned by index only. A statement a
+/// connection has run a few times may be given one plan for all later calls, and a plan
+/// stays until the table's statistics change: made while the table was small, or while its
+/// statistics held one session or a few, it scans the table or reads a bitmap of the
+/// session's index range, and so reads again, at every call, each row that retention removed
+/// and vacuum has not yet (a busy session leaves a thousand a second, and autovacuum comes a
+/// minute apart). By index only, an index scan marks them dead in the index the first time
+/// and passes over them after (tests/tests/shared_retention.rs). A scan that has no index to
+/// use instead (the hosts' table, read whole) is then costed so high that JIT would compile
+/// it at every call, at 50-200 ms: no JIT, and no parallel workers, which a keyed statement
+/// never gains from. (`sessiond check` reads whole tables: its connection has none of this.)
+const BY_INDEX: &str = "-c enable_seqscan=off -c enable_bitmapscan=off -c jit=off \
+     -c max_parallel_workers_per_gather=0";
+
+/// The commit thread's pool: each statement is planned once for all its parameters (the
+/// planner, left to itself, plans the one-checkpoint write anew at every call, at more than
+/// its cost to run).
 pub(super) fn commit_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
     let mut url = url_config(cfg)?;
-    let options = format!(
-        "{} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
-         -c enable_bitmapscan=off -c jit=off -c max_parallel_workers_per_gather=0",
+    url.options(format!(
+        "{} {BY_INDEX} -c plan_cache_mode=force_generic_plan",
         url.get_options().unwrap_or_default()
-    );
-    url.options(options);
+    ));
     pool_of(url, cfg)
 }
 
