@@ -47,15 +47,14 @@ pub(super) fn url_config(cfg: &PgConfig) -> Result<PgUrl, StoreError> {
 }
 
 /// A pool of connections to the database, each with the statement timeout set. Not
-/// [`BY_INDEX`]: the reads' and the view's statements are planned anew at calls where the
-/// planner has not settled on one plan, and those settings made each such planning cost 0.13
-/// ms instead of 0.02 (a get through the pool 50 % slower).
+/// [`BY_INDEX`]: some of the view's statements are planned anew at every call, and those
+/// settings made each such planning cost 0.13 ms instead of 0.02 (a get 50 % slower).
 pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
     pool_of(url_config(cfg)?, cfg)
 }
 
-/// The commit thread's statements find rows by key, and are planned by index only. Each is
-/// planned once, and a plan stays until the table's statistics change: made while the table
+/// The commit thread's statements and the reads by id find rows by key, and are planned by
+/// index only. Each is planned once, and a plan stays until the table's statistics change: made while the table
 /// was small, or while its statistics held one session or a few, it scans the table or reads
 /// a bitmap of the session's index range, and so reads again, at every call, each row that
 /// retention removed and vacuum has not yet (a busy session leaves a thousand a second, and
@@ -67,10 +66,10 @@ pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
 const BY_INDEX: &str = "-c enable_seqscan=off -c enable_bitmapscan=off -c jit=off \
      -c max_parallel_workers_per_gather=0";
 
-/// The commit thread's pool: each statement is planned once for all its parameters (the
-/// planner, left to itself, plans the one-checkpoint write anew at every call, at more than
-/// its cost to run).
-pub(super) fn commit_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
+/// The commit thread's pool, and the reads by id's: each statement is planned once for all
+/// its parameters, by index only (the planner, left to itself, plans the one-checkpoint write
+/// anew at every call, at more than its cost to run; and see [`BY_INDEX`]).
+pub(super) fn keyed_pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
     let mut url = url_config(cfg)?;
     url.options(format!(
         "{} {BY_INDEX} -c plan_cache_mode=force_generic_plan",

@@ -109,6 +109,7 @@ impl PgStore {
         }
         let reads = Arc::new(PgReads {
             pool: pool.clone(),
+            by_id: connect::keyed_pool(&cfg)?,
             rt: rt.clone(),
             cutting: Cutting::new(cfg.chunking),
         });
@@ -128,7 +129,7 @@ impl PgStore {
                 source: e,
             })?;
         let store = PgStore {
-            pool: connect::commit_pool(&cfg)?,
+            pool: connect::keyed_pool(&cfg)?,
             cfg,
             local,
             health,

@@ -14,6 +14,9 @@ use crate::store::{ReadError, Reads, Usage};
 
 pub struct PgReads {
     pub(super) pool: Pool,
+    /// For the reads by id: a plan made while the table was small must not scan it for good
+    /// ([`super::connect::keyed_pool`]).
+    pub(super) by_id: Pool,
     pub(super) rt: Handle,
     /// Whether and how large payloads are written in chunks.
     pub(super) cutting: Cutting,
@@ -96,7 +99,7 @@ impl PgReads {
     fn rows(&self, sql: &str, at: &Loc) -> Result<Vec<tokio_postgres::Row>, ReadError> {
         let id = id_of(at);
         self.rt.block_on(async {
-            let client = self.pool.get().await.map_err(failed)?;
+            let client = self.by_id.get().await.map_err(failed)?;
             let stmt = client.prepare_cached(sql).await.map_err(failed)?;
             client.query(&stmt, &[&id]).await.map_err(failed)
         })
@@ -105,7 +108,7 @@ impl PgReads {
     fn row(&self, sql: &str, at: &Loc) -> Result<tokio_postgres::Row, ReadError> {
         let id = id_of(at);
         self.rt.block_on(async {
-            let client = self.pool.get().await.map_err(failed)?;
+            let client = self.by_id.get().await.map_err(failed)?;
             let stmt = client.prepare_cached(sql).await.map_err(failed)?;
             client
                 .query_opt(&stmt, &[&id])
