@@ -364,6 +364,23 @@ pub struct Event {
     pub at: DateTime<Utc>,
 }
 
+impl Event {
+    /// A `lagged` event, now: `missed` events (when known) may not have reached the watcher
+    /// of `name` (empty: of every session).
+    pub fn lagged(name: String, missed: Option<u64>) -> Event {
+        Event {
+            kind: EventKind::Lagged,
+            name,
+            number: None,
+            status: None,
+            epoch: None,
+            owner_pid: None,
+            missed,
+            at: Utc::now(),
+        }
+    }
+}
+
 /// Stable, append-only error kinds: scripts branch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

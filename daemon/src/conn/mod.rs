@@ -489,16 +489,9 @@ async fn stream_events(
                 ..e.1.clone()
             },
             Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(missed)) => Event {
-                kind: EventKind::Lagged,
-                name: name.clone().unwrap_or_default(),
-                number: None,
-                status: None,
-                epoch: None,
-                owner_pid: None,
-                missed: Some(missed),
-                at: chrono::Utc::now(),
-            },
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Event::lagged(name.clone().unwrap_or_default(), Some(missed))
+            }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
         w.write_all(&wire::encode_reply(id, Ok(Reply::Event(event))))

@@ -91,18 +91,11 @@ async fn listen_once(
     tracing::debug!("receiving other hosts' events");
     if lost {
         tracing::info!("receiving other hosts' events again; watchers are told some may be lost");
-        let gap = Event {
-            kind: EventKind::Lagged,
-            name: String::new(),
-            number: None,
-            status: None,
-            epoch: None,
-            owner_pid: None,
-            missed: None,
-            at: chrono::Utc::now(),
-        };
         // No receiver is fine: nobody is watching.
-        let _ = events.send(Arc::new((EVERY_WATCHER, gap)));
+        let _ = events.send(Arc::new((
+            EVERY_WATCHER,
+            Event::lagged(String::new(), None),
+        )));
     }
     let ended = receiving.await.unwrap_or_else(|e| e.to_string());
     drop(client);
