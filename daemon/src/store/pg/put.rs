@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Object;
 
 use super::statements::{self, CheckpointColumns};
-use super::write::{checkpoints_written, failure, notices, Failure};
+use super::write::{checkpoints_written, failure, notices, scope_columns, Failure};
 use super::{PgConfig, ALL_SESSIONS_LOCK};
 use crate::model::{Change, CheckedPayload, Scope, SessionKey};
 use crate::store::{Unit, Written};
@@ -113,12 +113,7 @@ async fn several(
     c: &CheckpointColumns<'_>,
     notices: &[String],
 ) -> Result<Ids, Failure> {
-    let (s_uids, s_names): (Vec<i64>, Vec<&str>) = scope
-        .keys
-        .iter()
-        .map(|k| (i64::from(k.uid), k.name.as_str()))
-        .unzip();
-    let s_versions: Vec<Option<i64>> = scope.keys.iter().map(|k| known.get(k).copied()).collect();
+    let (s_uids, s_names, s_versions) = scope_columns(scope, known);
     let run = async {
         let stmt = client
             .prepare_cached(

@@ -97,11 +97,7 @@ fn locks(scope: &Scope) -> Vec<Stmt<'_>> {
             vec![Box::new(ALL_SESSIONS_LOCK)],
         )];
     }
-    let (uids, names): (Vec<i64>, Vec<&str>) = scope
-        .keys
-        .iter()
-        .map(|k| (i64::from(k.uid), k.name.as_str()))
-        .unzip();
+    let (uids, names) = scope_keys(scope);
     vec![
         Stmt::new(
             "SELECT pg_advisory_xact_lock_shared($1)",
@@ -187,6 +183,26 @@ pub enum Failure {
     Failed(String),
 }
 
+/// The scope's sessions as columns: their uids and names.
+fn scope_keys(scope: &Scope) -> (Vec<i64>, Vec<&str>) {
+    scope
+        .keys
+        .iter()
+        .map(|k| (i64::from(k.uid), k.name.as_str()))
+        .unzip()
+}
+
+/// The scope's sessions as columns, with the version this daemon knows of each (none for
+/// one it does not know), as the version checks take them.
+pub fn scope_columns<'s>(
+    scope: &'s Scope,
+    known: &HashMap<SessionKey, i64>,
+) -> (Vec<i64>, Vec<&'s str>, Vec<Option<i64>>) {
+    let (uids, names) = scope_keys(scope);
+    let versions = scope.keys.iter().map(|k| known.get(k).copied()).collect();
+    (uids, names, versions)
+}
+
 /// A batch planned against what this daemon last saw, without a round trip first: its
 /// transaction begins, locks, checks that every session it may touch is at the version
 /// this daemon knows (else [`Failure::Changed`]: nothing is written), then writes and
@@ -202,12 +218,7 @@ pub async fn write_if_unchanged(
         return done;
     }
     let mut first = locks(scope);
-    let (uids, names): (Vec<i64>, Vec<&str>) = scope
-        .keys
-        .iter()
-        .map(|k| (i64::from(k.uid), k.name.as_str()))
-        .unzip();
-    let versions: Vec<Option<i64>> = scope.keys.iter().map(|k| known.get(k).copied()).collect();
+    let (uids, names, versions) = scope_columns(scope, known);
     first.push(Stmt::new(
         "SELECT sessiond_expect_versions($1, $2, $3)",
         vec![Box::new(uids), Box::new(names), Box::new(versions)],
