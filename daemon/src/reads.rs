@@ -29,22 +29,11 @@ pub async fn get(
     attachments: bool,
     alone: bool,
 ) -> Result<Option<CheckpointInfo>, WireError> {
-    let Some(found) = state.table().find(uid, name, which.as_ref(), attachments)? else {
-        return Ok(None);
+    let found = match find(state, uid, name, which.as_ref(), attachments)? {
+        Found::Answer(answer) => return Ok(answer),
+        Found::OnDisk(found) => found,
     };
     let key = SessionKey::new(uid, name);
-    if found.attachments.is_empty() {
-        if let Some(c) = state.cache.get(&key, &found.entry) {
-            let mut info = info_of(
-                &found,
-                c.created_at,
-                c.meta.clone(),
-                Some(c.payload.clone()),
-            );
-            info.attachments = attachments.then(Vec::new);
-            return Ok(Some(info));
-        }
-    }
     let shared = state.clone();
     run(state, alone, move || {
         let Some(info) = (match which {
@@ -71,6 +60,55 @@ pub async fn get(
         Ok(Some(info))
     })
     .await
+}
+
+/// [`get`] answered from memory alone: `None` when the checkpoint must be read from the
+/// store.
+pub fn get_cached(
+    state: &DaemonState,
+    uid: u32,
+    name: &str,
+    which: Option<&CheckpointRef>,
+    attachments: bool,
+) -> Option<Result<Option<CheckpointInfo>, WireError>> {
+    match find(state, uid, name, which, attachments) {
+        Ok(Found::Answer(answer)) => Some(Ok(answer)),
+        Ok(Found::OnDisk(_)) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+enum Found {
+    /// The answer, from the table (no checkpoint) or the cache.
+    Answer(Option<CheckpointInfo>),
+    /// The checkpoint is on disk only.
+    OnDisk(Retained),
+}
+
+fn find(
+    state: &DaemonState,
+    uid: u32,
+    name: &str,
+    which: Option<&CheckpointRef>,
+    attachments: bool,
+) -> Result<Found, WireError> {
+    let Some(found) = state.table().find(uid, name, which, attachments)? else {
+        return Ok(Found::Answer(None));
+    };
+    if found.attachments.is_empty() {
+        let key = SessionKey::new(uid, name);
+        if let Some(c) = state.cache.get(&key, &found.entry) {
+            let mut info = info_of(
+                &found,
+                c.created_at,
+                c.meta.clone(),
+                Some(c.payload.clone()),
+            );
+            info.attachments = attachments.then(Vec::new);
+            return Ok(Found::Answer(Some(info)));
+        }
+    }
+    Ok(Found::OnDisk(found))
 }
 
 /// Runs a read of the store: on the blocking pool, never on the async worker every

@@ -241,6 +241,64 @@ fn json_requests_pipeline_and_replies_keep_their_order() {
 }
 
 #[test]
+fn replies_written_at_once_and_after_a_commit_keep_request_order() {
+    // A get or a ping is answered as soon as it is read when every earlier reply is out, a
+    // checkpoint after its commit: bursts of every shape mix the two, and each get sees the
+    // checkpoint sent just before it.
+    let d = Daemon::start();
+    let mut j = d.json();
+    let r = j.call(json!({"op": "create", "id": "c", "name": "p", "keep": 0}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let mut latest = 0u64;
+    let mut next_id = 0u64;
+    let mut seed = 7u64;
+    for _ in 0..200 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = 1 + (seed >> 62) as usize;
+        let (mut burst, mut expect) = (Vec::new(), Vec::new());
+        for k in 0..len {
+            let id = next_id;
+            next_id += 1;
+            let req = match (seed >> (8 * k + 8)) % 3 {
+                0 => {
+                    latest += 1;
+                    expect.push((id, "checkpoint", latest));
+                    json!({"op": "checkpoint", "id": id, "name": "p", "payload_b64": b64(format!("step {latest}").as_bytes())})
+                }
+                1 => {
+                    expect.push((id, "get", latest));
+                    json!({"op": "get", "id": id, "name": "p"})
+                }
+                _ => {
+                    expect.push((id, "ping", 0));
+                    json!({"op": "ping", "id": id})
+                }
+            };
+            burst.extend(req.to_string().bytes());
+            burst.push(b'\n');
+        }
+        j.send_raw(&burst);
+        for (id, op, n) in expect {
+            let r = j.read();
+            assert_eq!(r["id"], json!(id), "{op} answered out of order: {r}");
+            assert_eq!(r["ok"], json!(true), "{r}");
+            match op {
+                "checkpoint" => assert_eq!(r["checkpoint"]["number"], json!(n), "{r}"),
+                "get" if n == 0 => assert!(r["checkpoint"].is_null(), "{r}"),
+                "get" => assert_eq!(
+                    unb64(r["checkpoint"]["payload_b64"].as_str().unwrap()),
+                    format!("step {n}").as_bytes(),
+                    "a get sees the checkpoint sent before it"
+                ),
+                _ => assert!(r["version"].is_string(), "{r}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn a_request_without_a_final_newline_is_answered_at_eof() {
     let d = Daemon::start();
     let mut s = UnixStream::connect(&d.socket).unwrap();

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use interprocess::os::unix::uds_local_socket::tokio::Stream;
 use sessiond_proto::wire::{self, Next, Opening, RequestId, Requests};
-use sessiond_proto::{Event, EventKind, Reply, RequestFrame, WireError};
+use sessiond_proto::{Event, EventKind, Reply, Request, RequestFrame, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -41,9 +41,15 @@ pub struct ConnLimits {
     pub poll_window: Option<std::time::Duration>,
 }
 
-/// A request on its way to the reply writer: how it proceeds, and its share of the
-/// connection's byte budget.
-type Queued = (RequestId, Started, Option<OwnedSemaphorePermit>);
+/// What the reader hands the reply writer.
+// Nearly every one is a request: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    /// A request: how it proceeds, and its share of the connection's byte budget.
+    Request(RequestId, Started, Option<OwnedSemaphorePermit>),
+    /// Told once every earlier reply is written.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// Serves one connection. The caller has counted it in `service.connections`; this uncounts
 /// it at the end.
@@ -287,7 +293,7 @@ async fn read_requests(
                 tracing::debug!(%message, "closing a connection");
                 let id = RequestId::none(requests.encoding());
                 let done = Started::Done(Err(WireError::unavailable(message)));
-                let _ = out.push((id, done, None)).await;
+                let _ = out.push(Queued::Request(id, done, None)).await;
                 return Ok(());
             }
         };
@@ -295,9 +301,12 @@ async fn read_requests(
             match requests.finish() {
                 Ok(Some(last)) => {
                     let (id, parsed) = last.decode();
+                    if !after_reads(&mut out, &parsed, &mut None).await {
+                        return Ok(());
+                    }
                     let mut started = dispatch(service, peer, parsed, out.direct(&id));
                     drop(take_lead(&mut started));
-                    let _ = out.push((id, started, None)).await;
+                    let _ = push(&mut out, id, started, None).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "client closed mid-frame"),
@@ -343,6 +352,9 @@ async fn drain(
                 None => return false,
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
+                    if !after_reads(out, &parsed, lead).await {
+                        return false;
+                    }
                     let direct = out.direct(&id);
                     // Alone, this connection holds up nobody: the two wake-ups of a hand-off
                     // cost it more than the worker's waiting does.
@@ -375,14 +387,65 @@ async fn drain(
             },
         };
         *watching |= matches!(started, Started::Watch { .. });
+        let started = match started {
+            Started::Read { uid, request } if out.all_answered() => {
+                match service.read_now(uid, &request) {
+                    Some(r) => Started::Done(r),
+                    None => Started::Read { uid, request },
+                }
+            }
+            s => s,
+        };
+        // Answered here, on the socket at once: no hand-off to the writer.
+        let started = match started {
+            Started::Done(r) => match out.answer_now(&id, r) {
+                None => continue,
+                Some(r) => Started::Done(r),
+            },
+            s => s,
+        };
         *answerable |= matches!(started, Started::Done(_) | Started::Read { .. });
         if out.would_wait() {
             drop(lead.take());
         }
-        if !out.push((id, started, permit)).await {
+        if !push(out, id, started, permit).await {
             return false;
         }
     }
+}
+
+/// Queues a request's reply; a read's marked as one. `false` once the reply side is gone.
+async fn push(
+    out: &mut Outbox<Queued>,
+    id: RequestId,
+    started: Started,
+    permit: Option<OwnedSemaphorePermit>,
+) -> bool {
+    let read = matches!(started, Started::Read { .. } | Started::Resuming { .. });
+    let queued = Queued::Request(id, started, permit);
+    if read {
+        out.push_read(queued).await
+    } else {
+        out.push(queued).await
+    }
+}
+
+/// Before a request that changes state: waits until the reads pipelined before it have run,
+/// so that they answer what was there before it (its commit would otherwise share theirs);
+/// what this connection leads is committed first. `false` once the reply side is gone.
+async fn after_reads(
+    out: &mut Outbox<Queued>,
+    parsed: &Result<RequestFrame, WireError>,
+    lead: &mut Option<Lead>,
+) -> bool {
+    let changes = parsed.as_ref().is_ok_and(|r| {
+        r.request.is_mutation() || matches!(r.request, Request::Resume(_) | Request::Batch(_))
+    });
+    if !changes || !out.read_pending() {
+        return true;
+    }
+    drop(lead.take());
+    out.barrier(Queued::Barrier).await
 }
 
 /// Waits until `len` more bytes of requests may be held (replies free them; so if it has to
@@ -436,7 +499,17 @@ async fn write_replies(
     sink: Option<&ReplySink>,
     closed: &CancellationToken,
 ) -> std::io::Result<()> {
-    while let Some(((id, started, _permit), seq)) = replies.recv().await {
+    while let Some((queued, seq)) = replies.recv().await {
+        let (id, started, _permit) = match queued {
+            Queued::Request(id, started, permit) => (id, started, permit),
+            Queued::Barrier(done) => {
+                if let Some(s) = sink {
+                    s.wrote(seq);
+                }
+                let _ = done.send(());
+                continue;
+            }
+        };
         let result = match started {
             Started::Done(r) => r,
             Started::Committing(c) => c.answer().await,

@@ -49,6 +49,9 @@ pub struct Outbox<T> {
     /// The socket as a committer may write to it.
     sink: Option<Arc<ReplySink>>,
     next_seq: u64,
+    /// The last read pushed to run in its turn (what it returns must not include the
+    /// effects of the requests after it).
+    last_read: Option<u64>,
 }
 
 impl<T> Outbox<T> {
@@ -57,6 +60,7 @@ impl<T> Outbox<T> {
             queue,
             sink,
             next_seq: 0,
+            last_read: None,
         }
     }
 
@@ -80,6 +84,54 @@ impl<T> Outbox<T> {
         self.sink
             .as_ref()
             .is_some_and(|sink| sink.state().next >= self.next_seq)
+    }
+
+    /// Writes `result` now as the reply to the request about to be pushed, when every
+    /// earlier reply is on the socket and the socket takes all of it: then nothing is pushed
+    /// for it. Else gives it back, to push (the writer finishes a reply the socket took in
+    /// part).
+    pub fn answer_now(
+        &mut self,
+        id: &RequestId,
+        result: Result<Reply, WireError>,
+    ) -> Option<Result<Reply, WireError>> {
+        let Some(sink) = &self.sink else {
+            return Some(result);
+        };
+        let seq = self.next_seq;
+        let result = sink.try_send(seq, id, result);
+        if sink.state().next > seq {
+            self.next_seq += 1;
+            None
+        } else {
+            Some(result)
+        }
+    }
+
+    /// Whether a read pushed earlier may not have run yet.
+    pub fn read_pending(&self) -> bool {
+        self.last_read.is_some_and(|seq| {
+            self.sink
+                .as_ref()
+                .is_none_or(|sink| sink.state().next <= seq)
+        })
+    }
+
+    /// [`Outbox::push`] of a read, which runs when the writer reaches it.
+    pub async fn push_read(&mut self, item: T) -> bool {
+        self.last_read = Some(self.next_seq);
+        self.push(item).await
+    }
+
+    /// Waits until the writer has handled everything pushed before (the barrier, made by
+    /// `make` from what to tell, takes a sequence number and has no reply). `false` once the
+    /// reply side is gone.
+    pub async fn barrier(&mut self, make: impl FnOnce(oneshot::Sender<()>) -> T) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.push(make(tx)).await && rx.await.is_ok() && {
+            self.last_read = None;
+            true
+        }
     }
 
     /// `false` once the reply side is gone.

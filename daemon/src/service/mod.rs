@@ -308,6 +308,25 @@ impl Service {
         }
     }
 
+    /// A read answered from memory, with nothing to wait for, once the connection's earlier
+    /// requests are answered: `None` when it needs the store or, on a shared store, what other
+    /// hosts wrote.
+    pub fn read_now(&self, uid: u32, request: &Request) -> Option<Result<Reply, WireError>> {
+        if self.state.shared.is_some() {
+            return None;
+        }
+        let Request::Get(r) = request else {
+            return None;
+        };
+        let which = match (r.number, &r.key) {
+            (Some(n), _) => Some(CheckpointRef::Number(n)),
+            (None, Some(k)) => Some(CheckpointRef::Key(k.clone())),
+            (None, None) => None,
+        };
+        reads::get_cached(&self.state, uid, &r.name, which.as_ref(), r.attachments)
+            .map(|r| r.map(Reply::Checkpoint))
+    }
+
     /// Runs a read started by [`Service::start`].
     pub async fn read(&self, uid: u32, request: Request) -> Result<Reply, WireError> {
         if let Some(view) = &self.state.shared {
