@@ -251,7 +251,9 @@ async fn read_requests(
             tokio::task::yield_now().await;
         }
         // Commits, here, this connection's mutations and every one queued meanwhile.
-        drop(lead);
+        if !commit(&mut lead, &mut out).await {
+            return Ok(());
+        }
         partial_since = if requests.in_progress() {
             partial_since.or_else(|| Some(Instant::now()))
         } else {
@@ -348,7 +350,9 @@ async fn drain(
         let (id, started, permit) = match requests.next_request() {
             None => return true,
             Some(Next::Refused(id, e)) => (id, Started::Done(Err(e)), None),
-            Some(Next::Request(pending)) => match take_budget(budget, pending.len(), lead).await {
+            Some(Next::Request(pending)) => match take_budget(budget, pending.len(), lead, out)
+                .await
+            {
                 None => return false,
                 Some(permit) => {
                     let (id, parsed) = pending.decode();
@@ -365,7 +369,9 @@ async fn drain(
                             // every connection shares (the connection's next request waits, so
                             // its requests are still committed in order; those queued are
                             // committed first, not held up by it).
-                            drop(lead.take());
+                            if !commit(lead, out).await {
+                                return false;
+                            }
                             let service = service.clone();
                             tokio::task::spawn_blocking(move || {
                                 dispatch(&service, peer, parsed, direct)
@@ -404,9 +410,14 @@ async fn drain(
             },
             s => s,
         };
+        if lead.is_some() && matches!(started, Started::Committing(_)) {
+            // Its reply is written by this connection's commit, before the writer would see it.
+            out.hold(Queued::Request(id, started, permit));
+            continue;
+        }
         *answerable |= matches!(started, Started::Done(_) | Started::Read { .. });
-        if out.would_wait() {
-            drop(lead.take());
+        if out.would_wait() && !commit(lead, out).await {
+            return false;
         }
         if !push(out, id, started, permit).await {
             return false;
@@ -444,8 +455,7 @@ async fn after_reads(
     if !changes || !out.read_pending() {
         return true;
     }
-    drop(lead.take());
-    out.barrier(Queued::Barrier).await
+    commit(lead, out).await && out.barrier(Queued::Barrier).await
 }
 
 /// Waits until `len` more bytes of requests may be held (replies free them; so if it has to
@@ -454,16 +464,26 @@ async fn take_budget(
     budget: &Arc<Semaphore>,
     len: usize,
     lead: &mut Option<Lead>,
+    out: &mut Outbox<Queued>,
 ) -> Option<OwnedSemaphorePermit> {
     let n = u32::try_from(len.max(1)).ok()?;
     match budget.clone().try_acquire_many_owned(n) {
         Ok(permit) => Some(permit),
         Err(TryAcquireError::Closed) => None,
         Err(TryAcquireError::NoPermits) => {
-            drop(lead.take());
+            if !commit(lead, out).await {
+                return None;
+            }
             budget.clone().acquire_many_owned(n).await.ok()
         }
     }
+}
+
+/// Commits, on this thread, the queue this connection leads (if it does), then passes on
+/// the requests held for it. `false` once the reply side is gone.
+async fn commit(lead: &mut Option<Lead>, out: &mut Outbox<Queued>) -> bool {
+    drop(lead.take());
+    out.release().await
 }
 
 /// The duty to commit that queuing the request may have given.

@@ -52,6 +52,10 @@ pub struct Outbox<T> {
     /// The last read pushed to run in its turn (what it returns must not include the
     /// effects of the requests after it).
     last_read: Option<u64>,
+    /// Mutations this connection is to commit itself, with every request pushed after them:
+    /// kept back until that commit, which writes their replies, so that the writer is not
+    /// woken for a reply already on the socket (see [`Outbox::release`]).
+    held: Vec<(T, u64)>,
 }
 
 impl<T> Outbox<T> {
@@ -61,6 +65,7 @@ impl<T> Outbox<T> {
             sink,
             next_seq: 0,
             last_read: None,
+            held: Vec::new(),
         }
     }
 
@@ -128,7 +133,7 @@ impl<T> Outbox<T> {
     /// reply side is gone.
     pub async fn barrier(&mut self, make: impl FnOnce(oneshot::Sender<()>) -> T) -> bool {
         let (tx, rx) = oneshot::channel();
-        self.push(make(tx)).await && rx.await.is_ok() && {
+        self.release().await && self.push(make(tx)).await && rx.await.is_ok() && {
             self.last_read = None;
             true
         }
@@ -138,7 +143,35 @@ impl<T> Outbox<T> {
     pub async fn push(&mut self, item: T) -> bool {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if !self.held.is_empty() {
+            self.held.push((item, seq));
+            return true;
+        }
         self.queue.send((item, seq)).await.is_ok()
+    }
+
+    /// Keeps a mutation this connection is about to commit itself until [`Outbox::release`].
+    pub fn hold(&mut self, item: T) {
+        self.held.push((item, self.next_seq));
+        self.next_seq += 1;
+    }
+
+    /// After the commit: passes on what was held, but for the replies the commit wrote.
+    /// `false` once the reply side is gone.
+    pub async fn release(&mut self) -> bool {
+        if self.held.is_empty() {
+            return true;
+        }
+        let written = self.sink.as_ref().map_or(0, |sink| sink.state().next);
+        // Taken and given back: its room is kept for the next commit's.
+        let mut held = std::mem::take(&mut self.held);
+        for (item, seq) in held.drain(..) {
+            if seq >= written && self.queue.send((item, seq)).await.is_err() {
+                return false;
+            }
+        }
+        self.held = held;
+        true
     }
 }
 
