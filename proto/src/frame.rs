@@ -36,8 +36,14 @@ pub enum FrameError {
 
 /// Encodes `value` as one frame (prefix and body).
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    encode_frame_sized(value, 0)
+}
+
+/// [`encode_frame`] of a value holding `payloads` bytes of payload (room made for them at
+/// once, not grown into).
+pub fn encode_frame_sized<T: Serialize>(value: &T, payloads: usize) -> Result<Vec<u8>, FrameError> {
     // The body is encoded in place after room for its length: a payload is copied once.
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(256 + payloads);
     out.extend_from_slice(&[0; HEADER_LEN]);
     codec::encode_into(value, &mut out)?;
     let body_len = out.len() - HEADER_LEN;

@@ -865,6 +865,36 @@ pub enum Reply {
     Batch(Vec<Reply>),
 }
 
+impl Reply {
+    /// Every payload the reply carries, in order: a checkpoint's, then its attachments';
+    /// `checkpoints` and `results` entry by entry.
+    pub fn payloads<'a>(&'a self, f: &mut impl FnMut(&'a [u8])) {
+        fn checkpoint<'a>(c: &'a CheckpointInfo, f: &mut impl FnMut(&'a [u8])) {
+            c.payload.iter().for_each(|p| f(&p.0));
+            for a in c.attachments.iter().flatten() {
+                a.payload.iter().for_each(|p| f(&p.0));
+            }
+        }
+        match self {
+            Reply::Checkpoint(Some(c))
+            | Reply::Resumed {
+                checkpoint: Some(c),
+                ..
+            } => checkpoint(c, f),
+            Reply::Checkpoints(list) => list.iter().for_each(|c| checkpoint(c, f)),
+            Reply::Batch(results) => results.iter().for_each(|r| r.payloads(f)),
+            _ => {}
+        }
+    }
+
+    /// The bytes of payload it carries: what its encoding needs room for, beyond the rest.
+    pub fn payload_bytes(&self) -> usize {
+        let mut n = 0;
+        self.payloads(&mut |p| n += p.len());
+        n
+    }
+}
+
 /// A reply (or a watch event) to the request with the same id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {

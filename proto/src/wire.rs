@@ -368,14 +368,17 @@ pub fn encode_reply_ref(id: &RequestId, result: &Result<Reply, WireError>) -> Ve
     match id {
         RequestId::Json { id, raw: false } => json::encode_response(id, result),
         RequestId::Json { id, raw: true } => json::encode_response_raw(id, result),
-        RequestId::Binary(id) => frame::encode_frame(&ResponseRef { id: *id, result })
-            .or_else(|e| {
-                frame::encode_frame(&ResponseFrame {
-                    id: *id,
-                    result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
-                })
+        RequestId::Binary(id) => frame::encode_frame_sized(
+            &ResponseRef { id: *id, result },
+            result.as_ref().map_or(0, Reply::payload_bytes),
+        )
+        .or_else(|e| {
+            frame::encode_frame(&ResponseFrame {
+                id: *id,
+                result: Err(WireError::internal(format!("cannot encode the reply: {e}"))),
             })
-            .unwrap_or_default(),
+        })
+        .unwrap_or_default(),
     }
 }
 

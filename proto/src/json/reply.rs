@@ -261,40 +261,17 @@ pub fn encode_response(id: &Value, result: &Result<Reply, WireError>) -> Vec<u8>
 /// Encodes a reply line with its payloads as raw bytes after it.
 pub fn encode_response_raw(id: &Value, result: &Result<Reply, WireError>) -> Vec<u8> {
     let mut out = encode(id, result, Payloads::Raw);
+    // In the order of [`raw_payloads`].
     if let Ok(reply) = result {
-        let mut raw = Vec::new();
-        raw_bytes(reply, &mut raw);
-        out.reserve(raw.iter().map(|p| p.len()).sum());
-        for p in raw {
-            out.extend_from_slice(p);
-        }
+        reply.payloads(&mut |p| out.extend_from_slice(p));
     }
     out
 }
 
-/// A raw reply's payloads in the order their bytes follow the line (that of
-/// [`raw_payloads`]).
-fn raw_bytes<'a>(reply: &'a Reply, out: &mut Vec<&'a [u8]>) {
-    fn checkpoint<'a>(c: &'a CheckpointInfo, out: &mut Vec<&'a [u8]>) {
-        out.extend(c.payload.iter().map(|p| p.0.as_slice()));
-        for a in c.attachments.iter().flatten() {
-            out.extend(a.payload.iter().map(|p| p.0.as_slice()));
-        }
-    }
-    match reply {
-        Reply::Checkpoint(Some(c))
-        | Reply::Resumed {
-            checkpoint: Some(c),
-            ..
-        } => checkpoint(c, out),
-        Reply::Checkpoints(list) => list.iter().for_each(|c| checkpoint(c, out)),
-        Reply::Batch(results) => results.iter().for_each(|r| raw_bytes(r, out)),
-        _ => {}
-    }
-}
-
 fn encode(id: &Value, result: &Result<Reply, WireError>, how: Payloads) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    // Room for the payloads too (raw after the line, or in base64): never grown on the way.
+    let payloads = result.as_ref().map_or(0, Reply::payload_bytes);
+    let mut out = Vec::with_capacity(256 + payloads.div_ceil(3) * 4);
     let written = match result {
         Ok(Reply::Event(e)) => serde_json::to_writer(&mut out, &event_object(e)),
         _ => serde_json::to_writer(&mut out, &Response { id, result, how }),
