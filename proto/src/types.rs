@@ -787,12 +787,11 @@ impl Request {
     }
 
     /// Every session name the request holds (a batch's ops' included).
-    pub fn session_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        fn one(n: &str) -> Box<dyn Iterator<Item = &str> + '_> {
-            Box::new(std::iter::once(n))
-        }
+    pub fn session_names(&self) -> SessionNames<'_> {
+        let few = SessionNames::few;
+        let one = |n| SessionNames::few(Some(n), None);
         match self {
-            Request::Ping | Request::Stats | Request::List(_) => Box::new(std::iter::empty()),
+            Request::Ping | Request::Stats | Request::List(_) => few(None, None),
             Request::Create(r) => one(&r.name),
             Request::Checkpoint(r) => one(&r.name),
             Request::Resume(r) => one(&r.name),
@@ -800,16 +799,52 @@ impl Request {
             Request::History(r) => one(&r.name),
             Request::Fail(r) => one(&r.name),
             Request::Attach(r) => one(&r.name),
-            Request::Watch(r) => Box::new(r.name.as_deref().into_iter()),
-            Request::Delete(t) => Box::new(t.name.as_deref().into_iter()),
-            Request::DeleteCheckpoints(r) => Box::new(r.target.name.as_deref().into_iter()),
-            Request::Prune(r) => Box::new(r.target.name.as_deref().into_iter()),
-            Request::Copy(r) => Box::new([r.name.as_str(), r.to.as_str()].into_iter()),
-            Request::Batch(b) => Box::new(b.ops.iter().flat_map(Request::session_names)),
+            Request::Watch(r) => few(r.name.as_deref(), None),
+            Request::Delete(t) => few(t.name.as_deref(), None),
+            Request::DeleteCheckpoints(r) => few(r.target.name.as_deref(), None),
+            Request::Prune(r) => few(r.target.name.as_deref(), None),
+            Request::Copy(r) => few(Some(&r.name), Some(&r.to)),
+            Request::Batch(b) => SessionNames {
+                few: [None, None],
+                at: 0,
+                ops: Some(Box::new(b.ops.iter().flat_map(Request::session_names))),
+            },
             Request::Show(r) | Request::Pause(r) | Request::Complete(r) | Request::Cancel(r) => {
                 one(&r.name)
             }
         }
+    }
+}
+
+/// The session names a request holds ([`Request::session_names`]): a batch's through its
+/// ops, any other's without an allocation (every request's are validated).
+pub struct SessionNames<'a> {
+    few: [Option<&'a str>; 2],
+    at: usize,
+    ops: Option<Box<dyn Iterator<Item = &'a str> + 'a>>,
+}
+
+impl<'a> SessionNames<'a> {
+    fn few(a: Option<&'a str>, b: Option<&'a str>) -> Self {
+        SessionNames {
+            few: [a, b],
+            at: 0,
+            ops: None,
+        }
+    }
+}
+
+impl<'a> Iterator for SessionNames<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while let Some(n) = self.few.get(self.at) {
+            self.at += 1;
+            if n.is_some() {
+                return *n;
+            }
+        }
+        self.ops.as_mut()?.next()
     }
 }
 
@@ -902,4 +937,35 @@ pub struct ResponseFrame {
     pub id: u64,
     /// The reply, or the error.
     pub result: Result<Reply, WireError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_are_every_name_a_request_holds() {
+        fn names(r: &Request) -> Vec<&str> {
+            r.session_names().collect()
+        }
+        let show = |n: &str| Request::Show(NameRequest { name: n.into() });
+        assert!(names(&Request::Ping).is_empty());
+        assert_eq!(names(&show("a")), ["a"]);
+        let unnamed = Request::Delete(Target {
+            name: None,
+            session_meta: Some(Meta::default()),
+        });
+        assert!(names(&unnamed).is_empty());
+        let copy = Request::Copy(CopyRequest {
+            name: "from".into(),
+            to: "to".into(),
+            meta: Meta::default(),
+        });
+        assert_eq!(names(&copy), ["from", "to"]);
+        let batch = Request::Batch(BatchRequest {
+            ops: vec![show("x"), copy, unnamed, show("y")],
+        });
+        assert_eq!(names(&batch), ["x", "from", "to", "y"]);
+        assert_eq!(batch.session_name(), Some("x"));
+    }
 }
