@@ -1,6 +1,7 @@
 //! One client connection. The first byte picks the encoding (`{`: JSON lines, else the binary
 //! handshake and frames). Requests are handled concurrently, so one connection's pipelined
-//! checkpoints share a flush, but replies go out in request order.
+//! checkpoints share a flush, but replies go out in request order, and requests take effect
+//! in order (a read pipelined before a change runs before it).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -8,7 +8,11 @@
 //! reply `seq` only while `next == seq` (every earlier reply is fully on the socket) and
 //! nothing it wrote is still unfinished. Otherwise, or when the socket would block, the reply
 //! goes the usual way, through the connection's writer, which asks [`ReplySink::turn`] what is
-//! left to do for each reply and reports each one it writes.
+//! left to do for each reply and reports each one it writes. A reply known as the request
+//! is read (a get the cache answers, a ping, a refusal) is written the same way by the
+//! connection's reader ([`Outbox::answer_now`]), and a mutation the reader is to commit
+//! itself is held until then ([`Outbox::hold`]): the writer sees neither when its reply went
+//! out straight.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -307,6 +311,56 @@ mod tests {
             ids.push(codec::decode::<ResponseFrame>(b).unwrap().id);
         }
         ids
+    }
+
+    #[test]
+    fn the_writer_gets_only_the_replies_not_already_written() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let sink = ReplySink::new(&ours).unwrap();
+        let (queue, mut writer) = mpsc::channel(8);
+        let mut out = Outbox::new(queue, Some(sink.clone()));
+        let mut d = FrameDecoder::new(1 << 20);
+        // Reply 0 is answered at once: nothing reaches the writer.
+        let (id, r) = pong(10);
+        assert!(out.answer_now(&RequestId::Binary(id), r).is_none());
+        // Mutation 1 is held for this connection's commit; 2, a ping after it, is not its
+        // turn and waits behind it.
+        out.hold("mutation 1");
+        let (id, r) = pong(12);
+        assert!(out.answer_now(&RequestId::Binary(id), r).is_some());
+        assert!(rt.block_on(out.push("ping 2")));
+        assert!(writer.try_recv().is_err(), "held until the commit");
+        // The commit writes reply 1 itself; released, only 2 goes to the writer.
+        let (id, r) = pong(11);
+        sink.try_send(1, &RequestId::Binary(id), r).unwrap();
+        assert!(rt.block_on(out.release()));
+        assert_eq!(writer.try_recv().unwrap(), ("ping 2", 2));
+        assert!(writer.try_recv().is_err());
+        assert_eq!(read_ids(&mut peer, &mut d), vec![10, 11]);
+        // Held again, and the commit could not write it: the writer gets it.
+        out.hold("mutation 3");
+        assert!(rt.block_on(out.release()));
+        assert_eq!(writer.try_recv().unwrap(), ("mutation 3", 3));
+    }
+
+    #[test]
+    fn a_read_is_pending_until_its_reply_is_out() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let sink = ReplySink::new(&ours).unwrap();
+        let (queue, mut writer) = mpsc::channel(8);
+        let mut out = Outbox::new(queue, Some(sink.clone()));
+        assert!(!out.read_pending());
+        assert!(rt.block_on(out.push_read("get 0")));
+        assert!(out.read_pending());
+        assert_eq!(writer.try_recv().unwrap(), ("get 0", 0));
+        sink.wrote(0);
+        assert!(!out.read_pending(), "its reply is on the socket");
     }
 
     #[test]
