@@ -3,7 +3,7 @@
 //! chrono's goes through `collect_str`, which builds a `String` a character at a time, and
 //! every reply carries a timestamp.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Serialize, Serializer};
 
 /// `serialize_with` for a `DateTime<Utc>` field.
@@ -52,18 +52,21 @@ fn format<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
     if nanos >= 1_000_000_000 {
         return None;
     }
-    // From the count of seconds: chrono's calendar fields each work the date out again.
-    let secs = t.timestamp();
-    let (year, month, day) = civil_date(secs.div_euclid(86_400));
-    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
-    let of_day = secs.rem_euclid(86_400) as u32;
+    // The fields of the UTC date and time, taken once: `DateTime`'s own accessors each apply
+    // the (zero) offset again.
+    let (date, time) = (t.date_naive(), t.time());
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     let mut d = Digits { buf, len: 0 };
     d.number(year, 4);
-    for (sep, value) in [(b'-', month), (b'-', day), (b'T', of_day / 3600)] {
+    for (sep, value) in [
+        (b'-', date.month()),
+        (b'-', date.day()),
+        (b'T', time.hour()),
+    ] {
         d.byte(sep);
         d.number(value, 2);
     }
-    for value in [of_day / 60 % 60, of_day % 60] {
+    for value in [time.minute(), time.second()] {
         d.byte(b':');
         d.number(value, 2);
     }
@@ -80,20 +83,6 @@ fn format<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
     d.byte(b'Z');
     let len = d.len;
     std::str::from_utf8(&buf[..len]).ok()
-}
-
-/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`: eras of 400 years, years starting in March).
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]
