@@ -567,6 +567,18 @@ pub struct GetRequest {
     pub attachments: bool,
 }
 
+impl GetRequest {
+    /// The checkpoint it names (`None`: the latest intact one). Its number wins over its key;
+    /// the daemon refuses a request with both.
+    pub fn which(&self) -> Option<CheckpointRef> {
+        match (self.number, &self.key) {
+            (Some(n), _) => Some(CheckpointRef::Number(n)),
+            (None, Some(k)) => Some(CheckpointRef::Key(k.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
 /// `list`: the caller's sessions (or every user's, for root).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ListRequest {
@@ -780,6 +792,33 @@ impl Request {
         )
     }
 
+    /// Whether it may change state (what a read pipelined before it must not see): every op
+    /// but the reads, a ping and a watch.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Request::Ping
+            | Request::Get(_)
+            | Request::Show(_)
+            | Request::List(_)
+            | Request::History(_)
+            | Request::Stats
+            | Request::Watch(_) => false,
+            Request::Create(_)
+            | Request::Checkpoint(_)
+            | Request::Resume(_)
+            | Request::Pause(_)
+            | Request::Complete(_)
+            | Request::Fail(_)
+            | Request::Cancel(_)
+            | Request::Delete(_)
+            | Request::Attach(_)
+            | Request::DeleteCheckpoints(_)
+            | Request::Prune(_)
+            | Request::Copy(_)
+            | Request::Batch(_) => true,
+        }
+    }
+
     /// The session the request names, if any (for a copy, its source; see
     /// [`Request::session_names`] for all).
     pub fn session_name(&self) -> Option<&str> {
@@ -967,5 +1006,28 @@ mod tests {
         });
         assert_eq!(names(&batch), ["x", "from", "to", "y"]);
         assert_eq!(batch.session_name(), Some("x"));
+    }
+
+    #[test]
+    fn reads_change_nothing_and_every_other_op_may() {
+        let get = |number, key: Option<&str>| GetRequest {
+            name: "s".into(),
+            number,
+            key: key.map(Into::into),
+            attachments: false,
+        };
+        assert!(!Request::Get(get(None, None)).changes_state());
+        assert!(!Request::Ping.changes_state());
+        assert!(Request::Resume(ResumeRequest::default()).changes_state());
+        assert!(Request::Batch(BatchRequest::default()).changes_state());
+        assert_eq!(
+            get(Some(3), Some("k")).which(),
+            Some(CheckpointRef::Number(3))
+        );
+        assert_eq!(
+            get(None, Some("k")).which(),
+            Some(CheckpointRef::Key("k".into()))
+        );
+        assert_eq!(get(None, None).which(), None);
     }
 }

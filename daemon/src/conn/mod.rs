@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use interprocess::os::unix::uds_local_socket::tokio::Stream;
 use sessiond_proto::wire::{self, Next, Opening, RequestId, Requests};
-use sessiond_proto::{Event, EventKind, Reply, Request, RequestFrame, WireError};
+use sessiond_proto::{Event, EventKind, Reply, RequestFrame, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
@@ -450,9 +450,7 @@ async fn after_reads(
     parsed: &Result<RequestFrame, WireError>,
     lead: &mut Option<Lead>,
 ) -> bool {
-    let changes = parsed.as_ref().is_ok_and(|r| {
-        r.request.is_mutation() || matches!(r.request, Request::Resume(_) | Request::Batch(_))
-    });
+    let changes = parsed.as_ref().is_ok_and(|r| r.request.changes_state());
     if !changes || !out.read_pending() {
         return true;
     }

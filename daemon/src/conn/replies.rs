@@ -137,10 +137,11 @@ impl<T> Outbox<T> {
     /// reply side is gone.
     pub async fn barrier(&mut self, make: impl FnOnce(oneshot::Sender<()>) -> T) -> bool {
         let (tx, rx) = oneshot::channel();
-        self.release().await && self.push(make(tx)).await && rx.await.is_ok() && {
-            self.last_read = None;
-            true
+        if !(self.release().await && self.push(make(tx)).await && rx.await.is_ok()) {
+            return false;
         }
+        self.last_read = None;
+        true
     }
 
     /// `false` once the reply side is gone.

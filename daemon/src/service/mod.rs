@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use sessiond_proto::validate;
 use sessiond_proto::{
-    CheckpointRef, ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError,
-    PROTOCOL_VERSION, VERSION,
+    ErrorKind, Event, Reply, Request, RequestFrame, Stats, Status, WireError, PROTOCOL_VERSION,
+    VERSION,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -318,12 +318,7 @@ impl Service {
         let Request::Get(r) = request else {
             return None;
         };
-        let which = match (r.number, &r.key) {
-            (Some(n), _) => Some(CheckpointRef::Number(n)),
-            (None, Some(k)) => Some(CheckpointRef::Key(k.clone())),
-            (None, None) => None,
-        };
-        reads::get_cached(&self.state, uid, &r.name, which.as_ref(), r.attachments)
+        reads::get_cached(&self.state, uid, &r.name, r.which().as_ref(), r.attachments)
             .map(|r| r.map(Reply::Checkpoint))
     }
 
@@ -367,23 +362,16 @@ impl Service {
                 })
                 .await
             }
-            Request::Get(r) => {
-                let which = match (r.number, r.key) {
-                    (Some(n), _) => Some(CheckpointRef::Number(n)),
-                    (None, Some(k)) => Some(CheckpointRef::Key(k)),
-                    (None, None) => None,
-                };
-                reads::get(
-                    &self.state,
-                    uid,
-                    &r.name,
-                    which,
-                    r.attachments,
-                    self.alone(),
-                )
-                .await
-                .map(Reply::Checkpoint)
-            }
+            Request::Get(r) => reads::get(
+                &self.state,
+                uid,
+                &r.name,
+                r.which(),
+                r.attachments,
+                self.alone(),
+            )
+            .await
+            .map(Reply::Checkpoint),
             Request::Stats => {
                 let (sessions, checkpoints, by_status) = {
                     let t = self.state.table();
