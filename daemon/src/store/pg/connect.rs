@@ -54,10 +54,10 @@ pub(super) fn pool(cfg: &PgConfig) -> Result<Pool, StoreError> {
 }
 
 /// The commit thread's statements and the reads by id find rows by key, and are planned by
-/// index only. Each is planned once, and a plan stays until the table's statistics change: made while the table
-/// was small, or while its statistics held one session or a few, it scans the table or reads
-/// a bitmap of the session's index range, and so reads again, at every call, each row that
-/// retention removed and vacuum has not yet (a busy session leaves a thousand a second, and
+/// index only. Each is planned once, and a plan stays until the table's statistics change:
+/// made while the table was small, or while its statistics held one session or a few, it
+/// scans the table or reads a bitmap of the session's index range, and so reads again, at
+/// every call, each row that retention removed and vacuum has not yet (a busy session leaves a thousand a second, and
 /// autovacuum comes a minute apart). By index only, an index scan marks them dead in the
 /// index the first time and passes over them after (tests/tests/shared_retention.rs). A scan
 /// that has no index to use instead (the hosts' table, read whole) is then costed so high
