@@ -34,6 +34,50 @@ pub struct FloorRun {
     pub ops_per_sec: f64,
     /// Writes each flush covered, on average.
     pub per_flush: f64,
+    /// The server's threads' CPU (user and system) per write, in microseconds.
+    pub server_cpu_us: f64,
+    /// The server's threads' context switches per write.
+    pub server_switches: f64,
+}
+
+/// The CPU (user and system) and the context switches of this thread or process so far.
+pub fn used(who: nix::sys::resource::UsageWho) -> Result<(Duration, u64), String> {
+    let u = nix::sys::resource::getrusage(who).map_err(|e| format!("getrusage: {e}"))?;
+    let time = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    let switches = u.voluntary_context_switches() + u.involuntary_context_switches();
+    Ok((
+        time(u.user_time()) + time(u.system_time()),
+        switches.max(0) as u64,
+    ))
+}
+
+/// What a server thread did: its flushes, and its CPU time and context switches.
+#[derive(Default)]
+struct ThreadWork {
+    flushes: u64,
+    cpu: Duration,
+    switches: u64,
+}
+
+impl ThreadWork {
+    /// This thread's `flushes`, with what it has used so far.
+    fn of_this_thread(flushes: u64) -> Result<Self, String> {
+        let (cpu, switches) = used(nix::sys::resource::UsageWho::RUSAGE_THREAD)?;
+        Ok(ThreadWork {
+            flushes,
+            cpu,
+            switches,
+        })
+    }
+
+    fn add(&mut self, other: ThreadWork) {
+        self.flushes += other.flushes;
+        self.cpu += other.cpu;
+        self.switches += other.switches;
+    }
 }
 
 /// Writes received and not yet taken by a flusher, and the order flushes acknowledge in.
@@ -150,28 +194,31 @@ pub fn run(
     let read = reader
         .join()
         .map_err(|_| "the reader panicked".to_string())?;
-    let mut flushes = *read.as_ref().unwrap_or(&0);
+    let mut work = ThreadWork::default();
     for f in flushers {
-        flushes += f.join().map_err(|_| "a flusher panicked".to_string())??;
+        work.add(f.join().map_err(|_| "a flusher panicked".to_string())??);
     }
     let _ = std::fs::remove_file(&path);
-    read?;
+    work.add(read?);
     let (ops, elapsed) = generated?;
+    let per_write = |x: f64| x / ops.max(1) as f64;
     Ok(FloorRun {
         flushes_in_flight: in_flight,
         ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
-        per_flush: ops as f64 / flushes.max(1) as f64,
+        per_flush: ops as f64 / work.flushes.max(1) as f64,
+        server_cpu_us: per_write(work.cpu.as_secs_f64() * 1e6),
+        server_switches: per_write(work.switches as f64),
     })
 }
 
 /// Reads every client's writes and queues each complete one; `inline`, flushes them itself
-/// (no other thread involved, as Redis does). Returns the flushes it made.
+/// (no other thread involved, as Redis does). Returns the flushes it made and what it used.
 fn read_writes(
     server: Vec<UnixStream>,
     shared: &Shared,
     size: usize,
     inline: Option<(&std::fs::File, &[UnixStream])>,
-) -> Result<u64, String> {
+) -> Result<ThreadWork, String> {
     let mut flushes = 0u64;
     let (mut poll, mut streams) = polled(server)?;
     let mut partial = vec![Vec::with_capacity(size); streams.len()];
@@ -216,7 +263,7 @@ fn read_writes(
             }
         }
     }
-    Ok(flushes)
+    ThreadWork::of_this_thread(flushes)
 }
 
 /// Appends the complete writes of `bytes` (one client's read) to `ready`, keeping the
@@ -270,13 +317,18 @@ fn wait(poll: &mut Poll, events: &mut Events) -> Result<(), String> {
     }
 }
 
-/// A flusher thread: flushes until the run is over. Returns the flushes it made.
-fn flusher(shared: &Shared, file: &std::fs::File, acks: &[UnixStream]) -> Result<u64, String> {
+/// A flusher thread: flushes until the run is over. Returns the flushes it made and what it
+/// used.
+fn flusher(
+    shared: &Shared,
+    file: &std::fs::File,
+    acks: &[UnixStream],
+) -> Result<ThreadWork, String> {
     let mut flushes = 0u64;
     while flush_once(shared, file, acks, true)? {
         flushes += 1;
     }
-    Ok(flushes)
+    ThreadWork::of_this_thread(flushes)
 }
 
 /// Takes what is queued (waiting for some if `wait`), writes and `fdatasync`s it, then
@@ -404,6 +456,12 @@ mod tests {
             // A lost or out-of-turn acknowledgement stalls a client for good: a few writes.
             assert!(r.ops_per_sec > 100.0, "{in_flight}: {}/s", r.ops_per_sec);
             assert!(r.per_flush >= 0.9, "{in_flight}: {}", r.per_flush);
+            // Reading, writing and acknowledging take some CPU, and far less than a second.
+            assert!(
+                r.server_cpu_us > 0.0 && r.server_cpu_us < 1e6,
+                "{in_flight}: {} us",
+                r.server_cpu_us
+            );
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

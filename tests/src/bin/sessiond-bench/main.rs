@@ -279,7 +279,7 @@ fn main() {
         )
     };
     let result = match args.mode.as_str() {
-        "checkpoint" => checkpoint(&args, &socket),
+        "checkpoint" => checkpoint(&args, &socket, daemon.as_ref().map(|d| d.child.id())),
         "stale" => stale(&args, &socket),
         "rtt" => rtt(&args),
         "fsync" => fsync_floor(&args),
@@ -302,7 +302,68 @@ fn main() {
 
 type Outcome = Result<(String, serde_json::Value), String>;
 
-fn checkpoint(args: &Args, socket: &Path) -> Outcome {
+/// The checkpoint load; with the daemon's pid (`--spawn`), also the daemon's CPU and context
+/// switches, and the load generator's CPU, per operation.
+fn checkpoint(args: &Args, socket: &Path, daemon: Option<u32>) -> Outcome {
+    let before = daemon.map(DaemonWork::of).transpose()?;
+    let client_before = own_cpu()?;
+    let (text, mut value) = checkpoint_load(args, socket)?;
+    let ops = value["ops"].as_f64().unwrap_or(0.0).max(1.0);
+    let client = (own_cpu()? - client_before).as_secs_f64() * 1e6 / ops;
+    value["client_cpu_us"] = json!(client);
+    let (Some(pid), Some(before)) = (daemon, before) else {
+        return Ok((text, value));
+    };
+    let after = DaemonWork::of(pid)?;
+    let cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6 / ops;
+    let switches = after.switches.saturating_sub(before.switches) as f64 / ops;
+    value["daemon_cpu_us"] = json!(cpu);
+    value["daemon_switches"] = json!(switches);
+    Ok((
+        format!("{text}; a request: the daemon's CPU {cpu:.1} us and {switches:.2} context switches, the load generator's CPU {client:.1} us"),
+        value,
+    ))
+}
+
+/// What the daemon's threads have used: CPU (user and system) and context switches. Those of
+/// threads that have ended are not counted in the switches (the kernel keeps them per thread).
+struct DaemonWork {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl DaemonWork {
+    fn of(pid: u32) -> Result<Self, String> {
+        let (ticks, _) = usage(pid)?;
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+        let mut switches = 0;
+        for task in tasks.flatten() {
+            // A thread that ends meanwhile is skipped.
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            switches += status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(DaemonWork {
+            cpu: Duration::from_millis(ticks * 10), // USER_HZ is 100 on Linux
+            switches,
+        })
+    }
+}
+
+/// This process's CPU (user and system), all its threads.
+fn own_cpu() -> Result<Duration, String> {
+    floor::used(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|(cpu, _)| cpu)
+}
+
+fn checkpoint_load(args: &Args, socket: &Path) -> Outcome {
     let plan: Vec<Op> = args
         .mix
         .iter()
@@ -773,13 +834,15 @@ fn durable_floor(args: &Args) -> Outcome {
         .iter()
         .map(|r| {
             format!(
-                "{} {:.0}/s ({:.1} writes per flush)",
+                "{} {:.0}/s ({:.1} writes per flush, the server's CPU {:.1} us and {:.2} context switches a write)",
                 match r.flushes_in_flight {
                     0 => "flushing as it reads".to_string(),
                     n => format!("{n} flush(es) in flight"),
                 },
                 r.ops_per_sec,
-                r.per_flush
+                r.per_flush,
+                r.server_cpu_us,
+                r.server_switches
             )
         })
         .collect::<Vec<_>>()
@@ -787,7 +850,8 @@ fn durable_floor(args: &Args) -> Outcome {
     let value = json!({"mode": "floor", "clients": args.clients, "size": args.size, "fallocated": args.fallocated,
         "ops_per_sec": best,
         "runs": runs.iter().map(|r| json!({"flushes_in_flight": r.flushes_in_flight,
-            "ops_per_sec": r.ops_per_sec, "writes_per_flush": r.per_flush})).collect::<Vec<_>>()});
+            "ops_per_sec": r.ops_per_sec, "writes_per_flush": r.per_flush,
+            "server_cpu_us": r.server_cpu_us, "server_switches": r.server_switches})).collect::<Vec<_>>()});
     Ok((
         format!(
             "durable write floor, {} B x {} clients, into a file {}: {best:.0} writes/s at best ({each})",
