@@ -133,6 +133,54 @@ fn successive_states_share_their_chunks_and_read_back_byte_for_byte() {
     assert!(out.contains("chunks: "), "{out}");
 }
 
+/// Two connections at once, so that neither is alone on the async worker: the states of up to
+/// 128 KiB are cut there, the larger ones on the blocking pool; both are stored by what
+/// changed and read back byte for byte, each session's numbers in its own order.
+#[test]
+fn states_written_on_two_connections_at_once_are_cut_on_either_side_of_the_worker() {
+    let d = Daemon::start_local(&[]);
+    let writers: Vec<_> = (0..2u64)
+        .map(|s| {
+            let mut c = d.client();
+            std::thread::spawn(move || {
+                let name = format!("agent{s}");
+                c.create_keep(&name, Some(0)).unwrap();
+                let mut rng = Rng(11 + s);
+                let mut messages = Vec::new();
+                let mut written = Vec::new();
+                // 2 KiB more each step: from below 128 KiB to past 200 KiB.
+                for step in 1..=100 {
+                    messages.push(rng.text(2048));
+                    let state = agent_state(s, &messages, step);
+                    let cp = c.put(&name, state.clone()).unwrap();
+                    assert_eq!(cp.number, step);
+                    written.push((step, state));
+                }
+                (name, written)
+            })
+        })
+        .collect();
+    let written: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let logical: u64 = written
+        .iter()
+        .flat_map(|(_, w)| w.iter().map(|(_, p)| p.len() as u64))
+        .sum();
+    let largest = written[0].1.last().map_or(0, |(_, p)| p.len());
+    assert!(largest > 200 << 10, "the last states are {largest} bytes");
+    let used = segment_bytes_used(&d);
+    assert!(
+        used * 10 < logical,
+        "{logical} logical bytes took {used} bytes of log"
+    );
+    let mut c = d.client();
+    for (name, want) in &written {
+        assert!(
+            all_payloads(&mut c, name) == *want,
+            "{name}'s checkpoints differ"
+        );
+    }
+}
+
 #[test]
 fn users_never_share_chunks() {
     let d = Daemon::start_local(&[]);

@@ -29,6 +29,10 @@ use spin::Spinner;
 /// Requests of one connection being handled at once; more wait in the socket (backpressure).
 const MAX_IN_FLIGHT: usize = 64;
 const READ_CHUNK: usize = 256 << 10;
+/// Payloads up to this many bytes are cut on the async worker even while other connections
+/// wait on it: a hand-off to the blocking pool and back costs two wake-ups, more than the
+/// cut of a payload this size (bench/README.md has the measurement).
+const CUT_ON_WORKER_MAX: usize = 128 << 10;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -351,21 +355,22 @@ async fn drain(
         let (id, started, permit) = match requests.next_request() {
             None => return true,
             Some(Next::Refused(id, e)) => (id, Started::Done(Err(e)), None),
-            Some(Next::Request(pending)) => match take_budget(budget, pending.len(), lead, out)
-                .await
-            {
-                None => return false,
-                Some(permit) => {
-                    let (id, parsed) = pending.decode();
-                    if !after_reads(out, &parsed, lead).await {
-                        return false;
-                    }
-                    let direct = out.direct(&id);
-                    // Alone, this connection holds up nobody: the two wake-ups of a hand-off
-                    // cost it more than the worker's waiting does.
-                    let shared = !service.alone();
-                    let mut started =
-                        if shared && parsed.as_ref().is_ok_and(|r| service.prepares(&peer, r)) {
+            Some(Next::Request(pending)) => {
+                match take_budget(budget, pending.len(), lead, out).await {
+                    None => return false,
+                    Some(permit) => {
+                        let (id, parsed) = pending.decode();
+                        if !after_reads(out, &parsed, lead).await {
+                            return false;
+                        }
+                        let direct = out.direct(&id);
+                        // Alone, this connection holds up nobody: the two wake-ups of a hand-off
+                        // cost it more than the worker's waiting does.
+                        let shared = !service.alone();
+                        let mut started = if shared
+                            && parsed.as_ref().is_ok_and(|r| {
+                                service.bytes_to_prepare(&peer, r) > CUT_ON_WORKER_MAX
+                            }) {
                             // Cutting a large payload takes a while: off the async worker, which
                             // every connection shares (the connection's next request waits, so
                             // its requests are still committed in order; those queued are
@@ -386,12 +391,13 @@ async fn drain(
                         } else {
                             dispatch(service, peer, parsed, direct)
                         };
-                    if let Some(l) = take_lead(&mut started) {
-                        *lead = Some(l);
+                        if let Some(l) = take_lead(&mut started) {
+                            *lead = Some(l);
+                        }
+                        (id, started, Some(permit))
                     }
-                    (id, started, Some(permit))
                 }
-            },
+            }
         };
         *watching |= matches!(started, Started::Watch { .. });
         let started = match started {

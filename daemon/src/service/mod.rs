@@ -244,20 +244,27 @@ impl Service {
         }
     }
 
-    /// Whether the store has work to do ahead on this request's payloads (see
-    /// [`crate::store::Reads::prepare`]).
-    pub fn prepares(&self, peer: &Peer, req: &RequestFrame) -> bool {
-        fn large(uid: u32, r: &Request, reads: &dyn crate::store::Reads) -> bool {
+    /// The bytes of this request's payloads the store has work to do ahead on (see
+    /// [`crate::store::Reads::prepare`]): 0 if none.
+    pub fn bytes_to_prepare(&self, peer: &Peer, req: &RequestFrame) -> usize {
+        fn bytes(uid: u32, r: &Request, reads: &dyn crate::store::Reads) -> usize {
             match r {
-                Request::Checkpoint(c) => reads.prepares(uid, &c.name, c.payload.0.len()),
-                Request::Batch(b) => b.ops.iter().any(|op| large(uid, op, reads)),
-                _ => false,
+                Request::Checkpoint(c) => {
+                    let len = c.payload.0.len();
+                    if reads.prepares(uid, &c.name, len) {
+                        len
+                    } else {
+                        0
+                    }
+                }
+                Request::Batch(b) => b.ops.iter().map(|op| bytes(uid, op, reads)).sum(),
+                _ => 0,
             }
         }
         let Ok(uid) = acting_uid(peer, req.uid) else {
-            return false;
+            return 0;
         };
-        large(uid, &req.request, &*self.state.reads)
+        bytes(uid, &req.request, &*self.state.reads)
     }
 
     /// Has the store do ahead what it can of writing the mutation's checkpoint payloads.
