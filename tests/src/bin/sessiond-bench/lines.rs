@@ -23,23 +23,40 @@ pub enum Payloads {
     Raw,
 }
 
-/// A request as a typed client writes it.
+/// A request as a typed client writes it (its payload_b64 after it: see [`request`]).
 #[derive(serde::Serialize)]
 struct Line<'a> {
     op: &'a str,
     id: u64,
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload_b64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     payload_len: Option<usize>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     raw: bool,
 }
 
+/// A connection's payload, and its base64, encoded once: as redis-benchmark builds its
+/// requests once, so that the one-thread load generator takes from the daemon's two cores
+/// no more than it must.
+struct Body {
+    payload: Vec<u8>,
+    b64: String,
+}
+
+impl Body {
+    fn new(size: usize, how: Payloads) -> Self {
+        let payload = vec![0x5a; size];
+        let b64 = match how {
+            Payloads::Base64 => base64::engine::general_purpose::STANDARD.encode(&payload),
+            Payloads::Raw => String::new(),
+        };
+        Body { payload, b64 }
+    }
+}
+
 /// A request line, and whether the raw payload follows it (one write with it: as one
-/// `sendall` of a script).
-fn request(op: Op, name: &str, payload: &[u8], how: Payloads, id: u64) -> (Vec<u8>, bool) {
+/// `sendall` of a script). Base64 has nothing JSON escapes: it goes into the line as it is.
+fn request(op: Op, name: &str, body: &Body, how: Payloads, id: u64) -> (Vec<u8>, bool) {
     let op_name = match op {
         Op::Checkpoint => "checkpoint",
         Op::Get => "get",
@@ -49,22 +66,31 @@ fn request(op: Op, name: &str, payload: &[u8], how: Payloads, id: u64) -> (Vec<u
         op: op_name,
         id,
         name,
-        payload_b64: None,
         payload_len: None,
         raw: false,
     };
     let raw_payload = op == Op::Checkpoint && how == Payloads::Raw;
-    match (op, how) {
-        (Op::Checkpoint, Payloads::Base64) => {
-            line.payload_b64 = Some(base64::engine::general_purpose::STANDARD.encode(payload))
+    let b64 = match (op, how) {
+        (Op::Checkpoint, Payloads::Base64) => Some(&body.b64),
+        (Op::Checkpoint, Payloads::Raw) => {
+            line.payload_len = Some(body.payload.len());
+            None
         }
-        (Op::Checkpoint, Payloads::Raw) => line.payload_len = Some(payload.len()),
-        (_, Payloads::Raw) => line.raw = true,
-        (_, Payloads::Base64) => {}
-    }
-    let mut out = Vec::with_capacity(96 + payload.len());
+        (_, Payloads::Raw) => {
+            line.raw = true;
+            None
+        }
+        (_, Payloads::Base64) => None,
+    };
+    let mut out = Vec::with_capacity(96 + body.b64.len());
     // A struct of strings and numbers always serializes.
     let _ = serde_json::to_writer(&mut out, &line);
+    if let Some(b64) = b64 {
+        out.pop();
+        out.extend_from_slice(b",\"payload_b64\":\"");
+        out.extend_from_slice(b64.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
     out.push(b'\n');
     (out, raw_payload)
 }
@@ -113,10 +139,11 @@ fn setup_lines(name: &str, size: usize, how: Payloads) -> Vec<u8> {
     )
     .unwrap_or_default();
     out.push(b'\n');
-    let (line, raw) = request(Op::Checkpoint, name, &vec![0x5a; size], how, 0);
+    let body = Body::new(size, how);
+    let (line, raw) = request(Op::Checkpoint, name, &body, how, 0);
     out.extend(line);
     if raw {
-        out.extend(vec![0x5a; size]);
+        out.extend(&body.payload);
     }
     out
 }
@@ -139,7 +166,7 @@ pub fn run_threads(
                 let mut w = StdStream::connect(&socket).map_err(|e| format!("connect: {e}"))?;
                 let mut r = BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
                 let name = format!("lines-{run_id}-{i}");
-                let payload = vec![0x5a; size];
+                let sent = Body::new(size, how);
                 w.write_all(&setup_lines(&name, size, how))
                     .map_err(|e| e.to_string())?;
                 let mut line = Vec::new();
@@ -158,9 +185,9 @@ pub fn run_threads(
                     let op = *ops.next().ok_or("an empty mix")?;
                     id += 1;
                     let t = Instant::now();
-                    let (mut req, raw) = request(op, &name, &payload, how, id);
+                    let (mut req, raw) = request(op, &name, &sent, how, id);
                     if raw {
-                        req.extend_from_slice(&payload);
+                        req.extend_from_slice(&sent.payload);
                     }
                     w.write_all(&req).map_err(|e| e.to_string())?;
                     line.clear();
@@ -226,7 +253,7 @@ pub fn run_async(
             .map(|(mut r, mut w, name)| {
                 let plan = plan.to_vec();
                 tokio::spawn(async move {
-                    let payload = vec![0x5a; size];
+                    let sent = Body::new(size, how);
                     let mut lat = Vec::with_capacity(100_000);
                     let (mut line, mut body) = (Vec::new(), Vec::new());
                     let mut ops = plan.iter().cycle();
@@ -235,9 +262,9 @@ pub fn run_async(
                         let op = *ops.next().ok_or("an empty mix")?;
                         id += 1;
                         let t = Instant::now();
-                        let (mut req, raw) = request(op, &name, &payload, how, id);
+                        let (mut req, raw) = request(op, &name, &sent, how, id);
                         if raw {
-                            req.extend_from_slice(&payload);
+                            req.extend_from_slice(&sent.payload);
                         }
                         w.write_all(&req).await.map_err(|e| e.to_string())?;
                         line.clear();
