@@ -147,7 +147,7 @@ b, j, x = rate("sessiond get 1024 x1"), rate("sessiond json get 1024 x1"), rate(
 print("%-16s %10.0f %10.0f %10s %10s %10s %10.0f %9.2fx %9.2fx" % ("get 1024 x1", b, j, "", "", "", x, b / (x or 1), j / (x or 1)))
 # What stands between a store and the floor's best shape, in the same run: the floor's shapes
 # one by one (sessiond's is the second, reading while another thread flushes), and the CPU
-# each server spends on a write (a shape that flushes on its reading thread does all of it
+# each server and the load generator spend on a write (a shape that flushes on its reading thread does all of it
 # between two flushes, so it pays only where that is small beside a flush).
 def shape(label, in_flight, key):
     xs = [run[key] for v in runs.get(label, []) for run in v.get("runs", [])
@@ -155,19 +155,20 @@ def shape(label, in_flight, key):
     return statistics.median(xs) if xs else 0.0
 def cpu(label, key="daemon_cpu_us"):
     return r.get(label, {}).get(key, 0.0)
-print("the floor's shapes, and the CPU a write costs each server (us; context switches a write), medians:")
-print("%-16s %12s %12s %10s %10s %22s %22s %16s %16s" % ("work", "as-reads/s", "1-flight/s", "bin/1-fl", "json/1-fl", "floor as-reads cpu", "floor 1-flight cpu", "sessiond bin cpu", "sessiond json cpu"))
+print("the floor's shapes, and the CPU a write costs each server (us; context switches a write) and the load generator (binary / JSON lines), medians:")
+print("%-16s %12s %12s %10s %10s %22s %22s %16s %16s %14s" % ("work", "as-reads/s", "1-flight/s", "bin/1-fl", "json/1-fl", "floor as-reads cpu", "floor 1-flight cpu", "sessiond bin cpu", "sessiond json cpu", "generator cpu"))
 for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
     key = "%d x%d" % (size, clients)
     fl = "durable write floor " + key
     a, o = shape(fl, 0, "ops_per_sec"), shape(fl, 1, "ops_per_sec")
     b, j = rate("sessiond put " + key), rate("sessiond json put " + key)
-    print("%-16s %12.0f %12.0f %9.0f%% %9.0f%% %14.1f (%5.2f) %14.1f (%5.2f) %8.1f (%5.2f) %8.1f (%5.2f)" % (
+    print("%-16s %12.0f %12.0f %9.0f%% %9.0f%% %14.1f (%5.2f) %14.1f (%5.2f) %8.1f (%5.2f) %8.1f (%5.2f) %6.1f / %5.1f" % (
         "put " + key, a, o, 100 * b / (o or 1), 100 * j / (o or 1),
         shape(fl, 0, "server_cpu_us"), shape(fl, 0, "server_switches"),
         shape(fl, 1, "server_cpu_us"), shape(fl, 1, "server_switches"),
         cpu("sessiond put " + key), cpu("sessiond put " + key, "daemon_switches"),
-        cpu("sessiond json put " + key), cpu("sessiond json put " + key, "daemon_switches")))
+        cpu("sessiond json put " + key), cpu("sessiond json put " + key, "daemon_switches"),
+        cpu("sessiond put " + key, "client_cpu_us"), cpu("sessiond json put " + key, "client_cpu_us")))
 print("%-16s %8.1f us binary, %8.1f us JSON lines (the daemon's CPU a get)" % ("get 1024 x1", cpu("sessiond get 1024 x1"), cpu("sessiond json get 1024 x1")))
 print("JSON lines with the payload as raw bytes after the line (payload_len) instead of base64:")
 for size, clients in ((1024, 1), (1024, 16), (65536, 1), (65536, 16)):
