@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sessiond_proto::{Reply, WireError};
 use tokio::sync::oneshot;
@@ -67,8 +68,10 @@ fn mark_lapsed(state: &DaemonState, store: &mut dyn Store) {
 /// Commits one batch: plans every job, has the store write what needs writing (or refuses
 /// it when the store is not ready), applies it, then answers. A job that reads payloads the
 /// batch has not written yet (a copy of a session written in it) starts the next batch.
-pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
+/// Returns how long the store's writes took (their flushes, mostly).
+pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) -> Duration {
     let mut jobs: VecDeque<Job> = batch.into();
+    let mut writing = Duration::ZERO;
     while !jobs.is_empty() {
         if store.shared() {
             let scope = speculate::scope_of(&jobs);
@@ -78,16 +81,17 @@ pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) {
                 continue;
             }
             if !prepare(state, store, &mut jobs, &scope) {
-                return;
+                return writing;
             }
         }
         let writes = plan(state, &mut jobs);
         if writes.is_empty() {
             store.abandon();
         } else {
-            write(state, store, writes);
+            writing += write(state, store, writes);
         }
     }
+    writing
 }
 
 /// Has a shared store lock what the jobs left may touch and bring it up to date; on failure
@@ -150,7 +154,13 @@ fn plan(state: &DaemonState, jobs: &mut VecDeque<Job>) -> Vec<(Planned, ReplyTo,
     writes
 }
 
-fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, ReplyTo, u32)>) {
+/// Returns how long the store's write took.
+fn write(
+    state: &DaemonState,
+    store: &mut dyn Store,
+    writes: Vec<(Planned, ReplyTo, u32)>,
+) -> Duration {
+    let started = Instant::now();
     let written = store.ready().and_then(|()| {
         let units: Vec<Unit<'_>> = writes
             .iter()
@@ -162,6 +172,7 @@ fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, Reply
             .collect();
         store.write(&units)
     });
+    let took = started.elapsed();
     let written = match written {
         Ok(w) => w,
         Err(message) => {
@@ -169,7 +180,7 @@ fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, Reply
             for (_, (reply, _), _) in writes {
                 let _ = reply.send(Err(err.clone()));
             }
-            return;
+            return took;
         }
     };
     state.counters.flushes.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +191,7 @@ fn write(state: &DaemonState, store: &mut dyn Store, writes: Vec<(Planned, Reply
     let replies = apply(state, store, writes, written.locs);
     store.applied();
     replies::deliver(replies);
+    took
 }
 
 /// Applies a written batch to the table, the cache and the watchers; returns the replies.

@@ -12,7 +12,7 @@
 //! the daemon's: there the commit thread leads every batch, as it picks them from the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,12 @@ const MAX_BATCH_BYTES: usize = 256 << 20;
 /// read and answer the next requests (bench/README.md has the measurement).
 const SPIN: Duration = Duration::from_micros(200);
 
+/// A store whose writes take less than this (a tmpfs, a disk whose cache is safe to flush
+/// into) is written by the connection that leads even when others' jobs joined it: handing
+/// the batch to the commit thread costs two wake-ups, more than such a flush, and the
+/// connections would read little while it ran.
+const QUICK_WRITE: Duration = Duration::from_micros(40);
+
 pub struct Committer {
     state: Arc<DaemonState>,
     /// Only whoever leads locks it. Taken (and dropped) by the commit thread at its end: a
@@ -42,6 +48,9 @@ pub struct Committer {
     wake: Condvar,
     /// Jobs queued: what the commit thread spins on.
     queued: AtomicUsize,
+    /// How long the store's writes of a batch have taken lately, in microseconds (a moving
+    /// average, starting from a slow disk's 10 ms).
+    write_micros: AtomicU64,
     /// Connections lead (a local store); otherwise the commit thread does.
     inline: bool,
 }
@@ -136,6 +145,7 @@ impl Committer {
             queue: Mutex::new(queue),
             wake: Condvar::new(),
             queued: AtomicUsize::new(0),
+            write_micros: AtomicU64::new(10_000),
             inline,
         })
     }
@@ -190,11 +200,12 @@ impl Committer {
     /// apart by connection), the commit thread leads instead, and goes on leading
     /// while jobs keep coming: with many clients the connections' requests are then read
     /// while a batch flushes, where committing here would hold up every reading until the
-    /// flush is done.
+    /// flush is done. Unless the store's writes are quick (`QUICK_WRITE`): then there is
+    /// little to read meanwhile, and the hand-off would cost more than the flush.
     fn lead_here(&self) {
         {
             let mut q = self.queue();
-            if q.joined > 0 {
+            if q.joined > 0 && !self.writes_are_quick() {
                 q.handed = true;
                 drop(q);
                 self.wake.notify_all();
@@ -244,7 +255,8 @@ impl Committer {
                 batch
             };
             last = batch.len();
-            commit(&self.state, store, batch);
+            let took = commit(&self.state, store, batch);
+            self.wrote(took);
             if by_thread {
                 store.upkeep(&self.state.table);
                 mark_lapsed(&self.state, store);
@@ -312,6 +324,21 @@ impl Committer {
         }
     }
 
+    /// A batch's writes took `took` (nothing: it wrote nothing).
+    fn wrote(&self, took: Duration) {
+        if took.is_zero() {
+            return;
+        }
+        let now = u64::try_from(took.as_micros().min(10_000_000)).unwrap_or(10_000_000);
+        let was = self.write_micros.load(Ordering::Relaxed);
+        self.write_micros
+            .store((was * 7 + now) / 8, Ordering::Relaxed);
+    }
+
+    fn writes_are_quick(&self) -> bool {
+        self.write_micros.load(Ordering::Relaxed) < QUICK_WRITE.as_micros() as u64
+    }
+
     fn take_store(&self) -> Option<Box<dyn Store>> {
         self.store.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -364,6 +391,39 @@ mod tests {
             };
             assert_eq!(cp.number, n);
         }
+    }
+
+    #[test]
+    fn with_quick_writes_jobs_that_joined_a_lead_are_committed_by_the_connection_that_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = committer(dir.path());
+        assert!(!c.writes_are_quick(), "until writes are seen to be quick");
+        for _ in 0..64 {
+            c.wrote(Duration::from_micros(5));
+        }
+        assert!(c.writes_are_quick());
+        let (first, mut first_rx) = job(checkpoint(b"a"));
+        let lead = c.submit(first).unwrap();
+        let (second, mut second_rx) = job(checkpoint(b"b"));
+        assert!(c.submit(second).unwrap().is_none(), "one leader at a time");
+        // No commit thread runs: both are committed where the lead is given up.
+        drop(lead);
+        let numbers: Vec<u64> = [&mut first_rx, &mut second_rx]
+            .into_iter()
+            .map(|rx| match rx.try_recv() {
+                Ok(Ok(Reply::Checkpoint(Some(cp)))) => cp.number,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, [1, 2]);
+        // Slow writes again: a few are enough to hand such batches to the commit thread.
+        for _ in 0..8 {
+            c.wrote(Duration::from_millis(1));
+        }
+        assert!(!c.writes_are_quick());
+        // A batch that wrote nothing says nothing of the store's speed.
+        c.wrote(Duration::ZERO);
+        assert!(!c.writes_are_quick());
     }
 
     /// A store whose every write panics (a bug in a commit, as far as the committer can tell).
