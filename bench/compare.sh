@@ -10,6 +10,7 @@
 # the bare socket round trip with both ends placed alike (one CPU, two CPUs).
 #
 #   bench/compare.sh            (SECONDS_PER=5 per measurement, ROUNDS=3 by default)
+#   RESULTS=FILE bench/compare.sh   (keeps every measurement's JSON line in FILE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER:-5}
@@ -84,6 +85,7 @@ for round in $(seq "$rounds"); do
   run "langgraph get 1024 x1" "$venv/bin/python" bench/peers.py langgraph get --clients 1 --size 1024 --seconds "$secs" --dir "$work"
 done
 
+if [ -n "${RESULTS:-}" ]; then cp "$results" "$RESULTS"; fi
 python3 - "$results" <<'PY'
 import json, statistics, sys
 runs = {}
