@@ -24,6 +24,10 @@ use crate::store::Store;
 
 const MAX_BATCH_JOBS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 256 << 20;
+/// Batches a connection commits in a row at most; what is queued after them goes to the
+/// commit thread. With more than one async worker the others go on reading while one
+/// leads, and the leading connection's own next request waits until it stops.
+const MAX_LED_BATCHES: usize = 4;
 /// How long the commit thread, leading for a shared store, waits on the CPU for the next job
 /// before it blocks: a client waiting for its last write's reply often sends the next one
 /// within microseconds, and this saves the wake-up a blocked thread costs. Not for the local
@@ -227,12 +231,19 @@ impl Committer {
             return;
         };
         let mut last = 0;
+        let mut led = 0;
         loop {
             if by_thread && last > 0 && !self.inline {
                 self.spin();
             }
             let batch = {
                 let mut q = self.queue();
+                if !by_thread && led >= MAX_LED_BATCHES && !q.jobs.is_empty() {
+                    q.handed = true;
+                    drop(q);
+                    self.wake.notify_all();
+                    return;
+                }
                 let batch = self.next_batch(&mut q);
                 if batch.is_empty() {
                     q.leading = false;
@@ -255,6 +266,7 @@ impl Committer {
                 batch
             };
             last = batch.len();
+            led += 1;
             let took = commit(&self.state, store, batch);
             self.wrote(took);
             if by_thread {
@@ -324,7 +336,7 @@ impl Committer {
         }
     }
 
-    /// A batch's writes took `took` (nothing: it wrote nothing).
+    /// A batch's writes took `took` (nothing: it wrote nothing). Only the leader calls it.
     fn wrote(&self, took: Duration) {
         if took.is_zero() {
             return;
@@ -424,6 +436,44 @@ mod tests {
         // A batch that wrote nothing says nothing of the store's speed.
         c.wrote(Duration::ZERO);
         assert!(!c.writes_are_quick());
+    }
+
+    #[test]
+    fn a_connection_leads_a_few_batches_at_most_and_hands_the_rest_to_the_commit_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = committer(dir.path());
+        for _ in 0..64 {
+            c.wrote(Duration::from_micros(5));
+        }
+        let (first, _first_rx) = job(checkpoint(b"a"));
+        let lead = c.submit(first).unwrap();
+        let total = MAX_BATCH_JOBS * (MAX_LED_BATCHES + 1);
+        let rxs: Vec<_> = (1..total)
+            .map(|_| {
+                let (j, rx) = job(checkpoint(b"b"));
+                assert!(c.submit(j).unwrap().is_none());
+                rx
+            })
+            .collect();
+        drop(lead);
+        let answered = rxs.iter().filter(|rx| !rx.is_empty()).count();
+        assert_eq!(
+            answered,
+            MAX_BATCH_JOBS * MAX_LED_BATCHES - 1,
+            "the led batches' jobs"
+        );
+        // The rest, handed on, wait for the commit thread, and are committed in order.
+        let thread = {
+            let c = c.clone();
+            std::thread::spawn(move || c.run())
+        };
+        let last = rxs.into_iter().last().unwrap().blocking_recv();
+        let Ok(Ok(Reply::Checkpoint(Some(cp)))) = last else {
+            panic!("{last:?}")
+        };
+        assert_eq!(cp.number, total as u64);
+        c.close();
+        thread.join().unwrap();
     }
 
     /// A store whose every write panics (a bug in a commit, as far as the committer can tell).
