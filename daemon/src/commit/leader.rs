@@ -1,12 +1,14 @@
 //! Who commits: the queue of jobs and the right to the store.
 //!
 //! With a local store, a connection whose mutation finds nobody committing leads: on its own
-//! thread it commits its job and every one queued meanwhile, batch after batch, and answers
-//! them all, until the queue is empty. A request is read, committed and answered on one thread,
-//! with no hand-off to another and no wake-up of one (each costs tens of microseconds on a
-//! virtual machine); mutations that arrive while a batch flushes queue and are the next batch
-//! (group commit). The commit thread only does what must not hold up a request (snapshots,
-//! compaction, reclaiming), when nobody leads.
+//! thread it commits its job, batch after batch while more come (four at most), and answers
+//! them all. A request is read, committed and answered on one thread, with no hand-off to
+//! another and no wake-up of one (each costs tens of microseconds on a virtual machine);
+//! mutations that arrive while a batch flushes queue and are the next batch (group commit).
+//! When other connections' jobs joined its own, the commit thread commits them instead, so
+//! that requests are read while the batch flushes, unless the store's writes are quick. The
+//! commit thread also does what must not hold up a request (snapshots, compaction,
+//! reclaiming), when nobody leads.
 //!
 //! A shared store's transactions run on a runtime of their own, which cannot be entered from
 //! the daemon's: there the commit thread leads every batch, as it picks them from the queue.

@@ -82,7 +82,9 @@ fn request(op: Op, name: &str, body: &Body, how: Payloads, id: u64) -> (Vec<u8>,
         }
         (_, Payloads::Base64) => None,
     };
-    let mut out = Vec::with_capacity(96 + body.b64.len());
+    // Room for the raw payload too, which the caller appends.
+    let raw_len = if raw_payload { body.payload.len() } else { 0 };
+    let mut out = Vec::with_capacity(96 + body.b64.len() + raw_len);
     // A struct of strings and numbers always serializes.
     let _ = serde_json::to_writer(&mut out, &line);
     if let Some(b64) = b64 {
