@@ -68,7 +68,7 @@ fn mark_lapsed(state: &DaemonState, store: &mut dyn Store) {
 /// Commits one batch: plans every job, has the store write what needs writing (or refuses
 /// it when the store is not ready), applies it, then answers. A job that reads payloads the
 /// batch has not written yet (a copy of a session written in it) starts the next batch.
-/// Returns how long the store's writes took (their flushes, mostly).
+/// Returns how long the store's successful writes took (their flushes, mostly).
 pub fn commit(state: &DaemonState, store: &mut dyn Store, batch: Vec<Job>) -> Duration {
     let mut jobs: VecDeque<Job> = batch.into();
     let mut writing = Duration::ZERO;
@@ -154,7 +154,7 @@ fn plan(state: &DaemonState, jobs: &mut VecDeque<Job>) -> Vec<(Planned, ReplyTo,
     writes
 }
 
-/// Returns how long the store's write took.
+/// Returns how long the store's write took (zero if it failed).
 fn write(
     state: &DaemonState,
     store: &mut dyn Store,
@@ -180,7 +180,8 @@ fn write(
             for (_, (reply, _), _) in writes {
                 let _ = reply.send(Err(err.clone()));
             }
-            return took;
+            // A refusal says nothing of how long a flush takes.
+            return Duration::ZERO;
         }
     };
     state.counters.flushes.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +337,33 @@ mod tests {
             epoch: None,
             key: None,
             writer: None,
+        }
+    }
+
+    #[test]
+    fn a_commit_says_how_long_its_writes_took_and_nothing_for_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, mut store) = open(dir.path());
+        let create = Mutation::Create {
+            name: "s".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: Some(OwnerClaim::default()),
+        };
+        assert!(run(&state, &mut store, create).is_ok());
+        let timed = |store: &mut LogStore, payload: &[u8]| {
+            let (j, rx) = job(checkpoint(payload));
+            let took = commit(&state, store, vec![j]);
+            (took, rx.blocking_recv().unwrap())
+        };
+        let (took, answer) = timed(&mut store, b"kept");
+        assert!(answer.is_ok() && took > Duration::ZERO, "{took:?}");
+        // A failed flush, then a refusal within the back-off: neither is a flush's time.
+        FAIL_NEXT_SYNC.with(|f| f.set(true));
+        for payload in [&b"lost"[..], b"soon"] {
+            let (took, answer) = timed(&mut store, payload);
+            assert!(answer.is_err());
+            assert_eq!(took, Duration::ZERO);
         }
     }
 
