@@ -328,6 +328,16 @@ mod tests {
         rx.blocking_recv().unwrap()
     }
 
+    /// Session "s" made, owned by the (fake) caller.
+    pub(super) fn create_s() -> Mutation {
+        Mutation::Create {
+            name: "s".into(),
+            keep: None,
+            meta: Meta::new(),
+            owner: Some(OwnerClaim::default()),
+        }
+    }
+
     pub(super) fn checkpoint(payload: &[u8]) -> Mutation {
         Mutation::Checkpoint {
             name: "s".into(),
@@ -344,13 +354,7 @@ mod tests {
     fn a_commit_says_how_long_its_writes_took_and_nothing_for_a_refused_one() {
         let dir = tempfile::tempdir().unwrap();
         let (state, mut store) = open(dir.path());
-        let create = Mutation::Create {
-            name: "s".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: Some(OwnerClaim::default()),
-        };
-        assert!(run(&state, &mut store, create).is_ok());
+        assert!(run(&state, &mut store, create_s()).is_ok());
         let timed = |store: &mut LogStore, payload: &[u8]| {
             let (j, rx) = job(checkpoint(payload));
             let took = commit(&state, store, vec![j]);
@@ -372,13 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, mut store) = open(dir.path());
         let (first, start) = store.position();
-        let create = Mutation::Create {
-            name: "s".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: Some(OwnerClaim::default()),
-        };
-        assert!(run(&state, &mut store, create).is_ok());
+        assert!(run(&state, &mut store, create_s()).is_ok());
         // Counted as written: every byte the record took in the segment, footer included.
         let used = store.position().1 - start;
         assert_eq!(state.counters.bytes_written.load(Ordering::Relaxed), used);

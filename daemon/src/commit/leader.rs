@@ -368,22 +368,15 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
-    use sessiond_proto::{Meta, Reply};
+    use sessiond_proto::Reply;
 
     use super::*;
-    use crate::commit::tests::{checkpoint, job, open};
-    use crate::table::{Mutation, OwnerClaim};
+    use crate::commit::tests::{checkpoint, create_s, job, open};
 
     fn committer(dir: &std::path::Path) -> Arc<Committer> {
         let (state, store) = open(dir);
         let c = Committer::new(Arc::new(state), Box::new(store));
-        let create = Mutation::Create {
-            name: "s".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: Some(OwnerClaim::default()),
-        };
-        let (j, mut rx) = job(create);
+        let (j, mut rx) = job(create_s());
         drop(c.submit(j).unwrap());
         assert!(rx.try_recv().unwrap().is_ok());
         c
@@ -504,13 +497,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, _) = open(dir.path());
         let c = Committer::new(Arc::new(state), Box::new(PanickingStore));
-        let create = Mutation::Create {
-            name: "s".into(),
-            keep: None,
-            meta: Meta::new(),
-            owner: Some(OwnerClaim::default()),
-        };
-        let (j, mut rx) = job(create);
+        let (j, mut rx) = job(create_s());
         let lead = c
             .submit(j)
             .unwrap()
