@@ -334,7 +334,7 @@ struct DaemonWork {
 
 impl DaemonWork {
     fn of(pid: u32) -> Result<Self, String> {
-        let (ticks, _) = usage(pid)?;
+        let (cpu, _) = usage(pid)?;
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
         let mut switches = 0;
         for task in tasks.flatten() {
@@ -351,10 +351,7 @@ impl DaemonWork {
                 .filter_map(|v| v.trim().parse::<u64>().ok())
                 .sum::<u64>();
         }
-        Ok(DaemonWork {
-            cpu: Duration::from_millis(ticks * 10), // USER_HZ is 100 on Linux
-            switches,
-        })
+        Ok(DaemonWork { cpu, switches })
     }
 }
 
@@ -623,8 +620,8 @@ fn stale(args: &Args, socket: &Path) -> Outcome {
     ))
 }
 
-/// (user+system CPU ticks, resident KiB) of a process.
-fn usage(pid: u32) -> Result<(u64, u64), String> {
+/// (user+system CPU, resident KiB) of a process.
+fn usage(pid: u32) -> Result<(Duration, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
         .split_whitespace()
@@ -645,7 +642,8 @@ fn usage(pid: u32) -> Result<(u64, u64), String> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Ok((ticks, rss))
+    // The kernel counts in USER_HZ ticks, 100 a second on Linux.
+    Ok((Duration::from_millis(ticks * 10), rss))
 }
 
 fn idle(args: &Args, socket: &Path, daemon_pid: u32) -> Outcome {
@@ -658,8 +656,7 @@ fn idle(args: &Args, socket: &Path, daemon_pid: u32) -> Outcome {
     std::thread::sleep(Duration::from_secs_f64(args.seconds));
     let (t1, rss) = usage(daemon_pid)?;
     let elapsed = start.elapsed().as_secs_f64();
-    let hz = 100.0; // USER_HZ on Linux
-    let cpu = (t1 - t0) as f64 / hz / elapsed * 100.0;
+    let cpu = t1.saturating_sub(t0).as_secs_f64() / elapsed * 100.0;
     for (_, child) in &mut owners {
         let _ = child.kill();
         let _ = child.wait();
