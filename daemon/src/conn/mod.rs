@@ -356,47 +356,22 @@ async fn drain(
             None => return true,
             Some(Next::Refused(id, e)) => (id, Started::Done(Err(e)), None),
             Some(Next::Request(pending)) => {
-                match take_budget(budget, pending.len(), lead, out).await {
-                    None => return false,
-                    Some(permit) => {
-                        let (id, parsed) = pending.decode();
-                        if !after_reads(out, &parsed, lead).await {
-                            return false;
-                        }
-                        let direct = out.direct(&id);
-                        // Alone, this connection holds up nobody: the two wake-ups of a hand-off
-                        // cost it more than the worker's waiting does.
-                        let shared = !service.alone();
-                        let mut started = if shared
-                            && parsed.as_ref().is_ok_and(|r| {
-                                service.bytes_to_prepare(&peer, r) > CUT_ON_WORKER_MAX
-                            }) {
-                            // Cutting a large payload takes a while: off the async worker, which
-                            // every connection shares (the connection's next request waits, so
-                            // its requests are still committed in order; those queued are
-                            // committed first, not held up by it).
-                            if !commit(lead, out).await {
-                                return false;
-                            }
-                            let service = service.clone();
-                            tokio::task::spawn_blocking(move || {
-                                dispatch(&service, peer, parsed, direct)
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                Started::Done(Err(WireError::internal(format!(
-                                    "request task failed: {e}"
-                                ))))
-                            })
-                        } else {
-                            dispatch(service, peer, parsed, direct)
-                        };
-                        if let Some(l) = take_lead(&mut started) {
-                            *lead = Some(l);
-                        }
-                        (id, started, Some(permit))
-                    }
+                let Some(permit) = take_budget(budget, pending.len(), lead, out).await else {
+                    return false;
+                };
+                let (id, parsed) = pending.decode();
+                if !after_reads(out, &parsed, lead).await {
+                    return false;
                 }
+                let direct = out.direct(&id);
+                let Some(mut started) = start(service, peer, parsed, direct, lead, out).await
+                else {
+                    return false;
+                };
+                if let Some(l) = take_lead(&mut started) {
+                    *lead = Some(l);
+                }
+                (id, started, Some(permit))
             }
         };
         *watching |= matches!(started, Started::Watch { .. });
@@ -482,6 +457,42 @@ async fn take_budget(
             budget.clone().acquire_many_owned(n).await.ok()
         }
     }
+}
+
+/// Dispatches a request on the async worker or, for a large payload to cut while other
+/// connections wait on the worker, on the blocking pool. `None` once the reply side is gone.
+async fn start(
+    service: &Arc<Service>,
+    peer: Peer,
+    parsed: Result<RequestFrame, WireError>,
+    direct: Option<DirectReply>,
+    lead: &mut Option<Lead>,
+    out: &mut Outbox<Queued>,
+) -> Option<Started> {
+    // Alone, this connection holds up nobody: the two wake-ups of a hand-off cost it more
+    // than the worker's waiting does.
+    let off_worker = !service.alone()
+        && parsed
+            .as_ref()
+            .is_ok_and(|r| service.bytes_to_prepare(&peer, r) > CUT_ON_WORKER_MAX);
+    if !off_worker {
+        return Some(dispatch(service, peer, parsed, direct));
+    }
+    // Cutting a large payload takes a while: off the async worker, which every connection
+    // shares (the connection's next request waits, so its requests are still committed in
+    // order; those queued are committed first, not held up by it).
+    if !commit(lead, out).await {
+        return None;
+    }
+    let service = service.clone();
+    let started = tokio::task::spawn_blocking(move || dispatch(&service, peer, parsed, direct))
+        .await
+        .unwrap_or_else(|e| {
+            Started::Done(Err(WireError::internal(format!(
+                "request task failed: {e}"
+            ))))
+        });
+    Some(started)
 }
 
 /// Commits, on this thread, the queue this connection leads (if it does), then passes on
