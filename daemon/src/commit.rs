@@ -203,8 +203,8 @@ fn apply(
     locs: Vec<Loc>,
 ) -> Vec<(Reply, ReplyTo)> {
     let mut replies = Vec::with_capacity(writes.len());
-    let mut cache = Vec::new();
-    let mut dead = Vec::new();
+    let mut cache = Vec::with_capacity(writes.len());
+    let mut dead = Vec::with_capacity(writes.len());
     {
         let mut table = state.table();
         let mut locs = locs.into_iter();
@@ -220,7 +220,7 @@ fn apply(
                         .counters
                         .checkpoints_written
                         .fetch_add(1, Ordering::Relaxed);
-                    dead.extend(table.apply_checkpoint(&h, payload_crc, loc));
+                    table.apply_checkpoint(&h, payload_crc, loc, &mut dead);
                     // The payload was only borrowed for the write, the name and meta only
                     // read by the table: they move to the cache.
                     let cached = CkptEntry::new(h.number, loc).map(|entry| Cached {

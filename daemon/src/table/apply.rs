@@ -37,7 +37,7 @@ impl SessionTable {
                 None => self.sessions.insert(Session::new(state, at)),
             },
             Change::Checkpoint { meta, payload_crc } => {
-                return self.apply_checkpoint(&meta, payload_crc, at)
+                self.apply_checkpoint(&meta, payload_crc, at, &mut dead)
             }
             Change::Relocated { meta, payload_crc } => {
                 self.relocate_checkpoint(meta, payload_crc, at, &mut dead)
@@ -62,12 +62,25 @@ impl SessionTable {
         dead
     }
 
-    /// [`SessionTable::apply`] of a [`Change::Checkpoint`], leaving the change to the caller.
-    pub fn apply_checkpoint(&mut self, h: &CheckpointMeta, payload_crc: u32, at: Loc) -> Vec<Loc> {
-        let mut dead = Vec::new();
-        self.add_checkpoint(h, payload_crc, at, &mut dead);
-        dead.retain(|loc| *loc != NO_RECORD);
-        dead
+    /// [`SessionTable::apply`] of a [`Change::Checkpoint`], leaving the change to the caller;
+    /// the records it made dead are added to `dead` (a commit's one list for its batch).
+    pub fn apply_checkpoint(
+        &mut self,
+        h: &CheckpointMeta,
+        payload_crc: u32,
+        at: Loc,
+        dead: &mut Vec<Loc>,
+    ) {
+        let from = dead.len();
+        self.add_checkpoint(h, payload_crc, at, dead);
+        let mut i = from;
+        while i < dead.len() {
+            if dead[i] == NO_RECORD {
+                dead.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn add_checkpoint(
@@ -81,20 +94,23 @@ impl SessionTable {
             return;
         };
         let s = self.session_for_checkpoint(h);
-        let mut dropped = Vec::new();
+        let before = s.checkpoints.len();
         // A record numbered N replaces any N' >= N (only after an unacknowledged write).
         while s.checkpoints.back().is_some_and(|c| c.number >= h.number) {
-            dropped.extend(s.checkpoints.pop_back());
+            let Some(c) = s.checkpoints.pop_back() else {
+                break;
+            };
+            s.discard(&c, dead);
         }
-        Self::make_room(s, &mut dropped);
+        Self::make_room(s, dead);
+        let dropped = before - s.checkpoints.len();
         s.checkpoints.push_back(entry);
         s.state.last_number = s.state.last_number.max(h.number);
         s.state.updated_at = s.state.updated_at.max(h.created_at);
-        s.forget(&dropped, dead);
+        // After the dropped ones' keys are forgotten: one of them may have had this number.
         s.remember_key(h, payload_crc, at);
         self.checkpoints += 1;
-        self.checkpoints -= dropped.len() as u64;
-        dead.extend(dropped.iter().map(CkptEntry::loc));
+        self.checkpoints -= dropped as u64;
     }
 
     /// A copy of a retained checkpoint, written so that its old segment can go.
@@ -202,10 +218,13 @@ impl SessionTable {
     /// Before a new checkpoint: drops the oldest if the session is at its `keep`, and grows
     /// the list by at most what `keep` allows, so that 100,000 sessions keeping 10 hold 10
     /// entries each, not the 16 or 20 that doubling would leave.
-    fn make_room(s: &mut Session, dropped: &mut Vec<CkptEntry>) {
+    fn make_room(s: &mut Session, dead: &mut Vec<Loc>) {
         let keep = s.state.keep as usize;
         while keep > 0 && s.checkpoints.len() >= keep {
-            dropped.extend(s.checkpoints.pop_front());
+            let Some(c) = s.checkpoints.pop_front() else {
+                break;
+            };
+            s.discard(&c, dead);
         }
         let len = s.checkpoints.len();
         if keep > 0 && len == s.checkpoints.capacity() {
@@ -258,6 +277,13 @@ impl Session {
         let extra = self.extra_mut();
         extra.key_of.insert(h.number, key.clone());
         extra.keys.insert(key.clone(), known);
+    }
+
+    /// A checkpoint no longer retained: its key forgotten, its record and its attachments
+    /// dead.
+    fn discard(&mut self, c: &CkptEntry, dead: &mut Vec<Loc>) {
+        self.forget(std::slice::from_ref(c), dead);
+        dead.push(c.loc());
     }
 
     /// Forgets the keys and attachments of checkpoints no longer retained; their
