@@ -356,7 +356,11 @@ impl Store for PgStore {
                 self.pool.get().await.map_err(|e| {
                     write::Failure::Failed(format!("cannot reach the database: {e}"))
                 })?;
-            let written = write::write_if_unchanged(&client, &self.cfg, scope, &known, units).await;
+            // Checkpoints alone in one statement; anything else in a transaction.
+            let written = match put::checkpoints(&client, &self.cfg, scope, &known, units).await {
+                Some(written) => written,
+                None => write::write_if_unchanged(&client, &self.cfg, scope, &known, units).await,
+            };
             rolled_back_on_error(&client, written).await
         });
         self.outcome(scope.clone(), written)

@@ -1,7 +1,7 @@
 //! A speculative batch of checkpoints alone in one statement, its own transaction, with no
 //! round trip before it: one checkpoint (every batch of a lone client) in a plain statement,
 //! several in `sessiond_put_checkpoints`. Anything else is written statement by statement in
-//! a transaction (`write::write_if_unchanged`).
+//! a transaction (`write::write_if_unchanged`); the store tries this first.
 
 use std::collections::HashMap;
 

@@ -214,9 +214,6 @@ pub async fn write_if_unchanged(
     known: &HashMap<SessionKey, i64>,
     units: &[Unit<'_>],
 ) -> Result<(Written, HashMap<SessionKey, i64>), Failure> {
-    if let Some(done) = super::put::checkpoints(client, cfg, scope, known, units).await {
-        return done;
-    }
     let mut first = locks(scope);
     let (uids, names, versions) = scope_columns(scope, known);
     first.push(Stmt::new(
