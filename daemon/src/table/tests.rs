@@ -524,6 +524,50 @@ fn a_rewritten_number_replaces_the_unacknowledged_one() {
 }
 
 #[test]
+fn a_checkpoints_dead_records_are_added_to_the_commits_list() {
+    let mut t = SessionTable::new(16);
+    run(&mut t, create("a", Some(2)), 1).unwrap();
+    let meta = |n, key: &str| CheckpointMeta {
+        uid: 1000,
+        name: "a".into(),
+        number: n,
+        created_at: 1,
+        meta: Meta::new(),
+        key: Some(key.into()),
+    };
+    let mut dead = vec![loc(40, 0)];
+    t.apply_checkpoint(&meta(1, "k1"), 0, loc(2, 0), &mut dead);
+    let attached = Change::Attach(AttachMeta {
+        uid: 1000,
+        name: "a".into(),
+        number: 1,
+        attach_key: "w".into(),
+        meta: Meta::new(),
+    });
+    assert!(t.apply(attached, loc(2, 100)).is_empty());
+    // Number 1 written again (its first write was never acknowledged): the first record,
+    // its attachment and its key go.
+    t.apply_checkpoint(&meta(1, "k2"), 0, loc(3, 0), &mut dead);
+    assert_eq!(dead, [loc(40, 0), loc(2, 100), loc(2, 0)]);
+    let by_key = |t: &SessionTable, k: &str| {
+        t.find(1000, "a", Some(&CheckpointRef::Key(k.into())), true)
+            .ok()
+            .flatten()
+            .map(|r| (r.entry.number, r.entry.segment(), r.attachments.len()))
+    };
+    assert_eq!(by_key(&t, "k1"), None);
+    assert_eq!(by_key(&t, "k2"), Some((1, 3, 0)));
+    // Retention at keep 2: the third checkpoint drops the oldest, and its key.
+    dead.clear();
+    t.apply_checkpoint(&meta(2, "k3"), 0, loc(3, 100), &mut dead);
+    t.apply_checkpoint(&meta(3, "k4"), 0, loc(3, 200), &mut dead);
+    assert_eq!(dead, [loc(3, 0)]);
+    assert_eq!(by_key(&t, "k2"), None);
+    assert_eq!(by_key(&t, "k4"), Some((3, 3, 0)));
+    assert_eq!(t.checkpoint_count(), 2);
+}
+
+#[test]
 fn snapshot_round_trip_keeps_live_counts() {
     let mut t = SessionTable::new(2);
     run(&mut t, create("a", None), 1).unwrap();
