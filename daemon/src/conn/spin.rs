@@ -7,7 +7,8 @@
 //! (bench/README.md has the measurement). So a connection whose last request came within the
 //! window (`--poll-window`) of its replies polls its socket for up to that long, yielding to
 //! every other task between polls (the async worker polls its I/O driver without blocking
-//! when only yielded tasks are left, which is how the socket's readiness is seen). A client
+//! when only yielded tasks are left, which is how the socket's readiness is seen), and the
+//! CPU to any other thread waiting for it, which may be the client itself. A client
 //! that pauses longer is not polled for until it comes back quickly again, so the CPU spent is
 //! at most a window per quick request. One connection polls at a time: two would keep the
 //! worker's queue from ever emptying, which delays its driver's polls for everyone. On a
@@ -78,6 +79,9 @@ impl<'a> Spinner<'a> {
                 self.armed = false;
                 return Ok(None);
             }
+            // The CPU too, not only the worker: a client waiting to run on this CPU sends
+            // the request now, not when the window is over.
+            std::thread::yield_now();
             tokio::task::yield_now().await;
         }
     }
