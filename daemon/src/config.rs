@@ -214,8 +214,8 @@ settings! {
     /// How long a connection whose client came back quickly last time polls its socket for
     /// the next request instead of sleeping on it (one connection at a time): a request
     /// that finds the daemon awake saves it and its client a wake-up of a halted CPU, tens of
-    /// microseconds on a virtual machine, for up to this much CPU per request; 0 never polls,
-    /// nor does a daemon on a machine with one CPU [default: 300us].
+    /// microseconds on a virtual machine, for up to this much CPU per request; 0 never polls
+    /// [default: 300us].
     poll_window: Timeout => Option<Duration>, env "SESSIOND_POLL_WINDOW",
         default Some(Duration::from_micros(300)), AtReload;
 

@@ -229,7 +229,7 @@ async fn read_requests(
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let mut watching = false;
-    let mut spinner = Spinner::new(&service.polling, spin::window_here(limits.poll_window));
+    let mut spinner = Spinner::new(&service.polling, limits.poll_window);
     let mut partial_since: Option<Instant> = None;
     // Requests held at once are bounded in bytes too: two maximal ones.
     let budget = Arc::new(Semaphore::new(

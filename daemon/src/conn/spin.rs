@@ -11,12 +11,10 @@
 //! CPU to any other thread waiting for it, which may be the client itself. A client
 //! that pauses longer is not polled for until it comes back quickly again, so the CPU spent is
 //! at most a window per quick request. One connection polls at a time: two would keep the
-//! worker's queue from ever emptying, which delays its driver's polls for everyone. On a
-//! machine with one CPU it never polls: there polling could only keep the client from running.
+//! worker's queue from ever emptying, which delays its driver's polls for everyone.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::net::unix::ReadHalf;
@@ -94,26 +92,6 @@ impl<'a> Spinner<'a> {
             _ => false,
         };
     }
-}
-
-/// The polling window to use on this machine: none on a machine with one CPU online, where
-/// the client can only run when the daemon stops polling. (A daemon pinned to a CPU of its
-/// own on a larger machine still polls: its clients run elsewhere.) Asked once.
-pub fn window_here(window: Option<Duration>) -> Option<Duration> {
-    static CPUS: OnceLock<usize> = OnceLock::new();
-    let cpus = *CPUS.get_or_init(|| {
-        use nix::unistd::{sysconf, SysconfVar};
-        match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
-            Ok(Some(n)) => usize::try_from(n).unwrap_or(1),
-            // Unknown: as if several, the default's premise.
-            _ => 2,
-        }
-    });
-    window_with(window, cpus)
-}
-
-fn window_with(window: Option<Duration>, cpus: usize) -> Option<Duration> {
-    window.filter(|_| cpus > 1)
 }
 
 /// The polling slot, given back when dropped (also when the read is cancelled mid-poll).
@@ -206,13 +184,6 @@ mod tests {
         off.before_read(true);
         assert_eq!(off.poll(&r, &mut buf).await.unwrap(), None);
         assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn a_machine_with_one_cpu_never_polls() {
-        assert_eq!(window_with(WINDOW, 1), None);
-        assert_eq!(window_with(WINDOW, 2), WINDOW);
-        assert_eq!(window_with(None, 2), None);
     }
 
     #[tokio::test]
