@@ -210,15 +210,20 @@ impl Committer {
     /// little to read meanwhile, and the hand-off would cost more than the flush.
     fn lead_here(&self) {
         {
-            let mut q = self.queue();
+            let q = self.queue();
             if q.joined > 0 && !self.writes_are_quick() {
-                q.handed = true;
-                drop(q);
-                self.wake.notify_all();
+                self.hand_on(q);
                 return;
             }
         }
         self.lead(false);
+    }
+
+    /// Gives the lead a connection holds to the commit thread, with what is queued.
+    fn hand_on(&self, mut q: MutexGuard<'_, Queue>) {
+        q.handed = true;
+        drop(q);
+        self.wake.notify_all();
     }
 
     /// Commits the queue until it is empty; the caller leads. `by_thread`: the commit thread
@@ -241,9 +246,7 @@ impl Committer {
             let batch = {
                 let mut q = self.queue();
                 if !by_thread && led >= MAX_LED_BATCHES && !q.jobs.is_empty() {
-                    q.handed = true;
-                    drop(q);
-                    self.wake.notify_all();
+                    self.hand_on(q);
                     return;
                 }
                 let batch = self.next_batch(&mut q);
